@@ -1,0 +1,122 @@
+//! The HTTP API: routing, authentication, JSON in and out, problem+json. No business
+//! rules live here: each handler parses, calls one `Gateway` use case, and renders.
+
+mod body;
+pub mod problem;
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::HttpLimits;
+use crate::domain::gateway::Gateway;
+use crate::plugins::Registry;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The use cases.
+    pub gateway: Gateway,
+    /// Plugin registry, for the admin status endpoint.
+    pub registry: Arc<Registry>,
+    /// HTTP limits.
+    pub limits: HttpLimits,
+}
+
+/// The response type of every handler.
+pub type Response = http::Response<Full<Bytes>>;
+
+/// Accept connections until `shutdown` flips to true, then stop accepting and give
+/// in-flight requests `shutdown_grace_ms` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (conn_done_tx, mut conn_done_rx) = watch::channel(());
+    let grace = Duration::from_millis(state.limits.shutdown_grace_ms);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let state = state.clone();
+                let mut shutdown = shutdown.clone();
+                let alive = conn_done_tx.clone();
+                let header_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), peer, req));
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(tcp), service);
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shutdown.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    drop(alive);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    drop(conn_done_tx);
+    // Wait for connections to drain (every clone of the sender dropped), within the grace.
+    let _ = tokio::time::timeout(grace, async {
+        while conn_done_rx.changed().await.is_ok() {}
+    })
+    .await;
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    _peer: SocketAddr,
+    req: http::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let request_id = ulid::Ulid::new().to_string().to_lowercase();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let mut resp = match routes::route(&state, req).await {
+        Ok(r) => r,
+        Err(mut problem) => {
+            problem.request_id = request_id.clone();
+            problem.into_response()
+        }
+    };
+    resp.headers_mut().insert(
+        "x-request-id",
+        http::HeaderValue::from_str(&request_id).expect("ulid is a valid header value"),
+    );
+    tracing::info!(
+        request_id,
+        %method,
+        route = routes::route_label(&path),
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(resp)
+}

@@ -1,0 +1,261 @@
+//! RFC 9457 problem details. Every error the API returns is one of these, with a stable
+//! `code` a client can switch on; the `detail` is for humans and may change.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::domain::gateway::DomainError;
+use crate::domain::supplier::SupplierError;
+
+/// A problem response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary, fixed per code.
+    pub title: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Explanation of this occurrence.
+    pub detail: String,
+    /// JSON pointer of the offending field, for validation problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The request id (also in the `x-request-id` header and the server log).
+    pub request_id: String,
+    /// Seconds to wait before retrying, when it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u32>,
+}
+
+impl Problem {
+    /// A problem with `status`, `code` and a detail.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            type_uri: format!("https://simgate.dev/problems/{code}"),
+            title,
+            status: status.as_u16(),
+            code,
+            detail: detail.into(),
+            pointer: None,
+            request_id: String::new(),
+            retry_after: None,
+        }
+    }
+
+    /// Attach a JSON pointer.
+    pub fn at(mut self, pointer: impl Into<String>) -> Problem {
+        self.pointer = Some(pointer.into());
+        self
+    }
+
+    /// Render as a response.
+    pub fn into_response(self) -> http::Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&self).expect("problem serialises");
+        let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Common problems.
+pub mod problems {
+    use super::*;
+
+    /// 401.
+    pub fn unauthenticated() -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+            "send a valid API key as 'Authorization: Bearer sgk_...'",
+        )
+    }
+
+    /// 404 for routes.
+    pub fn no_route(path: &str) -> Problem {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            format!("no resource at {path}"),
+        )
+    }
+
+    /// 405.
+    pub fn method_not_allowed(method: &http::Method) -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            format!("{method} is not supported here"),
+        )
+    }
+
+    /// 413.
+    pub fn too_large(limit: usize) -> Problem {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Request body too large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    }
+
+    /// 415.
+    pub fn unsupported_media() -> Problem {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send 'Content-Type: application/json'",
+        )
+    }
+
+    /// 400 for JSON that does not parse or does not fit.
+    pub fn malformed_json(detail: String, pointer: String) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "Malformed JSON body",
+            detail,
+        )
+        .at(pointer)
+    }
+
+    /// 400 for bad query parameters.
+    pub fn invalid_query(detail: String) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "Invalid query parameter",
+            detail,
+        )
+    }
+}
+
+impl From<DomainError> for Problem {
+    fn from(e: DomainError) -> Problem {
+        use StatusCode as S;
+        match e {
+            DomainError::Unauthenticated => problems::unauthenticated(),
+            DomainError::Forbidden => {
+                Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", e.to_string())
+            }
+            DomainError::NotFound(what) => Problem::new(
+                S::NOT_FOUND,
+                "not_found",
+                "Not found",
+                format!("no such {what}"),
+            ),
+            DomainError::Invalid { field, ref message } => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "Invalid field",
+                message.clone(),
+            )
+            .at(field),
+            DomainError::SupplierNotLoaded(_) => {
+                let mut p = Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "supplier_not_loaded",
+                    "Supplier not available",
+                    e.to_string(),
+                );
+                p.retry_after = Some(30);
+                p
+            }
+            DomainError::Supplier(ref s) => supplier_problem(s),
+            DomainError::Store(ref s) => {
+                tracing::error!(error = %s, "store failure");
+                Problem::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "Storage unavailable",
+                    "the gateway could not read or write its store; try again",
+                )
+            }
+        }
+    }
+}
+
+fn supplier_problem(e: &SupplierError) -> Problem {
+    use StatusCode as S;
+    match e {
+        SupplierError::OutOfStock => {
+            Problem::new(S::CONFLICT, "out_of_stock", "Out of stock", e.to_string())
+        }
+        SupplierError::RateLimited(secs) => {
+            let mut p = Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "supplier_rate_limited",
+                "Supplier rate limited",
+                e.to_string(),
+            );
+            p.retry_after = Some(*secs);
+            p
+        }
+        SupplierError::Unavailable(_) => Problem::new(
+            S::SERVICE_UNAVAILABLE,
+            "supplier_unavailable",
+            "Supplier unavailable",
+            "the supplier is unavailable; try again later",
+        ),
+        SupplierError::Rejected(r) => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "supplier_rejected",
+            "Rejected by supplier",
+            r.clone(),
+        ),
+        SupplierError::InvalidRequest(r) => Problem::new(
+            S::UNPROCESSABLE_ENTITY,
+            "supplier_invalid_request",
+            "Supplier refused the request",
+            r.clone(),
+        ),
+        SupplierError::NotSupported => Problem::new(
+            S::NOT_IMPLEMENTED,
+            "not_supported",
+            "Not supported",
+            "this supplier does not support the operation",
+        ),
+        SupplierError::Fault { kind, .. } => {
+            // The message names plugin internals; operators see it in logs and status.
+            let code: &'static str = match kind.as_str() {
+                "deadline" => "plugin_deadline",
+                "memory" => "plugin_memory",
+                "trap" => "plugin_trap",
+                "egress_denied" => "plugin_egress_denied",
+                "bad_output" => "plugin_bad_output",
+                "overloaded" => "plugin_overloaded",
+                "not_loaded" => "supplier_not_loaded",
+                _ => "plugin_failed",
+            };
+            Problem::new(
+                S::BAD_GATEWAY,
+                code,
+                "Supplier integration failed",
+                "the supplier integration failed; the operator has been told",
+            )
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! One typed configuration for the whole gateway.
+//!
+//! Every knob has a default that works with no file at all, so `simgate serve` runs on an
+//! empty machine. A TOML file (`--config`) overrides defaults; command-line flags and
+//! `SIMGATE_*` environment variables override the file. Each limit carries a one-line
+//! reason: change a number here, nowhere else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on. Loopback by default: TLS is terminated in front.
+    pub listen: SocketAddr,
+    /// The data directory: the sled database, key files and the compiled-plugin cache.
+    pub data_dir: PathBuf,
+    /// The watched plugins folder; one sub-folder per plugin. Defaults to `DATA_DIR/plugins`.
+    pub plugins_dir: Option<PathBuf>,
+    /// The operator's grants file. Defaults to `DATA_DIR/grants.toml`; absent means
+    /// "grant nothing beyond the always-safe imports".
+    pub grants_file: Option<PathBuf>,
+    /// Secret values for plugins, by plugin and name. Defaults to `DATA_DIR/secrets.toml`.
+    pub secrets_file: Option<PathBuf>,
+    /// Whether to create a demo reseller with a test key and credit on first start.
+    pub demo: bool,
+    /// Limits for plugin calls (operator grants may lower them per plugin, never raise).
+    pub plugin_limits: PluginLimits,
+    /// Limits for the HTTP API.
+    pub http: HttpLimits,
+    /// How the store acknowledges writes.
+    pub store: StoreTuning,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid literal address"),
+            data_dir: PathBuf::from("simgate-data"),
+            plugins_dir: None,
+            grants_file: None,
+            secrets_file: None,
+            demo: true,
+            plugin_limits: PluginLimits::default(),
+            http: HttpLimits::default(),
+            store: StoreTuning::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The watched plugins folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The operator's grants file.
+    pub fn grants_file(&self) -> PathBuf {
+        self.grants_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("grants.toml"))
+    }
+
+    /// The plugin secrets file.
+    pub fn secrets_file(&self) -> PathBuf {
+        self.secrets_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.toml"))
+    }
+}
+
+/// Limits applied to every plugin call. A plugin's manifest and the operator's grants can
+/// only lower these.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginLimits {
+    /// Linear memory per instance. 32 MiB holds a catalog of thousands of products; a
+    /// runaway allocation stops in ~20 ms.
+    pub memory_mib: u32,
+    /// Wall-clock budget per call, including time waiting on egress. Supplier APIs answer
+    /// in seconds; anything slower is better retried than waited on.
+    pub timeout_ms: u64,
+    /// Largest result a plugin may hand back (sum of its strings and lists). A catalog of
+    /// 10k products is ~2 MiB.
+    pub max_output_bytes: usize,
+    /// Largest inbound webhook or callback body passed to a plugin.
+    pub max_input_bytes: usize,
+    /// Log bytes a single call may emit before further lines are dropped (and counted).
+    pub max_log_bytes_per_call: usize,
+    /// Calls into one plugin that may run at once; more wait (back-pressure).
+    pub max_concurrency: u32,
+    /// How long a call waits for a concurrency slot before failing as overloaded.
+    pub queue_timeout_ms: u64,
+    /// Largest egress response body a plugin may read.
+    pub max_egress_response_bytes: usize,
+    /// Connect timeout for egress.
+    pub egress_connect_timeout_ms: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_mib: 32,
+            timeout_ms: 5_000,
+            max_output_bytes: 4 * 1024 * 1024,
+            max_input_bytes: 256 * 1024,
+            max_log_bytes_per_call: 16 * 1024,
+            max_concurrency: 64,
+            queue_timeout_ms: 2_000,
+            max_egress_response_bytes: 4 * 1024 * 1024,
+            egress_connect_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl PluginLimits {
+    /// The per-call wall-clock budget.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Memory cap in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mib as usize * 1024 * 1024
+    }
+
+    /// Apply lower values from `other` (a manifest or grant), field by field.
+    pub fn lowered_by(self, other: &LimitOverrides) -> PluginLimits {
+        fn low<T: Ord + Copy>(base: T, over: Option<T>) -> T {
+            over.map_or(base, |o| o.min(base))
+        }
+        PluginLimits {
+            memory_mib: low(self.memory_mib, other.memory_mib),
+            timeout_ms: low(self.timeout_ms, other.timeout_ms),
+            max_concurrency: low(self.max_concurrency, other.max_concurrency),
+            max_output_bytes: low(self.max_output_bytes, other.max_output_bytes),
+            ..self
+        }
+    }
+}
+
+/// Per-plugin limit overrides from a manifest or a grant. Absent means "the default".
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// See [`PluginLimits::memory_mib`].
+    pub memory_mib: Option<u32>,
+    /// See [`PluginLimits::timeout_ms`].
+    pub timeout_ms: Option<u64>,
+    /// See [`PluginLimits::max_concurrency`].
+    pub max_concurrency: Option<u32>,
+    /// See [`PluginLimits::max_output_bytes`].
+    pub max_output_bytes: Option<usize>,
+}
+
+/// Limits on the HTTP API.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpLimits {
+    /// Largest request body. Orders are a few hundred bytes; 64 KiB leaves room for metadata.
+    pub max_body_bytes: usize,
+    /// Time to read a request's headers; slow-loris connections are closed after it.
+    pub header_read_timeout_ms: u64,
+    /// Graceful shutdown: how long in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// How the store makes writes durable.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreTuning {
+    /// sled page cache. 64 MiB keeps a year of orders of a mid-size reseller hot.
+    pub cache_mib: u64,
+}
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        StoreTuning { cache_mib: 64 }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (names the line and the field).
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::default();
+        assert_eq!(c.plugins_dir(), PathBuf::from("simgate-data/plugins"));
+        assert_eq!(c.plugin_limits.memory_mib, 32);
+    }
+
+    #[test]
+    fn overrides_only_lower_limits() {
+        let base = PluginLimits::default();
+        let over = LimitOverrides {
+            memory_mib: Some(1024),
+            timeout_ms: Some(100),
+            ..Default::default()
+        };
+        let l = base.lowered_by(&over);
+        assert_eq!(l.memory_mib, 32, "a manifest cannot raise the memory cap");
+        assert_eq!(l.timeout_ms, 100);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<Config>("listn = \"1.2.3.4:5\"").unwrap_err();
+        assert!(err.to_string().contains("listn"));
+    }
+}

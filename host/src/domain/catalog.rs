@@ -1,0 +1,121 @@
+//! The gateway catalog: every loaded supplier's products under gateway product ids, priced
+//! for one reseller.
+
+use serde::Serialize;
+
+use super::supplier::{DataAllowance, Money, SupplierProduct};
+
+/// A product as a reseller sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Product {
+    /// Gateway product id: `<plugin>:<sku>`.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// ISO 3166-1 alpha-2 countries.
+    pub countries: Vec<String>,
+    /// Region, if multi-country.
+    pub region: Option<String>,
+    /// Included data in bytes; `None` when unlimited.
+    pub data_bytes: Option<u64>,
+    /// Whether data is unlimited.
+    pub unlimited: bool,
+    /// Validity in days.
+    pub validity_days: u32,
+    /// The reseller's price.
+    pub price: Money,
+    /// Needs eKYC first.
+    pub needs_kyc: bool,
+    /// Usable for top-ups.
+    pub top_up_able: bool,
+}
+
+/// Gateway product id of a supplier SKU.
+pub fn product_id(plugin: &str, sku: &str) -> String {
+    format!("{plugin}:{sku}")
+}
+
+/// Split a gateway product id into plugin id and SKU.
+pub fn split_product_id(id: &str) -> Option<(&str, &str)> {
+    id.split_once(':')
+        .filter(|(p, s)| !p.is_empty() && !s.is_empty())
+}
+
+/// Wholesale plus markup, rounded up to the minor unit (never sell below cost).
+pub fn price_with_markup(wholesale: &Money, markup_bps: u32) -> Money {
+    let minor = wholesale.minor as i128;
+    let scaled = minor * (10_000 + markup_bps as i128);
+    // Round up (prices are never negative, so this is a ceiling division).
+    let marked = (scaled + 9_999) / 10_000;
+    Money {
+        minor: i64::try_from(marked).unwrap_or(i64::MAX),
+        currency: wholesale.currency.clone(),
+    }
+}
+
+/// The reseller's view of a supplier product.
+pub fn for_reseller(plugin: &str, p: &SupplierProduct, markup_bps: u32) -> Product {
+    Product {
+        id: product_id(plugin, &p.sku),
+        title: p.title.clone(),
+        countries: p.countries.clone(),
+        region: p.region.clone(),
+        data_bytes: match p.data {
+            DataAllowance::Bytes(b) => Some(b),
+            DataAllowance::Unlimited => None,
+        },
+        unlimited: p.data == DataAllowance::Unlimited,
+        validity_days: p.validity_days,
+        price: price_with_markup(&p.wholesale, markup_bps),
+        needs_kyc: p.needs_kyc,
+        top_up_able: p.top_up_able,
+    }
+}
+
+/// Catalog filters.
+#[derive(Debug, Clone, Default)]
+pub struct ProductFilter {
+    /// ISO country code.
+    pub country: Option<String>,
+    /// Region name.
+    pub region: Option<String>,
+}
+
+impl ProductFilter {
+    /// Whether a product passes.
+    pub fn accepts(&self, p: &Product) -> bool {
+        self.country
+            .as_ref()
+            .is_none_or(|c| p.countries.iter().any(|pc| pc.eq_ignore_ascii_case(c)))
+            && self.region.as_ref().is_none_or(|r| {
+                p.region
+                    .as_deref()
+                    .is_some_and(|pr| pr.eq_ignore_ascii_case(r))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_rounds_up_and_never_sells_below_cost() {
+        let w = Money {
+            minor: 999,
+            currency: "USD".into(),
+        };
+        assert_eq!(price_with_markup(&w, 1500).minor, 1149); // 1148.85 -> 1149
+        assert_eq!(price_with_markup(&w, 0).minor, 999);
+    }
+
+    #[test]
+    fn product_ids_split_at_the_first_colon() {
+        assert_eq!(
+            split_product_id("sandbox:SBX:1"),
+            Some(("sandbox", "SBX:1"))
+        );
+        assert_eq!(split_product_id("nocolon"), None);
+        assert_eq!(split_product_id(":x"), None);
+    }
+}

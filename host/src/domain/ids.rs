@@ -1,0 +1,96 @@
+//! Typed identifiers. Every id is a ULID (sortable by creation time) shown with a short
+//! prefix, so a reseller pasting an id into a ticket also says what it is.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::Ulid;
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub Ulid);
+
+        impl $name {
+            /// A new id for now.
+            pub fn new() -> $name {
+                $name(Ulid::new())
+            }
+
+            /// The 16 big-endian bytes; they sort like the ids.
+            pub fn to_bytes(self) -> [u8; 16] {
+                self.0.to_bytes()
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "_{}"), self.0.to_string().to_lowercase())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                let rest = s
+                    .strip_prefix(concat!($prefix, "_"))
+                    .ok_or(InvalidId)?;
+                Ulid::from_string(rest).map($name).map_err(|_| InvalidId)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// A reseller account.
+    ResellerId, "rsl"
+);
+prefixed_id!(
+    /// An order.
+    OrderId, "ord"
+);
+prefixed_id!(
+    /// An API key (not the secret: its public identifier).
+    KeyId, "key"
+);
+
+/// A string is not an id of the expected kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid id")]
+pub struct InvalidId;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_with_their_prefix() {
+        let id = OrderId::new();
+        let text = id.to_string();
+        assert!(text.starts_with("ord_"));
+        assert_eq!(text.parse::<OrderId>().unwrap(), id);
+        assert!(text.replace("ord_", "rsl_").parse::<OrderId>().is_err());
+        assert!("ord_nope".parse::<OrderId>().is_err());
+    }
+}

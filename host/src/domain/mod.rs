@@ -1,0 +1,14 @@
+//! The rules: orders, catalog, eSIMs, accounts. No HTTP, no wasmtime, no sled: `domain`
+//! declares the small traits it needs ([`supplier::Supplier`], [`store::Store`]) and the
+//! binary wires real implementations in, so every rule here is testable with fakes.
+
+pub mod accounts;
+pub mod catalog;
+pub mod esim;
+pub mod gateway;
+pub mod ids;
+pub mod orders;
+pub mod store;
+pub mod supplier;
+
+pub use supplier::{FaultKind, Supplier, SupplierError, Suppliers};

@@ -1,0 +1,169 @@
+//! Orders and the eSIMs they deliver.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{OrderId, ResellerId};
+use super::supplier::{Money, PlanState, ProfileState};
+
+/// Where an order is in its life.
+///
+/// ```text
+/// accepted -> submitted -> fulfilled -> cancelled
+///     \            \-----> failed
+///      `-> awaiting_kyc -> submitted
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Taken and paid for (balance held); not yet sent to the supplier.
+    Accepted,
+    /// Waiting for the end user's identity verification.
+    AwaitingKyc,
+    /// Sent to the supplier; waiting for delivery.
+    Submitted,
+    /// eSIMs delivered.
+    Fulfilled,
+    /// The supplier could not deliver; the hold is released.
+    Failed,
+    /// Cancelled after fulfilment; refunded.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every allowed transition, in one place.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Accepted, Submitted)
+                | (Accepted, AwaitingKyc)
+                | (Accepted, Failed)
+                | (AwaitingKyc, Submitted)
+                | (AwaitingKyc, Failed)
+                | (Submitted, Fulfilled)
+                | (Submitted, Failed)
+                | (Fulfilled, Cancelled)
+        )
+    }
+
+    /// Whether the order will not change again on its own.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Fulfilled | OrderStatus::Failed | OrderStatus::Cancelled
+        )
+    }
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// Id (also the opaque reference the supplier sees).
+    pub id: OrderId,
+    /// Owner.
+    pub reseller: ResellerId,
+    /// Gateway product id.
+    pub product_id: String,
+    /// Plugin serving the product.
+    pub plugin: String,
+    /// Supplier SKU.
+    pub sku: String,
+    /// eSIMs ordered.
+    pub quantity: u32,
+    /// Status.
+    pub status: OrderStatus,
+    /// Price per eSIM for this reseller.
+    pub unit_price: Money,
+    /// The reseller's own opaque reference for its end user; never sent to a supplier.
+    pub subject_ref: Option<String>,
+    /// The reseller's metadata; never sent to a supplier.
+    pub metadata: Option<serde_json::Value>,
+    /// Supplier's reference for a pending order.
+    pub supplier_ref: Option<String>,
+    /// Delivered eSIMs.
+    pub iccids: Vec<String>,
+    /// Why it failed, for the reseller (no plugin internals).
+    pub failure: Option<OrderFailure>,
+    /// Created, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Last change.
+    pub updated_at_ms: u64,
+}
+
+/// Why an order failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderFailure {
+    /// Stable code, e.g. `out_of_stock`, `supplier_rejected`, `plugin_trap`.
+    pub code: String,
+    /// Human explanation.
+    pub message: String,
+}
+
+/// A delivered eSIM as stored. Activation data is sealed (AES-256-GCM) so it is not
+/// readable in the database files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EsimRecord {
+    /// ICCID.
+    pub iccid: String,
+    /// The order that delivered it.
+    pub order: OrderId,
+    /// Owner.
+    pub reseller: ResellerId,
+    /// Plugin serving it.
+    pub plugin: String,
+    /// Sealed [`ActivationData`], bound to the ICCID.
+    #[serde(with = "b64")]
+    pub sealed_activation: Vec<u8>,
+    /// Whether a confirmation code is needed.
+    pub confirmation_code_required: bool,
+    /// Whether the ICCID passed the Luhn check (warn-only).
+    pub luhn_valid: bool,
+    /// Profile state, kept apart from the plan state.
+    pub profile: ProfileState,
+    /// Plan state.
+    pub plan: PlanState,
+    /// Supplier's raw status.
+    pub raw_status: String,
+    /// Created.
+    pub created_at_ms: u64,
+}
+
+/// What is sealed inside an [`EsimRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationData {
+    /// SM-DP+ address.
+    pub smdp_address: String,
+    /// Matching id.
+    pub matching_id: String,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        STANDARD
+            .decode(String::deserialize(d)?)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::*;
+
+    #[test]
+    fn only_listed_transitions_are_allowed() {
+        assert!(Accepted.can_become(Submitted));
+        assert!(Submitted.can_become(Fulfilled));
+        assert!(Fulfilled.can_become(Cancelled));
+        assert!(!Failed.can_become(Fulfilled));
+        assert!(!Accepted.can_become(Cancelled));
+        assert!(!Cancelled.can_become(Fulfilled));
+    }
+}

@@ -1,0 +1,21 @@
+//! simgate: a self-hosted gateway through which eSIM resellers buy and deliver eSIMs from
+//! many suppliers over one HTTP API.
+//!
+//! # Layout
+//!
+//! Data flows one way: `api -> domain -> (store, plugins)`.
+//!
+//! - [`api`]: HTTP only: routing, authentication, JSON, problem+json. No business rules.
+//! - [`domain`]: the rules. Declares the traits it needs from outside.
+//! - [`store`]: the `Store` trait's sled implementation.
+//! - [`plugins`]: wasmtime: supplier plugins as sandboxed components.
+//! - [`config`]: one typed configuration with working defaults.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod plugins;
+pub mod privacy;
+pub mod store;

@@ -1,0 +1,21 @@
+//! Host-side bindings of the `simgate:supplier@0.1.0` world, generated from `wit/v0`.
+//!
+//! One module per major WIT version (as Zed's extension host does): a future `v1` world
+//! gets a sibling module and the runtime dispatches on what the component exports.
+
+#![allow(missing_docs)]
+
+wasmtime::component::bindgen!({
+    world: "supplier",
+    path: "../wit/v0",
+    imports: { default: trappable },
+    exports: { default: async },
+    require_store_data_send: true,
+    with: {
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+    },
+});
+
+pub use exports::simgate::supplier as guest;
+pub use simgate::supplier as host;

@@ -1,0 +1,259 @@
+//! The registry of loaded plugins: an atomically swapped map from plugin id to the
+//! generation serving it. Readers take a snapshot (`Arc`) and keep it for the whole call,
+//! so a call that started on one generation finishes on it while new calls see the next.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::PluginLimits;
+use crate::domain::supplier::{Supplier, Suppliers};
+
+use super::engine::PluginEngine;
+use super::error::LoadError;
+use super::manifest::{Capabilities, Grants};
+use super::runtime::{LoadContext, LoadedPlugin};
+use super::secrets::SecretStore;
+use super::stats::StatsSnapshot;
+
+/// One serving generation of a plugin.
+pub struct Generation {
+    /// Monotonic number across the registry (bumps on every successful load).
+    pub number: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The plugin.
+    pub plugin: Arc<LoadedPlugin>,
+}
+
+/// The registry.
+pub struct Registry {
+    engine: PluginEngine,
+    dir: PathBuf,
+    grants_file: PathBuf,
+    secrets_file: PathBuf,
+    limits: PluginLimits,
+    serving: ArcSwap<BTreeMap<String, Arc<Generation>>>,
+    failures: Mutex<BTreeMap<String, LoadFailure>>,
+    next_generation: Mutex<u64>,
+}
+
+/// The last failed load of a plugin id.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadFailure {
+    /// The error message.
+    pub error: String,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+/// Status of one plugin, for the admin API and `plugin check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    /// Plugin id.
+    pub id: String,
+    /// `serving`, `failed_reload` (an older version still serves) or `failed`.
+    pub state: &'static str,
+    /// The serving version, if any.
+    pub version: Option<String>,
+    /// Its digest.
+    pub sha256: Option<String>,
+    /// Its generation.
+    pub generation: Option<u64>,
+    /// When it was loaded (seconds since the epoch).
+    pub loaded_at: Option<u64>,
+    /// Effective capabilities.
+    pub capabilities: Option<Capabilities>,
+    /// The last load error, if the latest attempt failed.
+    pub last_error: Option<String>,
+    /// Call counters.
+    pub stats: Option<StatsSnapshot>,
+}
+
+impl Registry {
+    /// An empty registry over `dir`.
+    pub fn new(
+        engine: PluginEngine,
+        dir: PathBuf,
+        grants_file: PathBuf,
+        secrets_file: PathBuf,
+        limits: PluginLimits,
+    ) -> Registry {
+        Registry {
+            engine,
+            dir,
+            grants_file,
+            secrets_file,
+            limits,
+            serving: ArcSwap::from_pointee(BTreeMap::new()),
+            failures: Mutex::new(BTreeMap::new()),
+            next_generation: Mutex::new(1),
+        }
+    }
+
+    /// The watched folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Load every plugin folder; failures are recorded and logged, never fatal.
+    /// Blocking: compiles components.
+    pub fn load_all(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            tracing::warn!(dir = %self.dir.display(), "plugins folder not readable; serving no plugins");
+            return;
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        ids.sort();
+        for id in ids {
+            let _ = self.reload(&id);
+        }
+    }
+
+    /// (Re)load one plugin folder by id; on success swap it in, on failure keep what serves.
+    pub fn reload(&self, id: &str) -> Result<u64, LoadError> {
+        let dir = self.dir.join(id);
+        let result = Grants::read(&self.grants_file).and_then(|grants| {
+            let secrets = SecretStore::load(&self.secrets_file)?;
+            let cx = LoadContext {
+                engine: &self.engine,
+                grants: &grants,
+                secrets: &secrets,
+                limits: self.limits,
+                require_digest: true,
+            };
+            LoadedPlugin::load(&dir, &cx)
+        });
+        match result {
+            Ok(plugin) => {
+                let number = {
+                    let mut next = self
+                        .next_generation
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let n = *next;
+                    *next += 1;
+                    n
+                };
+                let version = plugin.shared().version.clone();
+                let generation = Arc::new(Generation {
+                    number,
+                    loaded_at: SystemTime::now(),
+                    plugin: Arc::new(plugin),
+                });
+                self.serving.rcu(|map| {
+                    let mut map = BTreeMap::clone(map);
+                    map.insert(id.to_string(), generation.clone());
+                    map
+                });
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                tracing::info!(plugin = id, %version, generation = number, "plugin loaded");
+                Ok(number)
+            }
+            Err(e) => {
+                tracing::error!(plugin = id, error = %e, "plugin load failed; previous version (if any) keeps serving");
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        id.to_string(),
+                        LoadFailure {
+                            error: e.to_string(),
+                            at: SystemTime::now(),
+                        },
+                    );
+                Err(e)
+            }
+        }
+    }
+
+    /// Unregister a plugin (its folder is gone). Calls in flight finish on their snapshot.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut removed = false;
+        self.serving.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            removed = map.remove(id).is_some();
+            map
+        });
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if removed {
+            tracing::info!(plugin = id, "plugin removed");
+        }
+        removed
+    }
+
+    /// The serving generation of a plugin.
+    pub fn generation(&self, id: &str) -> Option<Arc<Generation>> {
+        self.serving.load().get(id).cloned()
+    }
+
+    /// Status of every plugin seen (serving or failed).
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let serving = self.serving.load();
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut ids: Vec<&String> = serving.keys().chain(failures.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                let g = serving.get(id);
+                let failure = failures.get(id);
+                let shared = g.map(|g| g.plugin.shared());
+                PluginStatus {
+                    id: id.clone(),
+                    state: match (g, failure) {
+                        (Some(_), None) => "serving",
+                        (Some(_), Some(_)) => "failed_reload",
+                        _ => "failed",
+                    },
+                    version: shared.map(|s| s.version.clone()),
+                    sha256: shared.map(|s| s.sha256.clone()),
+                    generation: g.map(|g| g.number),
+                    loaded_at: g.map(|g| {
+                        g.loaded_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    }),
+                    capabilities: shared.map(|s| s.capabilities.clone()),
+                    last_error: failure.map(|f| f.error.clone()),
+                    stats: g.map(|g| g.plugin.stats.snapshot()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Suppliers for Registry {
+    fn get(&self, plugin_id: &str) -> Option<Arc<dyn Supplier>> {
+        self.generation(plugin_id)
+            .map(|g| g.plugin.clone() as Arc<dyn Supplier>)
+    }
+
+    fn all(&self) -> Vec<Arc<dyn Supplier>> {
+        self.serving
+            .load()
+            .values()
+            .map(|g| g.plugin.clone() as Arc<dyn Supplier>)
+            .collect()
+    }
+}

@@ -1,0 +1,782 @@
+//! A loaded plugin and the way every call into it runs:
+//!
+//! 1. wait for a concurrency slot (back-pressure; give up after `queue_timeout_ms`);
+//! 2. a fresh store and instance from the pre-linked [`SupplierPre`] (no state survives a
+//!    call, so nothing leaks between orders or resellers);
+//! 3. run under the memory cap, the epoch-driven wall-clock budget and an outer timeout
+//!    that also covers time spent waiting on egress;
+//! 4. classify any failure ([`FaultKind`]) and check the output's size and shape before it
+//!    reaches the domain.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::config::PluginLimits;
+use crate::domain::supplier::*;
+
+use super::bindings::{Supplier as Bindings, SupplierPre, host};
+use super::egress::{EgressPolicy, OutboundRule};
+use super::engine::PluginEngine;
+use super::error::{CallError, LoadError};
+use super::manifest::{Capabilities, Grants, Manifest, sha256_hex};
+use super::secrets::SecretStore;
+use super::state::PluginState;
+use super::stats::PluginStats;
+
+/// Extra time the outer timeout allows beyond the budget, so the epoch interrupt (which
+/// reports a precise "deadline" fault) normally fires first.
+const OUTER_TIMEOUT_GRACE: Duration = Duration::from_millis(250);
+
+/// What every call of one plugin generation shares: identity, grants, limits.
+#[derive(Debug)]
+pub struct PluginShared {
+    /// Plugin id.
+    pub id: String,
+    /// Plugin version.
+    pub version: String,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    /// Effective limits.
+    pub limits: PluginLimits,
+    /// Effective capabilities.
+    pub capabilities: Capabilities,
+    /// Egress policy (rules and secret values).
+    pub egress: Arc<EgressPolicy>,
+}
+
+/// A plugin ready to be called.
+pub struct LoadedPlugin {
+    shared: Arc<PluginShared>,
+    pre: SupplierPre<PluginState>,
+    slots: Semaphore,
+    info: SupplierInfo,
+    /// Call counters for status and metrics.
+    pub stats: PluginStats,
+}
+
+/// Everything needed to load a plugin besides its folder.
+pub struct LoadContext<'a> {
+    /// The engine.
+    pub engine: &'a PluginEngine,
+    /// The operator's grants.
+    pub grants: &'a Grants,
+    /// Secret values.
+    pub secrets: &'a SecretStore,
+    /// Host default limits.
+    pub limits: PluginLimits,
+    /// Refuse manifests without a `sha256` (true for the watched folder).
+    pub require_digest: bool,
+}
+
+impl LoadedPlugin {
+    /// Load the plugin in `dir`: manifest, digest, compile (or cache), link against the
+    /// effective grants, and a `describe` smoke test. Blocking: run it off the async runtime.
+    pub fn load(dir: &Path, cx: &LoadContext<'_>) -> Result<LoadedPlugin, LoadError> {
+        let manifest = Manifest::read(dir)?;
+        if let Some(folder) = dir.file_name().and_then(|f| f.to_str())
+            && folder != manifest.id
+        {
+            return Err(LoadError::FolderMismatch {
+                folder: folder.to_string(),
+                id: manifest.id.clone(),
+            });
+        }
+        let wasm_path = manifest.wasm_path(dir);
+        let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
+            path: wasm_path.clone(),
+            source,
+        })?;
+        let sha256 = sha256_hex(&wasm);
+        match &manifest.sha256 {
+            Some(expected) if !expected.eq_ignore_ascii_case(&sha256) => {
+                return Err(LoadError::Digest {
+                    id: manifest.id.clone(),
+                    path: wasm_path,
+                    expected: expected.clone(),
+                    actual: sha256,
+                });
+            }
+            None if cx.require_digest => {
+                return Err(LoadError::MissingDigest { id: manifest.id });
+            }
+            _ => {}
+        }
+        Self::from_parts(manifest, &wasm, sha256, cx)
+    }
+
+    /// Load from an already-read manifest and component.
+    pub fn from_parts(
+        manifest: Manifest,
+        wasm: &[u8],
+        sha256: String,
+        cx: &LoadContext<'_>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let id = manifest.id.clone();
+        let version = manifest.version.clone();
+        let grant = cx.grants.plugins.get(&id);
+        let capabilities = Capabilities::effective(&manifest.requests, grant);
+        let limits = cx
+            .limits
+            .lowered_by(&manifest.limits)
+            .lowered_by(&grant.map(|g| g.limits).unwrap_or_default());
+
+        let component = cx
+            .engine
+            .compile(wasm, &sha256)
+            .map_err(|e| LoadError::Compile {
+                id: id.clone(),
+                version: version.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let link_err = |message: String| LoadError::Link {
+            id: id.clone(),
+            version: version.clone(),
+            message,
+        };
+        check_imports_granted(cx.engine, &component, &capabilities).map_err(link_err)?;
+        let linker =
+            build_linker(cx.engine, &capabilities).map_err(|e| link_err(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| link_err(format!("{e:#}")))?;
+        let pre = SupplierPre::new(instance_pre).map_err(|e| {
+            link_err(format!(
+                "the component does not export the simgate:supplier@0.1.0 world: {e:#}"
+            ))
+        })?;
+
+        let secrets = cx.secrets.for_plugin(&id, &capabilities.secrets);
+        let egress = Arc::new(EgressPolicy {
+            plugin: id.clone(),
+            rules: capabilities
+                .outbound
+                .iter()
+                .filter_map(|r| OutboundRule::parse(r).ok())
+                .collect(),
+            secrets,
+            allow_private_addresses: capabilities.allow_private_addresses,
+            connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
+            max_response_bytes: limits.max_egress_response_bytes,
+        });
+        let shared = Arc::new(PluginShared {
+            id: id.clone(),
+            version: version.clone(),
+            sha256,
+            limits,
+            capabilities,
+            egress,
+        });
+        let mut plugin = LoadedPlugin {
+            slots: Semaphore::new(limits.max_concurrency as usize),
+            shared,
+            pre,
+            info: SupplierInfo {
+                id: id.clone(),
+                version: version.clone(),
+                supplier: String::new(),
+                features: Vec::new(),
+            },
+            stats: PluginStats::default(),
+        };
+        let smoke = |message: String| LoadError::SmokeTest {
+            id: id.clone(),
+            version: version.clone(),
+            message,
+        };
+        let info = block_on_describe(&plugin).map_err(|e| smoke(e.to_string()))?;
+        if info.id != id || info.version != version {
+            return Err(smoke(format!(
+                "describe() says {} {} but plugin.toml says {id} {version}",
+                info.id, info.version
+            )));
+        }
+        plugin.info = info;
+        Ok(plugin)
+    }
+
+    /// Identity, grants and limits.
+    pub fn shared(&self) -> &Arc<PluginShared> {
+        &self.shared
+    }
+
+    /// Run one export in a fresh instance under all limits.
+    async fn call<T: Send>(
+        &self,
+        operation: &'static str,
+        f: impl for<'a> FnOnce(
+            &'a Bindings,
+            &'a mut Store<PluginState>,
+        )
+            -> Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>
+        + Send,
+    ) -> Result<(T, Arc<std::sync::Mutex<super::egress::EgressReport>>), CallError> {
+        let fault = |kind: FaultKind, detail: String| CallError {
+            plugin: self.shared.id.clone(),
+            version: self.shared.version.clone(),
+            operation,
+            kind,
+            detail,
+        };
+        let queue = Duration::from_millis(self.shared.limits.queue_timeout_ms);
+        let _slot = match tokio::time::timeout(queue, self.slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let e = fault(
+                    FaultKind::Overloaded,
+                    format!("no free slot within {} ms", queue.as_millis()),
+                );
+                self.stats.record(Err(e.kind), Duration::ZERO);
+                return Err(e);
+            }
+        };
+        let _in_flight = self.stats.enter();
+        let started = Instant::now();
+        let budget = self.shared.limits.timeout();
+        let mut store = Store::new(
+            self.pre.engine(),
+            PluginState::new(self.shared.clone(), started + budget),
+        );
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the executor every tick; interrupt once the budget is spent. A deadline
+        // of 1 tick can fire at once (the ticker may be about to tick), hence the `+ 1`.
+        store.set_epoch_deadline(1 + 1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.deadline_hit = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let run = async {
+            let bindings = self.pre.instantiate_async(&mut store).await?;
+            f(&bindings, &mut store).await
+        };
+        let outcome = tokio::time::timeout(budget + OUTER_TIMEOUT_GRACE, run).await;
+        let elapsed = started.elapsed();
+        let result = match outcome {
+            Err(_) => Err(fault(
+                FaultKind::Deadline,
+                format!("no answer within {} ms", budget.as_millis()),
+            )),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let state = store.data();
+                let (kind, detail) = if state.deadline_hit {
+                    (
+                        FaultKind::Deadline,
+                        format!("interrupted after {} ms", budget.as_millis()),
+                    )
+                } else if state.limiter.memory_denied {
+                    (
+                        FaultKind::Memory,
+                        format!(
+                            "exceeded the {} MiB memory limit",
+                            self.shared.limits.memory_mib
+                        ),
+                    )
+                } else {
+                    let stderr = state.stderr.contents();
+                    let stderr = String::from_utf8_lossy(&stderr);
+                    let stderr = stderr.trim();
+                    // The trap itself, not wasmtime's multi-line backtrace.
+                    let mut detail = match error.downcast_ref::<wasmtime::Trap>() {
+                        Some(trap) => trap.to_string(),
+                        None => error
+                            .root_cause()
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    };
+                    if !stderr.is_empty() {
+                        detail.push_str(" | plugin stderr: ");
+                        detail.push_str(stderr);
+                    }
+                    (FaultKind::Trap, detail)
+                };
+                Err(fault(kind, detail))
+            }
+        };
+        let egress = store.data().egress.clone();
+        self.stats
+            .record(result.as_ref().map(|_| ()).map_err(|e| e.kind), elapsed);
+        if let Err(e) = &result {
+            tracing::warn!(plugin = %e.plugin, version = %e.version, operation, kind = %e.kind, detail = %e.detail, "plugin call failed");
+        }
+        result.map(|v| (v, egress))
+    }
+
+    /// Run an export that returns `result<T, supplier-error>` and convert both sides.
+    async fn call_supplier<W: Send, T>(
+        &self,
+        operation: &'static str,
+        f: impl for<'a> FnOnce(
+            &'a Bindings,
+            &'a mut Store<PluginState>,
+        ) -> Pin<
+            Box<
+                dyn Future<Output = wasmtime::Result<Result<W, host::types::SupplierError>>>
+                    + Send
+                    + 'a,
+            >,
+        > + Send,
+        convert: impl FnOnce(W, &mut OutputBudget) -> Result<T, String>,
+    ) -> SupplierResult<T> {
+        let (result, egress) = self.call(operation, f).await.map_err(into_fault)?;
+        let denied = egress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .denied
+            .first()
+            .cloned();
+        let bad_output = |detail: String| {
+            let e = CallError {
+                plugin: self.shared.id.clone(),
+                version: self.shared.version.clone(),
+                operation,
+                kind: FaultKind::BadOutput,
+                detail,
+            };
+            self.stats.reclassify(FaultKind::BadOutput);
+            tracing::warn!(plugin = %e.plugin, operation, detail = %e.detail, "plugin returned bad output");
+            into_fault(e)
+        };
+        let mut budget = OutputBudget::new(self.shared.limits.max_output_bytes);
+        match result {
+            Ok(value) => convert(value, &mut budget).map_err(bad_output),
+            Err(_) if denied.is_some() => {
+                self.stats.reclassify(FaultKind::EgressDenied);
+                Err(into_fault(CallError {
+                    plugin: self.shared.id.clone(),
+                    version: self.shared.version.clone(),
+                    operation,
+                    kind: FaultKind::EgressDenied,
+                    detail: denied.unwrap_or_default(),
+                }))
+            }
+            Err(e) => Err(convert_supplier_error(e, &mut budget).map_err(bad_output)?),
+        }
+    }
+
+    /// `plugin.describe`.
+    pub async fn describe(&self) -> SupplierResult<SupplierInfo> {
+        let (info, _) = self
+            .call("describe", |b, s| {
+                Box::pin(b.simgate_supplier_plugin().call_describe(s))
+            })
+            .await
+            .map_err(into_fault)?;
+        let mut budget = OutputBudget::new(self.shared.limits.max_output_bytes);
+        convert_info(info, &mut budget).map_err(|detail| {
+            into_fault(CallError {
+                plugin: self.shared.id.clone(),
+                version: self.shared.version.clone(),
+                operation: "describe",
+                kind: FaultKind::BadOutput,
+                detail,
+            })
+        })
+    }
+}
+
+fn into_fault(e: CallError) -> SupplierError {
+    SupplierError::Fault {
+        kind: e.kind,
+        message: e.to_string(),
+    }
+}
+
+/// Run `describe` to completion from blocking code (plugin loading runs off the runtime).
+fn block_on_describe(plugin: &LoadedPlugin) -> SupplierResult<SupplierInfo> {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SupplierError::Fault {
+                kind: FaultKind::Internal,
+                message: e.to_string(),
+            })?
+            .block_on(plugin.describe())
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from a runtime thread (tests): do the blocking work on a plain thread.
+        std::thread::scope(|s| s.spawn(run).join().expect("describe thread panicked"))
+    } else {
+        run()
+    }
+}
+
+impl Supplier for LoadedPlugin {
+    fn info(&self) -> &SupplierInfo {
+        &self.info
+    }
+
+    fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
+        Box::pin(self.call_supplier(
+            "list-products",
+            |b, s| Box::pin(b.simgate_supplier_catalog().call_list_products(s)),
+            |products, budget| {
+                products
+                    .into_iter()
+                    .map(|p| convert_product(p, budget))
+                    .collect()
+            },
+        ))
+    }
+
+    fn provision(&self, req: ProvisionRequest) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        let wit = host::types::ProvisionRequest {
+            order_ref: req.order_ref,
+            sku: req.sku,
+            quantity: req.quantity,
+        };
+        Box::pin(self.call_supplier(
+            "provision",
+            move |b, s| {
+                Box::pin(async move {
+                    b.simgate_supplier_provisioning()
+                        .call_provision(s, &wit)
+                        .await
+                })
+            },
+            convert_outcome,
+        ))
+    }
+
+    fn poll(
+        &self,
+        order_ref: String,
+        supplier_ref: String,
+    ) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        let wit = host::types::PollRequest {
+            order_ref,
+            supplier_ref,
+        };
+        Box::pin(self.call_supplier(
+            "poll",
+            move |b, s| {
+                Box::pin(async move { b.simgate_supplier_provisioning().call_poll(s, &wit).await })
+            },
+            convert_outcome,
+        ))
+    }
+
+    fn usage(&self, iccid: String) -> BoxFuture<'_, SupplierResult<Usage>> {
+        Box::pin(self.call_supplier(
+            "usage",
+            move |b, s| {
+                Box::pin(async move {
+                    b.simgate_supplier_provisioning()
+                        .call_usage(s, &iccid)
+                        .await
+                })
+            },
+            |u, budget| {
+                budget.take(u.raw_status.len())?;
+                Ok(Usage {
+                    used_bytes: u.used_bytes,
+                    total_bytes: u.total_bytes,
+                    profile: convert_profile(u.profile),
+                    plan: convert_plan(u.plan),
+                    raw_status: u.raw_status,
+                    expires_at_ms: u.expires_at_ms,
+                })
+            },
+        ))
+    }
+
+    fn top_up(
+        &self,
+        order_ref: String,
+        iccid: String,
+        sku: String,
+    ) -> BoxFuture<'_, SupplierResult<String>> {
+        let wit = host::types::TopUpRequest {
+            order_ref,
+            iccid,
+            sku,
+        };
+        Box::pin(self.call_supplier(
+            "top-up",
+            move |b, s| {
+                Box::pin(
+                    async move { b.simgate_supplier_provisioning().call_top_up(s, &wit).await },
+                )
+            },
+            |r, budget| budget.string(r),
+        ))
+    }
+
+    fn cancel(&self, order_ref: String, iccid: String) -> BoxFuture<'_, SupplierResult<()>> {
+        let wit = host::types::CancelRequest { order_ref, iccid };
+        Box::pin(self.call_supplier(
+            "cancel",
+            move |b, s| {
+                Box::pin(
+                    async move { b.simgate_supplier_provisioning().call_cancel(s, &wit).await },
+                )
+            },
+            |(), _| Ok(()),
+        ))
+    }
+}
+
+/// Counts the bytes of a plugin's result as it is converted; past the cap the result is
+/// refused as bad output.
+pub struct OutputBudget {
+    left: usize,
+    cap: usize,
+}
+
+impl OutputBudget {
+    fn new(cap: usize) -> OutputBudget {
+        OutputBudget { left: cap, cap }
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), String> {
+        self.left = self
+            .left
+            .checked_sub(n)
+            .ok_or_else(|| format!("result larger than the {} byte output limit", self.cap))?;
+        Ok(())
+    }
+
+    fn string(&mut self, s: String) -> Result<String, String> {
+        self.take(s.len() + 8)?;
+        Ok(s)
+    }
+}
+
+fn convert_info(i: host::types::Info, budget: &mut OutputBudget) -> Result<SupplierInfo, String> {
+    use host::types::Feature as F;
+    Ok(SupplierInfo {
+        id: budget.string(i.id)?,
+        version: budget.string(i.version)?,
+        supplier: budget.string(i.supplier)?,
+        features: i
+            .features
+            .into_iter()
+            .map(|f| match f {
+                F::AsyncProvisioning => Feature::AsyncProvisioning,
+                F::TopUp => Feature::TopUp,
+                F::Cancel => Feature::Cancel,
+                F::Usage => Feature::Usage,
+                F::Ekyc => Feature::Ekyc,
+                F::Webhooks => Feature::Webhooks,
+            })
+            .collect(),
+    })
+}
+
+fn convert_product(
+    p: host::types::Product,
+    budget: &mut OutputBudget,
+) -> Result<SupplierProduct, String> {
+    if p.sku.is_empty() || p.sku.len() > 128 || p.sku.chars().any(char::is_control) {
+        return Err(format!(
+            "product sku {:?} must be 1-128 printable characters",
+            p.sku
+        ));
+    }
+    for c in &p.countries {
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "product {}: country {c:?} is not ISO 3166 alpha-2",
+                p.sku
+            ));
+        }
+    }
+    let currency = &p.wholesale.currency;
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "product {}: currency {currency:?} is not ISO 4217",
+            p.sku
+        ));
+    }
+    if p.wholesale.minor < 0 {
+        return Err(format!("product {}: negative price", p.sku));
+    }
+    budget.take(64 + p.countries.len() * 4)?;
+    Ok(SupplierProduct {
+        sku: budget.string(p.sku)?,
+        title: budget.string(p.title)?,
+        countries: p.countries,
+        region: p.region.map(|r| budget.string(r)).transpose()?,
+        data: match p.data {
+            host::types::DataAllowance::Bytes(b) => DataAllowance::Bytes(b),
+            host::types::DataAllowance::Unlimited => DataAllowance::Unlimited,
+        },
+        validity_days: p.validity_days,
+        wholesale: Money {
+            minor: p.wholesale.minor,
+            currency: p.wholesale.currency,
+        },
+        needs_kyc: p.needs_kyc,
+        top_up_able: p.top_up_able,
+    })
+}
+
+fn convert_outcome(
+    o: host::types::ProvisionOutcome,
+    budget: &mut OutputBudget,
+) -> Result<ProvisionOutcome, String> {
+    Ok(match o {
+        host::types::ProvisionOutcome::Pending(r) => ProvisionOutcome::Pending(budget.string(r)?),
+        host::types::ProvisionOutcome::Delivered(esims) => ProvisionOutcome::Delivered(
+            esims
+                .into_iter()
+                .map(|e| convert_esim(e, budget))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Structural checks on delivery data: the host builds `LPA:1$smdp$matching` from it, so a
+/// `$` or a control character would corrupt the activation code.
+pub(crate) fn convert_esim(
+    e: host::types::Esim,
+    budget: &mut OutputBudget,
+) -> Result<EsimProfile, String> {
+    budget.take(e.iccid.len() + e.smdp_address.len() + e.matching_id.len() + 16)?;
+    if !(18..=22).contains(&e.iccid.len()) || !e.iccid.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("iccid {:?} is not 18-22 digits", e.iccid));
+    }
+    let clean = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 255
+            && !s.contains('$')
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+    };
+    if !clean(&e.smdp_address) || !clean(&e.matching_id) {
+        return Err(format!(
+            "eSIM {}: SM-DP+ address or matching id is empty or malformed",
+            e.iccid
+        ));
+    }
+    Ok(EsimProfile {
+        iccid: e.iccid,
+        smdp_address: e.smdp_address,
+        matching_id: e.matching_id,
+        confirmation_code_required: e.confirmation_code_required,
+    })
+}
+
+fn convert_supplier_error(
+    e: host::types::SupplierError,
+    budget: &mut OutputBudget,
+) -> Result<SupplierError, String> {
+    use host::types::SupplierError as E;
+    let mut reason = |s: String| -> Result<String, String> {
+        // Reasons are shown to operators; keep them to a line.
+        let s: String = s.chars().take(512).collect();
+        budget.string(s)
+    };
+    Ok(match e {
+        E::OutOfStock => SupplierError::OutOfStock,
+        E::RateLimited(s) => SupplierError::RateLimited(s),
+        E::Unavailable(r) => SupplierError::Unavailable(reason(r)?),
+        E::Rejected(r) => SupplierError::Rejected(reason(r)?),
+        E::InvalidRequest(r) => SupplierError::InvalidRequest(reason(r)?),
+        E::NotSupported => SupplierError::NotSupported,
+    })
+}
+
+fn convert_profile(p: host::types::ProfileState) -> ProfileState {
+    use host::types::ProfileState as P;
+    match p {
+        P::Released => ProfileState::Released,
+        P::Downloaded => ProfileState::Downloaded,
+        P::Installed => ProfileState::Installed,
+        P::Enabled => ProfileState::Enabled,
+        P::Disabled => ProfileState::Disabled,
+        P::Deleted => ProfileState::Deleted,
+        P::Error => ProfileState::Error,
+    }
+}
+
+fn convert_plan(p: host::types::PlanState) -> PlanState {
+    use host::types::PlanState as P;
+    match p {
+        P::Allocating => PlanState::Allocating,
+        P::Ready => PlanState::Ready,
+        P::Active => PlanState::Active,
+        P::Depleted => PlanState::Depleted,
+        P::Expired => PlanState::Expired,
+        P::ExpiredUnused => PlanState::ExpiredUnused,
+    }
+}
+
+/// Check the component's imports against the effective capabilities before linking, so an
+/// ungranted import fails with a message that says what to grant.
+fn check_imports_granted(
+    engine: &PluginEngine,
+    component: &wasmtime::component::Component,
+    caps: &Capabilities,
+) -> Result<(), String> {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty
+        .imports(engine.engine())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let http: Vec<&str> = imports
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("wasi:http/"))
+        .collect();
+    if !http.is_empty() && !caps.has_egress() {
+        return Err(format!(
+            "the component imports {} (egress), but no outbound host is granted; request \
+             hosts under [requests] outbound in plugin.toml and grant them in the grants file",
+            http.join(", ")
+        ));
+    }
+    const OFFERED: [&str; 8] = [
+        "simgate:supplier/",
+        "wasi:http/",
+        "wasi:io/",
+        "wasi:cli/",
+        "wasi:clocks/",
+        "wasi:random/",
+        "wasi:filesystem/",
+        "wasi:sockets/",
+    ];
+    if let Some(name) = imports
+        .iter()
+        .find(|n| !OFFERED.iter().any(|p| n.starts_with(p)))
+    {
+        return Err(format!(
+            "the component imports {name}, which simgate does not offer to plugins"
+        ));
+    }
+    Ok(())
+}
+
+/// The linker for one plugin: the simgate imports, WASI with an empty context, and
+/// `wasi:http` only when egress is granted.
+fn build_linker(
+    engine: &PluginEngine,
+    caps: &Capabilities,
+) -> wasmtime::Result<Linker<PluginState>> {
+    let mut linker = Linker::new(engine.engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    host::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    host::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    host::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    host::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    if caps.has_egress() {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    Ok(linker)
+}

@@ -1,0 +1,152 @@
+//! The keyring: the API-key pepper and the master key for sealing activation data. Both are
+//! 32 random bytes in files of their own (mode 0600) beside the database, never inside it,
+//! so a copy of the database alone neither verifies keys nor opens activation codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::domain::accounts::KeyHash;
+use crate::domain::gateway::Keyring;
+
+/// Version byte in front of sealed data, so the format can change.
+const SEALED_V1: u8 = 1;
+
+/// A key file could not be read or created.
+#[derive(Debug, thiserror::Error)]
+#[error("key file {path}: {message}")]
+pub struct KeyFileError {
+    path: PathBuf,
+    message: String,
+}
+
+/// The keyring backed by two key files.
+pub struct FileKeyring {
+    pepper: hmac::Key,
+    master: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl FileKeyring {
+    /// Open (or create on first start) `pepper.key` and `master.key` in `dir`.
+    pub fn open(dir: &Path) -> Result<FileKeyring, KeyFileError> {
+        let rng = SystemRandom::new();
+        let pepper = load_or_create(&dir.join("pepper.key"), &rng)?;
+        let master = load_or_create(&dir.join("master.key"), &rng)?;
+        Ok(FileKeyring {
+            pepper: hmac::Key::new(hmac::HMAC_SHA256, &pepper),
+            master: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, &master).expect("32 bytes is an AES-256 key"),
+            ),
+            rng,
+        })
+    }
+}
+
+fn load_or_create(path: &Path, rng: &SystemRandom) -> Result<[u8; 32], KeyFileError> {
+    let err = |message: String| KeyFileError {
+        path: path.to_owned(),
+        message,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|_| err("must hold exactly 32 bytes".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            rng.fill(&mut key)
+                .map_err(|_| err("no system randomness".into()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(path).map_err(|e| err(e.to_string()))?;
+            file.write_all(&key).map_err(|e| err(e.to_string()))?;
+            file.sync_all().map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+impl Keyring for FileKeyring {
+    fn hash_key(&self, key: &str) -> KeyHash {
+        let tag = hmac::sign(&self.pepper, key.as_bytes());
+        KeyHash(tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes"))
+    }
+
+    fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).expect("system randomness");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        let mut body = plaintext.to_vec();
+        self.master
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut body,
+            )
+            .expect("AES-GCM sealing of a small record cannot fail");
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let (&version, rest) = sealed.split_first()?;
+        if version != SEALED_V1 || rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        let plain = self
+            .master
+            .open_in_place(nonce, Aad::from(context), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_data_opens_only_with_its_context_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FileKeyring::open(dir.path()).unwrap();
+        let sealed = k.seal(b"8999", b"LPA:1$x$y");
+        assert_eq!(k.open(b"8999", &sealed).unwrap(), b"LPA:1$x$y");
+        assert!(k.open(b"8998", &sealed).is_none(), "bound to its context");
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(k.open(b"8999", &tampered).is_none());
+        let other = FileKeyring::open(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(other.open(b"8999", &sealed).is_none());
+    }
+
+    #[test]
+    fn keys_persist_across_restarts_with_private_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let h1 = FileKeyring::open(dir.path()).unwrap().hash_key("k");
+        let h2 = FileKeyring::open(dir.path()).unwrap().hash_key("k");
+        assert_eq!(h1, h2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("pepper.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Test plugin `egress`: probes the host's outbound rules and reports what it saw.
+//!
+//! `provision` GETs the URL in config `target_url` (or `forbidden_url` for SKU
+//! `egress-forbidden`) with `authorization: Bearer ${secret:PROBE_TOKEN}`, then fails with
+//! `rejected` carrying a JSON report, so a test can read it from the order's failure:
+//! `{"status": 200, "body": "...", "sent_authorization": "Bearer ${secret:PROBE_TOKEN}"}`
+//! on a response (the placeholder as the plugin knows it: the host substitutes it at
+//! egress), or `{"error": "<HttpError>"}` when the request failed or was denied.
+
+use serde_json::json;
+use simgate_sdk::*;
+
+struct Egress;
+
+impl Provisioning for Egress {
+    fn provision(req: ProvisionRequest) -> Result<ProvisionOutcome, SupplierError> {
+        let key = match req.sku.as_str() {
+            "egress-forbidden" => "forbidden_url",
+            _ => "target_url",
+        };
+        let url = config::get(key)
+            .ok_or_else(|| SupplierError::InvalidRequest(format!("config {key} is not set")))?;
+        let authorization = format!("Bearer {}", secret_ref("PROBE_TOKEN"));
+        let report = match http::Request::get(url)
+            .header("authorization", authorization.as_str())
+            .send()
+        {
+            Ok(response) => json!({
+                "status": response.status,
+                "body": response.text(),
+                "sent_authorization": authorization,
+            }),
+            Err(err) => json!({ "error": err.to_string() }),
+        };
+        Err(SupplierError::Rejected(report.to_string()))
+    }
+}
+
+impl Plugin for Egress {
+    fn describe() -> Info {
+        testing_common::info("egress", env!("CARGO_PKG_VERSION"))
+    }
+}
+
+impl Catalog for Egress {
+    fn list_products() -> Result<Vec<Product>, SupplierError> {
+        Ok(vec![
+            testing_common::product("egress-1"),
+            testing_common::product("egress-forbidden"),
+        ])
+    }
+}
+
+impl Ekyc for Egress {}
+impl Webhooks for Egress {}
+
+simgate_sdk::export!(Egress);

@@ -1,0 +1,359 @@
+//! Black-box test support: the built plugin components, deployable plugin folders made with
+//! the real `simgate plugin pack`, and a running `simgate serve` on a free loopback port
+//! with its own data directory.
+//!
+//! Nothing here mocks a simgate component: tests talk HTTP to the real binary, which loads
+//! real `.wasm` plugins and writes to a real sled database on disk.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use serde_json::{Value, json};
+
+/// Where the plugins' `.wasm` files were built.
+pub fn wasm_dir() -> PathBuf {
+    PathBuf::from(env!("SIMGATE_WASM_DIR"))
+}
+
+/// The built component of plugin crate `name` (e.g. `sandbox`, `spin`).
+pub fn wasm(name: &str) -> PathBuf {
+    wasm_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// The source folder of plugin `name` (holding its source `plugin.toml`).
+pub fn plugin_source(name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("SIMGATE_PLUGINS_SRC"));
+    let direct = src.join(name);
+    if direct.join("plugin.toml").exists() {
+        direct
+    } else {
+        src.join("testing").join(name)
+    }
+}
+
+/// Pack plugin `name` into `plugins_dir` with the real CLI (fills in the sha256).
+pub fn pack(bin: &Path, name: &str, plugins_dir: &Path) {
+    let status = Command::new(bin)
+        .args(["plugin", "pack", "--manifest"])
+        .arg(plugin_source(name).join("plugin.toml"))
+        .arg("--wasm")
+        .arg(wasm(name))
+        .arg("--out")
+        .arg(plugins_dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("running simgate plugin pack");
+    assert!(status.success(), "simgate plugin pack {name} failed");
+}
+
+/// How to start a gateway.
+pub struct GatewayBuilder {
+    bin: PathBuf,
+    plugins: Vec<String>,
+    grants: Option<String>,
+    secrets: Option<String>,
+    env: Vec<(String, String)>,
+    data_dir: Option<tempfile::TempDir>,
+}
+
+/// A running `simgate serve`. Killed when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The admin key printed on first start.
+    pub admin_key: String,
+    /// The demo reseller's key printed on first start.
+    pub demo_key: String,
+    /// The data directory (removed when the gateway is dropped).
+    pub data_dir: tempfile::TempDir,
+    /// Everything the process printed to stdout.
+    pub stdout: Vec<String>,
+    agent: ureq::Agent,
+    bin: PathBuf,
+}
+
+impl GatewayBuilder {
+    /// A gateway running binary `bin` (pass `env!("CARGO_BIN_EXE_simgate")`).
+    pub fn new(bin: &str) -> GatewayBuilder {
+        GatewayBuilder {
+            bin: PathBuf::from(bin),
+            plugins: vec!["sandbox".into()],
+            grants: None,
+            secrets: None,
+            env: Vec::new(),
+            data_dir: None,
+        }
+    }
+
+    /// Load these plugins instead of just the sandbox.
+    pub fn plugins(mut self, names: &[&str]) -> Self {
+        self.plugins = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Contents of the grants file.
+    pub fn grants(mut self, toml: &str) -> Self {
+        self.grants = Some(toml.into());
+        self
+    }
+
+    /// Contents of the secrets file.
+    pub fn secrets(mut self, toml: &str) -> Self {
+        self.secrets = Some(toml.into());
+        self
+    }
+
+    /// An extra environment variable for the process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Reuse an existing data directory (restart tests).
+    pub fn data_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    /// Start the process and wait until it listens.
+    pub fn start(self) -> Gateway {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let plugins_dir = data_dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        for p in &self.plugins {
+            if !plugins_dir.join(p).exists() {
+                pack(&self.bin, p, &plugins_dir);
+            }
+        }
+        if let Some(g) = &self.grants {
+            std::fs::write(data_dir.path().join("grants.toml"), g).unwrap();
+        }
+        if let Some(s) = &self.secrets {
+            std::fs::write(data_dir.path().join("secrets.toml"), s).unwrap();
+        }
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .env(
+                "SIMGATE_LOG",
+                std::env::var("SIMGATE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting simgate serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let base = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line
+                        .strip_prefix("simgate listening on ")
+                        .map(str::to_string);
+                    lines.push(line);
+                    if let Some(b) = found {
+                        break b;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("simgate did not start listening; stdout so far: {lines:?}");
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let key_after = |prefix: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Gateway {
+            admin_key: key_after("admin API key"),
+            demo_key: key_after("demo reseller"),
+            child: Some(child),
+            base,
+            data_dir,
+            stdout: lines,
+            agent,
+            bin: self.bin,
+        }
+    }
+}
+
+/// A response: status, headers, parsed JSON body (or `Value::Null`), raw bytes.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body as JSON, or `Null` when not JSON.
+    pub json: Value,
+    /// Raw body.
+    pub bytes: Vec<u8>,
+}
+
+impl Resp {
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Gateway {
+    /// The binary this gateway runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The plugins folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.data_dir.path().join("plugins")
+    }
+
+    /// Send a request. `key` is the bearer key (or `None`); `body` is sent as JSON.
+    pub fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
+        self.raw(
+            method,
+            path,
+            key,
+            &[],
+            body.map(|b| b.to_string().into_bytes()),
+            Some("application/json"),
+        )
+    }
+
+    /// Send a request with full control over headers and body bytes.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        content_type: Option<&str>,
+    ) -> Resp {
+        let url = format!("{}{}", self.base, path);
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let (Some(ct), Some(_)) = (content_type, &body) {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let result = match body {
+            Some(b) => self.agent.run(req.body(b).unwrap()),
+            None => self.agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap_or_default();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            json,
+            bytes,
+        }
+    }
+
+    /// `GET` as the demo reseller.
+    pub fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, Some(&self.demo_key), None)
+    }
+
+    /// `POST` JSON as the demo reseller.
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.call("POST", path, Some(&self.demo_key), Some(body))
+    }
+
+    /// Send SIGKILL and wait; the data directory stays for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        dir
+    }
+
+    /// Send SIGTERM and wait for the process to exit; returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().expect("waiting for simgate")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether a digit string passes the Luhn check (independent of the gateway's own).
+pub fn luhn(digits: &str) -> bool {
+    let mut sum = 0;
+    for (i, c) in digits.chars().rev().enumerate() {
+        let Some(mut d) = c.to_digit(10) else {
+            return false;
+        };
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    !digits.is_empty() && sum % 10 == 0
+}
