@@ -65,7 +65,7 @@ fn a_granted_host_is_reached_with_the_secret_filled_in_by_the_host() {
         .grants(&grants(port, true))
         .secrets(&format!("[egress]\nPROBE_TOKEN = \"{SECRET}\"\n"))
         .start();
-    let order = gw.post("/v1/orders", &json!({"product_id": "egress:egress-1"}));
+    let order = gw.order(&json!({"product_id": "egress:egress-1"}));
     assert_eq!(order.status, 201, "{:?}", order.json);
     let report = report(&order.json);
     assert_eq!(report["status"], 200);
@@ -87,10 +87,7 @@ fn an_ungranted_host_is_denied_and_reported_as_egress_denied() {
         .grants(&grants(port, true))
         .secrets(&format!("[egress]\nPROBE_TOKEN = \"{SECRET}\"\n"))
         .start();
-    let order = gw.post(
-        "/v1/orders",
-        &json!({"product_id": "egress:egress-forbidden"}),
-    );
+    let order = gw.order(&json!({"product_id": "egress:egress-forbidden"}));
     assert_eq!(order.status, 201, "{:?}", order.json);
     assert_eq!(
         order.json["failure"]["code"], "plugin_egress_denied",
@@ -111,7 +108,7 @@ fn a_granted_rule_resolving_to_loopback_is_denied_without_the_private_address_gr
         .grants(&grants(port, false))
         .secrets(&format!("[egress]\nPROBE_TOKEN = \"{SECRET}\"\n"))
         .start();
-    let order = gw.post("/v1/orders", &json!({"product_id": "egress:egress-1"}));
+    let order = gw.order(&json!({"product_id": "egress:egress-1"}));
     assert_eq!(
         order.json["failure"]["code"], "plugin_egress_denied",
         "{:?}",
@@ -130,7 +127,7 @@ fn an_ungranted_secret_is_never_filled_in() {
         .grants(&grants)
         .secrets(&format!("[egress]\nPROBE_TOKEN = \"{SECRET}\"\n"))
         .start();
-    let order = gw.post("/v1/orders", &json!({"product_id": "egress:egress-1"}));
+    let order = gw.order(&json!({"product_id": "egress:egress-1"}));
     assert_eq!(
         order.json["failure"]["code"], "plugin_egress_denied",
         "{:?}",

@@ -14,19 +14,18 @@ fn gateway() -> Gateway {
     GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
         .plugins(&["sandbox", "spin", "hog", "trap", "oversized", "undeclared"])
         .grants(GRANTS)
+        // One retry, quickly: a deadline is retried once, then the order fails.
+        .config("[orders]\nmax_attempts = 2\nbase_backoff_ms = 50\n")
         .start()
 }
 
 /// Order `product` while a sandbox order runs concurrently; the sandbox order must succeed.
 fn order_beside_sandbox(gw: &Gateway, product: &str) -> simgate_test_support::Resp {
     thread::scope(|s| {
-        let hostile = s.spawn(|| gw.post("/v1/orders", &json!({"product_id": product})));
+        let hostile = s.spawn(|| gw.order(&json!({"product_id": product})));
         // Several healthy orders while the hostile call runs.
         for _ in 0..3 {
-            let ok = gw.post(
-                "/v1/orders",
-                &json!({"product_id": "sandbox:SBX-US-5GB-30D"}),
-            );
+            let ok = gw.order(&json!({"product_id": "sandbox:SBX-US-5GB-30D"}));
             assert_eq!(ok.status, 201, "{:?}", ok.json);
             assert_eq!(
                 ok.json["status"], "fulfilled",
@@ -69,7 +68,8 @@ fn each_hostile_plugin_is_stopped_with_its_typed_error_while_the_sandbox_serves(
             .as_u64()
             .unwrap()
     };
-    assert_eq!(faults("spin", "deadline"), 1);
+    // A deadline is retryable: the configured one retry also hit it, then the order failed.
+    assert_eq!(faults("spin", "deadline"), 2);
     assert_eq!(faults("hog", "memory"), 1);
     assert_eq!(faults("trap", "trap"), 1);
     assert_eq!(faults("oversized", "bad_output"), 1);
@@ -92,10 +92,7 @@ fn a_plugin_importing_ungranted_egress_fails_to_load_with_a_clear_error() {
     assert!(error.contains("wasi:http/outgoing-handler"), "{error}");
     assert!(error.contains("no outbound host is granted"), "{error}");
     // Its products are not offered, and ordering one says the supplier is unavailable.
-    let r = gw.post(
-        "/v1/orders",
-        &json!({"product_id": "undeclared:undeclared-1"}),
-    );
+    let r = gw.order(&json!({"product_id": "undeclared:undeclared-1"}));
     assert_eq!(r.status, 503);
     assert_eq!(r.json["code"], "supplier_not_loaded");
 }

@@ -37,10 +37,7 @@ fn an_esim_is_ordered_over_http_and_delivered_with_a_valid_iccid_and_activation_
     let product_id = japan["id"].as_str().unwrap();
     assert!(product_id.starts_with("sandbox:"));
 
-    let order = gw.post(
-        "/v1/orders",
-        &json!({"product_id": product_id, "quantity": 2}),
-    );
+    let order = gw.order(&json!({"product_id": product_id, "quantity": 2}));
     assert_eq!(order.status, 201, "{:?}", order.json);
     assert_eq!(order.json["status"], "fulfilled");
     let esims = order.json["esims"].as_array().unwrap();
@@ -94,19 +91,16 @@ fn requests_without_a_valid_key_get_a_401_problem() {
 #[test]
 fn out_of_stock_and_unknown_products_are_clear() {
     let gw = gateway();
-    let oos = gw.post("/v1/orders", &json!({"product_id": "sandbox:SBX-XX-OOS"}));
+    let oos = gw.order(&json!({"product_id": "sandbox:SBX-XX-OOS"}));
     assert_eq!(oos.status, 201, "{:?}", oos.json);
     assert_eq!(oos.json["status"], "failed");
     assert_eq!(oos.json["failure"]["code"], "out_of_stock");
-    let unknown = gw.post("/v1/orders", &json!({"product_id": "sandbox:NOPE"}));
+    let unknown = gw.order(&json!({"product_id": "sandbox:NOPE"}));
     assert_eq!(unknown.status, 404);
-    let no_plugin = gw.post("/v1/orders", &json!({"product_id": "gone:SKU"}));
+    let no_plugin = gw.order(&json!({"product_id": "gone:SKU"}));
     assert_eq!(no_plugin.status, 503);
     assert_eq!(no_plugin.json["code"], "supplier_not_loaded");
-    let bad = gw.post(
-        "/v1/orders",
-        &json!({"product_id": "sandbox:SBX-US-5GB-30D", "quantity": "two"}),
-    );
+    let bad = gw.order(&json!({"product_id": "sandbox:SBX-US-5GB-30D", "quantity": "two"}));
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json["code"], "malformed_json");
     assert_eq!(bad.json["pointer"], "/quantity");

@@ -34,6 +34,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// How the store acknowledges writes.
     pub store: StoreTuning,
+    /// Order fulfilment and catalog behaviour.
+    pub orders: OrderTuning,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             plugin_limits: PluginLimits::default(),
             http: HttpLimits::default(),
             store: StoreTuning::default(),
+            orders: OrderTuning::default(),
         }
     }
 }
@@ -181,6 +184,10 @@ pub struct HttpLimits {
     pub header_read_timeout_ms: u64,
     /// Graceful shutdown: how long in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// Requests per second one API key may make, sustained.
+    pub rate_limit_per_second: f64,
+    /// Requests one API key may make in a burst.
+    pub rate_limit_burst: f64,
 }
 
 impl Default for HttpLimits {
@@ -189,6 +196,10 @@ impl Default for HttpLimits {
             max_body_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            // Generous for an integration, tight enough that one runaway client cannot
+            // starve the others or the suppliers.
+            rate_limit_per_second: 200.0,
+            rate_limit_burst: 400.0,
         }
     }
 }
@@ -204,6 +215,47 @@ pub struct StoreTuning {
 impl Default for StoreTuning {
     fn default() -> Self {
         StoreTuning { cache_mib: 64 }
+    }
+}
+
+/// Order fulfilment, catalog and key settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrderTuning {
+    /// How long `POST /v1/orders` waits for fulfilment before answering with the order as
+    /// it stands. Most suppliers deliver in well under a second.
+    pub sync_wait_ms: u64,
+    /// Supplier calls per order before it fails (provision attempts plus polls).
+    pub max_attempts: u32,
+    /// First retry delay after `unavailable`/`rate-limited`; doubles per attempt.
+    pub base_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+    /// Delay between polls of a pending supplier order.
+    pub poll_interval_ms: u64,
+    /// Orders fulfilled at once (each holds at most one plugin call).
+    pub concurrency: usize,
+    /// Catalogs older than this are refreshed; also the period of the background refresh.
+    pub catalog_ttl_secs: u64,
+    /// How long a rotated API key keeps working: time to roll out the new one.
+    pub key_rotation_grace_secs: u64,
+    /// Prepaid credit given to the demo reseller, in US cents.
+    pub demo_credit_minor: i64,
+}
+
+impl Default for OrderTuning {
+    fn default() -> Self {
+        OrderTuning {
+            sync_wait_ms: 5_000,
+            max_attempts: 8,
+            base_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            poll_interval_ms: 2_000,
+            concurrency: 64,
+            catalog_ttl_secs: 600,
+            key_rotation_grace_secs: 24 * 3600,
+            demo_credit_minor: 100_000,
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use simgate::api::{self, AppState};
 use simgate::config::Config;
-use simgate::domain::gateway::Gateway;
+use simgate::domain::fulfilment::RetryPolicy;
+use simgate::domain::gateway::{Gateway, GatewayTuning};
 use simgate::plugins::{self, PluginEngine, Registry};
 use simgate::privacy::FileKeyring;
 use simgate::store::SledStore;
@@ -154,12 +155,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.load_all()).await?;
     }
-    let gateway = Gateway::new(store, registry.clone(), keyring);
+    let gateway = Arc::new(gateway(&config, store, registry.clone(), keyring));
     if let Some(keys) = gateway.bootstrap(config.demo).await? {
         println!("admin API key (shown once): {}", keys.admin);
         if let Some((reseller, key)) = keys.demo {
             println!("demo reseller {reseller} API key (shown once): {key}");
         }
+    }
+    gateway.recover()?;
+    {
+        // Keep catalogs fresh in the background so reads never wait on a supplier.
+        let gateway = gateway.clone();
+        let every = std::time::Duration::from_secs(config.orders.catalog_ttl_secs.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                gateway.refresh_catalogs().await;
+            }
+        });
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -169,6 +183,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         gateway,
         registry,
         limits: config.http,
+        limiter: simgate::api::ratelimit::RateLimiter::new(
+            config.http.rate_limit_per_second,
+            config.http.rate_limit_burst,
+        ),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -178,6 +196,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     api::serve(listener, state, shutdown_rx).await;
     Ok(())
+}
+
+/// The use cases, tuned from the configuration.
+fn gateway(
+    config: &Config,
+    store: Arc<SledStore>,
+    suppliers: Arc<dyn simgate::domain::Suppliers>,
+    keyring: Arc<FileKeyring>,
+) -> Gateway {
+    use std::time::Duration;
+    let o = config.orders;
+    let policy = RetryPolicy {
+        max_attempts: o.max_attempts,
+        base_backoff: Duration::from_millis(o.base_backoff_ms),
+        max_backoff: Duration::from_millis(o.max_backoff_ms),
+        poll_interval: Duration::from_millis(o.poll_interval_ms),
+        concurrency: o.concurrency,
+    };
+    let tuning = GatewayTuning {
+        sync_wait: Duration::from_millis(o.sync_wait_ms),
+        catalog_ttl: Duration::from_secs(o.catalog_ttl_secs),
+        rotation_grace: Duration::from_secs(o.key_rotation_grace_secs),
+        demo_credit_minor: o.demo_credit_minor,
+    };
+    Gateway::new(store, suppliers, keyring, policy, tuning)
 }
 
 async fn wait_for_signal() {

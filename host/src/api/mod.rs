@@ -2,8 +2,11 @@
 //! rules live here: each handler parses, calls one `Gateway` use case, and renders.
 
 mod body;
+mod openapi;
 pub mod problem;
-mod routes;
+mod qr;
+pub mod ratelimit;
+pub mod routes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,11 +29,13 @@ use crate::plugins::Registry;
 /// What every handler can reach.
 pub struct AppState {
     /// The use cases.
-    pub gateway: Gateway,
+    pub gateway: Arc<Gateway>,
     /// Plugin registry, for the admin status endpoint.
     pub registry: Arc<Registry>,
     /// HTTP limits.
     pub limits: HttpLimits,
+    /// Per-key rate limiter.
+    pub limiter: ratelimit::RateLimiter,
 }
 
 /// The response type of every handler.
@@ -113,7 +118,7 @@ async fn handle(
     tracing::info!(
         request_id,
         %method,
-        route = routes::route_label(&path),
+        route = routes::route_label(&method, &path),
         status = resp.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
         "request"

@@ -174,6 +174,15 @@ impl From<DomainError> for Problem {
                 message.clone(),
             )
             .at(field),
+            DomainError::InsufficientBalance { .. } => Problem::new(
+                S::PAYMENT_REQUIRED,
+                "insufficient_balance",
+                "Insufficient balance",
+                format!("{e}; credit the prepaid balance and retry"),
+            ),
+            DomainError::Conflict { code, ref message } => {
+                Problem::new(S::CONFLICT, code, "Conflict", message.clone())
+            }
             DomainError::SupplierNotLoaded(_) => {
                 let mut p = Problem::new(
                     S::SERVICE_UNAVAILABLE,

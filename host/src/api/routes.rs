@@ -1,5 +1,7 @@
-//! The route table and the handlers. Each handler: authenticate, parse, call one use case,
-//! render JSON.
+//! The route table and the handlers. [`ROUTES`] is the one list of what the API serves:
+//! dispatch, metrics labels and `/openapi.json` are all derived from it, so a route cannot
+//! exist without being documented. Each handler: authenticate, parse, call one `Gateway`
+//! use case, render.
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -7,60 +9,195 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::accounts::Role;
+use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::catalog::ProductFilter;
-use crate::domain::gateway::{NewOrder, Principal};
-use crate::domain::ids::OrderId;
+use crate::domain::gateway::{DomainError, NewOrder, Principal};
+use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
+use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::orders::OrderStatus;
 
 use super::body::{parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
-use super::{AppState, Response};
+use super::{AppState, Response, qr};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No key (health, spec).
+    Public,
+    /// Any valid key (reseller data is scoped to the key's reseller).
+    Key,
+    /// Admin keys only; others get 404.
+    Admin,
+}
+
+/// One route.
+#[derive(Debug)]
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path pattern; `{name}` segments are parameters.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// One-line summary for the spec.
+    pub summary: &'static str,
+    /// Whether it requires `Idempotency-Key`.
+    pub idempotent: bool,
+    /// Request body schema name, if any.
+    pub request: Option<&'static str>,
+    /// Success status and response schema name.
+    pub response: (u16, &'static str),
+    /// Query parameters: name and description.
+    pub query: &'static [(&'static str, &'static str)],
+}
+
+const PAGING: &[(&str, &str)] = &[
+    ("limit", "page size, 1 to 100 (default 20)"),
+    ("starting_after", "id of the last item of the previous page"),
+];
+
+macro_rules! route {
+    ($m:ident $p:literal, $a:ident, $s:literal, idem=$i:literal, req=$req:expr, resp=($st:literal, $rs:literal), query=$q:expr) => {
+        Route {
+            method: Method::$m,
+            path: $p,
+            access: Access::$a,
+            summary: $s,
+            idempotent: $i,
+            request: $req,
+            response: ($st, $rs),
+            query: $q,
+        }
+    };
+}
+
+/// Everything the API serves.
+pub static ROUTES: &[Route] = &[
+    route!(GET "/healthz", Public, "Liveness", idem=false, req=None, resp=(200, "Health"), query=&[]),
+    route!(GET "/readyz", Public, "Readiness: the store answers and plugins are loaded", idem=false, req=None, resp=(200, "Health"), query=&[]),
+    route!(GET "/openapi.json", Public, "This document", idem=false, req=None, resp=(200, "OpenApi"), query=&[]),
+    route!(GET "/v1/products", Key, "Catalog priced for the caller", idem=false, req=None, resp=(200, "ProductList"),
+        query=&[("country", "ISO 3166-1 alpha-2 code"), ("region", "region name, e.g. europe")]),
+    route!(POST "/v1/orders", Key, "Buy eSIMs; answers once fulfilled or after a short wait", idem=true, req=Some("NewOrder"), resp=(201, "Order"), query=&[]),
+    route!(GET "/v1/orders", Key, "The caller's orders, newest first", idem=false, req=None, resp=(200, "OrderList"),
+        query=&[("limit", "page size, 1 to 100 (default 20)"), ("starting_after", "id of the last item of the previous page"),
+                ("status", "accepted, submitted, fulfilled, failed or cancelled")]),
+    route!(GET "/v1/orders/{id}", Key, "One order with its eSIMs", idem=false, req=None, resp=(200, "Order"), query=&[]),
+    route!(POST "/v1/orders/{id}/cancel", Key, "Cancel a never-installed order and refund it", idem=true, req=None, resp=(200, "Order"), query=&[]),
+    route!(GET "/v1/esims/{iccid}", Key, "One eSIM with activation code and install links", idem=false, req=None, resp=(200, "Esim"), query=&[]),
+    route!(GET "/v1/esims/{iccid}/qr", Key, "The activation code as a QR image", idem=false, req=None, resp=(200, "QrImage"),
+        query=&[("format", "png (default) or svg")]),
+    route!(GET "/v1/esims/{iccid}/usage", Key, "Live usage from the supplier", idem=false, req=None, resp=(200, "Usage"), query=&[]),
+    route!(POST "/v1/esims/{iccid}/topups", Key, "Add a plan to an eSIM", idem=true, req=Some("NewTopUp"), resp=(201, "Order"), query=&[]),
+    route!(GET "/v1/balance", Key, "Prepaid balances by currency", idem=false, req=None, resp=(200, "BalanceList"), query=&[]),
+    route!(GET "/v1/balance/transactions", Key, "Ledger entries, newest first", idem=false, req=None, resp=(200, "TransactionList"), query=PAGING),
+    route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
+    route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
+    route!(GET "/v1/admin/resellers", Admin, "All resellers", idem=false, req=None, resp=(200, "ResellerList"), query=&[]),
+    route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
+    route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
+    route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=false, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
+    route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
+];
+
+/// Find the route for a method and path, with its parameters.
+fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Vec<&'p str>), Problem> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let mut path_matched = false;
+    for route in ROUTES {
+        let pattern: Vec<&str> = route.path.split('/').skip(1).collect();
+        if pattern.len() != segments.len() {
+            continue;
+        }
+        let mut params = Vec::new();
+        let fits = pattern.iter().zip(&segments).all(|(p, s)| {
+            if p.starts_with('{') {
+                params.push(*s);
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        });
+        if fits {
+            path_matched = true;
+            if route.method == *method {
+                return Ok((route, params));
+            }
+        }
+    }
+    Err(if path_matched {
+        problems::method_not_allowed(method)
+    } else {
+        problems::no_route(path)
+    })
+}
+
+/// A low-cardinality label for a path (the route pattern), for logs and metrics.
+pub fn route_label(method: &Method, path: &str) -> &'static str {
+    find(method, path).map(|(r, _)| r.path).unwrap_or("other")
+}
 
 /// Route a request.
 pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = req.method().clone();
-    match (segments.as_slice(), &method) {
-        (["healthz"], &Method::GET) => {
-            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+    let (route, params) = find(req.method(), &path)?;
+    let who = match route.access {
+        Access::Public => None,
+        Access::Key | Access::Admin => {
+            let who = authenticate(state, &req)?;
+            if route.access == Access::Admin && who.role != Role::Admin {
+                // Not even the existence of admin routes is confirmed to resellers.
+                return Err(problems::no_route(&path));
+            }
+            state.limiter.check(who.key)?;
+            Some(who)
         }
-        (["readyz"], &Method::GET) => readyz(state),
-        (["v1", "products"], &Method::GET) => list_products(state, &req).await,
-        (["v1", "orders"], &Method::POST) => create_order(state, req).await,
-        (["v1", "orders", id], &Method::GET) => get_order(state, &req, id),
-        (["v1", "esims", iccid], &Method::GET) => get_esim(state, &req, iccid),
-        (["v1", "admin", "plugins"], &Method::GET) => admin_plugins(state, &req),
-        (
-            ["healthz"]
-            | ["readyz"]
-            | ["v1", "products"]
-            | ["v1", "orders"]
-            | ["v1", "orders", _]
-            | ["v1", "esims", _]
-            | ["v1", "admin", "plugins"],
-            _,
-        ) => Err(problems::method_not_allowed(&method)),
+    };
+    let p = |i: usize| params.get(i).copied().unwrap_or_default();
+    let who_ref = who.as_ref();
+    let who = || who_ref.ok_or_else(problems::unauthenticated);
+    match (route.method.as_str(), route.path) {
+        ("GET", "/healthz") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        ("GET", "/readyz") => readyz(state),
+        ("GET", "/openapi.json") => Ok(json(StatusCode::OK, &super::openapi::document())),
+        ("GET", "/v1/products") => list_products(state, who()?, &req).await,
+        ("POST", "/v1/orders") => create_order(state, who()?, req).await,
+        ("GET", "/v1/orders") => list_orders(state, who()?, &req),
+        ("GET", "/v1/orders/{id}") => Ok(json(
+            StatusCode::OK,
+            &state.gateway.order(who()?, order_id(p(0))?)?,
+        )),
+        ("POST", "/v1/orders/{id}/cancel") => cancel_order(state, who()?, req, p(0)).await,
+        ("GET", "/v1/esims/{iccid}") => {
+            Ok(json(StatusCode::OK, &state.gateway.esim(who()?, p(0))?))
+        }
+        ("GET", "/v1/esims/{iccid}/qr") => esim_qr(state, who()?, &req, p(0)),
+        ("GET", "/v1/esims/{iccid}/usage") => Ok(json(
+            StatusCode::OK,
+            &state.gateway.usage(who()?, p(0)).await?,
+        )),
+        ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
+        ("GET", "/v1/balance") => balance(state, who()?),
+        ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req),
+        ("POST", "/v1/keys/rotate") => rotate_key(state, who()?),
+        ("GET", "/v1/admin/plugins") => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"data": state.registry.status()}),
+        )),
+        ("GET", "/v1/admin/resellers") => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"data": state.gateway.store().resellers().map_err(DomainError::from)?}),
+        )),
+        ("POST", "/v1/admin/resellers") => create_reseller(state, req).await,
+        ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
+        ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
+        ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)),
         _ => Err(problems::no_route(&path)),
     }
 }
 
-/// A low-cardinality label for a path (ids replaced), for logs and metrics.
-pub fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    match segments.as_slice() {
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["v1", "products"] => "/v1/products",
-        ["v1", "orders"] => "/v1/orders",
-        ["v1", "orders", _] => "/v1/orders/{id}",
-        ["v1", "esims", _] => "/v1/esims/{iccid}",
-        ["v1", "admin", "plugins"] => "/v1/admin/plugins",
-        _ => "other",
-    }
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("response types serialise");
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -123,9 +260,60 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Paging parameters shared by list endpoints.
+struct Paging {
+    limit: usize,
+    starting_after: Option<String>,
+}
+
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+
+/// Parse `limit` and `starting_after`, handing every other parameter to `other`.
+fn paging(
+    pairs: Vec<(String, String)>,
+    mut other: impl FnMut(&str, String) -> Result<(), Problem>,
+) -> Result<Paging, Problem> {
+    let mut paging = Paging {
+        limit: DEFAULT_PAGE,
+        starting_after: None,
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "limit" => {
+                paging.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        problems::invalid_query(format!("limit must be 1 to {MAX_PAGE}"))
+                    })?
+            }
+            "starting_after" => paging.starting_after = Some(v),
+            _ => other(&k, v)?,
+        }
+    }
+    Ok(paging)
+}
+
+fn order_id(s: &str) -> Result<OrderId, Problem> {
+    // A malformed id cannot name anything the caller owns: same 404 as a missing one.
+    s.parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("order")))
+}
+
 fn readyz(state: &AppState) -> Result<Response, Problem> {
-    let plugins = state.registry.status();
-    let serving = plugins.iter().filter(|p| p.version.is_some()).count();
+    state
+        .gateway
+        .store()
+        .meta("bootstrapped")
+        .map_err(DomainError::from)?;
+    let serving = state
+        .registry
+        .status()
+        .iter()
+        .filter(|p| p.version.is_some())
+        .count();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"status": "ready", "plugins_serving": serving}),
@@ -134,9 +322,9 @@ fn readyz(state: &AppState) -> Result<Response, Problem> {
 
 async fn list_products(
     state: &AppState,
+    who: &Principal,
     req: &http::Request<Incoming>,
 ) -> Result<Response, Problem> {
-    let who = authenticate(state, req)?;
     let mut filter = ProductFilter::default();
     for (k, v) in query_pairs(req) {
         match k.as_str() {
@@ -161,11 +349,93 @@ async fn list_products(
             }
         }
     }
-    let products = state.gateway.catalog(&who, &filter).await?;
+    let products = state.gateway.catalog(who, &filter).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"data": products, "has_more": false}),
     ))
+}
+
+/// Run an idempotent POST: claim the key, replay or refuse as the rule says, else run
+/// `create` (which binds the key to the order it creates) and free the key if it failed.
+async fn idempotent<F, Fut>(
+    state: &AppState,
+    who: &Principal,
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    create: F,
+) -> Result<Response, Problem>
+where
+    F: FnOnce(IdemKey) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), DomainError>>,
+{
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "Idempotency-Key required", "send an Idempotency-Key header (a unique string per intended operation, e.g. a UUID)"))?;
+    let fingerprint = idempotency::fingerprint(method, path, body);
+    let (idem, claim) = state.gateway.claim_idempotency(who, key, &fingerprint)?;
+    match claim {
+        Claim::New => {}
+        Claim::Mismatch => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different request",
+            ));
+        }
+        Claim::InProgress => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_in_progress",
+                "Request in progress",
+                "the first request with this Idempotency-Key is still running; retry shortly",
+            );
+            p.retry_after = Some(1);
+            return Err(p);
+        }
+        Claim::Replay(IdemState::Order { order }) => {
+            let view = state.gateway.order(who, order)?;
+            let status = if path.ends_with("/cancel") {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            let mut resp = json(status, &view);
+            resp.headers_mut().insert(
+                "idempotent-replayed",
+                http::HeaderValue::from_static("true"),
+            );
+            return Ok(resp);
+        }
+        Claim::Replay(IdemState::Done { response }) => {
+            let mut resp = http::Response::new(Full::new(Bytes::from(response.body)));
+            *resp.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut().insert(
+                "idempotent-replayed",
+                http::HeaderValue::from_static("true"),
+            );
+            return Ok(resp);
+        }
+        Claim::Replay(IdemState::InProgress { .. }) => {
+            unreachable!("judge never replays a running request")
+        }
+    }
+    match create(idem.clone()).await {
+        Ok((status, value)) => Ok(json(status, &value)),
+        Err(e) => {
+            // Nothing was created: free the key so a corrected or later retry can run.
+            state.gateway.release_idempotency(&idem)?;
+            Err(e.into())
+        }
+    }
 }
 
 /// `POST /v1/orders` body.
@@ -185,56 +455,392 @@ fn one() -> u32 {
     1
 }
 
-async fn create_order(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
-    let who = authenticate(state, &req)?;
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: http::Request<Incoming>,
+) -> Result<(http::HeaderMap, Bytes, T), Problem> {
     require_json(req.headers())?;
-    let body = read_capped(req.into_body(), state.limits.max_body_bytes).await?;
-    let body: CreateOrder = parse_json(&body)?;
-    let view = state
-        .gateway
-        .place_order(
-            &who,
-            NewOrder {
+    let (parts, body) = req.into_parts();
+    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
+    let value = parse_json(&bytes)?;
+    Ok((parts.headers, bytes, value))
+}
+
+async fn create_order(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Incoming>,
+) -> Result<Response, Problem> {
+    let path = req.uri().path().to_string();
+    let (headers, bytes, body): (_, _, CreateOrder) = json_body(state, req).await?;
+    idempotent(
+        state,
+        who,
+        "POST",
+        &path,
+        &headers,
+        &bytes,
+        |idem| async move {
+            let new = NewOrder {
                 product_id: body.product_id,
                 quantity: body.quantity,
                 subject_ref: body.subject_ref,
                 metadata: body.metadata.map(serde_json::Value::Object),
-            },
-        )
-        .await?;
-    Ok(json(StatusCode::CREATED, &view))
+            };
+            let view = state.gateway.place_order(who, new, Some(&idem)).await?;
+            Ok((
+                StatusCode::CREATED,
+                serde_json::to_value(view).expect("serialises"),
+            ))
+        },
+    )
+    .await
 }
 
-fn get_order(
+fn list_orders(
     state: &AppState,
+    who: &Principal,
     req: &http::Request<Incoming>,
+) -> Result<Response, Problem> {
+    let mut status = None;
+    let paging = paging(query_pairs(req), |k, v| match k {
+        "status" => {
+            status = Some(
+                serde_json::from_value::<OrderStatus>(serde_json::Value::String(v)).map_err(
+                    |_| {
+                        problems::invalid_query(
+                            "status must be accepted, submitted, fulfilled, failed or cancelled"
+                                .into(),
+                        )
+                    },
+                )?,
+            );
+            Ok(())
+        }
+        other => Err(problems::invalid_query(format!(
+            "unknown parameter {other:?}"
+        ))),
+    })?;
+    let before = paging.starting_after.as_deref().map(order_id).transpose()?;
+    let page = state.gateway.orders(who, before, status, paging.limit)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"data": page.items, "has_more": page.has_more}),
+    ))
+}
+
+async fn cancel_order(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Incoming>,
     id: &str,
 ) -> Result<Response, Problem> {
-    let who = authenticate(state, req)?;
-    // A malformed id cannot name anything the caller owns: same 404 as a missing one.
-    let id: OrderId = id
-        .parse()
-        .map_err(|_| Problem::from(crate::domain::gateway::DomainError::NotFound("order")))?;
-    Ok(json(StatusCode::OK, &state.gateway.order(&who, id)?))
+    let id = order_id(id)?;
+    let path = req.uri().path().to_string();
+    let (parts, body) = req.into_parts();
+    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
+    idempotent(
+        state,
+        who,
+        "POST",
+        &path,
+        &parts.headers,
+        &bytes,
+        |idem| async move {
+            let view = state.gateway.cancel(who, id).await?;
+            state
+                .gateway
+                .finish_idempotency(&idem, &IdemState::Order { order: id })?;
+            Ok((
+                StatusCode::OK,
+                serde_json::to_value(view).expect("serialises"),
+            ))
+        },
+    )
+    .await
 }
 
-fn get_esim(
+fn esim_qr(
     state: &AppState,
+    who: &Principal,
     req: &http::Request<Incoming>,
     iccid: &str,
 ) -> Result<Response, Problem> {
-    let who = authenticate(state, req)?;
-    Ok(json(StatusCode::OK, &state.gateway.esim(&who, iccid)?))
+    let mut svg = false;
+    for (k, v) in query_pairs(req) {
+        match (k.as_str(), v.as_str()) {
+            ("format", "png") => svg = false,
+            ("format", "svg") => svg = true,
+            ("format", _) => {
+                return Err(problems::invalid_query("format must be png or svg".into()));
+            }
+            (other, _) => {
+                return Err(problems::invalid_query(format!(
+                    "unknown parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let esim = state.gateway.esim(who, iccid)?;
+    let (bytes, content_type) = if svg {
+        (qr::svg(&esim.activation_code).into_bytes(), "image/svg+xml")
+    } else {
+        (qr::png(&esim.activation_code), "image/png")
+    };
+    let mut resp = http::Response::new(Full::new(Bytes::from(bytes)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("private, no-store"),
+    );
+    Ok(resp)
 }
 
-fn admin_plugins(state: &AppState, req: &http::Request<Incoming>) -> Result<Response, Problem> {
-    let who = authenticate(state, req)?;
-    if who.role != Role::Admin {
-        // Not even the existence of admin routes is confirmed to resellers.
-        return Err(problems::no_route(req.uri().path()));
-    }
+/// `POST /v1/esims/{iccid}/topups` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopUp {
+    product_id: String,
+}
+
+async fn create_top_up(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Incoming>,
+    iccid: &str,
+) -> Result<Response, Problem> {
+    let path = req.uri().path().to_string();
+    let (headers, bytes, body): (_, _, CreateTopUp) = json_body(state, req).await?;
+    idempotent(
+        state,
+        who,
+        "POST",
+        &path,
+        &headers,
+        &bytes,
+        |idem| async move {
+            let view = state
+                .gateway
+                .top_up(who, iccid, &body.product_id, Some(&idem))
+                .await?;
+            Ok((
+                StatusCode::CREATED,
+                serde_json::to_value(view).expect("serialises"),
+            ))
+        },
+    )
+    .await
+}
+
+fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem> {
+    let data: Vec<_> = state
+        .gateway
+        .balances(who)?
+        .into_iter()
+        .map(|(currency, b)| serde_json::json!({"currency": currency, "available": b.available, "held": b.held}))
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"data": data})))
+}
+
+fn transactions(
+    state: &AppState,
+    who: &Principal,
+    req: &http::Request<Incoming>,
+) -> Result<Response, Problem> {
+    let paging = paging(query_pairs(req), |k, _| {
+        Err(problems::invalid_query(format!("unknown parameter {k:?}")))
+    })?;
+    let before = paging
+        .starting_after
+        .as_deref()
+        .map(|s| {
+            ulid::Ulid::from_string(&s.to_uppercase()).map_err(|_| {
+                problems::invalid_query("starting_after must be a transaction id".into())
+            })
+        })
+        .transpose()?;
+    let page = state.gateway.transactions(who, before, paging.limit)?;
+    let data: Vec<_> = page
+        .items
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id.to_string().to_lowercase(), "type": e.kind, "amount": e.amount, "currency": e.currency,
+                "order_id": e.order, "note": e.note, "created_at_ms": e.created_at_ms,
+            })
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"data": state.registry.status()}),
+        &serde_json::json!({"data": data, "has_more": page.has_more}),
     ))
+}
+
+fn key_json(key: &str, record: &crate::domain::accounts::ApiKey) -> serde_json::Value {
+    serde_json::json!({
+        "key": key, "id": record.id, "role": record.role, "mode": record.mode,
+        "reseller_id": record.reseller, "note": "shown once: store it now",
+    })
+}
+
+fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
+    let (key, record) = state.gateway.rotate_key(who)?;
+    Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReseller {
+    name: String,
+    #[serde(default)]
+    markup_bps: u32,
+}
+
+async fn create_reseller(
+    state: &AppState,
+    req: http::Request<Incoming>,
+) -> Result<Response, Problem> {
+    let (_, _, body): (_, _, CreateReseller) = json_body(state, req).await?;
+    let reseller = state.gateway.create_reseller(&body.name, body.markup_bps)?;
+    state
+        .gateway
+        .store()
+        .durable()
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(StatusCode::CREATED, &reseller))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    #[serde(default = "reseller_role")]
+    role: Role,
+    #[serde(default = "live")]
+    mode: KeyMode,
+}
+
+fn reseller_role() -> Role {
+    Role::Reseller
+}
+
+fn live() -> KeyMode {
+    KeyMode::Live
+}
+
+fn reseller_id(s: &str) -> Result<ResellerId, Problem> {
+    s.parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("reseller")))
+}
+
+async fn create_key(
+    state: &AppState,
+    req: http::Request<Incoming>,
+    id: &str,
+) -> Result<Response, Problem> {
+    let reseller = reseller_id(id)?;
+    let (_, _, body): (_, _, CreateKey) = json_body(state, req).await?;
+    if body.role == Role::Admin {
+        return Err(Problem::from(DomainError::Invalid {
+            field: "/role",
+            message: "reseller keys are reseller or reseller_readonly".into(),
+        }));
+    }
+    let (key, record) = state
+        .gateway
+        .create_key(Some(reseller), body.role, body.mode)?;
+    state
+        .gateway
+        .store()
+        .durable()
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCredit {
+    amount: i64,
+    #[serde(default = "usd")]
+    currency: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+fn usd() -> String {
+    "USD".into()
+}
+
+async fn credit(
+    state: &AppState,
+    req: http::Request<Incoming>,
+    id: &str,
+) -> Result<Response, Problem> {
+    let reseller = reseller_id(id)?;
+    let (_, _, body): (_, _, CreateCredit) = json_body(state, req).await?;
+    let balance = state
+        .gateway
+        .credit(reseller, body.amount, &body.currency, body.note)?;
+    state
+        .gateway
+        .store()
+        .durable()
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"currency": body.currency, "available": balance.available, "held": balance.held}),
+    ))
+}
+
+fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
+    let id: KeyId = id
+        .parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("key")))?;
+    let key = state.gateway.revoke_key(id)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"id": key.id, "role": key.role, "expires_at_ms": key.expires_at_ms}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_unique_and_find_their_parameters() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "duplicate route {} {}",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+        let (r, params) = find(&Method::POST, "/v1/orders/ord_x/cancel").unwrap();
+        assert_eq!(r.path, "/v1/orders/{id}/cancel");
+        assert_eq!(params, vec!["ord_x"]);
+        assert_eq!(
+            find(&Method::DELETE, "/v1/orders").unwrap_err().code,
+            "method_not_allowed"
+        );
+        assert_eq!(
+            find(&Method::GET, "/v2/nothing").unwrap_err().code,
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_garbage() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

@@ -30,6 +30,62 @@ pub struct Product {
     pub top_up_able: bool,
 }
 
+/// A plugin's catalog as last fetched, kept in the store so a restart or a slow supplier
+/// does not empty the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct CachedCatalog {
+    /// Plugin id.
+    pub plugin: String,
+    /// Plugin version it came from.
+    pub version: String,
+    /// When it was fetched, ms since the epoch.
+    pub fetched_at_ms: u64,
+    /// The products, with wholesale prices.
+    pub products: Vec<CachedProduct>,
+}
+
+/// A supplier product as cached (wholesale price; the reseller price is computed per call).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct CachedProduct {
+    /// Supplier SKU.
+    pub sku: String,
+    /// Title.
+    pub title: String,
+    /// Countries.
+    pub countries: Vec<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Data bytes; `None` when unlimited.
+    pub data_bytes: Option<u64>,
+    /// Validity.
+    pub validity_days: u32,
+    /// Wholesale price.
+    pub wholesale: Money,
+    /// Needs eKYC.
+    pub needs_kyc: bool,
+    /// Top-up-able.
+    pub top_up_able: bool,
+}
+
+impl From<&SupplierProduct> for CachedProduct {
+    fn from(p: &SupplierProduct) -> CachedProduct {
+        CachedProduct {
+            sku: p.sku.clone(),
+            title: p.title.clone(),
+            countries: p.countries.clone(),
+            region: p.region.clone(),
+            data_bytes: match p.data {
+                DataAllowance::Bytes(b) => Some(b),
+                DataAllowance::Unlimited => None,
+            },
+            validity_days: p.validity_days,
+            wholesale: p.wholesale.clone(),
+            needs_kyc: p.needs_kyc,
+            top_up_able: p.top_up_able,
+        }
+    }
+}
+
 /// Gateway product id of a supplier SKU.
 pub fn product_id(plugin: &str, sku: &str) -> String {
     format!("{plugin}:{sku}")
@@ -53,18 +109,15 @@ pub fn price_with_markup(wholesale: &Money, markup_bps: u32) -> Money {
     }
 }
 
-/// The reseller's view of a supplier product.
-pub fn for_reseller(plugin: &str, p: &SupplierProduct, markup_bps: u32) -> Product {
+/// The reseller's view of a cached supplier product.
+pub fn for_reseller(plugin: &str, p: &CachedProduct, markup_bps: u32) -> Product {
     Product {
         id: product_id(plugin, &p.sku),
         title: p.title.clone(),
         countries: p.countries.clone(),
         region: p.region.clone(),
-        data_bytes: match p.data {
-            DataAllowance::Bytes(b) => Some(b),
-            DataAllowance::Unlimited => None,
-        },
-        unlimited: p.data == DataAllowance::Unlimited,
+        data_bytes: p.data_bytes,
+        unlimited: p.data_bytes.is_none(),
         validity_days: p.validity_days,
         price: price_with_markup(&p.wholesale, markup_bps),
         needs_kyc: p.needs_kyc,

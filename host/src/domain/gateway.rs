@@ -4,18 +4,21 @@
 //! exist.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::accounts::{self, ApiKey, KeyHash, KeyMode, Reseller, Role};
-use super::catalog::{self, Product, ProductFilter};
+use super::catalog::{self, CachedCatalog, CachedProduct, Product, ProductFilter};
 use super::esim;
+use super::fulfilment::{Fulfilment, RetryPolicy};
+use super::idempotency::{self, Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
-use super::orders::{ActivationData, EsimRecord, Order, OrderFailure, OrderStatus};
-use super::store::{Store, StoreError};
+use super::ledger::{Balance, EntryKind, LedgerEntry};
+use super::orders::{ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderStatus};
+use super::store::{Page, Store, StoreError};
 use super::supplier::{
-    EsimProfile, PlanState, ProfileState, ProvisionOutcome, ProvisionRequest, SupplierError,
-    Suppliers,
+    FaultKind, Money, PlanState, ProfileState, Supplier, SupplierError, Suppliers,
 };
 
 /// Keyed operations the domain needs: API-key hashing and sealing of activation data.
@@ -58,6 +61,24 @@ pub enum DomainError {
         /// JSON pointer of the field, e.g. `/quantity`.
         field: &'static str,
         /// What is wrong.
+        message: String,
+    },
+    /// The prepaid balance cannot cover the price; nothing was held.
+    #[error("insufficient balance: {available} {currency} available, {needed} needed")]
+    InsufficientBalance {
+        /// Available, minor units.
+        available: i64,
+        /// Needed, minor units.
+        needed: i64,
+        /// Currency.
+        currency: String,
+    },
+    /// The request conflicts with the record's state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
         message: String,
     },
     /// The product's plugin is not loaded.
@@ -115,8 +136,31 @@ pub struct OrderView {
     /// The order.
     #[serde(flatten)]
     pub order: Order,
+    /// What it costs in total.
+    pub total: Money,
     /// Its eSIMs, with activation data.
     pub esims: Vec<EsimView>,
+}
+
+/// Usage of an eSIM as observed now.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageView {
+    /// ICCID.
+    pub iccid: String,
+    /// Bytes used.
+    pub used_bytes: u64,
+    /// Bytes included; `None` when unlimited.
+    pub total_bytes: Option<u64>,
+    /// Profile state.
+    pub profile_state: ProfileState,
+    /// Plan state.
+    pub plan_state: PlanState,
+    /// Supplier raw status.
+    pub supplier_status: String,
+    /// Plan expiry, ms since the epoch.
+    pub expires_at_ms: Option<u64>,
+    /// When the supplier reported this, ms since the epoch.
+    pub observed_at_ms: u64,
 }
 
 /// Keys minted on first start, shown once.
@@ -128,16 +172,45 @@ pub struct BootstrapKeys {
     pub demo: Option<(ResellerId, String)>,
 }
 
+/// Tunables of the use cases.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayTuning {
+    /// How long `POST /v1/orders` waits for fulfilment before answering with the order
+    /// as it stands (clients then poll or take the webhook).
+    pub sync_wait: Duration,
+    /// A cached catalog older than this is refreshed on the next read.
+    pub catalog_ttl: Duration,
+    /// How long a rotated key keeps working.
+    pub rotation_grace: Duration,
+    /// Credit given to the demo reseller (minor units of USD).
+    pub demo_credit_minor: i64,
+}
+
+impl Default for GatewayTuning {
+    fn default() -> Self {
+        GatewayTuning {
+            sync_wait: Duration::from_secs(5),
+            catalog_ttl: Duration::from_secs(600),
+            rotation_grace: Duration::from_secs(24 * 3600),
+            demo_credit_minor: 100_000,
+        }
+    }
+}
+
 /// Most eSIMs one order may ask for.
 pub const MAX_QUANTITY: u32 = 100;
 /// Longest `subject_ref`.
 pub const MAX_SUBJECT_REF: usize = 128;
+/// Largest serialised `metadata`.
+pub const MAX_METADATA_BYTES: usize = 4096;
 
 /// The gateway's use cases over a store, the loaded suppliers and the keyring.
 pub struct Gateway {
-    store: Arc<dyn Store>,
-    suppliers: Arc<dyn Suppliers>,
-    keyring: Arc<dyn Keyring>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) suppliers: Arc<dyn Suppliers>,
+    pub(crate) keyring: Arc<dyn Keyring>,
+    pub(crate) fulfilment: Arc<Fulfilment>,
+    pub(crate) tuning: GatewayTuning,
     rng: ring::rand::SystemRandom,
 }
 
@@ -155,11 +228,16 @@ impl Gateway {
         store: Arc<dyn Store>,
         suppliers: Arc<dyn Suppliers>,
         keyring: Arc<dyn Keyring>,
+        policy: RetryPolicy,
+        tuning: GatewayTuning,
     ) -> Gateway {
+        let fulfilment = Fulfilment::new(store.clone(), suppliers.clone(), keyring.clone(), policy);
         Gateway {
             store,
             suppliers,
             keyring,
+            fulfilment,
+            tuning,
             rng: ring::rand::SystemRandom::new(),
         }
     }
@@ -169,8 +247,19 @@ impl Gateway {
         &self.suppliers
     }
 
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Resume unfinished orders after a restart.
+    pub fn recover(&self) -> Result<usize, DomainError> {
+        Ok(self.fulfilment.recover()?)
+    }
+
     /// On the first start of an empty store, mint an admin key and (in demo mode) a demo
-    /// reseller with a test key. Later starts return `None`: keys are shown once.
+    /// reseller with a test key and some credit. Later starts return `None`: keys are
+    /// shown once.
     pub async fn bootstrap(&self, demo: bool) -> Result<Option<BootstrapKeys>, DomainError> {
         const MARKER: &str = "bootstrapped";
         if self.store.meta(MARKER)?.is_some() {
@@ -178,14 +267,14 @@ impl Gateway {
         }
         let (admin, _) = self.create_key(None, Role::Admin, KeyMode::Live)?;
         let demo = if demo {
-            let reseller = Reseller {
-                id: ResellerId::new(),
-                name: "Demo Reseller".into(),
-                markup_bps: 1500,
-                created_at_ms: now_ms(),
-            };
-            self.store.put_reseller(&reseller)?;
+            let reseller = self.create_reseller("Demo Reseller", 1500)?;
             let (key, _) = self.create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)?;
+            self.credit(
+                reseller.id,
+                self.tuning.demo_credit_minor,
+                "USD",
+                Some("demo credit".into()),
+            )?;
             Some((reseller.id, key))
         } else {
             None
@@ -195,6 +284,31 @@ impl Gateway {
         Ok(Some(BootstrapKeys { admin, demo }))
     }
 
+    /// Create a reseller account.
+    pub fn create_reseller(&self, name: &str, markup_bps: u32) -> Result<Reseller, DomainError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(DomainError::Invalid {
+                field: "/name",
+                message: "must be 1 to 200 printable characters".into(),
+            });
+        }
+        if markup_bps > 100_000 {
+            return Err(DomainError::Invalid {
+                field: "/markup_bps",
+                message: "must be 0 to 100000 (0% to 1000%)".into(),
+            });
+        }
+        let reseller = Reseller {
+            id: ResellerId::new(),
+            name: name.to_string(),
+            markup_bps,
+            created_at_ms: now_ms(),
+        };
+        self.store.put_reseller(&reseller)?;
+        Ok(reseller)
+    }
+
     /// Mint and store a key; returns the key string (shown once) and its record.
     pub fn create_key(
         &self,
@@ -202,6 +316,17 @@ impl Gateway {
         role: Role,
         mode: KeyMode,
     ) -> Result<(String, ApiKey), DomainError> {
+        if (role == Role::Admin) != reseller.is_none() {
+            return Err(DomainError::Invalid {
+                field: "/role",
+                message: "admin keys belong to no reseller; reseller keys belong to one".into(),
+            });
+        }
+        if let Some(r) = reseller {
+            self.store
+                .reseller(r)?
+                .ok_or(DomainError::NotFound("reseller"))?;
+        }
         let key = accounts::mint_key(mode, &self.rng);
         let record = ApiKey {
             id: KeyId::new(),
@@ -217,8 +342,68 @@ impl Gateway {
         Ok((key, record))
     }
 
-    /// Who holds this bearer key. The lookup is by keyed hash, so no comparison of the
-    /// secret ever happens: an equal hash is the only match, found by the store's index.
+    /// Revoke a key now.
+    pub fn revoke_key(&self, id: KeyId) -> Result<ApiKey, DomainError> {
+        let mut key = self
+            .store
+            .api_key_by_id(id)?
+            .ok_or(DomainError::NotFound("key"))?;
+        let now = now_ms();
+        key.expires_at_ms = Some(key.expires_at_ms.map_or(now, |t| t.min(now)));
+        self.store.put_api_key(&key)?;
+        Ok(key)
+    }
+
+    /// Replace the caller's key: a new key with the same role, the old one working for
+    /// the grace period so deployments can switch without downtime.
+    pub fn rotate_key(&self, who: &Principal) -> Result<(String, ApiKey), DomainError> {
+        let mut old = self
+            .store
+            .api_key_by_id(who.key)?
+            .ok_or(DomainError::Unauthenticated)?;
+        let (key, record) = self.create_key(old.reseller, old.role, old.mode)?;
+        let grace_end = now_ms() + self.tuning.rotation_grace.as_millis() as u64;
+        old.expires_at_ms = Some(old.expires_at_ms.map_or(grace_end, |t| t.min(grace_end)));
+        self.store.put_api_key(&old)?;
+        Ok((key, record))
+    }
+
+    /// Add money to a reseller's prepaid balance.
+    pub fn credit(
+        &self,
+        reseller: ResellerId,
+        amount: i64,
+        currency: &str,
+        note: Option<String>,
+    ) -> Result<Balance, DomainError> {
+        if amount <= 0 {
+            return Err(DomainError::Invalid {
+                field: "/amount",
+                message: "must be a positive amount in minor units".into(),
+            });
+        }
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(DomainError::Invalid {
+                field: "/currency",
+                message: "must be an ISO 4217 code such as USD".into(),
+            });
+        }
+        self.store
+            .reseller(reseller)?
+            .ok_or(DomainError::NotFound("reseller"))?;
+        let mut entry = LedgerEntry::new(reseller, EntryKind::Credit, amount, currency, None);
+        entry.note = note;
+        self.store
+            .post_entry(&entry)?
+            .map_err(|i| DomainError::InsufficientBalance {
+                available: i.available,
+                needed: i.needed,
+                currency: currency.into(),
+            })
+    }
+
+    /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so
+    /// the secret itself is never compared: only an equal hash finds a record.
     pub fn authenticate(&self, key: &str) -> Result<Principal, DomainError> {
         accounts::check_key_format(key).ok_or(DomainError::Unauthenticated)?;
         let record = self
@@ -233,13 +418,69 @@ impl Gateway {
         })
     }
 
-    fn reseller_of(&self, who: &Principal) -> Result<Reseller, DomainError> {
+    pub(crate) fn reseller_of(&self, who: &Principal) -> Result<Reseller, DomainError> {
         let id = who.reseller.ok_or(DomainError::Forbidden)?;
         self.store.reseller(id)?.ok_or(DomainError::Unauthenticated)
     }
 
-    /// Every loaded supplier's products, priced for the caller. A supplier whose catalog
-    /// call fails is left out (and logged) rather than failing the whole catalog.
+    /// The cached catalog of one plugin, refreshed when stale or from another version.
+    /// A supplier that fails keeps its last good catalog.
+    pub async fn plugin_catalog(
+        &self,
+        supplier: &Arc<dyn Supplier>,
+    ) -> Result<Option<CachedCatalog>, DomainError> {
+        let info = supplier.info();
+        let cached = self.store.catalog(&info.id)?;
+        let fresh = cached.as_ref().is_some_and(|c| {
+            c.version == info.version
+                && now_ms().saturating_sub(c.fetched_at_ms)
+                    < self.tuning.catalog_ttl.as_millis() as u64
+        });
+        if fresh {
+            return Ok(cached);
+        }
+        match supplier.list_products().await {
+            Ok(products) => {
+                let catalog = CachedCatalog {
+                    plugin: info.id.clone(),
+                    version: info.version.clone(),
+                    fetched_at_ms: now_ms(),
+                    products: products.iter().map(CachedProduct::from).collect(),
+                };
+                self.store.put_catalog(&catalog)?;
+                Ok(Some(catalog))
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %info.id, error = %e, "catalog refresh failed; serving the cached one");
+                Ok(cached)
+            }
+        }
+    }
+
+    /// Refresh every loaded plugin's catalog now (scheduled, and after a plugin changes).
+    pub async fn refresh_catalogs(&self) {
+        for supplier in self.suppliers.all() {
+            let info = supplier.info().clone();
+            match supplier.list_products().await {
+                Ok(products) => {
+                    let catalog = CachedCatalog {
+                        plugin: info.id.clone(),
+                        version: info.version.clone(),
+                        fetched_at_ms: now_ms(),
+                        products: products.iter().map(CachedProduct::from).collect(),
+                    };
+                    if let Err(e) = self.store.put_catalog(&catalog) {
+                        tracing::error!(plugin = %info.id, error = %e, "cannot cache catalog");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %info.id, error = %e, "scheduled catalog refresh failed")
+                }
+            }
+        }
+    }
+
+    /// Every loaded supplier's products, priced for the caller.
     pub async fn catalog(
         &self,
         who: &Principal,
@@ -248,54 +489,74 @@ impl Gateway {
         let markup = self.reseller_of(who)?.markup_bps;
         let mut out = Vec::new();
         for supplier in self.suppliers.all() {
-            let plugin = supplier.info().id.clone();
-            match supplier.list_products().await {
-                Ok(products) => out.extend(
-                    products
+            if let Some(catalog) = self.plugin_catalog(&supplier).await? {
+                out.extend(
+                    catalog
+                        .products
                         .iter()
-                        .map(|p| catalog::for_reseller(&plugin, p, markup))
+                        .map(|p| catalog::for_reseller(&catalog.plugin, p, markup))
                         .filter(|p| filter.accepts(p)),
-                ),
-                Err(e) => tracing::warn!(%plugin, error = %e, "catalog unavailable; left out"),
+                );
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
-    /// Place an order and provision it. (The walking skeleton provisions inline; the
-    /// order worker takes this over with holds, retries and polling.)
+    /// Find a product by gateway id in its plugin's catalog.
+    pub(crate) async fn find_product(
+        &self,
+        product_id: &str,
+        field: &'static str,
+    ) -> Result<(Arc<dyn Supplier>, CachedProduct), DomainError> {
+        let (plugin, sku) = catalog::split_product_id(product_id).ok_or(DomainError::Invalid {
+            field,
+            message: "expected <plugin>:<sku> as listed by GET /v1/products".into(),
+        })?;
+        let supplier = self
+            .suppliers
+            .get(plugin)
+            .ok_or_else(|| DomainError::SupplierNotLoaded(product_id.to_string()))?;
+        let catalog = self
+            .plugin_catalog(&supplier)
+            .await?
+            .ok_or_else(|| DomainError::SupplierNotLoaded(product_id.to_string()))?;
+        let product = catalog
+            .products
+            .into_iter()
+            .find(|p| p.sku == sku)
+            .ok_or(DomainError::NotFound("product"))?;
+        Ok((supplier, product))
+    }
+
+    /// Accept an order: hold its price, persist it, and hand it to fulfilment. Waits up
+    /// to `sync_wait` for a final state so fast suppliers answer in one round trip.
     pub async fn place_order(
         &self,
         who: &Principal,
         new: NewOrder,
+        idem: Option<&IdemKey>,
     ) -> Result<OrderView, DomainError> {
         if !who.role.can_write() {
             return Err(DomainError::Forbidden);
         }
         let reseller = self.reseller_of(who)?;
         validate_new_order(&new)?;
-        let (plugin, sku) =
-            catalog::split_product_id(&new.product_id).ok_or(DomainError::Invalid {
-                field: "/product_id",
-                message: "expected <plugin>:<sku> as listed by GET /v1/products".into(),
-            })?;
-        let supplier = self
-            .suppliers
-            .get(plugin)
-            .ok_or_else(|| DomainError::SupplierNotLoaded(new.product_id.clone()))?;
-        let products = supplier.list_products().await?;
-        let product = products
-            .iter()
-            .find(|p| p.sku == sku)
-            .ok_or(DomainError::NotFound("product"))?;
+        let (supplier, product) = self.find_product(&new.product_id, "/product_id").await?;
+        if product.needs_kyc {
+            return Err(DomainError::Conflict {
+                code: "ekyc_required",
+                message: "this product needs identity verification first (POST /v1/ekyc/sessions)"
+                    .into(),
+            });
+        }
         let now = now_ms();
-        let mut order = Order {
+        let order = Order {
             id: OrderId::new(),
             reseller: reseller.id,
             product_id: new.product_id.clone(),
-            plugin: plugin.to_string(),
-            sku: sku.to_string(),
+            plugin: supplier.info().id.clone(),
+            sku: product.sku.clone(),
             quantity: new.quantity,
             status: OrderStatus::Accepted,
             unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
@@ -306,85 +567,46 @@ impl Gateway {
             failure: None,
             created_at_ms: now,
             updated_at_ms: now,
+            kind: OrderKind::Esim,
+            attempts: 0,
+            next_attempt_ms: 0,
         };
-        self.store.put_order(&order)?;
+        self.accept(order, idem).await
+    }
 
-        // Only the order reference, SKU and quantity cross to the supplier (P3).
-        let request = ProvisionRequest {
-            order_ref: order.id.to_string(),
-            sku: order.sku.clone(),
-            quantity: order.quantity,
-        };
-        order.status = OrderStatus::Submitted;
-        let outcome = supplier.provision(request).await;
-        let mut esims = Vec::new();
-        match outcome {
-            Ok(ProvisionOutcome::Delivered(profiles))
-                if profiles.len() == order.quantity as usize =>
-            {
-                for profile in profiles {
-                    esims.push(self.record_esim(&order, profile)?);
-                }
-                order.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
-                order.status = OrderStatus::Fulfilled;
-            }
-            Ok(ProvisionOutcome::Delivered(profiles)) => {
-                order.status = OrderStatus::Failed;
-                order.failure = Some(OrderFailure {
-                    code: "plugin_bad_output".into(),
-                    message: format!(
-                        "supplier delivered {} eSIMs for a quantity of {}",
-                        profiles.len(),
-                        order.quantity
-                    ),
-                });
-            }
-            Ok(ProvisionOutcome::Pending(supplier_ref)) => {
-                order.supplier_ref = Some(supplier_ref);
-            }
-            Err(e) => {
-                order.status = OrderStatus::Failed;
-                order.failure = Some(failure_of(&e));
-            }
+    /// Hold, persist durably, submit, and wait briefly for the outcome.
+    pub(crate) async fn accept(
+        &self,
+        order: Order,
+        idem: Option<&IdemKey>,
+    ) -> Result<OrderView, DomainError> {
+        let total = order.total();
+        let hold = LedgerEntry::new(
+            order.reseller,
+            EntryKind::Hold,
+            total.minor,
+            &total.currency,
+            Some(order.id),
+        );
+        if let Err(i) = self.store.accept_order(&order, &hold, idem)? {
+            return Err(DomainError::InsufficientBalance {
+                available: i.available,
+                needed: i.needed,
+                currency: total.currency,
+            });
         }
-        order.updated_at_ms = now_ms();
-        self.store.put_order(&order)?;
         self.store.durable().await?;
-        let esims = esims
-            .iter()
-            .map(|e| self.open_esim(e))
-            .collect::<Result<_, _>>()?;
-        Ok(OrderView { order, esims })
+        let settled = self.fulfilment.watch(order.id);
+        self.fulfilment.submit(order.id);
+        let _ = tokio::time::timeout(self.tuning.sync_wait, settled).await;
+        self.order_view(
+            self.store
+                .order(order.id)?
+                .ok_or(DomainError::NotFound("order"))?,
+        )
     }
 
-    fn record_esim(&self, order: &Order, profile: EsimProfile) -> Result<EsimRecord, DomainError> {
-        let luhn_valid = esim::luhn_valid(&profile.iccid);
-        if !luhn_valid {
-            tracing::warn!(order = %order.id, plugin = %order.plugin, "delivered ICCID fails the Luhn check");
-        }
-        let activation = ActivationData {
-            smdp_address: profile.smdp_address,
-            matching_id: profile.matching_id,
-        };
-        let plaintext = serde_json::to_vec(&activation).expect("plain struct serialises");
-        let record = EsimRecord {
-            sealed_activation: self.keyring.seal(profile.iccid.as_bytes(), &plaintext),
-            iccid: profile.iccid,
-            order: order.id,
-            reseller: order.reseller,
-            plugin: order.plugin.clone(),
-            confirmation_code_required: profile.confirmation_code_required,
-            luhn_valid,
-            profile: ProfileState::Released,
-            plan: PlanState::Ready,
-            raw_status: String::new(),
-            created_at_ms: now_ms(),
-        };
-        self.store.put_esim(&record)?;
-        Ok(record)
-    }
-
-    fn open_esim(&self, record: &EsimRecord) -> Result<EsimView, DomainError> {
+    pub(crate) fn open_esim(&self, record: &EsimRecord) -> Result<EsimView, DomainError> {
         let plain = self
             .keyring
             .open(record.iccid.as_bytes(), &record.sealed_activation)
@@ -411,8 +633,24 @@ impl Gateway {
         })
     }
 
-    fn visible(&self, who: &Principal, owner: ResellerId) -> bool {
+    pub(crate) fn visible(&self, who: &Principal, owner: ResellerId) -> bool {
         who.role == Role::Admin || who.reseller == Some(owner)
+    }
+
+    pub(crate) fn order_view(&self, order: Order) -> Result<OrderView, DomainError> {
+        let mut esims = Vec::with_capacity(order.iccids.len());
+        if order.kind == OrderKind::Esim {
+            for iccid in &order.iccids {
+                if let Some(rec) = self.store.esim(iccid)? {
+                    esims.push(self.open_esim(&rec)?);
+                }
+            }
+        }
+        Ok(OrderView {
+            total: order.total(),
+            order,
+            esims,
+        })
     }
 
     /// One order, if the caller may see it.
@@ -422,23 +660,233 @@ impl Gateway {
             .order(id)?
             .filter(|o| self.visible(who, o.reseller))
             .ok_or(DomainError::NotFound("order"))?;
-        let mut esims = Vec::with_capacity(order.iccids.len());
-        for iccid in &order.iccids {
-            if let Some(rec) = self.store.esim(iccid)? {
-                esims.push(self.open_esim(&rec)?);
-            }
-        }
-        Ok(OrderView { order, esims })
+        self.order_view(order)
+    }
+
+    /// The caller's orders, newest first.
+    pub fn orders(
+        &self,
+        who: &Principal,
+        before: Option<OrderId>,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> Result<Page<OrderView>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        let page = self.store.orders_page(reseller.id, before, status, limit)?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|o| self.order_view(o))
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            has_more: page.has_more,
+        })
     }
 
     /// One eSIM, if the caller may see it.
     pub fn esim(&self, who: &Principal, iccid: &str) -> Result<EsimView, DomainError> {
-        let rec = self
-            .store
+        let rec = self.esim_record(who, iccid)?;
+        self.open_esim(&rec)
+    }
+
+    pub(crate) fn esim_record(
+        &self,
+        who: &Principal,
+        iccid: &str,
+    ) -> Result<EsimRecord, DomainError> {
+        self.store
             .esim(iccid)?
             .filter(|e| self.visible(who, e.reseller))
-            .ok_or(DomainError::NotFound("esim"))?;
-        self.open_esim(&rec)
+            .ok_or(DomainError::NotFound("esim"))
+    }
+
+    /// Live usage of an eSIM from its supplier; the states seen are kept on the record.
+    pub async fn usage(&self, who: &Principal, iccid: &str) -> Result<UsageView, DomainError> {
+        let mut rec = self.esim_record(who, iccid)?;
+        let supplier = self
+            .suppliers
+            .get(&rec.plugin)
+            .ok_or_else(|| DomainError::SupplierNotLoaded(rec.plugin.clone()))?;
+        let usage = supplier.usage(rec.iccid.clone()).await?;
+        let observed_at_ms = now_ms();
+        if (rec.profile, rec.plan, rec.raw_status.as_str())
+            != (usage.profile, usage.plan, usage.raw_status.as_str())
+        {
+            rec.profile = usage.profile;
+            rec.plan = usage.plan;
+            rec.raw_status = usage.raw_status.clone();
+            self.store.put_esim(&rec)?;
+        }
+        Ok(UsageView {
+            iccid: rec.iccid,
+            used_bytes: usage.used_bytes,
+            total_bytes: usage.total_bytes,
+            profile_state: usage.profile,
+            plan_state: usage.plan,
+            supplier_status: usage.raw_status,
+            expires_at_ms: usage.expires_at_ms,
+            observed_at_ms,
+        })
+    }
+
+    /// Top up an eSIM with a top-up-able product of the same supplier: an order of kind
+    /// `top_up`, paid and fulfilled like any other.
+    pub async fn top_up(
+        &self,
+        who: &Principal,
+        iccid: &str,
+        product_id: &str,
+        idem: Option<&IdemKey>,
+    ) -> Result<OrderView, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        let reseller = self.reseller_of(who)?;
+        let esim = self.esim_record(who, iccid)?;
+        let (supplier, product) = self.find_product(product_id, "/product_id").await?;
+        if supplier.info().id != esim.plugin || !product.top_up_able {
+            return Err(DomainError::Invalid {
+                field: "/product_id",
+                message: "must be a top-up-able product of the supplier that issued this eSIM"
+                    .into(),
+            });
+        }
+        let now = now_ms();
+        let order = Order {
+            id: OrderId::new(),
+            reseller: reseller.id,
+            product_id: product_id.to_string(),
+            plugin: esim.plugin.clone(),
+            sku: product.sku.clone(),
+            quantity: 1,
+            status: OrderStatus::Accepted,
+            unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
+            subject_ref: None,
+            metadata: None,
+            supplier_ref: None,
+            iccids: vec![esim.iccid.clone()],
+            failure: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            kind: OrderKind::TopUp { iccid: esim.iccid },
+            attempts: 0,
+            next_attempt_ms: 0,
+        };
+        self.accept(order, idem).await
+    }
+
+    /// Cancel a fulfilled order whose eSIMs were never installed, through the supplier,
+    /// and refund its price to the prepaid balance.
+    pub async fn cancel(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        let mut order = self
+            .store
+            .order(id)?
+            .filter(|o| self.visible(who, o.reseller))
+            .ok_or(DomainError::NotFound("order"))?;
+        if order.status != OrderStatus::Fulfilled || order.kind != OrderKind::Esim {
+            return Err(DomainError::Conflict {
+                code: "order_not_cancellable",
+                message: format!(
+                    "only fulfilled eSIM orders can be cancelled; this one is {:?}",
+                    order.status
+                )
+                .to_lowercase(),
+            });
+        }
+        let supplier = self
+            .suppliers
+            .get(&order.plugin)
+            .ok_or_else(|| DomainError::SupplierNotLoaded(order.plugin.clone()))?;
+        // Never installed: check with the supplier now, not just our last observation.
+        for iccid in &order.iccids {
+            let usage = supplier.usage(iccid.clone()).await?;
+            if usage.profile != ProfileState::Released {
+                return Err(DomainError::Conflict {
+                    code: "esim_installed",
+                    message: format!(
+                        "eSIM {iccid} was already {:?}; it cannot be cancelled",
+                        usage.profile
+                    )
+                    .to_lowercase(),
+                });
+            }
+        }
+        for iccid in &order.iccids {
+            supplier.cancel(order.id.to_string(), iccid.clone()).await?;
+        }
+        order.status = OrderStatus::Cancelled;
+        order.updated_at_ms = now_ms();
+        let total = order.total();
+        let refund = LedgerEntry::new(
+            order.reseller,
+            EntryKind::Refund,
+            total.minor,
+            &total.currency,
+            Some(order.id),
+        );
+        let mut esims = Vec::new();
+        for iccid in &order.iccids {
+            if let Some(mut e) = self.store.esim(iccid)? {
+                e.profile = ProfileState::Deleted;
+                esims.push(e);
+            }
+        }
+        self.store.settle_order(&order, Some(&refund), &esims)?;
+        self.store.durable().await?;
+        self.order_view(order)
+    }
+
+    /// The caller's balances.
+    pub fn balances(&self, who: &Principal) -> Result<Vec<(String, Balance)>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        Ok(self.store.balances(reseller.id)?)
+    }
+
+    /// The caller's ledger entries, newest first.
+    pub fn transactions(
+        &self,
+        who: &Principal,
+        before: Option<ulid::Ulid>,
+        limit: usize,
+    ) -> Result<Page<LedgerEntry>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        Ok(self.store.ledger_page(reseller.id, before, limit)?)
+    }
+
+    /// Claim an idempotency key for the caller (see `idempotency`).
+    pub fn claim_idempotency(
+        &self,
+        who: &Principal,
+        key: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<(IdemKey, Claim), DomainError> {
+        if !idempotency::valid_key(key) {
+            return Err(DomainError::Invalid {
+                field: "Idempotency-Key",
+                message: "must be 1 to 255 printable ASCII characters".into(),
+            });
+        }
+        let reseller = who.reseller.ok_or(DomainError::Forbidden)?;
+        let idem = IdemKey {
+            reseller,
+            key: key.to_string(),
+        };
+        let claim = self.store.claim_idempotency(&idem, fingerprint, now_ms())?;
+        Ok((idem, claim))
+    }
+
+    /// Record the outcome of an idempotent request that did not create an order.
+    pub fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> Result<(), DomainError> {
+        Ok(self.store.finish_idempotency(key, state)?)
+    }
+
+    /// Free a key whose request created nothing, so the client may retry with it.
+    pub fn release_idempotency(&self, key: &IdemKey) -> Result<(), DomainError> {
+        Ok(self.store.release_idempotency(key)?)
     }
 }
 
@@ -457,6 +905,14 @@ fn validate_new_order(new: &NewOrder) -> Result<(), DomainError> {
             message: format!(
                 "must be 1 to {MAX_SUBJECT_REF} printable characters (an opaque reference, not personal data)"
             ),
+        });
+    }
+    if let Some(m) = &new.metadata
+        && m.to_string().len() > MAX_METADATA_BYTES
+    {
+        return Err(DomainError::Invalid {
+            field: "/metadata",
+            message: format!("must serialise to at most {MAX_METADATA_BYTES} bytes"),
         });
     }
     Ok(())
@@ -478,6 +934,13 @@ pub fn failure_of(e: &SupplierError) -> OrderFailure {
         SupplierError::NotSupported => (
             "not_supported".into(),
             "the supplier does not support this".into(),
+        ),
+        SupplierError::Fault {
+            kind: FaultKind::NotLoaded,
+            ..
+        } => (
+            "supplier_not_loaded".into(),
+            "the supplier integration was removed".into(),
         ),
         SupplierError::Fault { kind, .. } => (
             format!("plugin_{}", kind.as_str()),

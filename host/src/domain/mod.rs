@@ -5,8 +5,11 @@
 pub mod accounts;
 pub mod catalog;
 pub mod esim;
+pub mod fulfilment;
 pub mod gateway;
+pub mod idempotency;
 pub mod ids;
+pub mod ledger;
 pub mod orders;
 pub mod store;
 pub mod supplier;

@@ -88,6 +88,39 @@ pub struct Order {
     pub created_at_ms: u64,
     /// Last change.
     pub updated_at_ms: u64,
+    /// What is bought: new eSIMs, or a top-up of an existing one.
+    #[serde(default)]
+    pub kind: OrderKind,
+    /// Supplier calls made so far (provision attempts and polls).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time is the supplier called again (backoff), ms since the epoch.
+    #[serde(default)]
+    pub next_attempt_ms: u64,
+}
+
+impl Order {
+    /// What the order costs in total (held on acceptance).
+    pub fn total(&self) -> Money {
+        Money {
+            minor: self.unit_price.minor.saturating_mul(self.quantity as i64),
+            currency: self.unit_price.currency.clone(),
+        }
+    }
+}
+
+/// What an order buys.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum OrderKind {
+    /// New eSIMs.
+    #[default]
+    Esim,
+    /// A plan added to an existing eSIM.
+    TopUp {
+        /// The eSIM topped up.
+        iccid: String,
+    },
 }
 
 /// Why an order failed.

@@ -1,15 +1,21 @@
 //! What the domain needs from storage. `store::SledStore` implements it on sled; a
 //! PostgreSQL implementation can replace it when one node is not enough.
 //!
-//! Writes are not durable until [`Store::durable`] resolves: the API sends a 2xx only
-//! after it. Implementations batch concurrent `durable` calls into one flush (group commit).
+//! Operations that must not be torn apart by a crash are single methods here
+//! ([`Store::accept_order`], [`Store::settle_order`], [`Store::post_entry`]) that each
+//! implementation runs as one transaction. Writes are not durable until
+//! [`Store::durable`] resolves: the API sends a 2xx only after it; implementations batch
+//! concurrent calls into one flush (group commit).
 
 use super::accounts::{ApiKey, KeyHash, Reseller};
-use super::ids::{OrderId, ResellerId};
-use super::orders::{EsimRecord, Order};
+use super::catalog::CachedCatalog;
+use super::idempotency::{Claim, IdemKey, IdemState};
+use super::ids::{KeyId, OrderId, ResellerId};
+use super::ledger::{Balance, Insufficient, LedgerEntry};
+use super::orders::{EsimRecord, Order, OrderStatus};
 use super::supplier::BoxFuture;
 
-/// A storage failure. Never caused by a client: the API maps it to 500/503.
+/// A storage failure. Never caused by a client: the API maps it to 503.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend failed (I/O, corruption detected by the backend).
@@ -23,24 +29,97 @@ pub enum StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One page of a list, newest first.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Whether older items exist.
+    pub has_more: bool,
+}
+
 /// Records the gateway keeps.
 pub trait Store: Send + Sync {
     /// A reseller by id.
     fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>>;
+    /// Every reseller, oldest first.
+    fn resellers(&self) -> StoreResult<Vec<Reseller>>;
     /// Insert or replace a reseller.
     fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()>;
     /// An API key by its keyed hash.
     fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>>;
+    /// An API key by its public id.
+    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>>;
     /// Insert or replace an API key.
     fn put_api_key(&self, key: &ApiKey) -> StoreResult<()>;
+
     /// An order by id.
     fn order(&self, id: OrderId) -> StoreResult<Option<Order>>;
-    /// Insert or replace an order (and its reseller index entry).
+    /// A reseller's orders, newest first, older than `before`, optionally by status.
+    fn orders_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<OrderId>,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> StoreResult<Page<Order>>;
+    /// Orders not yet in a final state (recovery after a restart).
+    fn open_orders(&self) -> StoreResult<Vec<Order>>;
+    /// Update an order that moves no money (submitted, pending, retry bookkeeping).
     fn put_order(&self, order: &Order) -> StoreResult<()>;
+    /// Atomically: hold the order's total, insert the order, and bind the idempotency key
+    /// to it. Nothing is written when the balance is short.
+    fn accept_order(
+        &self,
+        order: &Order,
+        hold: &LedgerEntry,
+        idem: Option<&IdemKey>,
+    ) -> StoreResult<Result<Balance, Insufficient>>;
+    /// Atomically: update the order, post its ledger entry (capture, release or refund)
+    /// and insert its eSIMs.
+    fn settle_order(
+        &self,
+        order: &Order,
+        entry: Option<&LedgerEntry>,
+        esims: &[EsimRecord],
+    ) -> StoreResult<()>;
+
+    /// Post a ledger entry on its own (credits); refused if it would go negative.
+    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>>;
+    /// A reseller's balance in a currency.
+    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;
+    /// Currencies a reseller has a balance in.
+    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>>;
+    /// A reseller's ledger entries, newest first, older than `before`.
+    fn ledger_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<ulid::Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<LedgerEntry>>;
+
     /// An eSIM by ICCID.
     fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>>;
     /// Insert or replace an eSIM.
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
+
+    /// Claim an idempotency key for a request with `fingerprint` (see `idempotency::judge`).
+    fn claim_idempotency(
+        &self,
+        key: &IdemKey,
+        fingerprint: &[u8; 32],
+        now_ms: u64,
+    ) -> StoreResult<Claim>;
+    /// Record how the request that claimed `key` ended.
+    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()>;
+    /// Free a key whose request failed on our side (a retry may run again).
+    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()>;
+
+    /// The cached catalog of a plugin.
+    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;
+    /// Replace the cached catalog of a plugin.
+    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()>;
+
     /// A small gateway-level value (bootstrap markers, versions).
     fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Set a gateway-level value.

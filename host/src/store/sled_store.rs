@@ -5,19 +5,31 @@
 //! | `resellers` | reseller id (16 B) | JSON `Reseller` |
 //! | `api_keys` | key hash (32 B) | JSON `ApiKey` |
 //! | `orders` | order id (16 B, sorts by time) | JSON `Order` |
+//! | `api_key_ids` | key id (16 B) | key hash |
 //! | `orders_by_reseller` | reseller id ++ order id | empty |
+//! | `orders_open` | order id | empty (orders not yet final) |
+//! | `ledger` | reseller id ++ entry id (sorts by time) | JSON `LedgerEntry` |
+//! | `balances` | reseller id ++ currency | JSON `Balance` |
+//! | `idempotency` | reseller id ++ SHA-256(key) | JSON `IdemRecord` |
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed) |
+//! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `meta` | name | bytes |
 
 use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
-use crate::domain::ids::{OrderId, ResellerId};
-use crate::domain::orders::{EsimRecord, Order};
-use crate::domain::store::{Store, StoreError, StoreResult};
+use crate::domain::catalog::CachedCatalog;
+use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
+use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ledger::{Balance, Insufficient, LedgerEntry};
+use crate::domain::orders::{EsimRecord, Order, OrderStatus};
+use crate::domain::store::{Page, Store, StoreError, StoreResult};
 use crate::domain::supplier::BoxFuture;
 
 use super::group_commit::GroupCommit;
@@ -27,15 +39,115 @@ pub struct SledStore {
     db: sled::Db,
     resellers: sled::Tree,
     api_keys: sled::Tree,
+    api_key_ids: sled::Tree,
     orders: sled::Tree,
     orders_by_reseller: sled::Tree,
+    orders_open: sled::Tree,
+    ledger: sled::Tree,
+    balances: sled::Tree,
+    idempotency: sled::Tree,
     esims: sled::Tree,
+    catalogs: sled::Tree,
     meta: sled::Tree,
     commit: GroupCommit,
 }
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialise")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    tree.get(key)
+        .map_err(backend)?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> StoreResult<()> {
+    tree.insert(key, encode(value)).map_err(backend)?;
+    Ok(())
+}
+
+fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len());
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+fn balance_key(reseller: ResellerId, currency: &str) -> Vec<u8> {
+    cat(&reseller.to_bytes(), currency.as_bytes())
+}
+
+/// Errors inside a transaction: our own abort reason, or a decode failure.
+enum Abort {
+    Insufficient(Insufficient),
+    Decode(String),
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ConflictableTransactionError::Abort(Abort::Decode(e.to_string()))),
+        None => Ok(None),
+    }
+}
+
+/// Apply a ledger entry to the balance tree and append it, inside a transaction.
+fn tx_post(
+    ledger: &TransactionalTree,
+    balances: &TransactionalTree,
+    entry: &LedgerEntry,
+) -> TxResult<Balance> {
+    let key = balance_key(entry.reseller, &entry.currency);
+    let current: Balance = tx_get(balances, &key)?.unwrap_or_default();
+    let next = current
+        .apply(entry.kind, entry.amount)
+        .map_err(|i| ConflictableTransactionError::Abort(Abort::Insufficient(i)))?;
+    balances.insert(key, encode(&next))?;
+    ledger.insert(
+        cat(&entry.reseller.to_bytes(), &entry.id.to_bytes()),
+        encode(entry),
+    )?;
+    Ok(next)
+}
+
+fn tx_put_order(
+    orders: &TransactionalTree,
+    by_reseller: &TransactionalTree,
+    open: &TransactionalTree,
+    order: &Order,
+) -> TxResult<()> {
+    let id = order.id.to_bytes();
+    orders.insert(&id, encode(order))?;
+    by_reseller.insert(cat(&order.reseller.to_bytes(), &id), &[])?;
+    if order.status.is_final() {
+        open.remove(&id)?;
+    } else {
+        open.insert(&id, &[])?;
+    }
+    Ok(())
+}
+
+/// Unwrap a transaction result into our own types.
+fn finish_tx<T>(r: Result<T, TransactionError<Abort>>) -> StoreResult<Result<T, Insufficient>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(TransactionError::Abort(Abort::Insufficient(i))) => Ok(Err(i)),
+        Err(TransactionError::Abort(Abort::Decode(e))) => Err(StoreError::Decode(e)),
+        Err(TransactionError::Storage(e)) => Err(backend(e)),
+    }
 }
 
 impl SledStore {
@@ -63,9 +175,15 @@ impl SledStore {
         Ok(SledStore {
             resellers: tree("resellers")?,
             api_keys: tree("api_keys")?,
+            api_key_ids: tree("api_key_ids")?,
             orders: tree("orders")?,
             orders_by_reseller: tree("orders_by_reseller")?,
+            orders_open: tree("orders_open")?,
+            ledger: tree("ledger")?,
+            balances: tree("balances")?,
+            idempotency: tree("idempotency")?,
             esims: tree("esims")?,
+            catalogs: tree("catalogs")?,
             meta: tree("meta")?,
             db,
             commit,
@@ -76,26 +194,26 @@ impl SledStore {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
-}
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
-    match tree.get(key).map_err(backend)? {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Decode(e.to_string())),
-        None => Ok(None),
+    /// Every ledger entry of a reseller, oldest first (invariant checks, exports).
+    pub fn ledger_entries(&self, reseller: ResellerId) -> StoreResult<Vec<LedgerEntry>> {
+        self.ledger
+            .scan_prefix(reseller.to_bytes())
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
     }
-}
-
-fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> StoreResult<()> {
-    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Decode(e.to_string()))?;
-    tree.insert(key, bytes).map_err(backend)?;
-    Ok(())
 }
 
 impl Store for SledStore {
     fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
         get(&self.resellers, &id.to_bytes())
+    }
+
+    fn resellers(&self) -> StoreResult<Vec<Reseller>> {
+        self.resellers
+            .iter()
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
     }
 
     fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
@@ -106,23 +224,175 @@ impl Store for SledStore {
         get(&self.api_keys, &hash.0)
     }
 
+    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
+        match self.api_key_ids.get(id.to_bytes()).map_err(backend)? {
+            Some(hash) => get(&self.api_keys, &hash),
+            None => Ok(None),
+        }
+    }
+
     fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
-        put(&self.api_keys, &key.hash.0, key)
+        put(&self.api_keys, &key.hash.0, key)?;
+        self.api_key_ids
+            .insert(key.id.to_bytes(), &key.hash.0)
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
         get(&self.orders, &id.to_bytes())
     }
 
+    fn orders_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<OrderId>,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> StoreResult<Page<Order>> {
+        let prefix = reseller.to_bytes();
+        let start = prefix.to_vec();
+        let end = match before {
+            Some(b) => cat(&prefix, &b.to_bytes()),
+            None => cat(&prefix, &[0xff; 16]),
+        };
+        let mut items = Vec::new();
+        let mut has_more = false;
+        for kv in self.orders_by_reseller.range(start..end).rev() {
+            let (k, _) = kv.map_err(backend)?;
+            let Some(order) = get::<Order>(&self.orders, &k[16..])? else {
+                continue;
+            };
+            if status.is_some_and(|s| s != order.status) {
+                continue;
+            }
+            if items.len() == limit {
+                has_more = true;
+                break;
+            }
+            items.push(order);
+        }
+        Ok(Page { items, has_more })
+    }
+
+    fn open_orders(&self) -> StoreResult<Vec<Order>> {
+        let mut out = Vec::new();
+        for kv in self.orders_open.iter() {
+            let (k, _) = kv.map_err(backend)?;
+            if let Some(o) = get(&self.orders, &k)? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
     fn put_order(&self, order: &Order) -> StoreResult<()> {
-        put(&self.orders, &order.id.to_bytes(), order)?;
-        let mut index = [0u8; 32];
-        index[..16].copy_from_slice(&order.reseller.to_bytes());
-        index[16..].copy_from_slice(&order.id.to_bytes());
-        self.orders_by_reseller
-            .insert(index, &[])
-            .map_err(backend)?;
-        Ok(())
+        let trees = [&self.orders, &self.orders_by_reseller, &self.orders_open];
+        let r = trees[..].transaction(|t| tx_put_order(&t[0], &t[1], &t[2], order));
+        finish_tx(r)?.map_err(|_| StoreError::Backend("unexpected ledger refusal".into()))
+    }
+
+    fn accept_order(
+        &self,
+        order: &Order,
+        hold: &LedgerEntry,
+        idem: Option<&IdemKey>,
+    ) -> StoreResult<Result<Balance, Insufficient>> {
+        let trees = [
+            &self.orders,
+            &self.orders_by_reseller,
+            &self.orders_open,
+            &self.ledger,
+            &self.balances,
+            &self.idempotency,
+        ];
+        let r = trees[..].transaction(|t| {
+            let balance = tx_post(&t[3], &t[4], hold)?;
+            tx_put_order(&t[0], &t[1], &t[2], order)?;
+            if let Some(key) = idem {
+                let k = key.storage_key();
+                if let Some(mut rec) = tx_get::<IdemRecord>(&t[5], &k)? {
+                    rec.state = IdemState::Order { order: order.id };
+                    t[5].insert(k, encode(&rec))?;
+                }
+            }
+            Ok(balance)
+        });
+        finish_tx(r)
+    }
+
+    fn settle_order(
+        &self,
+        order: &Order,
+        entry: Option<&LedgerEntry>,
+        esims: &[EsimRecord],
+    ) -> StoreResult<()> {
+        let trees = [
+            &self.orders,
+            &self.orders_by_reseller,
+            &self.orders_open,
+            &self.ledger,
+            &self.balances,
+            &self.esims,
+        ];
+        let r = trees[..].transaction(|t| {
+            tx_put_order(&t[0], &t[1], &t[2], order)?;
+            if let Some(e) = entry {
+                tx_post(&t[3], &t[4], e)?;
+            }
+            for esim in esims {
+                t[5].insert(esim.iccid.as_bytes(), encode(esim))?;
+            }
+            Ok(())
+        });
+        finish_tx(r)?.map_err(|i| {
+            StoreError::Backend(format!(
+                "settling order {} would break the ledger: {i}",
+                order.id
+            ))
+        })
+    }
+
+    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>> {
+        let trees = [&self.ledger, &self.balances];
+        finish_tx(trees[..].transaction(|t| tx_post(&t[0], &t[1], entry)))
+    }
+
+    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
+        Ok(get(&self.balances, &balance_key(reseller, currency))?.unwrap_or_default())
+    }
+
+    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
+        self.balances
+            .scan_prefix(reseller.to_bytes())
+            .map(|kv| {
+                let (k, v) = kv.map_err(backend)?;
+                Ok((String::from_utf8_lossy(&k[16..]).into_owned(), decode(&v)?))
+            })
+            .collect()
+    }
+
+    fn ledger_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<LedgerEntry>> {
+        let prefix = reseller.to_bytes();
+        let end = match before {
+            Some(b) => cat(&prefix, &b.to_bytes()),
+            None => cat(&prefix, &[0xff; 16]),
+        };
+        let mut items = Vec::new();
+        let mut has_more = false;
+        for kv in self.ledger.range(prefix.to_vec()..end).rev() {
+            if items.len() == limit {
+                has_more = true;
+                break;
+            }
+            items.push(decode(&kv.map_err(backend)?.1)?);
+        }
+        Ok(Page { items, has_more })
     }
 
     fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
@@ -131,6 +401,59 @@ impl Store for SledStore {
 
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
         put(&self.esims, esim.iccid.as_bytes(), esim)
+    }
+
+    fn claim_idempotency(
+        &self,
+        key: &IdemKey,
+        fingerprint: &[u8; 32],
+        now_ms: u64,
+    ) -> StoreResult<Claim> {
+        let k = key.storage_key();
+        let r = self.idempotency.transaction(|t| {
+            let existing: Option<IdemRecord> = match t.get(&k)? {
+                Some(b) => serde_json::from_slice(&b).ok(),
+                None => None,
+            };
+            let claim = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
+            if claim == Claim::New {
+                let rec = IdemRecord {
+                    fingerprint: *fingerprint,
+                    state: IdemState::InProgress { started_ms: now_ms },
+                    created_at_ms: now_ms,
+                };
+                t.insert(k.as_slice(), encode(&rec))?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>(claim)
+        });
+        r.map_err(|e| match e {
+            TransactionError::Storage(e) => backend(e),
+            TransactionError::Abort(()) => StoreError::Backend("idempotency claim aborted".into()),
+        })
+    }
+
+    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
+        let k = key.storage_key();
+        if let Some(mut rec) = get::<IdemRecord>(&self.idempotency, &k)? {
+            rec.state = state.clone();
+            put(&self.idempotency, &k, &rec)?;
+        }
+        Ok(())
+    }
+
+    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
+        self.idempotency
+            .remove(key.storage_key())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
+        get(&self.catalogs, plugin.as_bytes())
+    }
+
+    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
+        put(&self.catalogs, catalog.plugin.as_bytes(), catalog)
     }
 
     fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {

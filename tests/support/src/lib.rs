@@ -55,6 +55,7 @@ pub struct GatewayBuilder {
     plugins: Vec<String>,
     grants: Option<String>,
     secrets: Option<String>,
+    config: Option<String>,
     env: Vec<(String, String)>,
     data_dir: Option<tempfile::TempDir>,
 }
@@ -84,6 +85,7 @@ impl GatewayBuilder {
             plugins: vec!["sandbox".into()],
             grants: None,
             secrets: None,
+            config: None,
             env: Vec::new(),
             data_dir: None,
         }
@@ -104,6 +106,12 @@ impl GatewayBuilder {
     /// Contents of the secrets file.
     pub fn secrets(mut self, toml: &str) -> Self {
         self.secrets = Some(toml.into());
+        self
+    }
+
+    /// Contents of a config file passed with `--config`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.into());
         self
     }
 
@@ -139,13 +147,18 @@ impl GatewayBuilder {
         }
         let mut cmd = Command::new(&self.bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
-            .env(
-                "SIMGATE_LOG",
-                std::env::var("SIMGATE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .arg(data_dir.path());
+        if let Some(c) = &self.config {
+            let path = data_dir.path().join("config.toml");
+            std::fs::write(&path, c).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env(
+            "SIMGATE_LOG",
+            std::env::var("SIMGATE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -310,6 +323,23 @@ impl Gateway {
         self.call("POST", path, Some(&self.demo_key), Some(body))
     }
 
+    /// `POST` JSON as the demo reseller with an `Idempotency-Key`.
+    pub fn post_idem(&self, path: &str, body: &Value, idempotency_key: &str) -> Resp {
+        self.raw(
+            "POST",
+            path,
+            Some(&self.demo_key),
+            &[("idempotency-key", idempotency_key)],
+            Some(body.to_string().into_bytes()),
+            Some("application/json"),
+        )
+    }
+
+    /// Place an order as the demo reseller with a fresh `Idempotency-Key`.
+    pub fn order(&self, body: &Value) -> Resp {
+        self.post_idem("/v1/orders", body, &unique_key())
+    }
+
     /// Send SIGKILL and wait; the data directory stays for a restart.
     pub fn kill(mut self) -> tempfile::TempDir {
         if let Some(mut c) = self.child.take() {
@@ -338,6 +368,21 @@ impl Drop for Gateway {
             let _ = c.wait();
         }
     }
+}
+
+/// A fresh idempotency key, unique across threads and processes.
+pub fn unique_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "test-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Whether a digit string passes the Luhn check (independent of the gateway's own).

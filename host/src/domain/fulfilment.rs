@@ -1,0 +1,372 @@
+//! Fulfilment: the background worker that takes accepted orders to a final state.
+//!
+//! ```text
+//! accepted --provision--> submitted --delivered--> fulfilled  (capture the hold)
+//!                             |  \--pending--> poll later ----^
+//!                             \--final error or retries spent--> failed (release the hold)
+//! ```
+//!
+//! Every step is persisted before the next supplier call, so after a crash
+//! [`Fulfilment::recover`] resumes each unfinished order where it stood. Provisioning is
+//! idempotent on the order reference (the WIT contract demands it), so a call repeated
+//! after a crash cannot buy twice. Money moves only in `Store::settle_order`, atomically
+//! with the status change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, oneshot};
+
+use super::esim;
+use super::gateway::{Keyring, failure_of, now_ms};
+use super::ids::OrderId;
+use super::ledger::{EntryKind, LedgerEntry};
+use super::orders::{ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderStatus};
+use super::store::{Store, StoreError};
+use super::supplier::{
+    EsimProfile, FaultKind, PlanState, ProfileState, ProvisionOutcome, ProvisionRequest,
+    SupplierError, Suppliers,
+};
+
+/// How hard fulfilment tries. Defaults suit real suppliers; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Supplier calls (provision attempts plus polls) before an order fails.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// Delay between polls of a pending order.
+    pub poll_interval: Duration,
+    /// Orders processed at once.
+    pub concurrency: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(2),
+            concurrency: 64,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.base_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// The fulfilment worker.
+pub struct Fulfilment {
+    store: Arc<dyn Store>,
+    suppliers: Arc<dyn Suppliers>,
+    keyring: Arc<dyn Keyring>,
+    policy: RetryPolicy,
+    slots: Semaphore,
+    waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
+}
+
+/// What one processing step decided.
+enum Step {
+    /// Final: settled and durable.
+    Settled,
+    /// Call again after this delay.
+    Again(Duration),
+}
+
+impl Fulfilment {
+    /// A worker over the store and suppliers.
+    pub fn new(
+        store: Arc<dyn Store>,
+        suppliers: Arc<dyn Suppliers>,
+        keyring: Arc<dyn Keyring>,
+        policy: RetryPolicy,
+    ) -> Arc<Fulfilment> {
+        Arc::new(Fulfilment {
+            store,
+            suppliers,
+            keyring,
+            slots: Semaphore::new(policy.concurrency),
+            policy,
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Resume every unfinished order (after a restart). Returns how many.
+    pub fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let open = self.store.open_orders()?;
+        let n = open.len();
+        for order in open {
+            let delay = Duration::from_millis(order.next_attempt_ms.saturating_sub(now_ms()));
+            self.schedule(order.id, delay);
+        }
+        if n > 0 {
+            tracing::info!(orders = n, "resuming unfinished orders");
+        }
+        Ok(n)
+    }
+
+    /// Start working on an order now.
+    pub fn submit(self: &Arc<Self>, id: OrderId) {
+        self.schedule(id, Duration::ZERO);
+    }
+
+    /// Register interest in an order reaching a final state. Call before `submit`.
+    pub fn watch(&self, id: OrderId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    fn notify(&self, id: OrderId) {
+        let waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn schedule(self: &Arc<Self>, id: OrderId, delay: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let step = {
+                let _slot = this.slots.acquire().await.expect("semaphore never closed");
+                this.step(id).await
+            };
+            match step {
+                Ok(Step::Settled) => this.notify(id),
+                Ok(Step::Again(d)) => this.schedule(id, d),
+                Err(e) => {
+                    // The store failed; try again later rather than lose the order.
+                    tracing::error!(order = %id, error = %e, "fulfilment step failed; retrying");
+                    this.schedule(id, this.policy.max_backoff);
+                }
+            }
+        });
+    }
+
+    /// Take one step on an order.
+    async fn step(&self, id: OrderId) -> Result<Step, StoreError> {
+        let Some(mut order) = self.store.order(id)? else {
+            return Ok(Step::Settled);
+        };
+        if order.status.is_final() {
+            return Ok(Step::Settled);
+        }
+        if order.status == OrderStatus::Accepted {
+            order.status = OrderStatus::Submitted;
+        }
+        order.attempts += 1;
+        order.updated_at_ms = now_ms();
+        // Persist the attempt before calling out: a crash during the call resumes here.
+        self.store.put_order(&order)?;
+
+        let result = match self.suppliers.get(&order.plugin) {
+            None => Err(SupplierError::Fault {
+                kind: FaultKind::NotLoaded,
+                message: format!("plugin {} is not loaded", order.plugin),
+            }),
+            Some(supplier) => match order.kind.clone() {
+                OrderKind::Esim => match order.supplier_ref.clone() {
+                    Some(sref) => supplier.poll(order.id.to_string(), sref).await,
+                    None => {
+                        // Only the order reference, SKU and quantity cross to the supplier (P3).
+                        let request = ProvisionRequest {
+                            order_ref: order.id.to_string(),
+                            sku: order.sku.clone(),
+                            quantity: order.quantity,
+                        };
+                        supplier.provision(request).await
+                    }
+                },
+                OrderKind::TopUp { iccid } => supplier
+                    .top_up(order.id.to_string(), iccid, order.sku.clone())
+                    .await
+                    .map(|sref| {
+                        order.supplier_ref = Some(sref);
+                        ProvisionOutcome::Delivered(Vec::new())
+                    }),
+            },
+        };
+
+        match result {
+            Ok(ProvisionOutcome::Delivered(profiles)) => {
+                let expected = match order.kind {
+                    OrderKind::Esim => order.quantity as usize,
+                    OrderKind::TopUp { .. } => 0,
+                };
+                if profiles.len() != expected {
+                    let failure = OrderFailure {
+                        code: "plugin_bad_output".into(),
+                        message: format!(
+                            "supplier delivered {} eSIMs for a quantity of {}",
+                            profiles.len(),
+                            expected
+                        ),
+                    };
+                    return self.fail(order, failure).await;
+                }
+                self.fulfil(order, profiles).await
+            }
+            Ok(ProvisionOutcome::Pending(sref)) => {
+                order.supplier_ref = Some(sref);
+                self.again(order, self.policy.poll_interval, None).await
+            }
+            Err(e)
+                if e.is_retryable()
+                    || matches!(
+                        &e,
+                        SupplierError::Fault {
+                            kind: FaultKind::NotLoaded,
+                            ..
+                        }
+                    ) =>
+            {
+                let delay = match e {
+                    SupplierError::RateLimited(secs) => {
+                        Duration::from_secs(secs.into()).max(self.policy.backoff(order.attempts))
+                    }
+                    _ => self.policy.backoff(order.attempts),
+                };
+                self.again(order, delay, Some(e)).await
+            }
+            Err(e) => {
+                let failure = failure_of(&e);
+                self.fail(order, failure).await
+            }
+        }
+    }
+
+    /// Schedule another attempt, or fail the order when its attempts are spent.
+    async fn again(
+        &self,
+        mut order: Order,
+        delay: Duration,
+        error: Option<SupplierError>,
+    ) -> Result<Step, StoreError> {
+        if order.attempts >= self.policy.max_attempts {
+            let failure = match &error {
+                Some(e) => failure_of(e),
+                None => OrderFailure {
+                    code: "supplier_timeout".into(),
+                    message: "the supplier did not deliver in time".into(),
+                },
+            };
+            return self.fail(order, failure).await;
+        }
+        if let Some(e) = &error {
+            tracing::warn!(order = %order.id, plugin = %order.plugin, attempt = order.attempts, error = %e, "supplier call failed; will retry");
+        }
+        order.next_attempt_ms = now_ms() + delay.as_millis() as u64;
+        order.updated_at_ms = now_ms();
+        self.store.put_order(&order)?;
+        Ok(Step::Again(delay))
+    }
+
+    async fn fulfil(
+        &self,
+        mut order: Order,
+        profiles: Vec<EsimProfile>,
+    ) -> Result<Step, StoreError> {
+        let mut esims = Vec::with_capacity(profiles.len());
+        for profile in profiles {
+            esims.push(self.seal_esim(&order, profile));
+        }
+        order.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
+        order.status = OrderStatus::Fulfilled;
+        order.updated_at_ms = now_ms();
+        let total = order.total();
+        let capture = LedgerEntry::new(
+            order.reseller,
+            EntryKind::Capture,
+            total.minor,
+            &total.currency,
+            Some(order.id),
+        );
+        self.store.settle_order(&order, Some(&capture), &esims)?;
+        self.store.durable().await?;
+        Ok(Step::Settled)
+    }
+
+    async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StoreError> {
+        tracing::info!(order = %order.id, plugin = %order.plugin, code = %failure.code, "order failed; hold released");
+        order.status = OrderStatus::Failed;
+        order.failure = Some(failure);
+        order.updated_at_ms = now_ms();
+        let total = order.total();
+        let release = LedgerEntry::new(
+            order.reseller,
+            EntryKind::Release,
+            total.minor,
+            &total.currency,
+            Some(order.id),
+        );
+        self.store.settle_order(&order, Some(&release), &[])?;
+        self.store.durable().await?;
+        Ok(Step::Settled)
+    }
+
+    fn seal_esim(&self, order: &Order, profile: EsimProfile) -> EsimRecord {
+        let luhn_valid = esim::luhn_valid(&profile.iccid);
+        if !luhn_valid {
+            tracing::warn!(order = %order.id, plugin = %order.plugin, "delivered ICCID fails the Luhn check");
+        }
+        let activation = ActivationData {
+            smdp_address: profile.smdp_address,
+            matching_id: profile.matching_id,
+        };
+        let plaintext = serde_json::to_vec(&activation).expect("plain struct serialises");
+        EsimRecord {
+            sealed_activation: self.keyring.seal(profile.iccid.as_bytes(), &plaintext),
+            iccid: profile.iccid,
+            order: order.id,
+            reseller: order.reseller,
+            plugin: order.plugin.clone(),
+            confirmation_code_required: profile.confirmation_code_required,
+            luhn_valid,
+            profile: ProfileState::Released,
+            plan: PlanState::Ready,
+            raw_status: String::new(),
+            created_at_ms: now_ms(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..Default::default()
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(400));
+        assert_eq!(p.backoff(4), Duration::from_millis(500));
+        assert_eq!(p.backoff(40), Duration::from_millis(500));
+    }
+}

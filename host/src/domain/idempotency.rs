@@ -1,0 +1,187 @@
+//! Idempotency keys: a POST that costs money or reaches a supplier carries
+//! `Idempotency-Key`. Same key and same request: the first outcome is replayed (for an
+//! order, the order as it is now); same key, different request: 422; first request still
+//! running: 409; no key: 400. Keys are scoped per reseller.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{OrderId, ResellerId};
+
+/// Longest accepted key.
+pub const MAX_KEY_LEN: usize = 255;
+/// How long an unfinished first request holds its key before a retry may take it over
+/// (the first request crashed). Longer than any request can run.
+pub const LEASE_MS: u64 = 60_000;
+
+/// The scope and key of one idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdemKey {
+    /// The reseller whose key space this is.
+    pub reseller: ResellerId,
+    /// The client's key.
+    pub key: String,
+}
+
+impl IdemKey {
+    /// Store key: reseller id ++ SHA-256 of the client's key (fixed length, no injection).
+    pub fn storage_key(&self) -> Vec<u8> {
+        let mut k = self.reseller.to_bytes().to_vec();
+        k.extend_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, self.key.as_bytes()).as_ref(),
+        );
+        k
+    }
+}
+
+/// A stored, replayable HTTP outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+}
+
+/// What a key stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum IdemState {
+    /// The first request is running.
+    InProgress {
+        /// When it started.
+        started_ms: u64,
+    },
+    /// The first request created this order.
+    Order {
+        /// The order.
+        order: OrderId,
+    },
+    /// The first request ended with this response.
+    Done {
+        /// The response.
+        response: StoredResponse,
+    },
+}
+
+/// A stored idempotency record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemRecord {
+    /// SHA-256 of method, path and body of the first request.
+    #[serde(with = "hex_fp")]
+    pub fingerprint: [u8; 32],
+    /// State.
+    #[serde(flatten)]
+    pub state: IdemState,
+    /// When the key was first used.
+    pub created_at_ms: u64,
+}
+
+/// Result of claiming a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free: this request runs.
+    New,
+    /// Same key, same request, finished: replay.
+    Replay(IdemState),
+    /// Same key, different request.
+    Mismatch,
+    /// Same key, first request still running.
+    InProgress,
+}
+
+/// Fingerprint of a request.
+pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(method.as_bytes());
+    ctx.update(b" ");
+    ctx.update(path.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(body);
+    ctx.finish().as_ref().try_into().expect("32 bytes")
+}
+
+/// Decide what an existing record means for a new request (the rule, in one place).
+pub fn judge(existing: Option<&IdemRecord>, fingerprint: &[u8; 32], now_ms: u64) -> Claim {
+    match existing {
+        None => Claim::New,
+        Some(r) if &r.fingerprint != fingerprint => Claim::Mismatch,
+        Some(IdemRecord {
+            state: IdemState::InProgress { started_ms },
+            ..
+        }) => {
+            if now_ms.saturating_sub(*started_ms) > LEASE_MS {
+                // The first request died before finishing; nothing was committed for it.
+                Claim::New
+            } else {
+                Claim::InProgress
+            }
+        }
+        Some(r) => Claim::Replay(r.state.clone()),
+    }
+}
+
+/// Whether a client key is acceptable.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+mod hex_fp {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        hex::decode(String::deserialize(d)?)
+            .map_err(serde::de::Error::custom)?
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(fp: [u8; 32], state: IdemState) -> IdemRecord {
+        IdemRecord {
+            fingerprint: fp,
+            state,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_rule_for_reused_keys() {
+        let fp = fingerprint("POST", "/v1/orders", b"{}");
+        let other = fingerprint("POST", "/v1/orders", b"{\"x\":1}");
+        let running = rec(fp, IdemState::InProgress { started_ms: 1_000 });
+        assert_eq!(judge(None, &fp, 0), Claim::New);
+        assert_eq!(judge(Some(&running), &other, 1_001), Claim::Mismatch);
+        assert_eq!(judge(Some(&running), &fp, 1_001), Claim::InProgress);
+        assert_eq!(
+            judge(Some(&running), &fp, 1_000 + LEASE_MS + 1),
+            Claim::New,
+            "abandoned"
+        );
+        let done = rec(
+            fp,
+            IdemState::Order {
+                order: OrderId::new(),
+            },
+        );
+        assert!(matches!(
+            judge(Some(&done), &fp, 5),
+            Claim::Replay(IdemState::Order { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_printable_and_bounded() {
+        assert!(valid_key("order-2026-11-22-0001"));
+        assert!(!valid_key(""));
+        assert!(!valid_key("has space"));
+        assert!(!valid_key(&"k".repeat(256)));
+    }
+}
