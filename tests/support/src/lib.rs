@@ -325,10 +325,15 @@ impl Gateway {
 
     /// `POST` JSON as the demo reseller with an `Idempotency-Key`.
     pub fn post_idem(&self, path: &str, body: &Value, idempotency_key: &str) -> Resp {
+        self.post_idem_as(&self.demo_key, path, body, idempotency_key)
+    }
+
+    /// `POST` JSON with `key` and an `Idempotency-Key`.
+    pub fn post_idem_as(&self, key: &str, path: &str, body: &Value, idempotency_key: &str) -> Resp {
         self.raw(
             "POST",
             path,
-            Some(&self.demo_key),
+            Some(key),
             &[("idempotency-key", idempotency_key)],
             Some(body.to_string().into_bytes()),
             Some("application/json"),
