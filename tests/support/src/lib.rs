@@ -62,7 +62,7 @@ pub struct GatewayBuilder {
 
 /// A running `simgate serve`. Killed when dropped.
 pub struct Gateway {
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The admin key printed on first start.
@@ -210,7 +210,7 @@ impl GatewayBuilder {
         Gateway {
             admin_key: key_after("admin API key"),
             demo_key: key_after("demo reseller"),
-            child: Some(child),
+            child: std::sync::Mutex::new(Some(child)),
             base,
             data_dir,
             stdout: lines,
@@ -276,6 +276,20 @@ impl Gateway {
         body: Option<Vec<u8>>,
         content_type: Option<&str>,
     ) -> Resp {
+        self.try_raw(method, path, key, headers, body, content_type)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like [`Gateway::raw`], but a transport failure (the server died) is an `Err`.
+    pub fn try_raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        content_type: Option<&str>,
+    ) -> Result<Resp, String> {
         let url = format!("{}{}", self.base, path);
         let mut req = http::Request::builder().method(method).uri(&url);
         if let Some(k) = key {
@@ -291,7 +305,7 @@ impl Gateway {
             Some(b) => self.agent.run(req.body(b).unwrap()),
             None => self.agent.run(req.body(()).unwrap()),
         };
-        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let mut resp = result.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -305,12 +319,12 @@ impl Gateway {
             .read_to_vec()
             .unwrap_or_default();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp {
+        Ok(Resp {
             status,
             headers,
             json,
             bytes,
-        }
+        })
     }
 
     /// `GET` as the demo reseller.
@@ -345,19 +359,23 @@ impl Gateway {
         self.post_idem("/v1/orders", body, &unique_key())
     }
 
-    /// Send SIGKILL and wait; the data directory stays for a restart.
-    pub fn kill(mut self) -> tempfile::TempDir {
-        if let Some(mut c) = self.child.take() {
+    /// Send SIGKILL (no flush, no graceful shutdown) and wait for the process to die.
+    pub fn sigkill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
-        dir
+    }
+
+    /// SIGKILL, then hand over the data directory for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.sigkill();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
     }
 
     /// Send SIGTERM and wait for the process to exit; returns its exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
+    pub fn terminate(self) -> std::process::ExitStatus {
+        let mut c = self.child.lock().unwrap().take().expect("running");
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(c.id().to_string())
@@ -368,10 +386,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.sigkill();
     }
 }
 
