@@ -4,8 +4,8 @@
 //! readable in the database files.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use simgate_test_support::{Gateway, GatewayBuilder, Value, json, unique_key};
@@ -66,7 +66,11 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
     let key = gw.demo_key.clone();
     let acknowledged = Mutex::new(BTreeSet::new());
     let stop = AtomicBool::new(false);
-    let products = ["sandbox:SBX-ASYNC-1GB-7D", "sandbox:SBX-US-5GB-30D", "sandbox:SBX-XX-OOS"];
+    let products = [
+        "sandbox:SBX-ASYNC-1GB-7D",
+        "sandbox:SBX-US-5GB-30D",
+        "sandbox:SBX-XX-OOS",
+    ];
     std::thread::scope(|s| {
         for t in 0..8 {
             let (gw, key, acknowledged, stop) = (&gw, &key, &acknowledged, &stop);
@@ -75,9 +79,19 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
                 while !stop.load(Ordering::Relaxed) {
                     let body = json!({"product_id": products[i % products.len()]});
                     i += 1;
-                    match gw.try_raw("POST", "/v1/orders", Some(key), &[("idempotency-key", &unique_key())], Some(body.to_string().into_bytes()), Some("application/json")) {
+                    match gw.try_raw(
+                        "POST",
+                        "/v1/orders",
+                        Some(key),
+                        &[("idempotency-key", &unique_key())],
+                        Some(body.to_string().into_bytes()),
+                        Some("application/json"),
+                    ) {
                         Ok(r) if r.status == 201 => {
-                            acknowledged.lock().unwrap().insert(r.json["id"].as_str().unwrap().to_string());
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .insert(r.json["id"].as_str().unwrap().to_string());
                         }
                         Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
                         Err(_) => break, // the server died under us
@@ -90,51 +104,97 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
         stop.store(true, Ordering::Relaxed);
     });
     let acknowledged = acknowledged.into_inner().unwrap();
-    assert!(acknowledged.len() >= 20, "enough orders were in flight: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 20,
+        "enough orders were in flight: {}",
+        acknowledged.len()
+    );
 
     let gw = start(Some(gw.kill()));
     // Every order that got a 2xx is there.
     for id in &acknowledged {
         let r = gw.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
-        assert_eq!(r.status, 200, "acknowledged order {id} is missing after the crash");
+        assert_eq!(
+            r.status, 200,
+            "acknowledged order {id} is missing after the crash"
+        );
     }
     // Some orders were caught unfinished by the crash (pending at the supplier), so the
     // recovery path is what settles them.
-    let unfinished = all_orders(&gw, &key).iter().filter(|o| o["status"] == "submitted" || o["status"] == "accepted").count();
+    let unfinished = all_orders(&gw, &key)
+        .iter()
+        .filter(|o| o["status"] == "submitted" || o["status"] == "accepted")
+        .count();
     assert!(unfinished > 0, "the crash should leave orders unfinished");
     // Unfinished orders complete or fail cleanly.
     let deadline = Instant::now() + Duration::from_secs(60);
     let orders = loop {
         let orders = all_orders(&gw, &key);
-        if orders.iter().all(|o| o["status"] == "fulfilled" || o["status"] == "failed") {
+        if orders
+            .iter()
+            .all(|o| o["status"] == "fulfilled" || o["status"] == "failed")
+        {
             break orders;
         }
-        assert!(Instant::now() < deadline, "orders still unfinished: {:?}", orders.iter().filter(|o| o["status"] != "fulfilled" && o["status"] != "failed").map(|o| (&o["id"], &o["status"])).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "orders still unfinished: {:?}",
+            orders
+                .iter()
+                .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
+                .map(|o| (&o["id"], &o["status"]))
+                .collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(orders.len() >= acknowledged.len());
 
     // The ledger: one hold per order; each settled exactly once; the invariant holds.
     let entries = ledger(&gw, &key);
-    let count = |kind: &str, order: &Value| entries.iter().filter(|e| e["type"] == kind && &e["order_id"] == order).count();
+    let count = |kind: &str, order: &Value| {
+        entries
+            .iter()
+            .filter(|e| e["type"] == kind && &e["order_id"] == order)
+            .count()
+    };
     for o in &orders {
         let id = &o["id"];
         assert_eq!(count("hold", id), 1, "order {id}");
         match o["status"].as_str().unwrap() {
-            "fulfilled" => assert_eq!((count("capture", id), count("release", id)), (1, 0), "order {id}"),
-            _ => assert_eq!((count("capture", id), count("release", id)), (0, 1), "order {id}"),
+            "fulfilled" => assert_eq!(
+                (count("capture", id), count("release", id)),
+                (1, 0),
+                "order {id}"
+            ),
+            _ => assert_eq!(
+                (count("capture", id), count("release", id)),
+                (0, 1),
+                "order {id}"
+            ),
         }
         if o["status"] == "fulfilled" {
             assert!(!o["esims"].as_array().unwrap().is_empty());
         }
     }
-    let sum = |kind: &str| entries.iter().filter(|e| e["type"] == kind).map(|e| e["amount"].as_i64().unwrap()).sum::<i64>();
+    let sum = |kind: &str| {
+        entries
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["amount"].as_i64().unwrap())
+            .sum::<i64>()
+    };
     let open_holds = sum("hold") - sum("capture") - sum("release");
     let b = gw.call("GET", "/v1/balance", Some(&key), None);
     let usd = &b.json["data"][0];
     assert_eq!(usd["held"].as_i64().unwrap(), open_holds);
-    assert_eq!(open_holds, 0, "no hold is left open once every order settled");
-    assert_eq!(usd["available"].as_i64().unwrap(), sum("credit") - sum("capture") - open_holds + sum("refund"));
+    assert_eq!(
+        open_holds, 0,
+        "no hold is left open once every order settled"
+    );
+    assert_eq!(
+        usd["available"].as_i64().unwrap(),
+        sum("credit") - sum("capture") - open_holds + sum("refund")
+    );
 }
 
 #[test]
@@ -144,7 +204,12 @@ fn activation_data_is_not_readable_in_the_database_files() {
     let mut secrets = Vec::new();
     let mut order_ids = Vec::new();
     for _ in 0..5 {
-        let r = gw.post_idem_as(&key, "/v1/orders", &json!({"product_id": "sandbox:SBX-JP-5GB-30D"}), &unique_key());
+        let r = gw.post_idem_as(
+            &key,
+            "/v1/orders",
+            &json!({"product_id": "sandbox:SBX-JP-5GB-30D"}),
+            &unique_key(),
+        );
         let id = r.json["id"].as_str().unwrap().to_string();
         // sync_wait is 0 in this config: read back once fulfilled.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -171,7 +236,10 @@ fn activation_data_is_not_readable_in_the_database_files() {
     }
     let contains = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
     // The scan is meaningful: plain records (order ids) are found in the same files.
-    assert!(order_ids.iter().all(|id| contains(id)), "order ids are stored in the clear");
+    assert!(
+        order_ids.iter().all(|id| contains(id)),
+        "order ids are stored in the clear"
+    );
     for s in &secrets {
         assert!(!contains(s), "activation data {s} is readable on disk");
     }

@@ -714,3 +714,72 @@ fn the_openapi_document_lists_every_route_and_health_endpoints_answer() {
     let r = gw.call("GET", "/v1/products", Some(&gw.demo_key), None);
     assert!(r.header("x-request-id").is_some_and(|id| !id.is_empty()));
 }
+
+#[test]
+fn operators_manage_resellers_and_keys_from_the_cli() {
+    let bin = env!("CARGO_BIN_EXE_simgate");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let dir = GatewayBuilder::new(bin).start().kill();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (ok, reseller, err) = run(&[
+        "reseller",
+        "create",
+        "--data-dir",
+        &d,
+        "--name",
+        "CLI Travel",
+        "--markup-bps",
+        "100",
+    ]);
+    assert!(ok, "{err}");
+    assert!(reseller.starts_with("rsl_"));
+    let (ok, _, err) = run(&[
+        "reseller",
+        "credit",
+        "--data-dir",
+        &d,
+        "--reseller",
+        &reseller,
+        "--amount",
+        "5000",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, key, err) = run(&[
+        "keys",
+        "create",
+        "--data-dir",
+        &d,
+        "--reseller",
+        &reseller,
+        "--mode",
+        "test",
+    ]);
+    assert!(ok, "{err}");
+    let key_id = err
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .unwrap()
+        .to_string();
+
+    let gw = GatewayBuilder::new(bin).data_dir(dir).start();
+    let b = gw.call("GET", "/v1/balance", Some(&key), None);
+    assert_eq!(b.status, 200);
+    assert_eq!(b.json["data"][0]["available"], 5000);
+    // While the gateway runs, the offline commands refuse with a clear reason.
+    let (ok, _, err) = run(&["keys", "revoke", "--data-dir", &d, &key_id]);
+    assert!(!ok);
+    assert!(err.contains("in use by a running gateway"), "{err}");
+
+    let dir = gw.kill();
+    let (ok, _, err) = run(&["keys", "revoke", "--data-dir", &d, &key_id]);
+    assert!(ok, "{err}");
+    let gw = GatewayBuilder::new(bin).data_dir(dir).start();
+    assert_eq!(gw.call("GET", "/v1/balance", Some(&key), None).status, 401);
+}

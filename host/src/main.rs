@@ -31,6 +31,73 @@ enum Command {
     /// Work with plugin packages.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Manage resellers (offline: stop the gateway first, or use the admin API).
+    #[command(subcommand)]
+    Reseller(ResellerCommand),
+    /// Manage API keys (offline: stop the gateway first, or use the admin API).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(clap::Args)]
+struct DataDirArg {
+    /// Data directory of the gateway.
+    #[arg(long, env = "SIMGATE_DATA_DIR", default_value = "simgate-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ResellerCommand {
+    /// Create a reseller; prints its id.
+    Create {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Company name.
+        #[arg(long)]
+        name: String,
+        /// Markup over wholesale in basis points (1500 = 15%).
+        #[arg(long, default_value_t = 0)]
+        markup_bps: u32,
+    },
+    /// Credit a reseller's prepaid balance.
+    Credit {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Reseller id (rsl_...).
+        #[arg(long)]
+        reseller: String,
+        /// Amount in minor units (cents).
+        #[arg(long)]
+        amount: i64,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "USD")]
+        currency: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key; prints it once.
+    Create {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Reseller id (rsl_...); omit with --role admin.
+        #[arg(long)]
+        reseller: Option<String>,
+        /// admin, reseller or reseller_readonly.
+        #[arg(long, default_value = "reseller")]
+        role: String,
+        /// live or test.
+        #[arg(long, default_value = "live")]
+        mode: String,
+    },
+    /// Revoke an API key by id (key_...).
+    Revoke {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Key id.
+        id: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -96,6 +163,8 @@ fn main() -> ExitCode {
             out,
         }) => pack(&manifest, &wasm, &out),
         Command::Plugin(PluginCommand::Check { dir, grants }) => check(&dir, grants),
+        Command::Reseller(cmd) => offline(cmd.data_dir(), |gw| reseller_cmd(gw, cmd)),
+        Command::Keys(cmd) => offline(cmd.data_dir(), |gw| keys_cmd(gw, cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,6 +304,136 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+impl ResellerCommand {
+    fn data_dir(&self) -> PathBuf {
+        match self {
+            ResellerCommand::Create { data, .. } | ResellerCommand::Credit { data, .. } => {
+                data.data_dir.clone()
+            }
+        }
+    }
+}
+
+impl KeysCommand {
+    fn data_dir(&self) -> PathBuf {
+        match self {
+            KeysCommand::Create { data, .. } | KeysCommand::Revoke { data, .. } => {
+                data.data_dir.clone()
+            }
+        }
+    }
+}
+
+/// No plugins: account commands never reach a supplier.
+struct NoSuppliers;
+
+impl simgate::domain::Suppliers for NoSuppliers {
+    fn get(&self, _: &str) -> Option<Arc<dyn simgate::domain::Supplier>> {
+        None
+    }
+    fn all(&self) -> Vec<Arc<dyn simgate::domain::Supplier>> {
+        Vec::new()
+    }
+}
+
+/// Run an account command against the data directory, then make it durable.
+fn offline(
+    data_dir: PathBuf,
+    f: impl FnOnce(&Gateway) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let db = data_dir.join("db");
+        if !db.exists() {
+            anyhow::bail!(
+                "{} holds no gateway data; run `simgate serve --data-dir {}` once first",
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        let store = SledStore::open(&db, 8).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: the data directory is probably in use by a running gateway; stop it, or use the admin API (/v1/admin/...)"
+            )
+        })?;
+        let store = Arc::new(store);
+        let keyring = Arc::new(FileKeyring::open(&data_dir)?);
+        let gateway = gateway(&Config::default(), store.clone(), Arc::new(NoSuppliers), keyring);
+        f(&gateway)?;
+        simgate::domain::store::Store::durable(store.as_ref()).await?;
+        Ok(())
+    })
+}
+
+fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
+    match cmd {
+        ResellerCommand::Create {
+            name, markup_bps, ..
+        } => {
+            let r = gw.create_reseller(&name, markup_bps)?;
+            println!("{}", r.id);
+        }
+        ResellerCommand::Credit {
+            reseller,
+            amount,
+            currency,
+            ..
+        } => {
+            let id = reseller
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{reseller:?} is not a reseller id (rsl_...)"))?;
+            let b = gw.credit(id, amount, &currency, Some("credited from the CLI".into()))?;
+            println!("available {} {currency}, held {}", b.available, b.held);
+        }
+    }
+    Ok(())
+}
+
+fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
+    use simgate::domain::accounts::{KeyMode, Role};
+    match cmd {
+        KeysCommand::Create {
+            reseller,
+            role,
+            mode,
+            ..
+        } => {
+            let role = match role.as_str() {
+                "admin" => Role::Admin,
+                "reseller" => Role::Reseller,
+                "reseller_readonly" => Role::ResellerReadonly,
+                other => {
+                    anyhow::bail!("unknown role {other:?}: admin, reseller or reseller_readonly")
+                }
+            };
+            let mode = match mode.as_str() {
+                "live" => KeyMode::Live,
+                "test" => KeyMode::Test,
+                other => anyhow::bail!("unknown mode {other:?}: live or test"),
+            };
+            let reseller = reseller
+                .map(|r| {
+                    r.parse()
+                        .map_err(|_| anyhow::anyhow!("{r:?} is not a reseller id (rsl_...)"))
+                })
+                .transpose()?;
+            let (key, record) = gw.create_key(reseller, role, mode)?;
+            println!("{key}");
+            eprintln!("key id {} (shown once: store the key now)", record.id);
+        }
+        KeysCommand::Revoke { id, .. } => {
+            let id = id
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{id:?} is not a key id (key_...)"))?;
+            let key = gw.revoke_key(id)?;
+            println!("revoked {}", key.id);
+        }
+    }
+    Ok(())
 }
 
 fn pack(

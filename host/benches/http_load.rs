@@ -1,0 +1,344 @@
+//! Order API throughput beside a hyper hello-world server, measured in one run.
+//!
+//! `cargo bench -p simgate --bench http_load` starts, one after the other on loopback:
+//! a minimal hyper server (this same binary re-executed as `hello`), then the real
+//! `simgate serve` (release build, sandbox plugin, fresh sled data dir). The same load
+//! generator (one thread, 64 keep-alive connections, like `wrk -t1 -c64`) drives
+//! `GET /` on the first and `POST /v1/orders` and `GET /v1/orders/{id}` on the second,
+//! and the report gives throughput and latency percentiles as ratios to hello world.
+//!
+//! Environment: `BENCH_SECONDS` (default 5) per scenario, `BENCH_CONNECTIONS` (64).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hello") {
+        return hello_server();
+    }
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        // `cargo test --benches` probes bench binaries; nothing to list or test here.
+        return;
+    }
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let duration = Duration::from_secs(seconds);
+
+    // 1. Hello world, in its own process like the gateway.
+    let mut hello = Command::new(std::env::current_exe().unwrap())
+        .arg("hello")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the hello-world server");
+    let hello_addr = read_addr(hello.stdout.take().unwrap(), "listening on http://");
+    let hello_run = load(hello_addr, connections, duration, |_| {
+        Req::get("/".into(), None)
+    });
+    let _ = hello.kill();
+    let _ = hello.wait();
+
+    // 2. The gateway.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_simgate");
+    simgate_test_support::pack(
+        std::path::Path::new(bin),
+        "sandbox",
+        &dir.path().join("plugins"),
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[orders]\ndemo_credit_minor = 1000000000000\n[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
+    )
+    .unwrap();
+    let mut gw = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SIMGATE_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting simgate");
+    let (gw_addr, key) = read_gateway(gw.stdout.take().unwrap());
+    let auth = format!("Bearer {key}");
+
+    let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
+    let post_run = load(gw_addr, connections, duration, |n| {
+        Req::post(
+            "/v1/orders".into(),
+            auth.clone(),
+            format!("bench-{n}"),
+            body.clone(),
+        )
+    });
+    let ids = post_run.order_ids.clone();
+    assert!(!ids.is_empty(), "no order was created");
+    let get_run = load(gw_addr, connections, duration, |n| {
+        Req::get(
+            format!("/v1/orders/{}", ids[n % ids.len()]),
+            Some(auth.clone()),
+        )
+    });
+    let _ = gw.kill();
+    let _ = gw.wait();
+
+    println!(
+        "\nsimgate HTTP load: {connections} connections, {seconds} s per scenario, loopback, one load thread"
+    );
+    println!("| scenario | requests/s | p50 ms | p99 ms | errors | vs hello world |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, run) in [
+        ("hyper hello world `GET /`", &hello_run),
+        ("`POST /v1/orders` (sandbox plugin)", &post_run),
+        ("`GET /v1/orders/{id}`", &get_run),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.1}% |",
+            run.rate(),
+            run.percentile(0.50),
+            run.percentile(0.99),
+            run.errors,
+            100.0 * run.rate() / hello_run.rate()
+        );
+    }
+}
+
+/// One request to send.
+struct Req {
+    method: &'static str,
+    path: String,
+    auth: Option<String>,
+    idempotency_key: Option<String>,
+    body: Bytes,
+}
+
+impl Req {
+    fn get(path: String, auth: Option<String>) -> Req {
+        Req {
+            method: "GET",
+            path,
+            auth,
+            idempotency_key: None,
+            body: Bytes::new(),
+        }
+    }
+
+    fn post(path: String, auth: String, key: String, body: Bytes) -> Req {
+        Req {
+            method: "POST",
+            path,
+            auth: Some(auth),
+            idempotency_key: Some(key),
+            body,
+        }
+    }
+}
+
+struct Run {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    elapsed: Duration,
+    order_ids: Vec<String>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// Drive `addr` with `connections` keep-alive connections for `duration`.
+fn load(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    make: impl Fn(usize) -> Req + Send + Sync,
+) -> Run {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let make = Arc::new(make);
+    rt.block_on(async move {
+        // Warm-up: a second of load, results discarded.
+        let _ = drive(
+            addr,
+            connections,
+            Duration::from_secs(1),
+            make.clone(),
+            1_000_000_000,
+        )
+        .await;
+        drive(addr, connections, duration, make, 0).await
+    })
+}
+
+async fn drive(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    make: Arc<impl Fn(usize) -> Req + Send + Sync>,
+    offset: usize,
+) -> Run {
+    let started = Instant::now();
+    let end = started + duration;
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(offset));
+    let local = tokio::task::LocalSet::new();
+    let mut handles = Vec::new();
+    for _ in 0..connections {
+        let make = make.clone();
+        let counter = counter.clone();
+        handles.push(local.spawn_local(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut ids = Vec::new();
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::task::spawn_local(conn);
+            while Instant::now() < end {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let r = make(n);
+                let mut b = http::Request::builder()
+                    .method(r.method)
+                    .uri(&r.path)
+                    .header("host", "bench");
+                if let Some(a) = &r.auth {
+                    b = b.header("authorization", a);
+                }
+                if let Some(k) = &r.idempotency_key {
+                    b = b
+                        .header("idempotency-key", k)
+                        .header("content-type", "application/json");
+                }
+                let req = b.body(Full::new(r.body)).unwrap();
+                let t = Instant::now();
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let body = resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        lat.push(t.elapsed().as_micros() as u64);
+                        if !ok {
+                            errors += 1;
+                        } else if r.method == "POST" && ids.len() < 100 {
+                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                                if let Some(id) = v["id"].as_str() {
+                                    ids.push(id.to_string());
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors, ids)
+        }));
+    }
+    local
+        .run_until(async move {
+            let mut run = Run {
+                latencies_us: Vec::new(),
+                errors: 0,
+                elapsed: Duration::ZERO,
+                order_ids: Vec::new(),
+            };
+            for h in handles {
+                let (lat, errors, ids) = h.await.unwrap();
+                run.latencies_us.extend(lat);
+                run.errors += errors;
+                run.order_ids.extend(ids);
+            }
+            run.elapsed = started.elapsed();
+            run.latencies_us.sort_unstable();
+            run
+        })
+        .await
+}
+
+fn read_addr(stdout: std::process::ChildStdout, prefix: &str) -> SocketAddr {
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if let Some(rest) = line.split(prefix).nth(1) {
+            return rest.trim().parse().unwrap();
+        }
+    }
+    panic!("server did not print its address");
+}
+
+fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String) {
+    let mut key = String::new();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    for line in lines.by_ref() {
+        if line.starts_with("demo reseller") {
+            key = line.rsplit(' ').next().unwrap().to_string();
+        }
+        if let Some(rest) = line.strip_prefix("simgate listening on http://") {
+            let addr = rest.trim().parse().unwrap();
+            // Keep draining stdout in the background.
+            std::thread::spawn(move || for _ in lines {});
+            return (addr, key);
+        }
+    }
+    panic!("simgate did not start");
+}
+
+/// The baseline: the smallest useful hyper server, configured like simgate's listener.
+fn hello_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on http://{}", listener.local_addr().unwrap());
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                        b"hello world",
+                    ))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
