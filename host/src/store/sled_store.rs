@@ -36,7 +36,7 @@ use super::group_commit::GroupCommit;
 
 /// The sled-backed store.
 pub struct SledStore {
-    db: sled::Db,
+    db: std::sync::Arc<sled::Db>,
     resellers: sled::Tree,
     api_keys: sled::Tree,
     api_key_ids: sled::Tree,
@@ -161,15 +161,22 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(backend)?;
+        let db = std::sync::Arc::new(db);
         let tree = |name: &str| db.open_tree(name).map_err(backend);
-        let flusher = db.clone();
+        // The flusher holds the database weakly: dropping the store closes it (and frees
+        // sled's directory lock) without waiting for the flusher task to notice.
+        let flusher = std::sync::Arc::downgrade(&db);
         let commit = GroupCommit::start(move || {
-            let db = flusher.clone();
+            let db = flusher.upgrade();
             async move {
-                db.flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                match db {
+                    Some(db) => db
+                        .flush_async()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => Err("store closed".into()),
+                }
             }
         });
         Ok(SledStore {
