@@ -129,6 +129,16 @@ impl Request {
                 .append(name, value.as_bytes())
                 .map_err(|err| HttpError::InvalidHeader(format!("{name}: {err:?}")))?;
         }
+        // A known length, not chunked encoding: many supplier APIs refuse chunked bodies.
+        let has_length = self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+        if !self.body.is_empty() && !has_length {
+            headers
+                .append("content-length", self.body.len().to_string().as_bytes())
+                .map_err(|err| HttpError::InvalidHeader(format!("content-length: {err:?}")))?;
+        }
         let request = OutgoingRequest::new(headers);
         let invalid = |what: &str| HttpError::InvalidUrl(format!("{what} in {}", self.url));
         request
