@@ -355,6 +355,182 @@ impl Fulfilment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::accounts::Reseller;
+    use crate::domain::ids::ResellerId;
+    use crate::domain::supplier::{
+        BoxFuture, Money, Supplier, SupplierInfo, SupplierProduct, SupplierResult, Usage,
+    };
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A native supplier that answers `unavailable` a set number of times, then delivers.
+    struct Flaky {
+        info: SupplierInfo,
+        failures_left: AtomicU32,
+        calls: AtomicU32,
+    }
+
+    impl Supplier for Flaky {
+        fn info(&self) -> &SupplierInfo {
+            &self.info
+        }
+        fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn provision(
+            &self,
+            req: ProvisionRequest,
+        ) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let fail = self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            Box::pin(async move {
+                if fail {
+                    return Err(SupplierError::Unavailable("try later".into()));
+                }
+                Ok(ProvisionOutcome::Delivered(vec![EsimProfile {
+                    iccid: "8999000000000000005".into(),
+                    smdp_address: "smdp.test".into(),
+                    matching_id: format!("M-{}", req.order_ref),
+                    confirmation_code_required: false,
+                }]))
+            })
+        }
+        fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+            Box::pin(async { Err(SupplierError::NotSupported) })
+        }
+        fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
+            Box::pin(async { Err(SupplierError::NotSupported) })
+        }
+        fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
+            Box::pin(async { Err(SupplierError::NotSupported) })
+        }
+        fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
+            Box::pin(async { Err(SupplierError::NotSupported) })
+        }
+    }
+
+    struct One(Arc<Flaky>);
+
+    impl Suppliers for One {
+        fn get(&self, id: &str) -> Option<Arc<dyn Supplier>> {
+            (id == "flaky").then(|| self.0.clone() as Arc<dyn Supplier>)
+        }
+        fn all(&self) -> Vec<Arc<dyn Supplier>> {
+            vec![self.0.clone()]
+        }
+    }
+
+    /// Accept an order for `flaky` against a funded reseller; returns the store and order.
+    async fn setup(
+        failures: u32,
+        max_attempts: u32,
+    ) -> (
+        Arc<Fulfilment>,
+        Arc<crate::store::SledStore>,
+        Arc<Flaky>,
+        Order,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(&dir.path().join("db"), 8).unwrap());
+        let keyring = Arc::new(crate::privacy::FileKeyring::open(dir.path()).unwrap());
+        let flaky = Arc::new(Flaky {
+            info: SupplierInfo {
+                id: "flaky".into(),
+                version: "1".into(),
+                supplier: "Flaky".into(),
+                features: vec![],
+            },
+            failures_left: AtomicU32::new(failures),
+            calls: AtomicU32::new(0),
+        });
+        let policy = RetryPolicy {
+            max_attempts,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let f = Fulfilment::new(store.clone(), Arc::new(One(flaky.clone())), keyring, policy);
+        let reseller = Reseller {
+            id: ResellerId::new(),
+            name: "R".into(),
+            markup_bps: 0,
+            created_at_ms: 0,
+        };
+        store.put_reseller(&reseller).unwrap();
+        store
+            .post_entry(&LedgerEntry::new(
+                reseller.id,
+                EntryKind::Credit,
+                1000,
+                "USD",
+                None,
+            ))
+            .unwrap()
+            .unwrap();
+        let order = Order {
+            id: OrderId::new(),
+            reseller: reseller.id,
+            product_id: "flaky:SKU".into(),
+            plugin: "flaky".into(),
+            sku: "SKU".into(),
+            quantity: 1,
+            status: OrderStatus::Accepted,
+            unit_price: Money {
+                minor: 300,
+                currency: "USD".into(),
+            },
+            subject_ref: None,
+            metadata: None,
+            supplier_ref: None,
+            iccids: vec![],
+            failure: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            kind: OrderKind::Esim,
+            attempts: 0,
+            next_attempt_ms: 0,
+        };
+        let hold = LedgerEntry::new(reseller.id, EntryKind::Hold, 300, "USD", Some(order.id));
+        store.accept_order(&order, &hold, None).unwrap().unwrap();
+        (f, store, flaky, order, dir)
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_supplier_is_retried_until_it_delivers() {
+        let (f, store, flaky, order, _dir) = setup(2, 5).await;
+        let done = f.watch(order.id);
+        f.submit(order.id);
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .unwrap()
+            .unwrap();
+        let o = store.order(order.id).unwrap().unwrap();
+        assert_eq!(o.status, OrderStatus::Fulfilled);
+        assert_eq!(o.attempts, 3);
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        let b = store.balance(order.reseller, "USD").unwrap();
+        assert_eq!((b.available, b.held), (700, 0), "captured once");
+    }
+
+    #[tokio::test]
+    async fn an_order_fails_and_releases_its_hold_when_retries_are_spent() {
+        let (f, store, flaky, order, _dir) = setup(10, 3).await;
+        let done = f.watch(order.id);
+        f.submit(order.id);
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .unwrap()
+            .unwrap();
+        let o = store.order(order.id).unwrap().unwrap();
+        assert_eq!(o.status, OrderStatus::Failed);
+        assert_eq!(o.failure.unwrap().code, "supplier_unavailable");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        let b = store.balance(order.reseller, "USD").unwrap();
+        assert_eq!((b.available, b.held), (1000, 0), "hold released");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
