@@ -131,3 +131,47 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_loads_the_compiled_component_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = std::fs::read(simgate_test_support::wasm("sandbox")).unwrap();
+        let sha = crate::plugins::manifest::sha256_hex(&wasm);
+        {
+            let engine = PluginEngine::new(Some(dir.path().to_owned())).unwrap();
+            engine.compile(&wasm, &sha).unwrap();
+        }
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1, "one artifact, keyed by digest and engine");
+        assert!(entries[0].file_name().to_string_lossy().starts_with(&sha));
+        // A new engine (a restart) gets the component from the cache: it is not even
+        // handed bytes that would compile.
+        let engine = PluginEngine::new(Some(dir.path().to_owned())).unwrap();
+        assert!(engine.compile(b"not wasm", &sha).is_ok());
+        assert!(
+            engine.compile(b"not wasm", &"0".repeat(64)).is_err(),
+            "no cache entry, so it compiles, and fails"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_cache_entry_is_ignored_and_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = std::fs::read(simgate_test_support::wasm("sandbox")).unwrap();
+        let sha = crate::plugins::manifest::sha256_hex(&wasm);
+        let engine = PluginEngine::new(Some(dir.path().to_owned())).unwrap();
+        engine.compile(&wasm, &sha).unwrap();
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        std::fs::write(&entry, b"garbage").unwrap();
+        assert!(engine.compile(&wasm, &sha).is_ok());
+    }
+}
