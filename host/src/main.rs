@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use simgate::api::{self, AppState};
 use simgate::config::Config;
 use simgate::domain::gateway::Gateway;
-use simgate::plugins::{self, PluginEngine, Registry};
+use simgate::plugins::{self, PluginEngine, PluginWatcher, Registry};
 use simgate::privacy::FileKeyring;
 use simgate::store::SledStore;
 
@@ -150,6 +150,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.secrets_file(),
         config.plugin_limits,
     ));
+    // Watch before the first load, so a change made while loading is not missed (its
+    // event waits in the watcher's queue and is applied after).
+    let _watcher = if config.watch.enabled {
+        PluginWatcher::start(registry.clone(), config.watch)
+            .inspect_err(|e| tracing::error!(error = %e, "hot reload is off; restart to pick up plugin changes"))
+            .ok()
+    } else {
+        None
+    };
     {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.load_all()).await?;
