@@ -178,6 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         gateway,
         registry,
         limits: config.http,
+        http_metrics: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

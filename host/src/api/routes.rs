@@ -31,6 +31,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         (["v1", "orders", id], &Method::GET) => get_order(state, &req, id),
         (["v1", "esims", iccid], &Method::GET) => get_esim(state, &req, iccid),
         (["v1", "admin", "plugins"], &Method::GET) => admin_plugins(state, &req),
+        (["metrics"], &Method::GET) => metrics(state, &req),
         (
             ["healthz"]
             | ["readyz"]
@@ -38,7 +39,8 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
             | ["v1", "orders"]
             | ["v1", "orders", _]
             | ["v1", "esims", _]
-            | ["v1", "admin", "plugins"],
+            | ["v1", "admin", "plugins"]
+            | ["metrics"],
             _,
         ) => Err(problems::method_not_allowed(&method)),
         _ => Err(problems::no_route(&path)),
@@ -56,6 +58,7 @@ pub fn route_label(path: &str) -> &'static str {
         ["v1", "orders", _] => "/v1/orders/{id}",
         ["v1", "esims", _] => "/v1/esims/{iccid}",
         ["v1", "admin", "plugins"] => "/v1/admin/plugins",
+        ["metrics"] => "/metrics",
         _ => "other",
     }
 }
@@ -237,4 +240,19 @@ fn admin_plugins(state: &AppState, req: &http::Request<Incoming>) -> Result<Resp
         StatusCode::OK,
         &serde_json::json!({"data": state.registry.status()}),
     ))
+}
+
+/// Prometheus metrics; admin keys only (why: see `api::metrics`).
+fn metrics(state: &AppState, req: &http::Request<Incoming>) -> Result<Response, Problem> {
+    let who = authenticate(state, req)?;
+    if who.role != Role::Admin {
+        return Err(problems::no_route(req.uri().path()));
+    }
+    let text = super::metrics::render(&state.registry, &state.http_metrics);
+    let mut resp = http::Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+    );
+    Ok(resp)
 }
