@@ -1,5 +1,7 @@
 //! The `simgate` command line: `serve` runs the gateway; `plugin` packages and checks
-//! plugin folders exactly as the watcher would load them.
+//! plugin folders exactly as the watcher would load them, and scaffolds new plugin crates.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,13 +70,25 @@ enum PluginCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Validate a plugin folder as the gateway would load it; exit non-zero with the reason.
+    /// Validate a plugin folder as the gateway would load it: print what it requests, what
+    /// is granted and whether it links; exit non-zero with the reason.
     Check {
         /// The plugin folder (holding plugin.toml).
         dir: PathBuf,
         /// Grants file to check against (default: grant nothing).
         #[arg(long)]
         grants: Option<PathBuf>,
+    },
+    /// Create a plugin crate that builds and passes its tests, to fill in.
+    New {
+        /// Plugin id, folder and crate name (a-z, 0-9, '-').
+        name: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The simgate SDK to depend on (default: the SDK this binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -94,7 +108,12 @@ fn main() -> ExitCode {
             wasm,
             out,
         }) => pack(&manifest, &wasm, &out),
-        Command::Plugin(PluginCommand::Check { dir, grants }) => check(&dir, grants),
+        Command::Plugin(PluginCommand::Check { dir, grants }) => {
+            cli::check::run(&dir, grants.as_deref())
+        }
+        Command::Plugin(PluginCommand::New { name, path, sdk }) => {
+            cli::scaffold::run(&name, path.as_deref(), sdk.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -222,33 +241,5 @@ fn pack(
     plugins::engine::write_atomically(&dir.join(&m.wasm), &bytes)?;
     plugins::engine::write_atomically(&dir.join("plugin.toml"), toml::to_string(&m)?.as_bytes())?;
     println!("packed {} {} into {}", m.id, m.version, dir.display());
-    Ok(())
-}
-
-fn check(dir: &std::path::Path, grants: Option<PathBuf>) -> anyhow::Result<()> {
-    let grants = match grants {
-        Some(p) => plugins::Grants::read(&p)?,
-        None => plugins::Grants::default(),
-    };
-    let manifest = plugins::Manifest::read(dir)?;
-    println!("plugin {} {}", manifest.id, manifest.version);
-    println!(
-        "requests: outbound {:?}, secrets {:?}, config {:?}",
-        manifest.requests.outbound, manifest.requests.secrets, manifest.requests.config
-    );
-    let engine = PluginEngine::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let cx = plugins::LoadContext {
-        engine: &engine,
-        grants: &grants,
-        secrets: &plugins::SecretStore::default(),
-        limits: Config::default().plugin_limits,
-        require_digest: true,
-    };
-    let plugin = plugins::LoadedPlugin::load(dir, &cx)?;
-    let caps = &plugin.shared().capabilities;
-    if !caps.denied.is_empty() {
-        println!("not granted: {}", caps.denied.join(", "));
-    }
-    println!("ok: links and passes the describe() smoke test");
     Ok(())
 }
