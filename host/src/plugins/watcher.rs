@@ -53,6 +53,17 @@ struct WatchedPaths {
     settings: Vec<PathBuf>,
 }
 
+/// Whether `path` is a Kubernetes-style atomic update next to a settings file: a mounted
+/// ConfigMap or Secret changes by swapping a `..data` symlink, never touching the file's
+/// own name.
+fn is_mount_swap(settings: &[PathBuf], path: &Path) -> bool {
+    let name_is_dotdot = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".."));
+    name_is_dotdot && settings.iter().any(|s| s.parent() == path.parent())
+}
+
 impl WatchedPaths {
     fn new(registry: &Registry) -> std::io::Result<WatchedPaths> {
         let plugins = registry.dir().canonicalize()?;
@@ -71,7 +82,7 @@ impl WatchedPaths {
 
     /// Which reload an event on `path` asks for, if any.
     fn classify(&self, path: &Path) -> Option<Target> {
-        if self.settings.iter().any(|s| s == path) {
+        if self.settings.iter().any(|s| s == path) || is_mount_swap(&self.settings, path) {
             return Some(Target::Everything);
         }
         let rest = path.strip_prefix(&self.plugins).ok()?;
@@ -216,7 +227,12 @@ fn run(
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         for target in debouncer.take_due(Instant::now()) {
-            apply(registry, &target);
+            // A bug in one reload must not end hot reload for the life of the process.
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(registry, &target)));
+            if applied.is_err() {
+                tracing::error!(?target, "plugin reload panicked; the watcher goes on");
+            }
         }
     }
 }
@@ -291,6 +307,11 @@ mod tests {
         assert_eq!(
             p.classify(Path::new("/data/plugins")),
             Some(Target::Everything)
+        );
+        assert_eq!(
+            p.classify(Path::new("/data/..data")),
+            Some(Target::Everything),
+            "a ConfigMap-style symlink swap beside the grants file"
         );
     }
 
