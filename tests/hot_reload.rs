@@ -348,6 +348,59 @@ fn ten_replacements_under_load_fail_no_request_and_broken_packages_never_serve()
     assert!(failed_reloads(&s) >= 3, "{s}");
 }
 
+/// The `slow` plugin's entry on the status endpoint (`Null` once it is unregistered).
+fn slow_status(gw: &Gateway) -> Value {
+    let r = gw.call("GET", "/v1/admin/plugins", Some(&gw.admin_key), None);
+    r.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "slow")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_call_in_flight_finishes_on_its_generation_while_the_plugin_is_replaced_then_removed() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .plugins(&["sandbox", "slow"])
+        .start();
+    let first = generation(&slow_status(&gw));
+    thread::scope(|s| {
+        // slow's provision takes 2 s.
+        let in_flight = s.spawn(|| order(&gw, "in-flight", "slow:slow-1"));
+        let started = Instant::now();
+        while slow_status(&gw)["stats"]["in_flight"] != 1 || slow_status(&gw)["stats"]["calls"] != 1
+        {
+            assert!(started.elapsed() < PATIENCE, "the slow call never started");
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Replace it: a new generation serves while the call runs on the old one.
+        pack(gw.bin(), "slow", &gw.plugins_dir());
+        while generation(&slow_status(&gw)) == first {
+            assert!(started.elapsed() < PATIENCE, "no new generation");
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Then remove it: new orders are refused while the old call still runs.
+        std::fs::remove_dir_all(gw.plugins_dir().join("slow")).unwrap();
+        while !slow_status(&gw).is_null() {
+            assert!(started.elapsed() < PATIENCE, "slow was not unregistered");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let refused = order(&gw, "after-removal", "slow:slow-1");
+        assert_eq!(refused.status, 503, "{:?}", refused.json);
+        assert!(
+            !in_flight.is_finished(),
+            "the 2 s call should still be running after a swap and a removal (took {:?}); \
+             the machine is too slow for this test to show anything",
+            started.elapsed()
+        );
+        let done = in_flight.join().unwrap();
+        assert_eq!(done.status, 201, "{:?}", done.json);
+        assert_eq!(done.json["status"], "fulfilled", "{:?}", done.json);
+    });
+}
+
 #[test]
 fn removing_a_plugin_folder_takes_its_products_away_and_orders_get_a_503() {
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
