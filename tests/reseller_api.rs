@@ -686,6 +686,22 @@ fn client_mistakes_get_problem_codes_and_never_a_5xx() {
     let limited = limited.expect("the rate limit is reached");
     assert_eq!(limited.json["code"], "rate_limited");
     assert!(limited.header("retry-after").is_some());
+    // A POST over the rate gets the same problem (the server reads the capped body before
+    // deciding, so the connection stays usable).
+    let body =
+        json!({"product_id": "sandbox:SBX-US-5GB-30D", "metadata": {"pad": "x".repeat(900)}});
+    for _ in 0..5 {
+        let r = gw.try_raw(
+            "POST",
+            "/v1/orders",
+            Some(&key),
+            &[("idempotency-key", &unique_key())],
+            Some(body.to_string().into_bytes()),
+            Some("application/json"),
+        );
+        let r = r.expect("a response, not a reset connection");
+        assert_eq!(r.status, 429);
+    }
 }
 
 #[test]

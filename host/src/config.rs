@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreTuning,
     /// Order fulfilment and catalog behaviour.
     pub orders: OrderTuning,
+    /// Hot reload of the plugins folder.
+    pub watch: WatchSettings,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             http: HttpLimits::default(),
             store: StoreTuning::default(),
             orders: OrderTuning::default(),
+            watch: WatchSettings::default(),
         }
     }
 }
@@ -256,6 +259,34 @@ impl Default for OrderTuning {
             key_rotation_grace_secs: 24 * 3600,
             demo_credit_minor: 100_000,
         }
+    }
+}
+
+/// Hot reload: the watcher on the plugins folder, the grants file and the secrets file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    /// Watch at all. Off, plugins load once at start (e.g. a read-only image).
+    pub enabled: bool,
+    /// Quiet period per plugin folder before it is reloaded. Copying a package is a
+    /// burst of events within a few ms; 200 ms lets a copy finish (saving compile runs on
+    /// half-written files) while a reload still serves well within a second.
+    pub debounce_ms: u64,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            enabled: true,
+            debounce_ms: 200,
+        }
+    }
+}
+
+impl WatchSettings {
+    /// The quiet period.
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
     }
 }
 

@@ -1,5 +1,7 @@
 //! The `simgate` command line: `serve` runs the gateway; `plugin` packages and checks
-//! plugin folders exactly as the watcher would load them.
+//! plugin folders exactly as the watcher would load them, and scaffolds new plugin crates.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use simgate::api::{self, AppState};
 use simgate::config::Config;
 use simgate::domain::fulfilment::RetryPolicy;
 use simgate::domain::gateway::{Gateway, GatewayTuning};
-use simgate::plugins::{self, PluginEngine, Registry};
+use simgate::plugins::{self, PluginEngine, PluginWatcher, Registry};
 use simgate::privacy::FileKeyring;
 use simgate::store::SledStore;
 
@@ -136,13 +138,25 @@ enum PluginCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Validate a plugin folder as the gateway would load it; exit non-zero with the reason.
+    /// Validate a plugin folder as the gateway would load it: print what it requests, what
+    /// is granted and whether it links; exit non-zero with the reason.
     Check {
         /// The plugin folder (holding plugin.toml).
         dir: PathBuf,
         /// Grants file to check against (default: grant nothing).
         #[arg(long)]
         grants: Option<PathBuf>,
+    },
+    /// Create a plugin crate that builds and passes its tests, to fill in.
+    New {
+        /// Plugin id, folder and crate name (a-z, 0-9, '-').
+        name: String,
+        /// Folder to create (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The simgate SDK to depend on (default: the SDK this binary was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -162,9 +176,14 @@ fn main() -> ExitCode {
             wasm,
             out,
         }) => pack(&manifest, &wasm, &out),
-        Command::Plugin(PluginCommand::Check { dir, grants }) => check(&dir, grants),
         Command::Reseller(cmd) => offline(cmd.data_dir(), |gw| reseller_cmd(gw, cmd)),
         Command::Keys(cmd) => offline(cmd.data_dir(), |gw| keys_cmd(gw, cmd)),
+        Command::Plugin(PluginCommand::Check { dir, grants }) => {
+            cli::check::run(&dir, grants.as_deref())
+        }
+        Command::Plugin(PluginCommand::New { name, path, sdk }) => {
+            cli::scaffold::run(&name, path.as_deref(), sdk.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,6 +239,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.secrets_file(),
         config.plugin_limits,
     ));
+    // Watch before the first load, so a change made while loading is not missed (its
+    // event waits in the watcher's queue and is applied after).
+    let _watcher = if config.watch.enabled {
+        PluginWatcher::start(registry.clone(), config.watch)
+            .inspect_err(|e| tracing::error!(error = %e, "hot reload is off; restart to pick up plugin changes"))
+            .ok()
+    } else {
+        None
+    };
     {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.load_all()).await?;
@@ -256,6 +284,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.http.rate_limit_per_second,
             config.http.rate_limit_burst,
         ),
+        http_metrics: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -454,33 +483,5 @@ fn pack(
     plugins::engine::write_atomically(&dir.join(&m.wasm), &bytes)?;
     plugins::engine::write_atomically(&dir.join("plugin.toml"), toml::to_string(&m)?.as_bytes())?;
     println!("packed {} {} into {}", m.id, m.version, dir.display());
-    Ok(())
-}
-
-fn check(dir: &std::path::Path, grants: Option<PathBuf>) -> anyhow::Result<()> {
-    let grants = match grants {
-        Some(p) => plugins::Grants::read(&p)?,
-        None => plugins::Grants::default(),
-    };
-    let manifest = plugins::Manifest::read(dir)?;
-    println!("plugin {} {}", manifest.id, manifest.version);
-    println!(
-        "requests: outbound {:?}, secrets {:?}, config {:?}",
-        manifest.requests.outbound, manifest.requests.secrets, manifest.requests.config
-    );
-    let engine = PluginEngine::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let cx = plugins::LoadContext {
-        engine: &engine,
-        grants: &grants,
-        secrets: &plugins::SecretStore::default(),
-        limits: Config::default().plugin_limits,
-        require_digest: true,
-    };
-    let plugin = plugins::LoadedPlugin::load(dir, &cx)?;
-    let caps = &plugin.shared().capabilities;
-    if !caps.denied.is_empty() {
-        println!("not granted: {}", caps.denied.join(", "));
-    }
-    println!("ok: links and passes the describe() smoke test");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! rules live here: each handler parses, calls one `Gateway` use case, and renders.
 
 mod body;
+pub mod metrics;
 mod openapi;
 pub mod problem;
 mod qr;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// Per-key rate limiter.
     pub limiter: ratelimit::RateLimiter,
+    /// Request counters for `/metrics`.
+    pub http_metrics: metrics::HttpMetrics,
 }
 
 /// The response type of every handler.
@@ -115,12 +118,17 @@ async fn handle(
         "x-request-id",
         http::HeaderValue::from_str(&request_id).expect("ulid is a valid header value"),
     );
+    let route = routes::route_label(&method, &path);
+    let elapsed = started.elapsed();
+    state
+        .http_metrics
+        .record(route, &method, resp.status().as_u16(), elapsed);
     tracing::info!(
         request_id,
         %method,
-        route = routes::route_label(&method, &path),
+        route,
         status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = elapsed.as_micros() as u64,
         "request"
     );
     Ok(resp)

@@ -113,6 +113,7 @@ fn schemas() -> Value {
             "created_at_ms": s("integer"), "updated_at_ms": s("integer")}), &["id", "status"]),
         "OrderList": list_of("Order"),
         "QrImage": {"type": "string", "format": "binary"},
+        "MetricsText": {"type": "string", "description": "Prometheus text exposition format 0.0.4"},
         "Usage": object(json!({"iccid": s("string"), "used_bytes": s("integer"), "total_bytes": opt("integer"),
             "profile_state": s("string"), "plan_state": s("string"), "supplier_status": s("string"),
             "expires_at_ms": opt("integer"), "observed_at_ms": s("integer")}), &["iccid", "observed_at_ms"]),

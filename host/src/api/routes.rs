@@ -94,6 +94,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/balance/transactions", Key, "Ledger entries, newest first", idem=false, req=None, resp=(200, "TransactionList"), query=PAGING),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
+    route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
     route!(GET "/v1/admin/resellers", Admin, "All resellers", idem=false, req=None, resp=(200, "ResellerList"), query=&[]),
     route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
@@ -141,6 +142,12 @@ pub fn route_label(method: &Method, path: &str) -> &'static str {
 /// Route a request.
 pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
+    // Read the (size-capped) body before any decision: an error answered while the client
+    // is still sending would make the server drop the connection with unread bytes, and
+    // the client would see a reset instead of the problem.
+    let (parts, body) = req.into_parts();
+    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
+    let req = http::Request::from_parts(parts, bytes);
     let (route, params) = find(req.method(), &path)?;
     let who = match route.access {
         Access::Public => None,
@@ -181,6 +188,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/v1/balance") => balance(state, who()?),
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req),
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?),
+        ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
             StatusCode::OK,
             &serde_json::json!({"data": state.registry.status()}),
@@ -323,7 +331,7 @@ fn readyz(state: &AppState) -> Result<Response, Problem> {
 async fn list_products(
     state: &AppState,
     who: &Principal,
-    req: &http::Request<Incoming>,
+    req: &http::Request<Bytes>,
 ) -> Result<Response, Problem> {
     let mut filter = ProductFilter::default();
     for (k, v) in query_pairs(req) {
@@ -455,13 +463,11 @@ fn one() -> u32 {
     1
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    req: http::Request<Incoming>,
+fn json_body<T: serde::de::DeserializeOwned>(
+    req: http::Request<Bytes>,
 ) -> Result<(http::HeaderMap, Bytes, T), Problem> {
     require_json(req.headers())?;
-    let (parts, body) = req.into_parts();
-    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
+    let (parts, bytes) = req.into_parts();
     let value = parse_json(&bytes)?;
     Ok((parts.headers, bytes, value))
 }
@@ -469,10 +475,10 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 async fn create_order(
     state: &AppState,
     who: &Principal,
-    req: http::Request<Incoming>,
+    req: http::Request<Bytes>,
 ) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
-    let (headers, bytes, body): (_, _, CreateOrder) = json_body(state, req).await?;
+    let (headers, bytes, body): (_, _, CreateOrder) = json_body(req)?;
     idempotent(
         state,
         who,
@@ -500,7 +506,7 @@ async fn create_order(
 fn list_orders(
     state: &AppState,
     who: &Principal,
-    req: &http::Request<Incoming>,
+    req: &http::Request<Bytes>,
 ) -> Result<Response, Problem> {
     let mut status = None;
     let paging = paging(query_pairs(req), |k, v| match k {
@@ -532,13 +538,12 @@ fn list_orders(
 async fn cancel_order(
     state: &AppState,
     who: &Principal,
-    req: http::Request<Incoming>,
+    req: http::Request<Bytes>,
     id: &str,
 ) -> Result<Response, Problem> {
     let id = order_id(id)?;
     let path = req.uri().path().to_string();
-    let (parts, body) = req.into_parts();
-    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
+    let (parts, bytes) = req.into_parts();
     idempotent(
         state,
         who,
@@ -563,7 +568,7 @@ async fn cancel_order(
 fn esim_qr(
     state: &AppState,
     who: &Principal,
-    req: &http::Request<Incoming>,
+    req: &http::Request<Bytes>,
     iccid: &str,
 ) -> Result<Response, Problem> {
     let mut svg = false;
@@ -609,11 +614,11 @@ struct CreateTopUp {
 async fn create_top_up(
     state: &AppState,
     who: &Principal,
-    req: http::Request<Incoming>,
+    req: http::Request<Bytes>,
     iccid: &str,
 ) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
-    let (headers, bytes, body): (_, _, CreateTopUp) = json_body(state, req).await?;
+    let (headers, bytes, body): (_, _, CreateTopUp) = json_body(req)?;
     idempotent(
         state,
         who,
@@ -648,7 +653,7 @@ fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem> {
 fn transactions(
     state: &AppState,
     who: &Principal,
-    req: &http::Request<Incoming>,
+    req: &http::Request<Bytes>,
 ) -> Result<Response, Problem> {
     let paging = paging(query_pairs(req), |k, _| {
         Err(problems::invalid_query(format!("unknown parameter {k:?}")))
@@ -679,6 +684,17 @@ fn transactions(
     ))
 }
 
+/// Prometheus metrics (admin keys only; why: see `api::metrics`).
+fn metrics(state: &AppState) -> Response {
+    let text = super::metrics::render(&state.registry, &state.http_metrics);
+    let mut resp = http::Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
 fn key_json(key: &str, record: &crate::domain::accounts::ApiKey) -> serde_json::Value {
     serde_json::json!({
         "key": key, "id": record.id, "role": record.role, "mode": record.mode,
@@ -699,11 +715,8 @@ struct CreateReseller {
     markup_bps: u32,
 }
 
-async fn create_reseller(
-    state: &AppState,
-    req: http::Request<Incoming>,
-) -> Result<Response, Problem> {
-    let (_, _, body): (_, _, CreateReseller) = json_body(state, req).await?;
+async fn create_reseller(state: &AppState, req: http::Request<Bytes>) -> Result<Response, Problem> {
+    let (_, _, body): (_, _, CreateReseller) = json_body(req)?;
     let reseller = state.gateway.create_reseller(&body.name, body.markup_bps)?;
     state
         .gateway
@@ -738,11 +751,11 @@ fn reseller_id(s: &str) -> Result<ResellerId, Problem> {
 
 async fn create_key(
     state: &AppState,
-    req: http::Request<Incoming>,
+    req: http::Request<Bytes>,
     id: &str,
 ) -> Result<Response, Problem> {
     let reseller = reseller_id(id)?;
-    let (_, _, body): (_, _, CreateKey) = json_body(state, req).await?;
+    let (_, _, body): (_, _, CreateKey) = json_body(req)?;
     if body.role == Role::Admin {
         return Err(Problem::from(DomainError::Invalid {
             field: "/role",
@@ -777,11 +790,11 @@ fn usd() -> String {
 
 async fn credit(
     state: &AppState,
-    req: http::Request<Incoming>,
+    req: http::Request<Bytes>,
     id: &str,
 ) -> Result<Response, Problem> {
     let reseller = reseller_id(id)?;
-    let (_, _, body): (_, _, CreateCredit) = json_body(state, req).await?;
+    let (_, _, body): (_, _, CreateCredit) = json_body(req)?;
     let balance = state
         .gateway
         .credit(reseller, body.amount, &body.currency, body.note)?;

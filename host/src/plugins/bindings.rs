@@ -17,5 +17,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::simgate::supplier as guest;
-pub use simgate::supplier as host;
+pub use self::exports::simgate::supplier as guest;
+pub use self::simgate::supplier as host;

@@ -3,7 +3,8 @@
 //! What lives here, and nowhere else, is wasmtime: the engine and its compiled cache
 //! ([`engine`]), what a plugin asks for and is granted ([`manifest`]), the per-call store
 //! ([`state`]), limits and fault classification ([`runtime`]), egress ([`egress`], [`tls`]),
-//! secrets by name ([`secrets`]) and the registry of serving generations ([`registry`]).
+//! secrets by name ([`secrets`]), the registry of serving generations ([`registry`]), its
+//! counters ([`stats`]) and hot reload of the plugins folder ([`watcher`]).
 //! The rest of the gateway sees plugins only through `domain::Supplier`.
 
 pub mod bindings;
@@ -17,6 +18,7 @@ pub mod secrets;
 pub mod state;
 pub mod stats;
 mod tls;
+pub mod watcher;
 
 pub use engine::PluginEngine;
 pub use error::{CallError, LoadError};
@@ -24,3 +26,4 @@ pub use manifest::{Capabilities, Grant, Grants, Manifest};
 pub use registry::{PluginStatus, Registry};
 pub use runtime::{LoadContext, LoadedPlugin};
 pub use secrets::SecretStore;
+pub use watcher::PluginWatcher;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -18,7 +18,7 @@ use super::error::LoadError;
 use super::manifest::{Capabilities, Grants};
 use super::runtime::{LoadContext, LoadedPlugin};
 use super::secrets::SecretStore;
-use super::stats::StatsSnapshot;
+use super::stats::{PluginStats, ReloadCounts, StatsSnapshot};
 
 /// One serving generation of a plugin.
 pub struct Generation {
@@ -28,6 +28,8 @@ pub struct Generation {
     pub loaded_at: SystemTime,
     /// The plugin.
     pub plugin: Arc<LoadedPlugin>,
+    /// How long reading, compiling, linking and smoke-testing it took.
+    pub load_ms: u64,
 }
 
 /// The registry.
@@ -40,6 +42,10 @@ pub struct Registry {
     serving: ArcSwap<BTreeMap<String, Arc<Generation>>>,
     failures: Mutex<BTreeMap<String, LoadFailure>>,
     next_generation: Mutex<u64>,
+    /// Counters per plugin id, kept across generations (and removals) of that id.
+    stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
+    /// Held for a whole reload, so generations swap in the order their files were read.
+    reloading: Mutex<()>,
 }
 
 /// The last failed load of a plugin id.
@@ -70,6 +76,12 @@ pub struct PluginStatus {
     pub capabilities: Option<Capabilities>,
     /// The last load error, if the latest attempt failed.
     pub last_error: Option<String>,
+    /// When the latest attempt failed (seconds since the epoch).
+    pub last_error_at: Option<u64>,
+    /// How long loading the serving generation took, in milliseconds.
+    pub load_ms: Option<u64>,
+    /// Loads swapped in and refused since the process started.
+    pub reloads: ReloadCounts,
     /// Call counters.
     pub stats: Option<StatsSnapshot>,
 }
@@ -92,12 +104,24 @@ impl Registry {
             serving: ArcSwap::from_pointee(BTreeMap::new()),
             failures: Mutex::new(BTreeMap::new()),
             next_generation: Mutex::new(1),
+            stats: Mutex::new(BTreeMap::new()),
+            reloading: Mutex::new(()),
         }
     }
 
     /// The watched folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The operator's grants file.
+    pub fn grants_file(&self) -> &Path {
+        &self.grants_file
+    }
+
+    /// The plugin secrets file.
+    pub fn secrets_file(&self) -> &Path {
+        &self.secrets_file
     }
 
     /// Load every plugin folder; failures are recorded and logged, never fatal.
@@ -121,6 +145,9 @@ impl Registry {
 
     /// (Re)load one plugin folder by id; on success swap it in, on failure keep what serves.
     pub fn reload(&self, id: &str) -> Result<u64, LoadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let stats = self.stats_of(id);
         let dir = self.dir.join(id);
         let result = Grants::read(&self.grants_file).and_then(|grants| {
             let secrets = SecretStore::load(&self.secrets_file)?;
@@ -133,8 +160,11 @@ impl Registry {
             };
             LoadedPlugin::load(&dir, &cx)
         });
+        let load_ms = started.elapsed().as_millis() as u64;
+        stats.record_reload(result.is_ok());
         match result {
             Ok(plugin) => {
+                let plugin = plugin.count_into(stats);
                 let number = {
                     let mut next = self
                         .next_generation
@@ -149,6 +179,7 @@ impl Registry {
                     number,
                     loaded_at: SystemTime::now(),
                     plugin: Arc::new(plugin),
+                    load_ms,
                 });
                 self.serving.rcu(|map| {
                     let mut map = BTreeMap::clone(map);
@@ -159,11 +190,18 @@ impl Registry {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(id);
-                tracing::info!(plugin = id, %version, generation = number, "plugin loaded");
+                tracing::info!(plugin = id, %version, generation = number, load_ms, "plugin loaded");
                 Ok(number)
             }
             Err(e) => {
-                tracing::error!(plugin = id, error = %e, "plugin load failed; previous version (if any) keeps serving");
+                let serving = self.generation(id);
+                tracing::error!(
+                    plugin = id,
+                    error = %e,
+                    serving_version = serving.as_ref().map(|g| g.plugin.shared().version.as_str()),
+                    serving_generation = serving.as_ref().map(|g| g.number),
+                    "plugin load failed; the serving generation (if any) keeps serving"
+                );
                 self.failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -197,6 +235,21 @@ impl Registry {
         removed
     }
 
+    /// The counters of plugin id `id` (created on first use).
+    pub fn stats_of(&self, id: &str) -> Arc<PluginStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Ids of the plugins serving now.
+    pub fn serving_ids(&self) -> Vec<String> {
+        self.serving.load().keys().cloned().collect()
+    }
+
     /// The serving generation of a plugin.
     pub fn generation(&self, id: &str) -> Option<Arc<Generation>> {
         self.serving.load().get(id).cloned()
@@ -218,6 +271,12 @@ impl Registry {
                 let g = serving.get(id);
                 let failure = failures.get(id);
                 let shared = g.map(|g| g.plugin.shared());
+                let stats = self.stats_of(id).snapshot();
+                let secs = |t: SystemTime| {
+                    t.duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                };
                 PluginStatus {
                     id: id.clone(),
                     state: match (g, failure) {
@@ -228,15 +287,13 @@ impl Registry {
                     version: shared.map(|s| s.version.clone()),
                     sha256: shared.map(|s| s.sha256.clone()),
                     generation: g.map(|g| g.number),
-                    loaded_at: g.map(|g| {
-                        g.loaded_at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0)
-                    }),
+                    loaded_at: g.map(|g| secs(g.loaded_at)),
                     capabilities: shared.map(|s| s.capabilities.clone()),
                     last_error: failure.map(|f| f.error.clone()),
-                    stats: g.map(|g| g.plugin.stats.snapshot()),
+                    last_error_at: failure.map(|f| secs(f.at)),
+                    load_ms: g.map(|g| g.load_ms),
+                    reloads: stats.reloads,
+                    stats: Some(stats),
                 }
             })
             .collect()

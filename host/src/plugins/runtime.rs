@@ -57,8 +57,9 @@ pub struct LoadedPlugin {
     pre: SupplierPre<PluginState>,
     slots: Semaphore,
     info: SupplierInfo,
-    /// Call counters for status and metrics.
-    pub stats: PluginStats,
+    /// Call counters for status and metrics, shared by every generation of the plugin id
+    /// (see [`LoadedPlugin::count_into`]).
+    pub stats: Arc<PluginStats>,
 }
 
 /// Everything needed to load a plugin besides its folder.
@@ -183,7 +184,7 @@ impl LoadedPlugin {
                 supplier: String::new(),
                 features: Vec::new(),
             },
-            stats: PluginStats::default(),
+            stats: Arc::default(),
         };
         let smoke = |message: String| LoadError::SmokeTest {
             id: id.clone(),
@@ -199,6 +200,13 @@ impl LoadedPlugin {
         }
         plugin.info = info;
         Ok(plugin)
+    }
+
+    /// Count this generation's calls into `stats` (the plugin id's counters, which outlive
+    /// any one generation) instead of its own. The load's smoke test stays uncounted.
+    pub fn count_into(mut self, stats: Arc<PluginStats>) -> LoadedPlugin {
+        self.stats = stats;
+        self
     }
 
     /// Identity, grants and limits.

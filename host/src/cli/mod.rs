@@ -1,0 +1,5 @@
+//! The operator and integrator commands of the `simgate` binary, one file each; `main.rs`
+//! only parses arguments and dispatches.
+
+pub mod check;
+pub mod scaffold;
