@@ -293,6 +293,20 @@ fn metrics_show_plugin_counters_and_reloads_in_prometheus_text() {
             ]
         ) >= 4.0
     );
+    // Order states: the three sandbox orders and the one after the reload were fulfilled,
+    // the trap order failed.
+    assert_eq!(
+        value(&samples, "simgate_orders_total", &[("status", "fulfilled")]),
+        4.0
+    );
+    assert_eq!(
+        value(&samples, "simgate_orders_total", &[("status", "failed")]),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "simgate_orders_total", &[("status", "accepted")]),
+        5.0
+    );
     // Nothing identifying in any label: no keys, order ids or ICCIDs.
     for s in &samples {
         for v in s.labels.values() {

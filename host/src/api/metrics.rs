@@ -67,7 +67,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Render every metric family.
-pub fn render(registry: &Registry, http: &HttpMetrics) -> String {
+pub fn render(registry: &Registry, http: &HttpMetrics, orders: &[(&str, u64)]) -> String {
     let mut out = Exposition::default();
     out.family(
         "simgate_build_info",
@@ -81,6 +81,14 @@ pub fn render(registry: &Registry, http: &HttpMetrics) -> String {
     );
     render_http(&mut out, http);
     render_plugins(&mut out, registry);
+    out.family(
+        "simgate_orders_total",
+        "counter",
+        "Orders that reached each status since the gateway started.",
+    );
+    for (status, n) in orders {
+        out.sample("simgate_orders_total", &[("status", status)], n);
+    }
     out.text
 }
 

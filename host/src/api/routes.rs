@@ -686,7 +686,11 @@ fn transactions(
 
 /// Prometheus metrics (admin keys only; why: see `api::metrics`).
 fn metrics(state: &AppState) -> Response {
-    let text = super::metrics::render(&state.registry, &state.http_metrics);
+    let text = super::metrics::render(
+        &state.registry,
+        &state.http_metrics,
+        &state.gateway.order_counts(),
+    );
     let mut resp = http::Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -65,6 +65,54 @@ impl RetryPolicy {
     }
 }
 
+/// Orders that reached each status since the process started (aggregate counts only).
+#[derive(Debug, Default)]
+pub struct OrderCounters([std::sync::atomic::AtomicU64; 6]);
+
+impl OrderCounters {
+    const STATUSES: [OrderStatus; 6] = [
+        OrderStatus::Accepted,
+        OrderStatus::AwaitingKyc,
+        OrderStatus::Submitted,
+        OrderStatus::Fulfilled,
+        OrderStatus::Failed,
+        OrderStatus::Cancelled,
+    ];
+
+    /// Count an order reaching `status`.
+    pub fn reached(&self, status: OrderStatus) {
+        if let Some(i) = Self::STATUSES.iter().position(|s| *s == status) {
+            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `(status name, count)` for every status.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Self::STATUSES
+            .iter()
+            .zip(&self.0)
+            .map(|(s, n)| {
+                (
+                    status_name(*s),
+                    n.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The API name of a status.
+pub fn status_name(s: OrderStatus) -> &'static str {
+    match s {
+        OrderStatus::Accepted => "accepted",
+        OrderStatus::AwaitingKyc => "awaiting_kyc",
+        OrderStatus::Submitted => "submitted",
+        OrderStatus::Fulfilled => "fulfilled",
+        OrderStatus::Failed => "failed",
+        OrderStatus::Cancelled => "cancelled",
+    }
+}
+
 /// The fulfilment worker.
 pub struct Fulfilment {
     store: Arc<dyn Store>,
@@ -73,6 +121,8 @@ pub struct Fulfilment {
     policy: RetryPolicy,
     slots: Semaphore,
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
+    /// Status counts for metrics.
+    pub counters: OrderCounters,
 }
 
 /// What one processing step decided.
@@ -98,6 +148,7 @@ impl Fulfilment {
             slots: Semaphore::new(policy.concurrency),
             policy,
             waiters: Mutex::new(HashMap::new()),
+            counters: OrderCounters::default(),
         })
     }
 
@@ -175,6 +226,7 @@ impl Fulfilment {
         }
         if order.status == OrderStatus::Accepted {
             order.status = OrderStatus::Submitted;
+            self.counters.reached(OrderStatus::Submitted);
         }
         order.attempts += 1;
         order.updated_at_ms = now_ms();
@@ -305,6 +357,7 @@ impl Fulfilment {
         );
         self.store.settle_order(&order, Some(&capture), &esims)?;
         self.store.durable().await?;
+        self.counters.reached(OrderStatus::Fulfilled);
         Ok(Step::Settled)
     }
 
@@ -323,6 +376,7 @@ impl Fulfilment {
         );
         self.store.settle_order(&order, Some(&release), &[])?;
         self.store.durable().await?;
+        self.counters.reached(OrderStatus::Failed);
         Ok(Step::Settled)
     }
 

@@ -252,6 +252,11 @@ impl Gateway {
         &self.store
     }
 
+    /// Orders that reached each status since start, for metrics.
+    pub fn order_counts(&self) -> Vec<(&'static str, u64)> {
+        self.fulfilment.counters.snapshot()
+    }
+
     /// Resume unfinished orders after a restart.
     pub fn recover(&self) -> Result<usize, DomainError> {
         Ok(self.fulfilment.recover()?)
@@ -596,6 +601,7 @@ impl Gateway {
             });
         }
         self.store.durable().await?;
+        self.fulfilment.counters.reached(OrderStatus::Accepted);
         let settled = self.fulfilment.watch(order.id);
         self.fulfilment.submit(order.id);
         let _ = tokio::time::timeout(self.tuning.sync_wait, settled).await;
@@ -837,6 +843,7 @@ impl Gateway {
         }
         self.store.settle_order(&order, Some(&refund), &esims)?;
         self.store.durable().await?;
+        self.fulfilment.counters.reached(OrderStatus::Cancelled);
         self.order_view(order)
     }
 
