@@ -81,17 +81,18 @@ fn main() {
     let auth = format!("Bearer {key}");
 
     let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
-    let post_run = load(gw_addr, connections, duration, |n| {
+    let post_auth = auth.clone();
+    let post_run = load(gw_addr, connections, duration, move |n| {
         Req::post(
             "/v1/orders".into(),
-            auth.clone(),
+            post_auth.clone(),
             format!("bench-{n}"),
             body.clone(),
         )
     });
     let ids = post_run.order_ids.clone();
     assert!(!ids.is_empty(), "no order was created");
-    let get_run = load(gw_addr, connections, duration, |n| {
+    let get_run = load(gw_addr, connections, duration, move |n| {
         Req::get(
             format!("/v1/orders/{}", ids[n % ids.len()]),
             Some(auth.clone()),
@@ -178,7 +179,7 @@ fn load(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
-    make: impl Fn(usize) -> Req + Send + Sync,
+    make: impl Fn(usize) -> Req + Send + Sync + 'static,
 ) -> Run {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -203,7 +204,7 @@ async fn drive(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
-    make: Arc<impl Fn(usize) -> Req + Send + Sync>,
+    make: Arc<impl Fn(usize) -> Req + Send + Sync + 'static>,
     offset: usize,
 ) -> Run {
     let started = Instant::now();

@@ -214,7 +214,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.no_demo {
         config.demo = false;
     }
+    // sled does some of its IO synchronously on the calling thread; extra workers keep
+    // requests flowing while one waits on the disk.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 4;
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()?
         .block_on(run(config))

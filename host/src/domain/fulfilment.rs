@@ -224,14 +224,20 @@ impl Fulfilment {
         if order.status.is_final() {
             return Ok(Step::Settled);
         }
-        if order.status == OrderStatus::Accepted {
+        let first_call = order.status == OrderStatus::Accepted;
+        if first_call {
             order.status = OrderStatus::Submitted;
             self.counters.reached(OrderStatus::Submitted);
         }
         order.attempts += 1;
         order.updated_at_ms = now_ms();
-        // Persist the attempt before calling out: a crash during the call resumes here.
-        self.store.put_order(&order)?;
+        // Count a repeated attempt before calling out, so a crash loop still ends. The
+        // first call needs no write of its own: the accepted order is already durable,
+        // recovery treats accepted like submitted, and provisioning is idempotent on the
+        // order reference.
+        if !first_call {
+            self.store.put_order(&order)?;
+        }
 
         let result = match self.suppliers.get(&order.plugin) {
             None => Err(SupplierError::Fault {

@@ -131,7 +131,10 @@ fn tx_put_order(
 ) -> TxResult<()> {
     let id = order.id.to_bytes();
     orders.insert(&id, encode(order))?;
-    by_reseller.insert(cat(&order.reseller.to_bytes(), &id), &[])?;
+    if order.status == OrderStatus::Accepted {
+        // The index entry never changes after the order is first written.
+        by_reseller.insert(cat(&order.reseller.to_bytes(), &id), &[])?;
+    }
     if order.status.is_final() {
         open.remove(&id)?;
     } else {
