@@ -233,6 +233,7 @@ fn check(dir: &std::path::Path, grants: Option<PathBuf>) -> anyhow::Result<()> {
         secrets: &plugins::SecretStore::default(),
         limits: Config::default().plugin_limits,
         require_digest: true,
+        transport: None,
     };
     let plugin = plugins::LoadedPlugin::load(dir, &cx)?;
     let caps = &plugin.shared().capabilities;

@@ -22,7 +22,7 @@ use crate::config::PluginLimits;
 use crate::domain::supplier::*;
 
 use super::bindings::{Supplier as Bindings, SupplierPre, host};
-use super::egress::{EgressPolicy, OutboundRule};
+use super::egress::{EgressPolicy, EgressTransport, OutboundRule};
 use super::engine::PluginEngine;
 use super::error::{CallError, LoadError};
 use super::manifest::{Capabilities, Grants, Manifest, sha256_hex};
@@ -73,6 +73,9 @@ pub struct LoadContext<'a> {
     pub limits: PluginLimits,
     /// Refuse manifests without a `sha256` (true for the watched folder).
     pub require_digest: bool,
+    /// Where allowed egress goes instead of the network: `None` in the gateway; the SDK
+    /// test harness sets one to answer egress from a route table (policy checks still run).
+    pub transport: Option<Arc<dyn EgressTransport>>,
 }
 
 impl LoadedPlugin {
@@ -164,6 +167,7 @@ impl LoadedPlugin {
             allow_private_addresses: capabilities.allow_private_addresses,
             connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
             max_response_bytes: limits.max_egress_response_bytes,
+            transport: cx.transport.clone(),
         });
         let shared = Arc::new(PluginShared {
             id: id.clone(),
