@@ -53,6 +53,16 @@ pub struct EgressRequest {
     pub body: Vec<u8>,
 }
 
+impl EgressRequest {
+    /// The first value of header `name` (compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 /// The answer an [`EgressTransport`] gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressResponse {

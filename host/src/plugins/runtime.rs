@@ -97,20 +97,7 @@ impl LoadedPlugin {
             source,
         })?;
         let sha256 = sha256_hex(&wasm);
-        match &manifest.sha256 {
-            Some(expected) if !expected.eq_ignore_ascii_case(&sha256) => {
-                return Err(LoadError::Digest {
-                    id: manifest.id.clone(),
-                    path: wasm_path,
-                    expected: expected.clone(),
-                    actual: sha256,
-                });
-            }
-            None if cx.require_digest => {
-                return Err(LoadError::MissingDigest { id: manifest.id });
-            }
-            _ => {}
-        }
+        manifest.check_digest(&wasm_path, &sha256, cx.require_digest)?;
         Self::from_parts(manifest, &wasm, sha256, cx)
     }
 
