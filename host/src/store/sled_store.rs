@@ -167,6 +167,9 @@ mod tests {
             s.put_reseller(&r).unwrap();
             s.durable().await.unwrap();
         }
+        // The group-commit flusher task holds the database until it sees the store dropped;
+        // on this single-threaded runtime it runs only when the test yields.
+        tokio::task::yield_now().await;
         let s = SledStore::open(dir.path(), 8).unwrap();
         assert_eq!(s.reseller(r.id).unwrap(), Some(r));
     }
