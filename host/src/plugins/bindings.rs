@@ -18,4 +18,6 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::simgate::supplier as guest;
-pub use simgate::supplier as host;
+// `self::`: where the crate itself is in scope as `simgate` (rustdoc's doctest build), the
+// generated module of the same name would otherwise be ambiguous.
+pub use self::simgate::supplier as host;
