@@ -63,10 +63,21 @@
 //!
 //! The crate also compiles natively, so a plugin's pure logic can be unit tested with plain
 //! `cargo test`; calling a host import outside a component panics.
+//!
+//! # Testing the built component
+//!
+//! With the `harness` feature (native only; enable it in `[dev-dependencies]`), [`harness`]
+//! loads the built `.wasm` into the gateway's real runtime — grants, secrets, limits,
+//! egress policy and all — and calls its exports from an ordinary `#[test]`. A
+//! [`harness::RecordingEgress`] answers the plugin's outbound requests instead of the
+//! supplier and records them, secrets filled in by the host. See `sdk/README.md` for a
+//! complete example.
 
 #![deny(missing_docs)]
 
 mod adapter;
+#[cfg(all(feature = "harness", not(target_arch = "wasm32")))]
+pub mod harness;
 mod host;
 pub mod http;
 

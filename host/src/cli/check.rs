@@ -52,6 +52,7 @@ pub fn run(dir: &Path, grants_file: Option<&Path>) -> anyhow::Result<()> {
         secrets: &plugins::SecretStore::default(),
         limits: Config::default().plugin_limits,
         require_digest: true,
+        transport: None,
     };
     let plugin = match LoadedPlugin::load(dir, &cx) {
         Ok(p) => p,

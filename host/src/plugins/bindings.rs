@@ -17,5 +17,7 @@ wasmtime::component::bindgen!({
     },
 });
 
+// `self::`: where the crate itself is in scope as `simgate` (rustdoc's doctest build), the
+// generated module of the same name would otherwise be ambiguous.
 pub use self::exports::simgate::supplier as guest;
 pub use self::simgate::supplier as host;

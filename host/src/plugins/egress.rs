@@ -9,6 +9,10 @@
 //!    rebinding); the connection then goes to the checked address, not to a second lookup;
 //! 4. connect time, total time and response size are capped.
 //!
+//! An [`EgressTransport`] may stand in for steps 3 and 4's network (the SDK test harness
+//! answers egress from a route table): steps 1 and 2 still run, so a test sees exactly the
+//! request that would have gone on the wire, secrets filled in, and exactly the denials.
+//!
 //! A denial is returned to the plugin as `HTTP-request-denied` and recorded in the call's
 //! [`EgressReport`] so the runtime can report the call as `egress_denied`.
 
@@ -16,11 +20,59 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::secrets::SecretValues;
+use crate::domain::supplier::BoxFuture;
+
+/// The largest request body handed to an [`EgressTransport`]; supplier API requests are
+/// small, and the body is buffered whole.
+pub const MAX_TRANSPORT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Answers a plugin's outbound requests instead of the network, after the policy allowed
+/// them and filled in their secrets. Used by the SDK test harness; the gateway itself
+/// never sets one.
+pub trait EgressTransport: Send + Sync {
+    /// Answer one request. `Err` reaches the plugin as a transport failure.
+    fn send(&self, req: EgressRequest) -> BoxFuture<'static, Result<EgressResponse, String>>;
+}
+
+/// A request as it would go on the wire: allowed by the policy, secrets filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The absolute URL, `scheme://host[:port]/path?query`.
+    pub url: String,
+    /// Header names (lower-case) and values, in order, including `host`.
+    pub headers: Vec<(String, String)>,
+    /// The body, at most [`MAX_TRANSPORT_REQUEST_BYTES`].
+    pub body: Vec<u8>,
+}
+
+impl EgressRequest {
+    /// The first value of header `name` (compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The answer an [`EgressTransport`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Header names and values.
+    pub headers: Vec<(String, String)>,
+    /// The body; the plugin reads at most the plugin's `max_egress_response_bytes` of it.
+    pub body: Vec<u8>,
+}
 
 /// One allowed destination: `scheme://host:port`, where port may be `*` and host may start
 /// with `*.` to allow every subdomain (not the bare domain).
@@ -118,7 +170,6 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 /// The egress rules of one plugin, shared by all its calls.
-#[derive(Debug)]
 pub struct EgressPolicy {
     /// Plugin id, for log lines.
     pub plugin: String,
@@ -132,6 +183,22 @@ pub struct EgressPolicy {
     pub connect_timeout: Duration,
     /// Cap on a response body.
     pub max_response_bytes: usize,
+    /// Where allowed requests go instead of the network (tests); `None` in the gateway.
+    pub transport: Option<Arc<dyn EgressTransport>>,
+}
+
+impl std::fmt::Debug for EgressPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressPolicy")
+            .field("plugin", &self.plugin)
+            .field("rules", &self.rules)
+            .field("secrets", &self.secrets)
+            .field("allow_private_addresses", &self.allow_private_addresses)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("transport", &self.transport.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// What happened to one call's egress, read by the runtime after the call.
@@ -233,6 +300,15 @@ async fn send_checked(
         )));
     }
     fill_secrets(policy, request.headers_mut())?;
+    if let Some(transport) = &policy.transport {
+        return Ok(send_via(
+            transport.as_ref(),
+            request,
+            deadline,
+            policy.max_response_bytes,
+        )
+        .await);
+    }
 
     let addr = resolve_checked(policy, &host, port).await?;
     let connect_timeout = options
@@ -342,8 +418,23 @@ async fn send_to(
         .map_err(|_| HttpError::HttpResponseTimeout)?;
     let resp = resp.map_err(HttpError::Hyper)?;
     let (parts, body) = resp.into_parts();
-    // Cap the body: the plugin reads at most `max_response_bytes`, then gets an error.
-    let body = Limited::new(body, max_response_bytes)
+    let body = capped(body, max_response_bytes);
+    let io = async move {
+        match worker.await {
+            Ok(r) => r,
+            Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
+        }
+    };
+    Ok((http::Response::from_parts(parts, body), Box::new(io)))
+}
+
+/// Cap a response body: the plugin reads at most `max_response_bytes`, then gets an error.
+fn capped<B>(body: B, max_response_bytes: usize) -> WasiBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Limited::new(body, max_response_bytes)
         .map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 HttpError::HttpResponseBodySize(Some(max_response_bytes as u64))
@@ -354,14 +445,66 @@ async fn send_to(
                 }
             }
         })
-        .boxed_unsync();
-    let io = async move {
-        match worker.await {
-            Ok(r) => r,
-            Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
+        .boxed_unsync()
+}
+
+/// Hand an allowed, secret-filled request to `transport` instead of the network, under the
+/// same deadline and response cap as a real exchange.
+async fn send_via(
+    transport: &dyn EgressTransport,
+    request: http::Request<WasiBody>,
+    deadline: tokio::time::Instant,
+    max_response_bytes: usize,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+> {
+    let (parts, body) = request.into_parts();
+    let body = tokio::time::timeout_at(
+        deadline,
+        Limited::new(body, MAX_TRANSPORT_REQUEST_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionWriteTimeout)?
+    .map_err(|e| match e.downcast::<HttpError>() {
+        Ok(e) => *e,
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            HttpError::HttpRequestBodySize(Some(MAX_TRANSPORT_REQUEST_BYTES as u64))
         }
+        Err(e) => HttpError::InternalError(Some(e.to_string())),
+    })?
+    .to_bytes();
+    let req = EgressRequest {
+        method: parts.method.to_string(),
+        url: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect(),
+        body: body.to_vec(),
     };
-    Ok((http::Response::from_parts(parts, body), Box::new(io)))
+    let answer = tokio::time::timeout_at(deadline, transport.send(req))
+        .await
+        .map_err(|_| HttpError::HttpResponseTimeout)?
+        .map_err(|e| HttpError::InternalError(Some(e)))?;
+    let mut response = http::Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
+        response = response.header(name, value);
+    }
+    let response = response
+        .body(capped(
+            Full::new(Bytes::from(answer.body)),
+            max_response_bytes,
+        ))
+        .map_err(|e| HttpError::InternalError(Some(format!("transport response: {e}"))))?;
+    Ok((response, Box::new(async { Ok(()) })))
 }
 
 /// HTTP/1 handshake over a connected stream; the connection is driven by a spawned task.
@@ -440,5 +583,131 @@ mod tests {
         for ip in ["93.184.216.34", "2606:4700::1111"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// Records what reaches it and answers `pong`, padded to `len` bytes.
+    struct Recorder {
+        seen: Mutex<Vec<EgressRequest>>,
+        len: usize,
+    }
+
+    impl EgressTransport for Recorder {
+        fn send(&self, req: EgressRequest) -> BoxFuture<'static, Result<EgressResponse, String>> {
+            self.seen.lock().unwrap().push(req);
+            let mut body = b"pong".to_vec();
+            body.resize(self.len.max(4), b'.');
+            Box::pin(async move {
+                Ok(EgressResponse {
+                    status: 201,
+                    headers: vec![("x-answer".into(), "yes".into())],
+                    body,
+                })
+            })
+        }
+    }
+
+    fn recorder(len: usize) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::new(Vec::new()),
+            len,
+        })
+    }
+
+    /// A policy for `https://api.example.com:443` with secret `TOKEN`, a response cap of
+    /// 8 bytes, and `transport` instead of the network.
+    fn policy_with(transport: Arc<Recorder>) -> EgressPolicy {
+        let mut store = super::super::SecretStore::default();
+        store.insert("p", "TOKEN", "hunter2");
+        EgressPolicy {
+            plugin: "p".into(),
+            rules: vec![OutboundRule::parse("https://api.example.com:443").unwrap()],
+            secrets: store.for_plugin("p", &["TOKEN".to_string()].into()),
+            allow_private_addresses: false,
+            connect_timeout: Duration::from_secs(1),
+            max_response_bytes: 8,
+            transport: Some(transport),
+        }
+    }
+
+    fn post(url: &str) -> http::Request<WasiBody> {
+        let body = Full::new(Bytes::from_static(b"{\"q\":1}"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::post(url)
+            .header("authorization", "Bearer ${secret:TOKEN}")
+            .body(body)
+            .unwrap()
+    }
+
+    fn in_five_seconds() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_transport_gets_the_allowed_request_with_its_secret_filled_in() {
+        let transport = recorder(4);
+        let policy = policy_with(transport.clone());
+        // api.example.com is never resolved: the transport replaces DNS and the socket.
+        let sent = send_checked(
+            &policy,
+            post("https://api.example.com/v1/x?y=1"),
+            None,
+            in_five_seconds(),
+        )
+        .await;
+        let Ok(Ok((response, _io))) = sent else {
+            panic!("the request was refused")
+        };
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.headers()["x-answer"], "yes");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"pong");
+        let seen = transport.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].url, "https://api.example.com/v1/x?y=1");
+        assert!(
+            seen[0]
+                .headers
+                .contains(&("authorization".into(), "Bearer hunter2".into()))
+        );
+        assert_eq!(seen[0].body, b"{\"q\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_transport_answer_is_capped_like_a_network_one() {
+        let policy = policy_with(recorder(64));
+        let sent = send_checked(
+            &policy,
+            post("https://api.example.com/"),
+            None,
+            in_five_seconds(),
+        )
+        .await;
+        let Ok(Ok((response, _io))) = sent else {
+            panic!("the request was refused")
+        };
+        let read = response.into_body().collect().await;
+        assert!(matches!(
+            read,
+            Err(HttpError::HttpResponseBodySize(Some(8)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_transport_never_sees_a_request_the_policy_refuses() {
+        let transport = recorder(4);
+        let policy = policy_with(transport.clone());
+        for url in ["https://evil.example.com/", "http://api.example.com:443/"] {
+            let sent = send_checked(&policy, post(url), None, in_five_seconds()).await;
+            assert!(matches!(sent, Err(Denied(_))), "{url}");
+        }
+        let mut ungranted = post("https://api.example.com/");
+        ungranted
+            .headers_mut()
+            .insert("x-other", "${secret:OTHER}".parse().unwrap());
+        let sent = send_checked(&policy, ungranted, None, in_five_seconds()).await;
+        assert!(matches!(sent, Err(Denied(_))));
+        assert!(transport.seen.lock().unwrap().is_empty());
     }
 }

@@ -93,6 +93,28 @@ impl Manifest {
     pub fn wasm_path(&self, dir: &Path) -> PathBuf {
         dir.join(&self.wasm)
     }
+
+    /// Check the component at `wasm_path`, whose hex SHA-256 is `actual`, against
+    /// `sha256`; with `required`, a manifest without one is refused too.
+    pub fn check_digest(
+        &self,
+        wasm_path: &Path,
+        actual: &str,
+        required: bool,
+    ) -> Result<(), LoadError> {
+        match &self.sha256 {
+            Some(expected) if !expected.eq_ignore_ascii_case(actual) => Err(LoadError::Digest {
+                id: self.id.clone(),
+                path: wasm_path.to_owned(),
+                expected: expected.clone(),
+                actual: actual.to_string(),
+            }),
+            None if required => Err(LoadError::MissingDigest {
+                id: self.id.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Whether `id` is a valid plugin id (also safe as a folder name and a metrics label).

@@ -157,6 +157,7 @@ impl Registry {
                 secrets: &secrets,
                 limits: self.limits,
                 require_digest: true,
+                transport: None,
             };
             LoadedPlugin::load(&dir, &cx)
         });

@@ -22,7 +22,7 @@ use crate::config::PluginLimits;
 use crate::domain::supplier::*;
 
 use super::bindings::{Supplier as Bindings, SupplierPre, host};
-use super::egress::{EgressPolicy, OutboundRule};
+use super::egress::{EgressPolicy, EgressTransport, OutboundRule};
 use super::engine::PluginEngine;
 use super::error::{CallError, LoadError};
 use super::manifest::{Capabilities, Grants, Manifest, sha256_hex};
@@ -74,6 +74,9 @@ pub struct LoadContext<'a> {
     pub limits: PluginLimits,
     /// Refuse manifests without a `sha256` (true for the watched folder).
     pub require_digest: bool,
+    /// Where allowed egress goes instead of the network: `None` in the gateway; the SDK
+    /// test harness sets one to answer egress from a route table (policy checks still run).
+    pub transport: Option<Arc<dyn EgressTransport>>,
 }
 
 impl LoadedPlugin {
@@ -95,20 +98,7 @@ impl LoadedPlugin {
             source,
         })?;
         let sha256 = sha256_hex(&wasm);
-        match &manifest.sha256 {
-            Some(expected) if !expected.eq_ignore_ascii_case(&sha256) => {
-                return Err(LoadError::Digest {
-                    id: manifest.id.clone(),
-                    path: wasm_path,
-                    expected: expected.clone(),
-                    actual: sha256,
-                });
-            }
-            None if cx.require_digest => {
-                return Err(LoadError::MissingDigest { id: manifest.id });
-            }
-            _ => {}
-        }
+        manifest.check_digest(&wasm_path, &sha256, cx.require_digest)?;
         Self::from_parts(manifest, &wasm, sha256, cx)
     }
 
@@ -165,6 +155,7 @@ impl LoadedPlugin {
             allow_private_addresses: capabilities.allow_private_addresses,
             connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
             max_response_bytes: limits.max_egress_response_bytes,
+            transport: cx.transport.clone(),
         });
         let shared = Arc::new(PluginShared {
             id: id.clone(),
