@@ -254,12 +254,12 @@ async fn drive(
                         lat.push(t.elapsed().as_micros() as u64);
                         if !ok {
                             errors += 1;
-                        } else if r.method == "POST" && ids.len() < 100 {
-                            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                                if let Some(id) = v["id"].as_str() {
-                                    ids.push(id.to_string());
-                                }
-                            }
+                        } else if r.method == "POST"
+                            && ids.len() < 100
+                            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+                            && let Some(id) = v["id"].as_str()
+                        {
+                            ids.push(id.to_string());
                         }
                     }
                     Err(_) => {

@@ -9,12 +9,10 @@ use serde::Serialize;
 use crate::domain::gateway::DomainError;
 use crate::domain::supplier::SupplierError;
 
-/// A problem response.
-#[derive(Debug, Clone, Serialize)]
+/// A problem response. Kept small (errors travel through every handler's `Result`): the
+/// `type` URI is derived from `code` when serialised.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    /// A URI naming the problem type.
-    #[serde(rename = "type")]
-    pub type_uri: String,
     /// Short summary, fixed per code.
     pub title: &'static str,
     /// HTTP status.
@@ -24,13 +22,34 @@ pub struct Problem {
     /// Explanation of this occurrence.
     pub detail: String,
     /// JSON pointer of the offending field, for validation problems.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
     /// The request id (also in the `x-request-id` header and the server log).
     pub request_id: String,
     /// Seconds to wait before retrying, when it applies.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u32>,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(
+            "type",
+            &format!("https://simgate.dev/problems/{}", self.code),
+        )?;
+        m.serialize_entry("title", self.title)?;
+        m.serialize_entry("status", &self.status)?;
+        m.serialize_entry("code", self.code)?;
+        m.serialize_entry("detail", &self.detail)?;
+        if let Some(p) = &self.pointer {
+            m.serialize_entry("pointer", p)?;
+        }
+        m.serialize_entry("request_id", &self.request_id)?;
+        if let Some(r) = self.retry_after {
+            m.serialize_entry("retry_after", &r)?;
+        }
+        m.end()
+    }
 }
 
 impl Problem {
@@ -42,7 +61,6 @@ impl Problem {
         detail: impl Into<String>,
     ) -> Problem {
         Problem {
-            type_uri: format!("https://simgate.dev/problems/{code}"),
             title,
             status: status.as_u16(),
             code,

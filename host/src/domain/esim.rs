@@ -20,7 +20,7 @@ pub fn luhn_valid(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The GSMA SGP.22 activation code: `LPA:1$<SM-DP+ address>$<matching id>`.
