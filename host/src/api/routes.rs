@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::catalog::ProductFilter;
-use crate::domain::gateway::{DomainError, NewOrder, Principal};
+use crate::domain::gateway::{DomainError, NewOrder, OrderView, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::orders::OrderStatus;
@@ -369,21 +369,22 @@ async fn list_products(
 async fn idempotent<F, Fut>(
     state: &AppState,
     who: &Principal,
-    method: &str,
     path: &str,
     headers: &http::HeaderMap,
     body: &[u8],
+    success: StatusCode,
     create: F,
 ) -> Result<Response, Problem>
 where
     F: FnOnce(IdemKey) -> Fut,
-    Fut: Future<Output = Result<(StatusCode, serde_json::Value), DomainError>>,
+    Fut: Future<Output = Result<OrderView, DomainError>>,
 {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "Idempotency-Key required", "send an Idempotency-Key header (a unique string per intended operation, e.g. a UUID)"))?;
-    let fingerprint = idempotency::fingerprint(method, path, body);
+    // Every idempotent route is a POST.
+    let fingerprint = idempotency::fingerprint("POST", path, body);
     let (idem, claim) = state.gateway.claim_idempotency(who, key, &fingerprint)?;
     match claim {
         Claim::New => {}
@@ -407,12 +408,7 @@ where
         }
         Claim::Replay(IdemState::Order { order }) => {
             let view = state.gateway.order(who, order)?;
-            let status = if path.ends_with("/cancel") {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            let mut resp = json(status, &view);
+            let mut resp = json(success, &view);
             resp.headers_mut().insert(
                 "idempotent-replayed",
                 http::HeaderValue::from_static("true"),
@@ -437,7 +433,7 @@ where
         }
     }
     match create(idem.clone()).await {
-        Ok((status, value)) => Ok(json(status, &value)),
+        Ok(view) => Ok(json(success, &view)),
         Err(e) => {
             // Nothing was created: free the key so a corrected or later retry can run.
             state.gateway.release_idempotency(&idem)?;
@@ -482,10 +478,10 @@ async fn create_order(
     idempotent(
         state,
         who,
-        "POST",
         &path,
         &headers,
         &bytes,
+        StatusCode::CREATED,
         |idem| async move {
             let new = NewOrder {
                 product_id: body.product_id,
@@ -494,10 +490,7 @@ async fn create_order(
                 metadata: body.metadata.map(serde_json::Value::Object),
             };
             let view = state.gateway.place_order(who, new, Some(&idem)).await?;
-            Ok((
-                StatusCode::CREATED,
-                serde_json::to_value(view).expect("serialises"),
-            ))
+            Ok(view)
         },
     )
     .await
@@ -547,19 +540,16 @@ async fn cancel_order(
     idempotent(
         state,
         who,
-        "POST",
         &path,
         &parts.headers,
         &bytes,
+        StatusCode::OK,
         |idem| async move {
             let view = state.gateway.cancel(who, id).await?;
             state
                 .gateway
                 .finish_idempotency(&idem, &IdemState::Order { order: id })?;
-            Ok((
-                StatusCode::OK,
-                serde_json::to_value(view).expect("serialises"),
-            ))
+            Ok(view)
         },
     )
     .await
@@ -622,19 +612,16 @@ async fn create_top_up(
     idempotent(
         state,
         who,
-        "POST",
         &path,
         &headers,
         &bytes,
+        StatusCode::CREATED,
         |idem| async move {
             let view = state
                 .gateway
                 .top_up(who, iccid, &body.product_id, Some(&idem))
                 .await?;
-            Ok((
-                StatusCode::CREATED,
-                serde_json::to_value(view).expect("serialises"),
-            ))
+            Ok(view)
         },
     )
     .await

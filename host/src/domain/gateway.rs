@@ -15,7 +15,9 @@ use super::fulfilment::{Fulfilment, RetryPolicy};
 use super::idempotency::{self, Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
 use super::ledger::{Balance, EntryKind, LedgerEntry};
-use super::orders::{ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderStatus};
+use super::orders::{
+    ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus,
+};
 use super::store::{Page, Store, StoreError};
 use super::supplier::{
     FaultKind, Money, PlanState, ProfileState, Supplier, SupplierError, Suppliers,
@@ -555,27 +557,16 @@ impl Gateway {
                     .into(),
             });
         }
-        let now = now_ms();
-        let order = Order {
-            id: OrderId::new(),
+        let spec = OrderSpec {
             reseller: reseller.id,
             product_id: new.product_id.clone(),
             plugin: supplier.info().id.clone(),
             sku: product.sku.clone(),
             quantity: new.quantity,
-            status: OrderStatus::Accepted,
             unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
-            subject_ref: new.subject_ref,
-            metadata: new.metadata,
-            supplier_ref: None,
-            iccids: Vec::new(),
-            failure: None,
-            created_at_ms: now,
-            updated_at_ms: now,
             kind: OrderKind::Esim,
-            attempts: 0,
-            next_attempt_ms: 0,
         };
+        let order = Order::accepted(spec, new.subject_ref, new.metadata, now_ms());
         self.accept(order, idem).await
     }
 
@@ -758,28 +749,17 @@ impl Gateway {
                     .into(),
             });
         }
-        let now = now_ms();
-        let order = Order {
-            id: OrderId::new(),
+        let spec = OrderSpec {
             reseller: reseller.id,
             product_id: product_id.to_string(),
             plugin: esim.plugin.clone(),
             sku: product.sku.clone(),
             quantity: 1,
-            status: OrderStatus::Accepted,
             unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
-            subject_ref: None,
-            metadata: None,
-            supplier_ref: None,
-            iccids: vec![esim.iccid.clone()],
-            failure: None,
-            created_at_ms: now,
-            updated_at_ms: now,
             kind: OrderKind::TopUp { iccid: esim.iccid },
-            attempts: 0,
-            next_attempt_ms: 0,
         };
-        self.accept(order, idem).await
+        self.accept(Order::accepted(spec, None, None, now_ms()), idem)
+            .await
     }
 
     /// Cancel a fulfilled order whose eSIMs were never installed, through the supplier,

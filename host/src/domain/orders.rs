@@ -99,7 +99,59 @@ pub struct Order {
     pub next_attempt_ms: u64,
 }
 
+/// What a new order buys and from whom; the rest of an [`Order`] starts out the same.
+#[derive(Debug, Clone)]
+pub struct OrderSpec {
+    /// Owner.
+    pub reseller: ResellerId,
+    /// Gateway product id.
+    pub product_id: String,
+    /// Plugin serving it.
+    pub plugin: String,
+    /// Supplier SKU.
+    pub sku: String,
+    /// How many.
+    pub quantity: u32,
+    /// Price per unit for this reseller.
+    pub unit_price: Money,
+    /// What is bought.
+    pub kind: OrderKind,
+}
+
 impl Order {
+    /// A freshly accepted order with a new id.
+    pub fn accepted(
+        spec: OrderSpec,
+        subject_ref: Option<String>,
+        metadata: Option<serde_json::Value>,
+        now_ms: u64,
+    ) -> Order {
+        let iccids = match &spec.kind {
+            OrderKind::TopUp { iccid } => vec![iccid.clone()],
+            OrderKind::Esim => Vec::new(),
+        };
+        Order {
+            id: OrderId::new(),
+            reseller: spec.reseller,
+            product_id: spec.product_id,
+            plugin: spec.plugin,
+            sku: spec.sku,
+            quantity: spec.quantity,
+            status: OrderStatus::Accepted,
+            unit_price: spec.unit_price,
+            subject_ref,
+            metadata,
+            supplier_ref: None,
+            iccids,
+            failure: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            kind: spec.kind,
+            attempts: 0,
+            next_attempt_ms: 0,
+        }
+    }
+
     /// What the order costs in total (held on acceptance).
     pub fn total(&self) -> Money {
         Money {

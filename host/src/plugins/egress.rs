@@ -74,6 +74,15 @@ pub struct EgressResponse {
     pub body: Vec<u8>,
 }
 
+/// An answered egress request: the response, and a future that finishes the connection.
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
+
 /// One allowed destination: `scheme://host:port`, where port may be `*` and host may start
 /// with `*.` to allow every subdomain (not the bare domain).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,13 +401,7 @@ async fn send_to(
     connect_timeout: Duration,
     deadline: tokio::time::Instant,
     max_response_bytes: usize,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ),
-    HttpError,
-> {
+) -> Sent {
     let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?
@@ -455,13 +458,7 @@ async fn send_via(
     request: http::Request<WasiBody>,
     deadline: tokio::time::Instant,
     max_response_bytes: usize,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ),
-    HttpError,
-> {
+) -> Sent {
     let (parts, body) = request.into_parts();
     let body = tokio::time::timeout_at(
         deadline,

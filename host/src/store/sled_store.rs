@@ -87,6 +87,13 @@ fn balance_key(reseller: ResellerId, currency: &str) -> Vec<u8> {
     cat(&reseller.to_bytes(), currency.as_bytes())
 }
 
+/// Keys of one reseller's index entries older than `before` (all when `None`), to walk
+/// newest first with `.rev()`.
+fn newest_first_range(reseller: ResellerId, before: Option<[u8; 16]>) -> (Vec<u8>, Vec<u8>) {
+    let prefix = reseller.to_bytes();
+    (prefix.to_vec(), cat(&prefix, &before.unwrap_or([0xff; 16])))
+}
+
 /// Errors inside a transaction: our own abort reason, or a decode failure.
 enum Abort {
     Insufficient(Insufficient),
@@ -260,12 +267,7 @@ impl Store for SledStore {
         status: Option<OrderStatus>,
         limit: usize,
     ) -> StoreResult<Page<Order>> {
-        let prefix = reseller.to_bytes();
-        let start = prefix.to_vec();
-        let end = match before {
-            Some(b) => cat(&prefix, &b.to_bytes()),
-            None => cat(&prefix, &[0xff; 16]),
-        };
+        let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
         let mut items = Vec::new();
         let mut has_more = false;
         for kv in self.orders_by_reseller.range(start..end).rev() {
@@ -388,14 +390,10 @@ impl Store for SledStore {
         before: Option<Ulid>,
         limit: usize,
     ) -> StoreResult<Page<LedgerEntry>> {
-        let prefix = reseller.to_bytes();
-        let end = match before {
-            Some(b) => cat(&prefix, &b.to_bytes()),
-            None => cat(&prefix, &[0xff; 16]),
-        };
+        let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
         let mut items = Vec::new();
         let mut has_more = false;
-        for kv in self.ledger.range(prefix.to_vec()..end).rev() {
+        for kv in self.ledger.range(start..end).rev() {
             if items.len() == limit {
                 has_more = true;
                 break;
