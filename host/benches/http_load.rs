@@ -63,9 +63,17 @@ fn main() {
         &dir.path().join("plugins"),
     );
     let config = dir.path().join("config.toml");
+    // BENCH_SYNC_WAIT_MS=0 answers orders on acceptance (fulfilment continues in the
+    // background worker); unset keeps the default, answering once fulfilled.
+    let sync_wait = std::env::var("BENCH_SYNC_WAIT_MS")
+        .ok()
+        .filter(|v| !v.is_empty());
     std::fs::write(
         &config,
-        "[orders]\ndemo_credit_minor = 1000000000000\n[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
+        format!(
+            "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
+            sync_wait.as_ref().map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default()
+        ),
     )
     .unwrap();
     let mut gw = Command::new(bin)
@@ -77,7 +85,7 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting simgate");
-    let (gw_addr, key) = read_gateway(gw.stdout.take().unwrap());
+    let (gw_addr, key, admin) = read_gateway(gw.stdout.take().unwrap());
     let auth = format!("Bearer {key}");
 
     let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
@@ -92,6 +100,17 @@ fn main() {
     });
     let ids = post_run.order_ids.clone();
     assert!(!ids.is_empty(), "no order was created");
+    // How long the fulfilment worker needs to finish every accepted order after the load
+    // stops (zero when orders are answered only once fulfilled).
+    let drain_started = Instant::now();
+    let (accepted, settled) = loop {
+        let (accepted, settled) = order_counts(gw_addr, &admin);
+        if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
+            break (accepted, settled);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let drain = drain_started.elapsed();
     let get_run = load(gw_addr, connections, duration, move |n| {
         Req::get(
             format!("/v1/orders/{}", ids[n % ids.len()]),
@@ -101,6 +120,10 @@ fn main() {
     let _ = gw.kill();
     let _ = gw.wait();
 
+    let mode = match sync_wait.as_deref() {
+        Some("0") => "answered on acceptance",
+        _ => "answered once fulfilled",
+    };
     println!(
         "\nsimgate HTTP load: {connections} connections, {seconds} s per scenario, loopback, one load thread"
     );
@@ -108,7 +131,10 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, run) in [
         ("hyper hello world `GET /`", &hello_run),
-        ("`POST /v1/orders` (sandbox plugin)", &post_run),
+        (
+            &*format!("`POST /v1/orders` (sandbox plugin, {mode})"),
+            &post_run,
+        ),
         ("`GET /v1/orders/{id}`", &get_run),
     ] {
         println!(
@@ -120,6 +146,44 @@ fn main() {
             100.0 * run.rate() / hello_run.rate()
         );
     }
+    let busy = duration + drain;
+    println!(
+        "\nfulfilment: {settled} of {accepted} accepted orders settled; the worker needed {:.1} s after the load stopped, so orders were fulfilled at {:.0}/s over the whole run ({:.1}% of hello world)",
+        drain.as_secs_f64(),
+        settled as f64 / busy.as_secs_f64(),
+        100.0 * (settled as f64 / busy.as_secs_f64()) / hello_run.rate()
+    );
+}
+
+/// Orders accepted and orders settled (fulfilled or failed) so far, from `/metrics`.
+fn order_counts(addr: SocketAddr, admin: &str) -> (u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/metrics")
+            .header("host", "bench")
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    });
+    let count = |status: &str| -> u64 {
+        let prefix = format!("simgate_orders_total{{status=\"{status}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("accepted"), count("fulfilled") + count("failed"))
 }
 
 /// One request to send.
@@ -301,18 +365,22 @@ fn read_addr(stdout: std::process::ChildStdout, prefix: &str) -> SocketAddr {
     panic!("server did not print its address");
 }
 
-fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String) {
+fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String, String) {
     let mut key = String::new();
+    let mut admin = String::new();
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     for line in lines.by_ref() {
         if line.starts_with("demo reseller") {
             key = line.rsplit(' ').next().unwrap().to_string();
         }
+        if line.starts_with("admin API key") {
+            admin = line.rsplit(' ').next().unwrap().to_string();
+        }
         if let Some(rest) = line.strip_prefix("simgate listening on http://") {
             let addr = rest.trim().parse().unwrap();
             // Keep draining stdout in the background.
             std::thread::spawn(move || for _ in lines {});
-            return (addr, key);
+            return (addr, key, admin);
         }
     }
     panic!("simgate did not start");
