@@ -507,7 +507,8 @@ fn plugin_new_scaffolds_a_crate_whose_own_tests_pass_and_that_the_gateway_loads(
     for file in [
         "Cargo.toml",
         "src/lib.rs",
-        "tests/component.rs",
+        "tests/harness.rs",
+        "Cargo.lock",
         "plugin.toml",
         "README.md",
     ] {
@@ -547,12 +548,13 @@ fn plugin_new_scaffolds_a_crate_whose_own_tests_pass_and_that_the_gateway_loads(
         "{log}"
     );
     assert!(
-        log.contains("builds_to_a_webassembly_component ... ok"),
+        log.contains("the_plugin_runs_in_the_real_gateway_runtime ... ok"),
         "{log}"
     );
 
     // The component its test built loads into the gateway's runtime.
-    let built = scaffold_target.join("wasm/wasm32-wasip2/release/x.wasm");
+    // The harness built it into the crate's own target/harness.
+    let built = crate_dir.join("target/harness/wasm32-wasip2/release/x.wasm");
     let plugins = tempfile::tempdir().unwrap();
     let out = simgate(
         &[

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | `Cargo.toml` | `cdylib`, `simgate-sdk` by absolute path, the small release profile plugins use |
 //! | `src/lib.rs` | the five SDK traits: a two-product catalog and fake, deterministic `provision`, with native unit tests |
-//! | `tests/component.rs` | builds the crate for `wasm32-wasip2` and checks the output is a component |
+//! | `tests/harness.rs` | builds the component and runs it in the real gateway runtime with the SDK's test harness |
+//! | `Cargo.lock` | a copy of the simgate tree's lock file, so the scaffold builds with the dependency versions simgate is tested with |
 //! | `plugin.toml`, `README.md`, `.gitignore` | manifest (no capabilities requested), one line on build/test/deploy |
 
 use std::path::{Path, PathBuf};
@@ -20,10 +21,7 @@ use simgate::plugins::manifest::is_plugin_id;
 const FILES: [(&str, &str); 6] = [
     ("Cargo.toml", include_str!("template/Cargo.toml.tmpl")),
     ("src/lib.rs", include_str!("template/lib.rs.tmpl")),
-    (
-        "tests/component.rs",
-        include_str!("template/component.rs.tmpl"),
-    ),
+    ("tests/harness.rs", include_str!("template/harness.rs.tmpl")),
     ("plugin.toml", include_str!("template/plugin.toml.tmpl")),
     ("README.md", include_str!("template/README.md.tmpl")),
     (".gitignore", include_str!("template/gitignore.tmpl")),
@@ -93,6 +91,13 @@ pub fn run(name: &str, path: Option<&Path>, sdk: Option<&Path>) -> anyhow::Resul
         }
         std::fs::write(&target, render(template, name, &sdk))
             .with_context(|| format!("writing {}", target.display()))?;
+    }
+    // Start from the versions simgate itself is built and tested with (cargo prunes what the
+    // plugin does not use); a fresh resolution could pick releases this toolchain cannot build.
+    let lock = Path::new(&sdk).join("../Cargo.lock");
+    if lock.exists() {
+        std::fs::copy(&lock, dir.join("Cargo.lock"))
+            .with_context(|| format!("copying {}", lock.display()))?;
     }
     println!("created plugin {name} in {}", dir.display());
     println!("  cd {} && cargo test", dir.display());
