@@ -244,6 +244,9 @@ pub struct OrderTuning {
     pub key_rotation_grace_secs: u64,
     /// Prepaid credit given to the demo reseller, in US cents.
     pub demo_credit_minor: i64,
+    /// How long an Idempotency-Key is honoured (and its record kept). 24 h covers any
+    /// sane client retry schedule; older keys are swept hourly.
+    pub idempotency_retention_secs: u64,
 }
 
 impl Default for OrderTuning {
@@ -258,6 +261,7 @@ impl Default for OrderTuning {
             catalog_ttl_secs: 600,
             key_rotation_grace_secs: 24 * 3600,
             demo_credit_minor: 100_000,
+            idempotency_retention_secs: 24 * 3600,
         }
     }
 }

@@ -276,6 +276,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        // Forget idempotency keys past their retention, hourly.
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                match gateway.expire_idempotency_keys() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -321,6 +336,7 @@ fn gateway(
         catalog_ttl: Duration::from_secs(o.catalog_ttl_secs),
         rotation_grace: Duration::from_secs(o.key_rotation_grace_secs),
         demo_credit_minor: o.demo_credit_minor,
+        idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
     };
     Gateway::new(store, suppliers, keyring, policy, tuning)
 }

@@ -186,6 +186,8 @@ pub struct GatewayTuning {
     pub rotation_grace: Duration,
     /// Credit given to the demo reseller (minor units of USD).
     pub demo_credit_minor: i64,
+    /// How long an idempotency key is honoured.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for GatewayTuning {
@@ -195,6 +197,7 @@ impl Default for GatewayTuning {
             catalog_ttl: Duration::from_secs(600),
             rotation_grace: Duration::from_secs(24 * 3600),
             demo_credit_minor: 100_000,
+            idempotency_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -869,6 +872,12 @@ impl Gateway {
     /// Record the outcome of an idempotent request that did not create an order.
     pub fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> Result<(), DomainError> {
         Ok(self.store.finish_idempotency(key, state)?)
+    }
+
+    /// Forget idempotency keys older than the retention window; returns how many.
+    pub fn expire_idempotency_keys(&self) -> Result<usize, DomainError> {
+        let cutoff = now_ms().saturating_sub(self.tuning.idempotency_retention.as_millis() as u64);
+        Ok(self.store.expire_idempotency(cutoff)?)
     }
 
     /// Free a key whose request created nothing, so the client may retry with it.

@@ -114,6 +114,9 @@ pub trait Store: Send + Sync {
     fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()>;
     /// Free a key whose request failed on our side (a retry may run again).
     fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()>;
+    /// Forget finished idempotency records first used before `cutoff_ms`; returns how many.
+    /// Records still in progress are kept (their lease decides).
+    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
     /// The cached catalog of a plugin.
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;

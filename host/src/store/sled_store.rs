@@ -456,6 +456,29 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut expired = 0;
+        for kv in self.idempotency.iter() {
+            let (k, v) = kv.map_err(backend)?;
+            let Ok(rec) = decode::<IdemRecord>(&v) else {
+                continue;
+            };
+            let finished = !matches!(rec.state, IdemState::InProgress { .. });
+            // Compare-and-swap: a record rewritten meanwhile is left alone.
+            if finished
+                && rec.created_at_ms < cutoff_ms
+                && self
+                    .idempotency
+                    .compare_and_swap(&k, Some(&v), None::<&[u8]>)
+                    .map_err(backend)?
+                    .is_ok()
+            {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
         get(&self.catalogs, plugin.as_bytes())
     }
@@ -500,6 +523,63 @@ mod tests {
         }
         let s = SledStore::open(dir.path(), 8).unwrap();
         assert_eq!(s.reseller(r.id).unwrap(), Some(r));
+    }
+
+    #[tokio::test]
+    async fn finished_idempotency_records_expire_and_running_ones_stay() {
+        use crate::domain::idempotency::{Claim, IdemKey};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        let reseller = ResellerId::new();
+        let key = |k: &str| IdemKey {
+            reseller,
+            key: k.into(),
+        };
+        let fp = [7u8; 32];
+        assert_eq!(
+            s.claim_idempotency(&key("old-done"), &fp, 1_000).unwrap(),
+            Claim::New
+        );
+        s.finish_idempotency(
+            &key("old-done"),
+            &IdemState::Order {
+                order: crate::domain::ids::OrderId::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.claim_idempotency(&key("old-running"), &fp, 1_000)
+                .unwrap(),
+            Claim::New
+        );
+        assert_eq!(
+            s.claim_idempotency(&key("new-done"), &fp, 50_000).unwrap(),
+            Claim::New
+        );
+        s.finish_idempotency(
+            &key("new-done"),
+            &IdemState::Order {
+                order: crate::domain::ids::OrderId::new(),
+            },
+        )
+        .unwrap();
+
+        assert_eq!(s.expire_idempotency(10_000).unwrap(), 1);
+        // The expired key is free again; the others still answer as before.
+        assert_eq!(
+            s.claim_idempotency(&key("old-done"), &[8u8; 32], 60_000)
+                .unwrap(),
+            Claim::New
+        );
+        assert_eq!(
+            s.claim_idempotency(&key("old-running"), &[9u8; 32], 1_500)
+                .unwrap(),
+            Claim::Mismatch
+        );
+        assert!(matches!(
+            s.claim_idempotency(&key("new-done"), &fp, 60_000).unwrap(),
+            Claim::Replay(_)
+        ));
     }
 
     #[tokio::test]
