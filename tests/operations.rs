@@ -375,13 +375,20 @@ fn sigterm_lets_a_slow_request_in_flight_finish_then_exits_zero() {
         .start();
     let (base, key) = (gw.base.clone(), gw.demo_key.clone());
     let in_flight = thread::spawn(move || order_over_socket(&base, &key, "slow:slow-1"));
-    // Wait until the slow provision call is running inside the plugin.
+    // Wait until the slow provision call is running inside the plugin: a call in flight
+    // for 200 ms straight (catalog calls, from the order or the background refresh, take
+    // microseconds; the provision takes 2 s).
     let started = Instant::now();
+    let mut in_flight_since: Option<Instant> = None;
     loop {
         let stats = &plugin_status(&gw, "slow")["stats"];
-        // An order is a catalog call, then the 2 s provision call: wait for the second.
-        if stats["in_flight"] == 1 && stats["calls"] == 1 {
-            break;
+        if stats["in_flight"] == 1 {
+            let since = *in_flight_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_millis(200) {
+                break;
+            }
+        } else {
+            in_flight_since = None;
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
