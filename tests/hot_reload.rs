@@ -162,16 +162,9 @@ fn wait_for(gw: &Gateway, what: &str, done: impl Fn(&Value) -> bool) -> (Value, 
 /// Config for a gateway under sustained order load.
 const LOAD_CONFIG: &str = "[http]\nrate_limit_per_second = 100000.0\nrate_limit_burst = 100000.0\n[orders]\ndemo_credit_minor = 1000000000\n";
 
-/// Place one order with a fresh Idempotency-Key.
+/// Place one order as the demo reseller with Idempotency-Key `key`.
 fn order(gw: &Gateway, key: &str, product: &str) -> Resp {
-    gw.raw(
-        "POST",
-        "/v1/orders",
-        Some(&gw.demo_key),
-        &[("idempotency-key", key)],
-        Some(json!({ "product_id": product }).to_string().into_bytes()),
-        Some("application/json"),
-    )
+    gw.post_idem("/v1/orders", &json!({ "product_id": product }), key)
 }
 
 /// What the client threads saw.

@@ -12,15 +12,9 @@ use simgate_test_support::{Gateway, GatewayBuilder, Resp, json, pack, wasm_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 
+/// Place one order as the demo reseller with Idempotency-Key `key`.
 fn order(gw: &Gateway, key: &str, product: &str) -> Resp {
-    gw.raw(
-        "POST",
-        "/v1/orders",
-        Some(&gw.demo_key),
-        &[("idempotency-key", key)],
-        Some(json!({ "product_id": product }).to_string().into_bytes()),
-        Some("application/json"),
-    )
+    gw.post_idem("/v1/orders", &json!({ "product_id": product }), key)
 }
 
 fn plugin_status(gw: &Gateway, id: &str) -> simgate_test_support::Value {

@@ -556,8 +556,10 @@ impl Gateway {
         if product.needs_kyc {
             return Err(DomainError::Conflict {
                 code: "ekyc_required",
-                message: "this product needs identity verification first (POST /v1/ekyc/sessions)"
-                    .into(),
+                message:
+                    "this product needs identity verification (eKYC) before it can be ordered, \
+                          and this gateway does not run eKYC sessions yet"
+                        .into(),
             });
         }
         let spec = OrderSpec {
