@@ -799,3 +799,25 @@ fn operators_manage_resellers_and_keys_from_the_cli() {
     let gw = GatewayBuilder::new(bin).data_dir(dir).start();
     assert_eq!(gw.call("GET", "/v1/balance", Some(&key), None).status, 401);
 }
+
+#[test]
+fn a_product_that_needs_ekyc_is_refused_and_nothing_is_held() {
+    let gw = gateway();
+    let (_, key) = reseller(&gw, 0, Some(10_000));
+    let r = order_as(
+        &gw,
+        &key,
+        &json!({"product_id": "sandbox:SBX-CN-3GB-15D"}),
+        &unique_key(),
+    );
+    assert_eq!(r.status, 409, "{:?}", r.json);
+    assert_eq!(r.json["code"], "ekyc_required");
+    assert_eq!(balance(&gw, &key), (10_000, 0));
+    assert_eq!(
+        gw.call("GET", "/v1/orders", Some(&key), None).json["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
