@@ -449,43 +449,38 @@ impl Gateway {
         if fresh {
             return Ok(cached);
         }
-        match supplier.list_products().await {
-            Ok(products) => {
-                let catalog = CachedCatalog {
-                    plugin: info.id.clone(),
-                    version: info.version.clone(),
-                    fetched_at_ms: now_ms(),
-                    products: products.iter().map(CachedProduct::from).collect(),
-                };
-                self.store.put_catalog(&catalog)?;
-                Ok(Some(catalog))
-            }
-            Err(e) => {
+        match self.fetch_catalog(supplier).await {
+            Ok(catalog) => Ok(Some(catalog)),
+            Err(DomainError::Supplier(e)) => {
                 tracing::warn!(plugin = %info.id, error = %e, "catalog refresh failed; serving the cached one");
                 Ok(cached)
             }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Ask a supplier for its catalog now and cache it.
+    async fn fetch_catalog(
+        &self,
+        supplier: &Arc<dyn Supplier>,
+    ) -> Result<CachedCatalog, DomainError> {
+        let info = supplier.info();
+        let products = supplier.list_products().await?;
+        let catalog = CachedCatalog {
+            plugin: info.id.clone(),
+            version: info.version.clone(),
+            fetched_at_ms: now_ms(),
+            products: products.iter().map(CachedProduct::from).collect(),
+        };
+        self.store.put_catalog(&catalog)?;
+        Ok(catalog)
     }
 
     /// Refresh every loaded plugin's catalog now (scheduled, and after a plugin changes).
     pub async fn refresh_catalogs(&self) {
         for supplier in self.suppliers.all() {
-            let info = supplier.info().clone();
-            match supplier.list_products().await {
-                Ok(products) => {
-                    let catalog = CachedCatalog {
-                        plugin: info.id.clone(),
-                        version: info.version.clone(),
-                        fetched_at_ms: now_ms(),
-                        products: products.iter().map(CachedProduct::from).collect(),
-                    };
-                    if let Err(e) = self.store.put_catalog(&catalog) {
-                        tracing::error!(plugin = %info.id, error = %e, "cannot cache catalog");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %info.id, error = %e, "scheduled catalog refresh failed")
-                }
+            if let Err(e) = self.fetch_catalog(&supplier).await {
+                tracing::warn!(plugin = %supplier.info().id, error = %e, "scheduled catalog refresh failed");
             }
         }
     }

@@ -94,6 +94,28 @@ fn newest_first_range(reseller: ResellerId, before: Option<[u8; 16]>) -> (Vec<u8
     (prefix.to_vec(), cat(&prefix, &before.unwrap_or([0xff; 16])))
 }
 
+/// The first `limit` items (skipping `None`: records filtered out) and whether more follow.
+fn take_page<T>(
+    items: impl Iterator<Item = StoreResult<Option<T>>>,
+    limit: usize,
+) -> StoreResult<Page<T>> {
+    let mut page = Vec::new();
+    for item in items {
+        let Some(item) = item? else { continue };
+        if page.len() == limit {
+            return Ok(Page {
+                items: page,
+                has_more: true,
+            });
+        }
+        page.push(item);
+    }
+    Ok(Page {
+        items: page,
+        has_more: false,
+    })
+}
+
 /// Errors inside a transaction: our own abort reason, or a decode failure.
 enum Abort {
     Insufficient(Insufficient),
@@ -268,23 +290,12 @@ impl Store for SledStore {
         limit: usize,
     ) -> StoreResult<Page<Order>> {
         let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
-        let mut items = Vec::new();
-        let mut has_more = false;
-        for kv in self.orders_by_reseller.range(start..end).rev() {
+        let orders = self.orders_by_reseller.range(start..end).rev().map(|kv| {
             let (k, _) = kv.map_err(backend)?;
-            let Some(order) = get::<Order>(&self.orders, &k[16..])? else {
-                continue;
-            };
-            if status.is_some_and(|s| s != order.status) {
-                continue;
-            }
-            if items.len() == limit {
-                has_more = true;
-                break;
-            }
-            items.push(order);
-        }
-        Ok(Page { items, has_more })
+            let order = get::<Order>(&self.orders, &k[16..])?;
+            Ok(order.filter(|o| status.is_none_or(|s| s == o.status)))
+        });
+        take_page(orders, limit)
     }
 
     fn open_orders(&self) -> StoreResult<Vec<Order>> {
@@ -391,16 +402,12 @@ impl Store for SledStore {
         limit: usize,
     ) -> StoreResult<Page<LedgerEntry>> {
         let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
-        let mut items = Vec::new();
-        let mut has_more = false;
-        for kv in self.ledger.range(start..end).rev() {
-            if items.len() == limit {
-                has_more = true;
-                break;
-            }
-            items.push(decode(&kv.map_err(backend)?.1)?);
-        }
-        Ok(Page { items, has_more })
+        let entries = self
+            .ledger
+            .range(start..end)
+            .rev()
+            .map(|kv| decode(&kv.map_err(backend)?.1).map(Some));
+        take_page(entries, limit)
     }
 
     fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
