@@ -390,7 +390,7 @@ fn sigterm_lets_a_slow_request_in_flight_finish_then_exits_zero() {
         );
         thread::sleep(Duration::from_millis(10));
     }
-    let exit = gw.terminate();
+    let (exit, _) = gw.terminate();
     let (status, body) = in_flight.join().unwrap();
     assert!(
         (200..300).contains(&status),

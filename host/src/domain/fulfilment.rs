@@ -113,6 +113,14 @@ pub fn status_name(s: OrderStatus) -> &'static str {
     }
 }
 
+/// An order a step settled, with the eSIMs it delivered.
+pub struct Settled {
+    /// The order in its final state.
+    pub order: Order,
+    /// Its eSIMs as stored.
+    pub esims: Vec<EsimRecord>,
+}
+
 /// The fulfilment worker.
 pub struct Fulfilment {
     store: Arc<dyn Store>,
@@ -127,8 +135,8 @@ pub struct Fulfilment {
 
 /// What one processing step decided.
 enum Step {
-    /// Final: settled and durable.
-    Settled,
+    /// Final and durable; with the records when this step settled it.
+    Settled(Option<Settled>),
     /// Call again after this delay.
     Again(Duration),
 }
@@ -202,27 +210,51 @@ impl Fulfilment {
             }
             let step = {
                 let _slot = this.slots.acquire().await.expect("semaphore never closed");
-                this.step(id).await
-            };
-            match step {
-                Ok(Step::Settled) => this.notify(id),
-                Ok(Step::Again(d)) => this.schedule(id, d),
-                Err(e) => {
-                    // The store failed; try again later rather than lose the order.
-                    tracing::error!(order = %id, error = %e, "fulfilment step failed; retrying");
-                    this.schedule(id, this.policy.max_backoff);
+                match this.store.order(id) {
+                    Ok(Some(order)) => this.advance(order).await,
+                    Ok(None) => Ok(Step::Settled(None)),
+                    Err(e) => Err(e),
                 }
-            }
+            };
+            this.after(id, step);
         });
     }
 
-    /// Take one step on an order.
-    async fn step(&self, id: OrderId) -> Result<Step, StoreError> {
-        let Some(mut order) = self.store.order(id)? else {
-            return Ok(Step::Settled);
+    /// Take the first step on an order just accepted, in the caller's task: a fast
+    /// supplier then settles it without a hand-off to another task. Later steps, if any,
+    /// are scheduled as usual. Dropping the future before it ends would abandon the
+    /// supplier call: callers that stop waiting hand it to `tokio::spawn` instead.
+    /// Returns the settled order and its eSIMs when this first step settled it.
+    pub async fn run(self: Arc<Self>, order: Order) -> Option<Settled> {
+        let id = order.id;
+        let step = {
+            let _slot = self.slots.acquire().await.expect("semaphore never closed");
+            self.advance(order).await
         };
+        self.after(id, step)
+    }
+
+    /// Act on what a step decided.
+    fn after(self: &Arc<Self>, id: OrderId, step: Result<Step, StoreError>) -> Option<Settled> {
+        match step {
+            Ok(Step::Settled(settled)) => {
+                self.notify(id);
+                return settled;
+            }
+            Ok(Step::Again(d)) => self.schedule(id, d),
+            Err(e) => {
+                // The store failed; try again later rather than lose the order.
+                tracing::error!(order = %id, error = %e, "fulfilment step failed; retrying");
+                self.schedule(id, self.policy.max_backoff);
+            }
+        }
+        None
+    }
+
+    /// Take one step on an order.
+    async fn advance(&self, mut order: Order) -> Result<Step, StoreError> {
         if order.status.is_final() {
-            return Ok(Step::Settled);
+            return Ok(Step::Settled(None));
         }
         let first_call = order.status == OrderStatus::Accepted;
         if first_call {
@@ -361,10 +393,10 @@ impl Fulfilment {
             &total.currency,
             Some(order.id),
         );
-        self.store.settle_order(&order, Some(&capture), &esims)?;
+        self.store.settle_order(&order, &capture, &esims)?;
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Fulfilled);
-        Ok(Step::Settled)
+        Ok(Step::Settled(Some(Settled { order, esims })))
     }
 
     async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StoreError> {
@@ -380,10 +412,13 @@ impl Fulfilment {
             &total.currency,
             Some(order.id),
         );
-        self.store.settle_order(&order, Some(&release), &[])?;
+        self.store.settle_order(&order, &release, &[])?;
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Failed);
-        Ok(Step::Settled)
+        Ok(Step::Settled(Some(Settled {
+            order,
+            esims: Vec::new(),
+        })))
     }
 
     fn seal_esim(&self, order: &Order, profile: EsimProfile) -> EsimRecord {
@@ -554,7 +589,7 @@ mod tests {
             next_attempt_ms: 0,
         };
         let hold = LedgerEntry::new(reseller.id, EntryKind::Hold, 300, "USD", Some(order.id));
-        store.accept_order(&order, &hold, None).unwrap().unwrap();
+        store.accept_order(&order, &hold).unwrap().unwrap();
         (f, store, flaky, order, dir)
     }
 

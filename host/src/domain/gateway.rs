@@ -217,6 +217,9 @@ pub struct Gateway {
     pub(crate) fulfilment: Arc<Fulfilment>,
     pub(crate) tuning: GatewayTuning,
     rng: ring::rand::SystemRandom,
+    /// Catalogs read or fetched so far, by plugin id: every order looks its product up,
+    /// and decoding the stored catalog each time would cost more than the order's writes.
+    catalogs: std::sync::Mutex<std::collections::HashMap<String, Arc<CachedCatalog>>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -244,6 +247,7 @@ impl Gateway {
             fulfilment,
             tuning,
             rng: ring::rand::SystemRandom::new(),
+            catalogs: Default::default(),
         }
     }
 
@@ -438,9 +442,17 @@ impl Gateway {
     pub async fn plugin_catalog(
         &self,
         supplier: &Arc<dyn Supplier>,
-    ) -> Result<Option<CachedCatalog>, DomainError> {
+    ) -> Result<Option<Arc<CachedCatalog>>, DomainError> {
         let info = supplier.info();
-        let cached = self.store.catalog(&info.id)?;
+        let remembered = self.remembered_catalog(&info.id);
+        let cached = match remembered {
+            Some(c) => Some(c),
+            // First read since the start: the store's copy, if any.
+            None => self
+                .store
+                .catalog(&info.id)?
+                .map(|c| self.remember_catalog(c)),
+        };
         let fresh = cached.as_ref().is_some_and(|c| {
             c.version == info.version
                 && now_ms().saturating_sub(c.fetched_at_ms)
@@ -459,11 +471,23 @@ impl Gateway {
         }
     }
 
+    fn remembered_catalog(&self, plugin: &str) -> Option<Arc<CachedCatalog>> {
+        let catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        catalogs.get(plugin).cloned()
+    }
+
+    fn remember_catalog(&self, catalog: CachedCatalog) -> Arc<CachedCatalog> {
+        let catalog = Arc::new(catalog);
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        catalogs.insert(catalog.plugin.clone(), catalog.clone());
+        catalog
+    }
+
     /// Ask a supplier for its catalog now and cache it.
     async fn fetch_catalog(
         &self,
         supplier: &Arc<dyn Supplier>,
-    ) -> Result<CachedCatalog, DomainError> {
+    ) -> Result<Arc<CachedCatalog>, DomainError> {
         let info = supplier.info();
         let products = supplier.list_products().await?;
         let catalog = CachedCatalog {
@@ -473,7 +497,7 @@ impl Gateway {
             products: products.iter().map(CachedProduct::from).collect(),
         };
         self.store.put_catalog(&catalog)?;
-        Ok(catalog)
+        Ok(self.remember_catalog(catalog))
     }
 
     /// Refresh every loaded plugin's catalog now (scheduled, and after a plugin changes).
@@ -528,8 +552,9 @@ impl Gateway {
             .ok_or_else(|| DomainError::SupplierNotLoaded(product_id.to_string()))?;
         let product = catalog
             .products
-            .into_iter()
+            .iter()
             .find(|p| p.sku == sku)
+            .cloned()
             .ok_or(DomainError::NotFound("product"))?;
         Ok((supplier, product))
     }
@@ -573,9 +598,13 @@ impl Gateway {
     /// Hold, persist durably, submit, and wait briefly for the outcome.
     pub(crate) async fn accept(
         &self,
-        order: Order,
+        mut order: Order,
         idem: Option<&IdemKey>,
     ) -> Result<OrderView, DomainError> {
+        if let Some(key) = idem {
+            // The id was chosen when the key was claimed: the claim already names it.
+            order.id = key.order;
+        }
         let total = order.total();
         let hold = LedgerEntry::new(
             order.reseller,
@@ -584,7 +613,7 @@ impl Gateway {
             &total.currency,
             Some(order.id),
         );
-        if let Err(i) = self.store.accept_order(&order, &hold, idem)? {
+        if let Err(i) = self.store.accept_order(&order, &hold)? {
             return Err(DomainError::InsufficientBalance {
                 available: i.available,
                 needed: i.needed,
@@ -593,12 +622,33 @@ impl Gateway {
         }
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Accepted);
-        let settled = self.fulfilment.watch(order.id);
-        self.fulfilment.submit(order.id);
-        let _ = tokio::time::timeout(self.tuning.sync_wait, settled).await;
+        let id = order.id;
+        let settled = self.fulfilment.watch(id);
+        let mut first = Box::pin(self.fulfilment.clone().run(order));
+        let deadline = tokio::time::Instant::now() + self.tuning.sync_wait;
+        if let Ok(done) = tokio::time::timeout_at(deadline, &mut first).await {
+            if let Some(done) = done {
+                // Settled by this first step: answer from the records in hand.
+                let esims = done
+                    .esims
+                    .iter()
+                    .map(|e| self.open_esim(e))
+                    .collect::<Result<_, _>>()?;
+                return Ok(OrderView {
+                    total: done.order.total(),
+                    order: done.order,
+                    esims,
+                });
+            }
+            // Waiting for a retry or a poll: wait for that too.
+            let _ = tokio::time::timeout_at(deadline, settled).await;
+        } else {
+            // The supplier is still working; let it finish in the background.
+            tokio::spawn(first);
+        }
         self.order_view(
             self.store
-                .order(order.id)?
+                .order(id)?
                 .ok_or(DomainError::NotFound("order"))?,
         )
     }
@@ -821,7 +871,7 @@ impl Gateway {
                 esims.push(e);
             }
         }
-        self.store.settle_order(&order, Some(&refund), &esims)?;
+        self.store.settle_order(&order, &refund, &esims)?;
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Cancelled);
         self.order_view(order)
@@ -861,6 +911,7 @@ impl Gateway {
         let idem = IdemKey {
             reseller,
             key: key.to_string(),
+            order: OrderId::new(),
         };
         let claim = self.store.claim_idempotency(&idem, fingerprint, now_ms())?;
         Ok((idem, claim))

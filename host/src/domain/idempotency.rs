@@ -20,6 +20,10 @@ pub struct IdemKey {
     pub reseller: ResellerId,
     /// The client's key.
     pub key: String,
+    /// The id an order created under this key gets, chosen when the key is claimed and
+    /// stored with the claim: the claim then binds the key to its order without another
+    /// write, and a replay finds the order once it exists.
+    pub order: OrderId,
 }
 
 impl IdemKey {
@@ -50,6 +54,9 @@ pub enum IdemState {
     InProgress {
         /// When it started.
         started_ms: u64,
+        /// The order it creates, if it creates one (answers replays once the order exists).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order: Option<OrderId>,
     },
     /// The first request created this order.
     Order {
@@ -106,7 +113,7 @@ pub fn judge(existing: Option<&IdemRecord>, fingerprint: &[u8; 32], now_ms: u64)
         None => Claim::New,
         Some(r) if &r.fingerprint != fingerprint => Claim::Mismatch,
         Some(IdemRecord {
-            state: IdemState::InProgress { started_ms },
+            state: IdemState::InProgress { started_ms, .. },
             ..
         }) => {
             if now_ms.saturating_sub(*started_ms) > LEASE_MS {
@@ -156,7 +163,13 @@ mod tests {
     fn the_rule_for_reused_keys() {
         let fp = fingerprint("POST", "/v1/orders", b"{}");
         let other = fingerprint("POST", "/v1/orders", b"{\"x\":1}");
-        let running = rec(fp, IdemState::InProgress { started_ms: 1_000 });
+        let running = rec(
+            fp,
+            IdemState::InProgress {
+                started_ms: 1_000,
+                order: None,
+            },
+        );
         assert_eq!(judge(None, &fp, 0), Claim::New);
         assert_eq!(judge(Some(&running), &other, 1_001), Claim::Mismatch);
         assert_eq!(judge(Some(&running), &fp, 1_001), Claim::InProgress);

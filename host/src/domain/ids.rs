@@ -23,6 +23,11 @@ macro_rules! prefixed_id {
             pub fn to_bytes(self) -> [u8; 16] {
                 self.0.to_bytes()
             }
+
+            /// The id whose [`to_bytes`](Self::to_bytes) these are.
+            pub fn from_bytes(bytes: [u8; 16]) -> $name {
+                $name(Ulid::from_bytes(bytes))
+            }
         }
 
         impl Default for $name {

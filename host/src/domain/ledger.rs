@@ -98,23 +98,47 @@ impl Balance {
     }
 }
 
-/// Recompute a balance from its entries (the invariant's right-hand side).
-pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Balance {
-    let (mut credits, mut captures, mut holds, mut releases, mut refunds) = (0, 0, 0, 0, 0);
-    for e in entries {
-        match e.kind {
-            EntryKind::Credit => credits += e.amount,
-            EntryKind::Hold => holds += e.amount,
-            EntryKind::Capture => captures += e.amount,
-            EntryKind::Release => releases += e.amount,
-            EntryKind::Refund => refunds += e.amount,
+/// Running sums of a reseller's entries in one currency, in any order: the balance
+/// they imply does not depend on the order entries are added in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    credits: i64,
+    holds: i64,
+    captures: i64,
+    releases: i64,
+    refunds: i64,
+}
+
+impl Totals {
+    /// Count one entry.
+    pub fn add(&mut self, e: &LedgerEntry) {
+        let sum = match e.kind {
+            EntryKind::Credit => &mut self.credits,
+            EntryKind::Hold => &mut self.holds,
+            EntryKind::Capture => &mut self.captures,
+            EntryKind::Release => &mut self.releases,
+            EntryKind::Refund => &mut self.refunds,
+        };
+        *sum += e.amount;
+    }
+
+    /// The balance the entries imply (the invariant's right-hand side).
+    pub fn balance(&self) -> Balance {
+        let open_holds = self.holds - self.captures - self.releases;
+        Balance {
+            available: self.credits - self.captures - open_holds + self.refunds,
+            held: open_holds,
         }
     }
-    let open_holds = holds - captures - releases;
-    Balance {
-        available: credits - captures - open_holds + refunds,
-        held: open_holds,
+}
+
+/// Recompute a balance from its entries (the invariant's right-hand side).
+pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Balance {
+    let mut totals = Totals::default();
+    for e in entries {
+        totals.add(e);
     }
+    totals.balance()
 }
 
 impl LedgerEntry {

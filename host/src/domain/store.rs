@@ -3,7 +3,7 @@
 //!
 //! Operations that must not be torn apart by a crash are single methods here
 //! ([`Store::accept_order`], [`Store::settle_order`], [`Store::post_entry`]) that each
-//! implementation runs as one transaction. Writes are not durable until
+//! implementation makes atomic (all or nothing after a crash). Writes are not durable until
 //! [`Store::durable`] resolves: the API sends a 2xx only after it; implementations batch
 //! concurrent calls into one flush (group commit).
 
@@ -67,20 +67,20 @@ pub trait Store: Send + Sync {
     fn open_orders(&self) -> StoreResult<Vec<Order>>;
     /// Update an order that moves no money (submitted, pending, retry bookkeeping).
     fn put_order(&self, order: &Order) -> StoreResult<()>;
-    /// Atomically: hold the order's total, insert the order, and bind the idempotency key
-    /// to it. Nothing is written when the balance is short.
+    /// Atomically: hold the order's total and insert the order. Nothing is written when
+    /// the balance is short. (An idempotency key is bound to its order when it is
+    /// claimed: the claim names the order id.)
     fn accept_order(
         &self,
         order: &Order,
         hold: &LedgerEntry,
-        idem: Option<&IdemKey>,
     ) -> StoreResult<Result<Balance, Insufficient>>;
     /// Atomically: update the order, post its ledger entry (capture, release or refund)
-    /// and insert its eSIMs.
+    /// and insert or update its eSIMs.
     fn settle_order(
         &self,
         order: &Order,
-        entry: Option<&LedgerEntry>,
+        entry: &LedgerEntry,
         esims: &[EsimRecord],
     ) -> StoreResult<()>;
 
@@ -104,6 +104,7 @@ pub trait Store: Send + Sync {
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
 
     /// Claim an idempotency key for a request with `fingerprint` (see `idempotency::judge`).
+    /// A running claim whose order (`IdemKey::order`) exists answers as that order.
     fn claim_idempotency(
         &self,
         key: &IdemKey,
@@ -115,7 +116,7 @@ pub trait Store: Send + Sync {
     /// Free a key whose request failed on our side (a retry may run again).
     fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()>;
     /// Forget finished idempotency records first used before `cutoff_ms`; returns how many.
-    /// Records still in progress are kept (their lease decides).
+    /// Records still in progress are kept (their lease decides), unless their order exists.
     fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
     /// The cached catalog of a plugin.
@@ -129,4 +130,7 @@ pub trait Store: Send + Sync {
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
     /// Resolves once every write made before the call is on disk.
     fn durable(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// Make everything durable and record a clean shutdown (so the next start need not
+    /// repair anything). Writes that move money fail afterwards.
+    fn close(&self) -> StoreResult<()>;
 }

@@ -373,14 +373,17 @@ impl Gateway {
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
     }
 
-    /// Send SIGTERM and wait for the process to exit; returns its exit status.
-    pub fn terminate(self) -> std::process::ExitStatus {
+    /// Send SIGTERM and wait for the process to exit; returns its exit status and the
+    /// data directory (to start again on).
+    pub fn terminate(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
         let mut c = self.child.lock().unwrap().take().expect("running");
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(c.id().to_string())
             .status();
-        c.wait().expect("waiting for simgate")
+        let status = c.wait().expect("waiting for simgate");
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        (status, dir)
     }
 }
 
