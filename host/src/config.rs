@@ -191,6 +191,10 @@ pub struct HttpLimits {
     pub rate_limit_per_second: f64,
     /// Requests one API key may make in a burst.
     pub rate_limit_burst: f64,
+    /// Runtime worker threads; 0 means one per CPU core (measured best: requests, plugin
+    /// calls and store writes all run on the workers, and more threads than cores only
+    /// add switching).
+    pub workers: usize,
 }
 
 impl Default for HttpLimits {
@@ -203,6 +207,7 @@ impl Default for HttpLimits {
             // starve the others or the suppliers.
             rate_limit_per_second: 200.0,
             rate_limit_burst: 400.0,
+            workers: 0,
         }
     }
 }
