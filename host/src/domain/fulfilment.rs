@@ -588,7 +588,8 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
         };
-        let hold = LedgerEntry::new(reseller.id, EntryKind::Hold, 300, "USD", Some(order.id));
+        let mut hold = LedgerEntry::new(reseller.id, EntryKind::Hold, 300, "USD", Some(order.id));
+        hold.id = order.id.0;
         store.accept_order(&order, &hold).unwrap().unwrap();
         (f, store, flaky, order, dir)
     }

@@ -606,13 +606,14 @@ impl Gateway {
             order.id = key.order;
         }
         let total = order.total();
-        let hold = LedgerEntry::new(
+        let mut hold = LedgerEntry::new(
             order.reseller,
             EntryKind::Hold,
             total.minor,
             &total.currency,
             Some(order.id),
         );
+        hold.id = order.id.0;
         if let Err(i) = self.store.accept_order(&order, &hold)? {
             return Err(DomainError::InsufficientBalance {
                 available: i.available,

@@ -68,7 +68,8 @@ pub trait Store: Send + Sync {
     /// Update an order that moves no money (submitted, pending, retry bookkeeping).
     fn put_order(&self, order: &Order) -> StoreResult<()>;
     /// Atomically: hold the order's total and insert the order. Nothing is written when
-    /// the balance is short. (An idempotency key is bound to its order when it is
+    /// the balance is short. The hold entry has the order's id (`hold.id == order.id.0`):
+    /// a reseller's holds are its list of orders. (An idempotency key is bound to its order when it is
     /// claimed: the claim names the order id.)
     fn accept_order(
         &self,

@@ -6,8 +6,10 @@
 //! | `api_keys` | key hash (32 B) | JSON `ApiKey` |
 //! | `api_key_ids` | key id (16 B) | key hash |
 //! | `orders` | order id (16 B, sorts by time) | JSON `Order` |
-//! | `orders_by_reseller` | reseller id ++ order id | empty |
 //! | `ledger` | reseller id ++ entry id (sorts by time) | JSON `LedgerEntry` + what it commits |
+//!
+//! An order's hold entry has the order's id, so a reseller's ledger is also its list of
+//! orders, newest first: no separate index is written per order.
 //! | `idempotency` | reseller id ++ SHA-256(key) | JSON `IdemRecord` |
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed) |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
@@ -63,7 +65,6 @@ pub struct SledStore {
     api_keys: sled::Tree,
     api_key_ids: sled::Tree,
     orders: sled::Tree,
-    orders_by_reseller: sled::Tree,
     orders_open: sled::Tree,
     ledger: sled::Tree,
     balances: sled::Tree,
@@ -78,6 +79,10 @@ pub struct SledStore {
     /// Read-through copies of the records every request reads (its API key, its
     /// reseller). This store is their only writer, so they never go stale.
     keys_seen: RwLock<HashMap<[u8; 32], ApiKey>>,
+    /// Orders accepted but not yet written to `orders`: their hold's commit record holds
+    /// them durably, and the fulfilment step that follows writes them once, settled or
+    /// submitted, instead of twice. Read after `orders` (which is never older).
+    unwritten: Mutex<HashMap<OrderId, Order>>,
     resellers_seen: RwLock<HashMap<ResellerId, Reseller>>,
     commit: GroupCommit,
 }
@@ -268,7 +273,6 @@ impl SledStore {
             api_keys: tree("api_keys")?,
             api_key_ids: tree("api_key_ids")?,
             orders: tree("orders")?,
-            orders_by_reseller: tree("orders_by_reseller")?,
             orders_open: tree("orders_open")?,
             ledger: tree("ledger")?,
             balances: tree("balances")?,
@@ -280,6 +284,7 @@ impl SledStore {
             books: Mutex::new(Books::default()),
             gate: RwLock::new(false),
             keys_seen: RwLock::default(),
+            unwritten: Mutex::default(),
             resellers_seen: RwLock::default(),
             commit,
         };
@@ -394,17 +399,20 @@ impl SledStore {
         Ok(n)
     }
 
-    /// Write an order and, on its first write, its reseller index entry.
+    /// Write an order.
     fn write_order(&self, order: &Order) -> StoreResult<()> {
-        let id = order.id.to_bytes();
-        put(&self.orders, &id, order)?;
-        if order.status == OrderStatus::Accepted {
-            // The index entry never changes after the order is first written.
-            self.orders_by_reseller
-                .insert(cat(&order.reseller.to_bytes(), &id), &[])
-                .map_err(backend)?;
-        }
+        put(&self.orders, &order.id.to_bytes(), order)?;
+        self.lock_unwritten().remove(&order.id);
         Ok(())
+    }
+
+    fn lock_unwritten(&self) -> MutexGuard<'_, HashMap<OrderId, Order>> {
+        self.unwritten.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn order_exists(&self, id: OrderId) -> StoreResult<bool> {
+        Ok(self.orders.contains_key(id.to_bytes()).map_err(backend)?
+            || self.lock_unwritten().contains_key(&id))
     }
 
     /// Check `entry` against the balance, write it with what it commits, and update the
@@ -523,7 +531,10 @@ impl Store for SledStore {
     }
 
     fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
-        get(&self.orders, &id.to_bytes())
+        match get(&self.orders, &id.to_bytes())? {
+            Some(order) => Ok(Some(order)),
+            None => Ok(self.lock_unwritten().get(&id).cloned()),
+        }
     }
 
     fn orders_page(
@@ -533,10 +544,18 @@ impl Store for SledStore {
         status: Option<OrderStatus>,
         limit: usize,
     ) -> StoreResult<Page<Order>> {
+        // The reseller's ledger, newest first; each order's hold entry carries its id.
         let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
-        let orders = self.orders_by_reseller.range(start..end).rev().map(|kv| {
-            let (k, _) = kv.map_err(backend)?;
-            let order = get::<Order>(&self.orders, &k[16..])?;
+        let orders = self.ledger.range(start..end).rev().map(|kv| {
+            let rec: LedgerRecord = decode(&kv.map_err(backend)?.1)?;
+            let e = rec.entry;
+            let Some(id) = e
+                .order
+                .filter(|id| e.kind == EntryKind::Hold && id.0 == e.id)
+            else {
+                return Ok(None);
+            };
+            let order = self.order(id)?;
             Ok(order.filter(|o| status.is_none_or(|s| s == o.status)))
         });
         take_page(orders, limit)
@@ -562,12 +581,21 @@ impl Store for SledStore {
         order: &Order,
         hold: &LedgerEntry,
     ) -> StoreResult<Result<Balance, Insufficient>> {
-        let balance = match self.post(hold, Some(order), &[])? {
-            Ok(b) => b,
-            Err(i) => return Ok(Err(i)),
-        };
-        self.write_order(order)?;
-        Ok(Ok(balance))
+        if hold.id != order.id.0 || hold.kind != EntryKind::Hold {
+            return Err(StoreError::Backend(format!(
+                "order {} must be accepted with a hold entry of the same id",
+                order.id
+            )));
+        }
+        // Visible before the hold: a replay that finds the claim's order must read it.
+        self.lock_unwritten().insert(order.id, order.clone());
+        match self.post(hold, Some(order), &[]) {
+            Ok(Ok(balance)) => Ok(Ok(balance)),
+            refused_or_failed => {
+                self.lock_unwritten().remove(&order.id);
+                refused_or_failed
+            }
+        }
     }
 
     fn settle_order(
@@ -643,8 +671,25 @@ impl Store for SledStore {
         now_ms: u64,
     ) -> StoreResult<Claim> {
         let k = key.storage_key();
+        let claim = IdemRecord {
+            fingerprint: *fingerprint,
+            state: IdemState::InProgress {
+                started_ms: now_ms,
+                order: Some(key.order),
+            },
+            created_at_ms: now_ms,
+        };
+        let claim = encode(&claim);
+        // Most keys are new: try to take the key outright before reading anything.
+        let mut current = match self
+            .idempotency
+            .compare_and_swap(&k, None::<&[u8]>, Some(claim.as_slice()))
+            .map_err(backend)?
+        {
+            Ok(()) => return Ok(Claim::New),
+            Err(e) => e.current,
+        };
         loop {
-            let current = self.idempotency.get(&k).map_err(backend)?;
             let mut existing: Option<IdemRecord> = current
                 .as_ref()
                 .and_then(|b| serde_json::from_slice(b).ok());
@@ -652,33 +697,23 @@ impl Store for SledStore {
                 && let IdemState::InProgress {
                     order: Some(order), ..
                 } = rec.state
-                && self
-                    .orders
-                    .contains_key(order.to_bytes())
-                    .map_err(backend)?
+                && self.order_exists(order)?
             {
                 // The first request created its order: that is the answer now.
                 rec.state = IdemState::Order { order };
             }
-            let claim = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
-            if claim != Claim::New {
-                return Ok(claim);
+            let judged = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
+            if judged != Claim::New {
+                return Ok(judged);
             }
-            let rec = IdemRecord {
-                fingerprint: *fingerprint,
-                state: IdemState::InProgress {
-                    started_ms: now_ms,
-                    order: Some(key.order),
-                },
-                created_at_ms: now_ms,
-            };
             // Compare-and-swap: of two requests racing for one key, exactly one wins.
-            let swapped = self
+            match self
                 .idempotency
-                .compare_and_swap(&k, current, Some(encode(&rec)))
-                .map_err(backend)?;
-            if swapped.is_ok() {
-                return Ok(Claim::New);
+                .compare_and_swap(&k, current, Some(claim.as_slice()))
+                .map_err(backend)?
+            {
+                Ok(()) => return Ok(Claim::New),
+                Err(e) => current = e.current,
             }
         }
     }
@@ -709,7 +744,7 @@ impl Store for SledStore {
             let finished = match rec.state {
                 // Bound to its order once the order exists.
                 IdemState::InProgress { order, .. } => match order {
-                    Some(id) => self.orders.contains_key(id.to_bytes()).map_err(backend)?,
+                    Some(id) => self.order_exists(id)?,
                     None => false,
                 },
                 IdemState::Order { .. } | IdemState::Done { .. } => true,
@@ -757,6 +792,15 @@ impl Store for SledStore {
         }
         // No ledger write may follow the checkpoint it would make stale.
         *closed = true;
+        // Accepted orders not yet written go in as they were accepted, unless a step
+        // still finishing writes a later state first (insert only where absent).
+        let unwritten: Vec<Order> = self.lock_unwritten().values().cloned().collect();
+        for order in &unwritten {
+            let _ = self
+                .orders
+                .compare_and_swap(order.id.to_bytes(), None::<&[u8]>, Some(encode(order)))
+                .map_err(backend)?;
+        }
         let books = self.lock_books();
         for ((reseller, currency), balance) in &books.balances {
             put(&self.balances, &balance_key(*reseller, currency), balance)?;
@@ -879,7 +923,11 @@ mod tests {
     }
 
     fn entry(reseller: ResellerId, kind: EntryKind, amount: i64, order: &Order) -> LedgerEntry {
-        LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id))
+        let mut e = LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id));
+        if kind == EntryKind::Hold {
+            e.id = order.id.0;
+        }
+        e
     }
 
     fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
