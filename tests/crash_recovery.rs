@@ -167,13 +167,13 @@ fn a_graceful_restart_keeps_balances_and_resumes_unfinished_orders() {
 fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
     // Unfinished orders complete or fail cleanly.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let orders = loop {
+    loop {
         let orders = all_orders(gw, key);
         if orders
             .iter()
             .all(|o| o["status"] == "fulfilled" || o["status"] == "failed")
         {
-            break orders;
+            return orders;
         }
         assert!(
             Instant::now() < deadline,
@@ -185,8 +185,7 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
-    orders
+    }
 }
 
 /// One hold per order, each settled exactly once, no hold left open, and the balance
@@ -226,7 +225,7 @@ fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
             .sum::<i64>()
     };
     let open_holds = sum("hold") - sum("capture") - sum("release");
-    let b = gw.call("GET", "/v1/balance", Some(&key), None);
+    let b = gw.call("GET", "/v1/balance", Some(key), None);
     let usd = &b.json["data"][0];
     assert_eq!(usd["held"].as_i64().unwrap(), open_holds);
     assert_eq!(

@@ -1,13 +1,15 @@
 //! Order API throughput beside a hyper hello-world server, measured in one run.
 //!
-//! `cargo bench -p simgate --bench http_load` starts, one after the other on loopback:
-//! a minimal hyper server (this same binary re-executed as `hello`), then the real
-//! `simgate serve` (release build, sandbox plugin, fresh sled data dir). The same load
-//! generator (one thread, 64 keep-alive connections, like `wrk -t1 -c64`) drives
-//! `GET /` on the first and `POST /v1/orders` and `GET /v1/orders/{id}` on the second,
-//! and the report gives throughput and latency percentiles as ratios to hello world.
+//! `cargo bench -p simgate --bench http_load` starts two servers on loopback, each in its
+//! own process: a minimal hyper server (this same binary re-executed as `hello`) and the
+//! real `simgate serve` (release build, sandbox plugin, fresh sled data dir). In rounds,
+//! the same load generator (one thread, 64 keep-alive connections, like `wrk -t1 -c64`)
+//! drives `GET /` on the first, then `POST /v1/orders` and `GET /v1/orders/{id}` on the
+//! second; the report gives throughput and latency percentiles as ratios to that round's
+//! hello world, and the median ratio over the rounds.
 //!
-//! Environment: `BENCH_SECONDS` (default 5) per scenario, `BENCH_CONNECTIONS` (64).
+//! Environment: `BENCH_SECONDS` (default 5) per scenario, `BENCH_CONNECTIONS` (64),
+//! `BENCH_ROUNDS` (3; the report gives every round and the median ratio).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -40,21 +42,22 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
     let duration = Duration::from_secs(seconds);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
 
-    // 1. Hello world, in its own process like the gateway.
+    // Both servers run side by side, each in its own process; every round measures hello
+    // world and then the gateway right after it, so each round's ratios compare numbers
+    // taken under the same machine conditions (a shared VM drifts by ±15% over minutes).
     let mut hello = Command::new(std::env::current_exe().unwrap())
         .arg("hello")
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting the hello-world server");
     let hello_addr = read_addr(hello.stdout.take().unwrap(), "listening on http://");
-    let hello_run = load(hello_addr, connections, duration, |_| {
-        Req::get("/".into(), None)
-    });
-    let _ = hello.kill();
-    let _ = hello.wait();
 
-    // 2. The gateway.
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_simgate");
     simgate_test_support::pack(
@@ -87,71 +90,91 @@ fn main() {
         .expect("starting simgate");
     let (gw_addr, key, admin) = read_gateway(gw.stdout.take().unwrap());
     let auth = format!("Bearer {key}");
-
     let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
-    let post_auth = auth.clone();
-    let post_run = load(gw_addr, connections, duration, move |n| {
-        Req::post(
-            "/v1/orders".into(),
-            post_auth.clone(),
-            format!("bench-{n}"),
-            body.clone(),
-        )
-    });
-    let ids = post_run.order_ids.clone();
-    assert!(!ids.is_empty(), "no order was created");
-    // How long the fulfilment worker needs to finish every accepted order after the load
-    // stops (zero when orders are answered only once fulfilled).
-    let drain_started = Instant::now();
-    let (accepted, settled) = loop {
-        let (accepted, settled) = order_counts(gw_addr, &admin);
-        if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
-            break (accepted, settled);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let drain = drain_started.elapsed();
-    let get_run = load(gw_addr, connections, duration, move |n| {
-        Req::get(
-            format!("/v1/orders/{}", ids[n % ids.len()]),
-            Some(auth.clone()),
-        )
-    });
+
+    let mut table = Vec::new();
+    let (mut drain, mut accepted, mut settled) = (Duration::ZERO, 0, 0);
+    for round in 0..rounds {
+        let hello_run = load(hello_addr, connections, duration, |_| {
+            Req::get("/".into(), None)
+        });
+        let post_auth = auth.clone();
+        let body = body.clone();
+        let post_run = load(gw_addr, connections, duration, move |n| {
+            Req::post(
+                "/v1/orders".into(),
+                post_auth.clone(),
+                format!("bench-{round}-{n}"),
+                body.clone(),
+            )
+        });
+        let ids = post_run.order_ids.clone();
+        assert!(!ids.is_empty(), "no order was created");
+        // How long the fulfilment worker needs to finish every accepted order after the
+        // load stops (zero when orders are answered only once fulfilled).
+        let drain_started = Instant::now();
+        (accepted, settled) = loop {
+            let (accepted, settled) = order_counts(gw_addr, &admin);
+            if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
+                break (accepted, settled);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drain = drain.max(drain_started.elapsed());
+        let get_auth = auth.clone();
+        let get_run = load(gw_addr, connections, duration, move |n| {
+            Req::get(
+                format!("/v1/orders/{}", ids[n % ids.len()]),
+                Some(get_auth.clone()),
+            )
+        });
+        table.push((hello_run, post_run, get_run));
+    }
     let _ = gw.kill();
     let _ = gw.wait();
+    let _ = hello.kill();
+    let _ = hello.wait();
 
     let mode = match sync_wait.as_deref() {
         Some("0") => "answered on acceptance",
         _ => "answered once fulfilled",
     };
     println!(
-        "\nsimgate HTTP load: {connections} connections, {seconds} s per scenario, loopback, one load thread"
+        "\nsimgate HTTP load: {connections} connections, {seconds} s per scenario, {rounds} rounds, loopback, one load thread"
     );
-    println!("| scenario | requests/s | p50 ms | p99 ms | errors | vs hello world |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, run) in [
-        ("hyper hello world `GET /`", &hello_run),
-        (
-            &*format!("`POST /v1/orders` (sandbox plugin, {mode})"),
-            &post_run,
-        ),
-        ("`GET /v1/orders/{id}`", &get_run),
-    ] {
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.1}% |",
-            run.rate(),
-            run.percentile(0.50),
-            run.percentile(0.99),
-            run.errors,
-            100.0 * run.rate() / hello_run.rate()
-        );
+    println!("| round | scenario | requests/s | p50 ms | p99 ms | errors | vs hello world |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let post_name = format!("`POST /v1/orders` (sandbox plugin, {mode})");
+    for (i, (hello_run, post_run, get_run)) in table.iter().enumerate() {
+        for (name, run) in [
+            ("hyper hello world `GET /`", hello_run),
+            (post_name.as_str(), post_run),
+            ("`GET /v1/orders/{id}`", get_run),
+        ] {
+            println!(
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.1}% |",
+                i + 1,
+                run.rate(),
+                run.percentile(0.50),
+                run.percentile(0.99),
+                run.errors,
+                100.0 * run.rate() / hello_run.rate()
+            );
+        }
     }
-    let busy = duration + drain;
+    let median = |ratio: &dyn Fn(&(Run, Run, Run)) -> f64| {
+        let mut r: Vec<f64> = table.iter().map(ratio).collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
     println!(
-        "\nfulfilment: {settled} of {accepted} accepted orders settled; the worker needed {:.1} s after the load stopped, so orders were fulfilled at {:.0}/s over the whole run ({:.1}% of hello world)",
+        "\nmedian over rounds: POST /v1/orders {:.1}% of hello world, GET /v1/orders/{{id}} {:.1}%",
+        median(&|(h, p, _)| 100.0 * p.rate() / h.rate()),
+        median(&|(h, _, g)| 100.0 * g.rate() / h.rate()),
+    );
+    println!(
+        "fulfilment: {settled} of {accepted} accepted orders settled; the worker needed at most {:.1} s after a round's load stopped",
         drain.as_secs_f64(),
-        settled as f64 / busy.as_secs_f64(),
-        100.0 * (settled as f64 / busy.as_secs_f64()) / hello_run.rate()
     );
 }
 

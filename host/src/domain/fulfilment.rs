@@ -136,7 +136,7 @@ pub struct Fulfilment {
 /// What one processing step decided.
 enum Step {
     /// Final and durable; with the records when this step settled it.
-    Settled(Option<Settled>),
+    Settled(Option<Box<Settled>>),
     /// Call again after this delay.
     Again(Duration),
 }
@@ -225,7 +225,7 @@ impl Fulfilment {
     /// are scheduled as usual. Dropping the future before it ends would abandon the
     /// supplier call: callers that stop waiting hand it to `tokio::spawn` instead.
     /// Returns the settled order and its eSIMs when this first step settled it.
-    pub async fn run(self: Arc<Self>, order: Order) -> Option<Settled> {
+    pub async fn run(self: Arc<Self>, order: Order) -> Option<Box<Settled>> {
         let id = order.id;
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
@@ -235,7 +235,11 @@ impl Fulfilment {
     }
 
     /// Act on what a step decided.
-    fn after(self: &Arc<Self>, id: OrderId, step: Result<Step, StoreError>) -> Option<Settled> {
+    fn after(
+        self: &Arc<Self>,
+        id: OrderId,
+        step: Result<Step, StoreError>,
+    ) -> Option<Box<Settled>> {
         match step {
             Ok(Step::Settled(settled)) => {
                 self.notify(id);
@@ -396,7 +400,7 @@ impl Fulfilment {
         self.store.settle_order(&order, &capture, &esims)?;
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Fulfilled);
-        Ok(Step::Settled(Some(Settled { order, esims })))
+        Ok(Step::Settled(Some(Box::new(Settled { order, esims }))))
     }
 
     async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StoreError> {
@@ -415,10 +419,10 @@ impl Fulfilment {
         self.store.settle_order(&order, &release, &[])?;
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Failed);
-        Ok(Step::Settled(Some(Settled {
+        Ok(Step::Settled(Some(Box::new(Settled {
             order,
             esims: Vec::new(),
-        })))
+        }))))
     }
 
     fn seal_esim(&self, order: &Order, profile: EsimProfile) -> EsimRecord {
