@@ -7,9 +7,6 @@
 //! | `api_key_ids` | key id (16 B) | key hash |
 //! | `orders` | order id (16 B, sorts by time) | JSON `Order` |
 //! | `ledger` | reseller id ++ entry id (sorts by time) | JSON `LedgerEntry` + what it commits |
-//!
-//! An order's hold entry has the order's id, so a reseller's ledger is also its list of
-//! orders, newest first: no separate index is written per order.
 //! | `idempotency` | reseller id ++ SHA-256(key) | JSON `IdemRecord` |
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed) |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
@@ -17,17 +14,20 @@
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
 //!
+//! An order's hold entry has the order's id, so a reseller's ledger is also its list of
+//! orders, newest first: no separate index is written per order.
+//!
 //! ## Every write is one key
 //!
 //! sled's multi-key transactions and batches take a process-wide write lock that waits
 //! for every flush in progress, so under group commit they serialise the whole gateway
-//! behind the disk (measured: ~4k orders/s at most, against ~20k with single-key writes;
-//! BENCHMARKS.md). This store therefore never uses them. A change that spans several
-//! records is made atomic by its *commit record*: the ledger entry that moves the money
-//! carries the order as it is after the change (and the eSIMs it delivers). The ledger entry is written first, in one insert; the
-//! order, index and eSIM records follow as plain inserts. If the process dies in between,
-//! opening the store replays the ledger and rewrites any record older than the entry
-//! that committed it.
+//! behind the disk (`cargo bench -p simgate --bench sled_writes`: about a third of the
+//! throughput of single-key writes; BENCHMARKS.md). This store therefore never uses them.
+//! A change that spans several records is made atomic by its *commit record*: the ledger
+//! entry that moves the money carries the order as it is after the change (and the eSIMs
+//! it delivers). The ledger entry is written first, in one insert; the order and eSIM
+//! records follow as plain inserts. If the process dies in between, opening the store
+//! replays the ledger and rewrites any record older than the entry that committed it.
 //!
 //! Balances and the set of unfinished orders live in memory and are derived from the
 //! ledger: a hold is checked against the in-memory balance and counted there before its
