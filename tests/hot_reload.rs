@@ -197,9 +197,16 @@ fn under_load<T>(gw: &Gateway, body: impl FnOnce() -> T) -> (T, Load) {
                 }
             });
         }
-        let result = body();
-        stop.store(true, Ordering::Relaxed);
-        result
+        // Stop the clients however `body` ends: if it panics, the scope would otherwise
+        // wait for them forever and the test would hang instead of failing.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        body()
     });
     (result, load.into_inner().unwrap())
 }
