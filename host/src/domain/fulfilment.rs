@@ -592,8 +592,7 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
         };
-        let mut hold = LedgerEntry::new(reseller.id, EntryKind::Hold, 300, "USD", Some(order.id));
-        hold.id = order.id.0;
+        let hold = LedgerEntry::hold_for(reseller.id, order.id, 300, "USD");
         store.accept_order(&order, &hold).unwrap().unwrap();
         (f, store, flaky, order, dir)
     }

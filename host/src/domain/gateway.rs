@@ -606,14 +606,7 @@ impl Gateway {
             order.id = key.order;
         }
         let total = order.total();
-        let mut hold = LedgerEntry::new(
-            order.reseller,
-            EntryKind::Hold,
-            total.minor,
-            &total.currency,
-            Some(order.id),
-        );
-        hold.id = order.id.0;
+        let hold = LedgerEntry::hold_for(order.reseller, order.id, total.minor, &total.currency);
         if let Err(i) = self.store.accept_order(&order, &hold)? {
             return Err(DomainError::InsufficientBalance {
                 available: i.available,
@@ -630,16 +623,7 @@ impl Gateway {
         if let Ok(done) = tokio::time::timeout_at(deadline, &mut first).await {
             if let Some(done) = done {
                 // Settled by this first step: answer from the records in hand.
-                let esims = done
-                    .esims
-                    .iter()
-                    .map(|e| self.open_esim(e))
-                    .collect::<Result<_, _>>()?;
-                return Ok(OrderView {
-                    total: done.order.total(),
-                    order: done.order,
-                    esims,
-                });
+                return self.view(done.order, &done.esims);
             }
             // Waiting for a retry or a poll: wait for that too.
             let _ = tokio::time::timeout_at(deadline, settled).await;
@@ -690,14 +674,22 @@ impl Gateway {
         if order.kind == OrderKind::Esim {
             for iccid in &order.iccids {
                 if let Some(rec) = self.store.esim(iccid)? {
-                    esims.push(self.open_esim(&rec)?);
+                    esims.push(rec);
                 }
             }
         }
+        self.view(order, &esims)
+    }
+
+    /// The API view of an order and its stored eSIMs (activation data opened).
+    fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
         Ok(OrderView {
+            esims: esims
+                .iter()
+                .map(|e| self.open_esim(e))
+                .collect::<Result<_, _>>()?,
             total: order.total(),
             order,
-            esims,
         })
     }
 

@@ -142,6 +142,14 @@ pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Balance
 }
 
 impl LedgerEntry {
+    /// The hold that accepts `order`. It has the order's id, which makes a reseller's
+    /// holds its list of orders (`Store::accept_order` requires it).
+    pub fn hold_for(reseller: ResellerId, order: OrderId, amount: i64, currency: &str) -> Self {
+        let mut hold = LedgerEntry::new(reseller, EntryKind::Hold, amount, currency, Some(order));
+        hold.id = order.0;
+        hold
+    }
+
     /// A new entry for now.
     pub fn new(
         reseller: ResellerId,

@@ -923,11 +923,10 @@ mod tests {
     }
 
     fn entry(reseller: ResellerId, kind: EntryKind, amount: i64, order: &Order) -> LedgerEntry {
-        let mut e = LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id));
-        if kind == EntryKind::Hold {
-            e.id = order.id.0;
+        match kind {
+            EntryKind::Hold => LedgerEntry::hold_for(reseller, order.id, amount, "USD"),
+            _ => LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id)),
         }
-        e
     }
 
     fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
