@@ -631,11 +631,7 @@ impl Gateway {
             // The supplier is still working; let it finish in the background.
             tokio::spawn(first);
         }
-        self.order_view(
-            self.store
-                .order(id)?
-                .ok_or(DomainError::NotFound("order"))?,
-        )
+        self.stored_view(id, |_| true)
     }
 
     pub(crate) fn open_esim(&self, record: &EsimRecord) -> Result<EsimView, DomainError> {
@@ -693,14 +689,27 @@ impl Gateway {
         })
     }
 
+    /// The API view of a stored order, read together with its eSIMs, if `may_see` it.
+    fn stored_view(
+        &self,
+        id: OrderId,
+        may_see: impl FnOnce(&Order) -> bool,
+    ) -> Result<OrderView, DomainError> {
+        let (order, mut esims) = self
+            .store
+            .order_and_esims(id)?
+            .filter(|(o, _)| may_see(o))
+            .ok_or(DomainError::NotFound("order"))?;
+        if order.kind != OrderKind::Esim {
+            // A top-up names the eSIM it tops up, which an earlier order delivered.
+            esims.clear();
+        }
+        self.view(order, &esims)
+    }
+
     /// One order, if the caller may see it.
     pub fn order(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
-        let order = self
-            .store
-            .order(id)?
-            .filter(|o| self.visible(who, o.reseller))
-            .ok_or(DomainError::NotFound("order"))?;
-        self.order_view(order)
+        self.stored_view(id, |o| self.visible(who, o.reseller))
     }
 
     /// The caller's orders, newest first.

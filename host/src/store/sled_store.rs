@@ -5,10 +5,10 @@
 //! | `resellers` | reseller id (16 B) | JSON `Reseller` |
 //! | `api_keys` | key hash (32 B) | JSON `ApiKey` |
 //! | `api_key_ids` | key id (16 B) | key hash |
-//! | `orders` | order id (16 B, sorts by time) | JSON `Order` |
+//! | `orders` | order id (16 B, sorts by time) | JSON `Order`, or a commit pointer |
 //! | `ledger` | reseller id ++ entry id (sorts by time) | JSON `LedgerEntry` + what it commits |
 //! | `idempotency` | reseller id ++ SHA-256(key) | JSON `IdemRecord` |
-//! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed) |
+//! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), or a commit pointer |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
@@ -16,6 +16,12 @@
 //!
 //! An order's hold entry has the order's id, so a reseller's ledger is also its list of
 //! orders, newest first: no separate index is written per order.
+//!
+//! A *commit pointer* is `@` followed by a ledger key: the record is exactly as that
+//! ledger entry's commit record carries it (see below). Orders and eSIMs that a ledger
+//! entry settles are stored that way, so each is written in full once, not twice; a
+//! record changed without moving money (an order submitted, an eSIM's state refreshed) is
+//! stored in full again. JSON records start with `{`, so the two never collide.
 //!
 //! ## Every write is one key
 //!
@@ -196,6 +202,34 @@ fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Where a ledger entry is stored: reseller, then entry id (sorts by time).
+fn ledger_key(entry: &LedgerEntry) -> Vec<u8> {
+    cat(&entry.reseller.to_bytes(), &entry.id.to_bytes())
+}
+
+/// Marks a commit pointer; JSON records start with `{`.
+const COMMITTED: u8 = b'@';
+
+/// A commit pointer to the ledger entry stored under `ledger_key`.
+fn commit_pointer(ledger_key: &[u8]) -> Vec<u8> {
+    cat(&[COMMITTED], ledger_key)
+}
+
+/// The records a commit record carries; its entry's fields are skipped unread.
+#[derive(Deserialize)]
+struct Commits {
+    #[serde(default)]
+    commits_order: Option<Order>,
+    #[serde(default)]
+    commits_esims: Vec<EsimRecord>,
+}
+
+fn dangling(what: &str) -> StoreError {
+    StoreError::Decode(format!(
+        "{what} points at a ledger entry that does not carry it"
+    ))
+}
+
 fn balance_key(reseller: ResellerId, currency: &str) -> Vec<u8> {
     cat(&reseller.to_bytes(), currency.as_bytes())
 }
@@ -344,7 +378,7 @@ impl SledStore {
         let mut holding: HashMap<OrderId, i32> = HashMap::new();
         let mut repaired = 0usize;
         for kv in self.ledger.iter() {
-            let (_, v) = kv.map_err(backend)?;
+            let (k, v) = kv.map_err(backend)?;
             let rec: LedgerRecord = decode(&v)?;
             let e = &rec.entry;
             totals
@@ -360,7 +394,7 @@ impl SledStore {
                 *holding.entry(order).or_default() += delta;
             }
             if let Some(order) = &rec.commits_order {
-                repaired += self.redo(order, &rec.commits_esims)?;
+                repaired += self.redo(&k, order, &rec.commits_esims)?;
             }
         }
         if repaired > 0 {
@@ -379,31 +413,70 @@ impl SledStore {
         })
     }
 
-    /// Make sure the records a ledger entry committed exist; returns how many were rewritten.
-    fn redo(&self, order: &Order, esims: &[EsimRecord]) -> StoreResult<usize> {
+    /// Make sure the records that the ledger entry under `key` committed are stored, and
+    /// no older than it left them; returns how many were rewritten.
+    fn redo(&self, key: &[u8], order: &Order, esims: &[EsimRecord]) -> StoreResult<usize> {
         let mut n = 0;
-        let stored: Option<Order> = get(&self.orders, &order.id.to_bytes())?;
-        let behind = stored
-            .as_ref()
-            .is_none_or(|s| progress(s.status) < progress(order.status));
+        let pointer = commit_pointer(key);
+        let behind = match self.orders.get(order.id.to_bytes()).map_err(backend)? {
+            None => true,
+            Some(stored) if stored == pointer => false,
+            Some(stored) => progress(self.stored_order(&stored)?.status) < progress(order.status),
+        };
         for esim in esims {
             if behind || !self.esims.contains_key(&esim.iccid).map_err(backend)? {
-                put(&self.esims, esim.iccid.as_bytes(), esim)?;
+                self.esims
+                    .insert(esim.iccid.as_bytes(), pointer.as_slice())
+                    .map_err(backend)?;
                 n += 1;
             }
         }
         if behind {
-            self.write_order(order)?;
+            self.orders
+                .insert(order.id.to_bytes(), pointer)
+                .map_err(backend)?;
+            self.lock_unwritten().remove(&order.id);
             n += 1;
         }
         Ok(n)
     }
 
-    /// Write an order.
+    /// Write an order in full.
     fn write_order(&self, order: &Order) -> StoreResult<()> {
         put(&self.orders, &order.id.to_bytes(), order)?;
         self.lock_unwritten().remove(&order.id);
         Ok(())
+    }
+
+    /// What a commit record carries.
+    fn commits(&self, ledger_key: &[u8]) -> StoreResult<Option<Commits>> {
+        self.ledger
+            .get(ledger_key)
+            .map_err(backend)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// An order as stored in `orders`: in full, or behind a commit pointer.
+    fn stored_order(&self, stored: &[u8]) -> StoreResult<Order> {
+        match stored.split_first() {
+            Some((&COMMITTED, key)) => self
+                .commits(key)?
+                .and_then(|c| c.commits_order)
+                .ok_or_else(|| dangling("an order")),
+            _ => decode(stored),
+        }
+    }
+
+    /// An eSIM as stored in `esims`: in full, or behind a commit pointer.
+    fn stored_esim(&self, iccid: &str, stored: &[u8]) -> StoreResult<EsimRecord> {
+        match stored.split_first() {
+            Some((&COMMITTED, key)) => self
+                .commits(key)?
+                .and_then(|c| c.commits_esims.into_iter().find(|e| e.iccid == iccid))
+                .ok_or_else(|| dangling("an eSIM")),
+            _ => decode(stored),
+        }
     }
 
     fn lock_unwritten(&self) -> MutexGuard<'_, HashMap<OrderId, Order>> {
@@ -448,10 +521,7 @@ impl SledStore {
             books.track(entry, true);
             (before, after)
         };
-        let written = self.ledger.insert(
-            cat(&entry.reseller.to_bytes(), &entry.id.to_bytes()),
-            record,
-        );
+        let written = self.ledger.insert(ledger_key(entry), record);
         if let Err(e) = written {
             // Nothing was written: take the entry back out of the books.
             let mut books = self.lock_books();
@@ -531,10 +601,46 @@ impl Store for SledStore {
     }
 
     fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
-        match get(&self.orders, &id.to_bytes())? {
-            Some(order) => Ok(Some(order)),
+        match self.orders.get(id.to_bytes()).map_err(backend)? {
+            Some(stored) => self.stored_order(&stored).map(Some),
             None => Ok(self.lock_unwritten().get(&id).cloned()),
         }
+    }
+
+    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+        let Some(stored) = self.orders.get(id.to_bytes()).map_err(backend)? else {
+            return Ok(self
+                .lock_unwritten()
+                .get(&id)
+                .map(|o| (o.clone(), Vec::new())));
+        };
+        // An order settled with its eSIMs points at the commit record that holds them
+        // all: read it once.
+        let (order, mut committed) = match stored.split_first() {
+            Some((&COMMITTED, key)) => {
+                let c = self.commits(key)?.ok_or_else(|| dangling("an order"))?;
+                (
+                    c.commits_order.ok_or_else(|| dangling("an order"))?,
+                    c.commits_esims,
+                )
+            }
+            _ => (decode(&stored)?, Vec::new()),
+        };
+        let mut esims = Vec::with_capacity(order.iccids.len());
+        for iccid in &order.iccids {
+            let Some(stored_esim) = self.esims.get(iccid).map_err(backend)? else {
+                continue;
+            };
+            let same_commit = stored_esim == stored;
+            match committed
+                .iter()
+                .position(|e| same_commit && e.iccid == *iccid)
+            {
+                Some(i) => esims.push(committed.swap_remove(i)),
+                None => esims.push(self.stored_esim(iccid, &stored_esim)?),
+            }
+        }
+        Ok(Some((order, esims)))
     }
 
     fn orders_page(
@@ -610,10 +716,18 @@ impl Store for SledStore {
                 order.id
             ))
         })?;
+        // The commit record now holds the order and its eSIMs as they are: point at it.
+        let pointer = commit_pointer(&ledger_key(entry));
         for esim in esims {
-            put(&self.esims, esim.iccid.as_bytes(), esim)?;
+            self.esims
+                .insert(esim.iccid.as_bytes(), pointer.as_slice())
+                .map_err(backend)?;
         }
-        self.write_order(order)
+        self.orders
+            .insert(order.id.to_bytes(), pointer)
+            .map_err(backend)?;
+        self.lock_unwritten().remove(&order.id);
+        Ok(())
     }
 
     fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>> {
@@ -657,7 +771,11 @@ impl Store for SledStore {
     }
 
     fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
-        get(&self.esims, iccid.as_bytes())
+        self.esims
+            .get(iccid.as_bytes())
+            .map_err(backend)?
+            .map(|stored| self.stored_esim(iccid, &stored))
+            .transpose()
     }
 
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
@@ -998,6 +1116,58 @@ mod tests {
             listed.items.len(),
             1,
             "the reseller index was written with the order"
+        );
+    }
+
+    #[tokio::test]
+    async fn settled_records_are_stored_once_behind_their_commit_record_until_changed() {
+        use crate::domain::supplier::ProfileState;
+        let dir = tempfile::tempdir().unwrap();
+        let r = ResellerId::new();
+        let accepted = order_for(r, 300);
+        let esim = esim_of(&accepted);
+        let mut fulfilled = accepted.clone();
+        fulfilled.status = OrderStatus::Fulfilled;
+        fulfilled.iccids = vec![esim.iccid.clone()];
+        let capture = entry(r, EntryKind::Capture, 300, &accepted);
+        let mut refreshed = esim.clone();
+        refreshed.profile = ProfileState::Installed;
+        {
+            let s = SledStore::open(dir.path(), 8).unwrap();
+            credit(&s, r, 1000);
+            s.accept_order(&accepted, &entry(r, EntryKind::Hold, 300, &accepted))
+                .unwrap()
+                .unwrap();
+            s.settle_order(&fulfilled, &capture, std::slice::from_ref(&esim))
+                .unwrap();
+            // The order and the eSIM are pointers to the capture's commit record.
+            let pointer = commit_pointer(&ledger_key(&capture));
+            assert_eq!(
+                s.orders.get(accepted.id.to_bytes()).unwrap().unwrap(),
+                pointer
+            );
+            assert_eq!(s.esims.get(&esim.iccid).unwrap().unwrap(), pointer);
+            assert_eq!(s.order(accepted.id).unwrap(), Some(fulfilled.clone()));
+            assert_eq!(s.esim(&esim.iccid).unwrap(), Some(esim.clone()));
+            assert_eq!(
+                s.order_and_esims(accepted.id).unwrap(),
+                Some((fulfilled.clone(), vec![esim.clone()]))
+            );
+            // A state refresh moves no money: it is stored in full, and read instead of
+            // the commit record's older copy.
+            s.put_esim(&refreshed).unwrap();
+            assert_eq!(s.esim(&esim.iccid).unwrap(), Some(refreshed.clone()));
+            assert_eq!(
+                s.order_and_esims(accepted.id).unwrap(),
+                Some((fulfilled.clone(), vec![refreshed.clone()]))
+            );
+            s.durable().await.unwrap();
+        }
+        // Replaying the ledger after a crash keeps the newer record.
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        assert_eq!(
+            s.order_and_esims(accepted.id).unwrap(),
+            Some((fulfilled, vec![refreshed]))
         );
     }
 
