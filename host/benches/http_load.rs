@@ -95,12 +95,12 @@ fn main() {
     let mut table = Vec::new();
     let (mut drain, mut accepted, mut settled) = (Duration::ZERO, 0, 0);
     for round in 0..rounds {
-        let hello_run = load(hello_addr, connections, duration, |_| {
+        let hello_run = load(hello_addr, hello.id(), connections, duration, |_| {
             Req::get("/".into(), None)
         });
         let post_auth = auth.clone();
         let body = body.clone();
-        let post_run = load(gw_addr, connections, duration, move |n| {
+        let post_run = load(gw_addr, gw.id(), connections, duration, move |n| {
             Req::post(
                 "/v1/orders".into(),
                 post_auth.clone(),
@@ -122,7 +122,7 @@ fn main() {
         };
         drain = drain.max(drain_started.elapsed());
         let get_auth = auth.clone();
-        let get_run = load(gw_addr, connections, duration, move |n| {
+        let get_run = load(gw_addr, gw.id(), connections, duration, move |n| {
             Req::get(
                 format!("/v1/orders/{}", ids[n % ids.len()]),
                 Some(get_auth.clone()),
@@ -142,8 +142,10 @@ fn main() {
     println!(
         "\nsimgate HTTP load: {connections} connections, {seconds} s per scenario, {rounds} rounds, loopback, one load thread"
     );
-    println!("| round | scenario | requests/s | p50 ms | p99 ms | errors | vs hello world |");
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| round | scenario | requests/s | p50 ms | p99 ms | errors | server CPU µs/request | vs hello world |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let post_name = format!("`POST /v1/orders` (sandbox plugin, {mode})");
     for (i, (hello_run, post_run, get_run)) in table.iter().enumerate() {
         for (name, run) in [
@@ -152,12 +154,15 @@ fn main() {
             ("`GET /v1/orders/{id}`", get_run),
         ] {
             println!(
-                "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {:.1}% |",
+                "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1}% |",
                 i + 1,
                 run.rate(),
                 run.percentile(0.50),
                 run.percentile(0.99),
                 run.errors,
+                run.cpu_per_request()
+                    .map(|us| format!("{us:.0}"))
+                    .unwrap_or_else(|| "n/a".into()),
                 100.0 * run.rate() / hello_run.rate()
             );
         }
@@ -245,11 +250,21 @@ struct Run {
     errors: u64,
     elapsed: Duration,
     order_ids: Vec<String>,
+    /// CPU time the server process used during the measured part, if the OS tells.
+    server_cpu: Option<Duration>,
 }
 
 impl Run {
     fn rate(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU time per answered request, in µs: what a request costs, apart from how
+    /// busy the machine was.
+    fn cpu_per_request(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (!self.latencies_us.is_empty())
+            .then(|| cpu.as_secs_f64() * 1e6 / self.latencies_us.len() as f64)
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -261,9 +276,22 @@ impl Run {
     }
 }
 
-/// Drive `addr` with `connections` keep-alive connections for `duration`.
+/// CPU time (user + system) process `pid` has used so far, from `/proc` (Linux only).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Drive `addr` (served by process `pid`) with `connections` keep-alive connections for
+/// `duration`.
 fn load(
     addr: SocketAddr,
+    pid: u32,
     connections: usize,
     duration: Duration,
     make: impl Fn(usize) -> Req + Send + Sync + 'static,
@@ -283,7 +311,12 @@ fn load(
             1_000_000_000,
         )
         .await;
-        drive(addr, connections, duration, make, 0).await
+        let cpu_before = cpu_time(pid);
+        let mut run = drive(addr, connections, duration, make, 0).await;
+        run.server_cpu = cpu_before
+            .zip(cpu_time(pid))
+            .map(|(before, after)| after.saturating_sub(before));
+        run
     })
 }
 
@@ -365,6 +398,7 @@ async fn drive(
                 errors: 0,
                 elapsed: Duration::ZERO,
                 order_ids: Vec::new(),
+                server_cpu: None,
             };
             for h in handles {
                 let (lat, errors, ids) = h.await.unwrap();
