@@ -111,6 +111,14 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
     );
 
     let gw = start(Some(gw.kill()));
+    // Some orders were caught unfinished by the crash (pending at the supplier), so the
+    // recovery path is what settles them. Counted first: the recovery polls them once
+    // `poll_interval_ms` has passed since they were accepted.
+    let unfinished = all_orders(&gw, &key)
+        .iter()
+        .filter(|o| o["status"] == "submitted" || o["status"] == "accepted")
+        .count();
+    assert!(unfinished > 0, "the crash should leave orders unfinished");
     // Every order that got a 2xx is there.
     for id in &acknowledged {
         let r = gw.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
@@ -119,13 +127,6 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
             "acknowledged order {id} is missing after the crash"
         );
     }
-    // Some orders were caught unfinished by the crash (pending at the supplier), so the
-    // recovery path is what settles them.
-    let unfinished = all_orders(&gw, &key)
-        .iter()
-        .filter(|o| o["status"] == "submitted" || o["status"] == "accepted")
-        .count();
-    assert!(unfinished > 0, "the crash should leave orders unfinished");
     let orders = settle_all(&gw, &key);
     assert!(orders.len() >= acknowledged.len());
     assert_ledger_settles(&gw, &key, &orders);
