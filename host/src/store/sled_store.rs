@@ -31,9 +31,10 @@
 //! throughput of single-key writes; BENCHMARKS.md). This store therefore never uses them.
 //! A change that spans several records is made atomic by its *commit record*: the ledger
 //! entry that moves the money carries the order as it is after the change (and the eSIMs
-//! it delivers). The ledger entry is written first, in one insert; the order and eSIM
-//! records follow as plain inserts. If the process dies in between, opening the store
-//! replays the ledger and rewrites any record older than the entry that committed it.
+//! it delivers). The ledger entry is written first, in one insert; commit pointers to it
+//! from `orders` and `esims` follow as plain inserts. If the process dies in between,
+//! opening the store replays the ledger and points every record that is older than the
+//! entry that committed it (or missing) at that entry.
 //!
 //! Balances and the set of unfinished orders live in memory and are derived from the
 //! ledger: a hold is checked against the in-memory balance and counted there before its
