@@ -512,13 +512,29 @@ impl SledStore {
             }
         }
         if behind {
-            self.orders
-                .insert(order.id.to_bytes(), pointer)
-                .map_err(backend)?;
-            self.lock_unwritten().remove(&order.id);
+            self.point_at_commit(order, &[], &pointer)?;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Store `order` and `esims` as the commit record behind `pointer` carries them.
+    fn point_at_commit(
+        &self,
+        order: &Order,
+        esims: &[EsimRecord],
+        pointer: &[u8],
+    ) -> StoreResult<()> {
+        for esim in esims {
+            self.esims
+                .insert(esim.iccid.as_bytes(), pointer)
+                .map_err(backend)?;
+        }
+        self.orders
+            .insert(order.id.to_bytes(), pointer)
+            .map_err(backend)?;
+        self.lock_unwritten().remove(&order.id);
+        Ok(())
     }
 
     /// Write an order in full.
@@ -537,15 +553,22 @@ impl SledStore {
             .transpose()
     }
 
-    /// An order as stored in `orders`: in full, or behind a commit pointer.
-    fn stored_order(&self, stored: &[u8]) -> StoreResult<Order> {
+    /// An order as stored in `orders`: in full, or behind a commit pointer; with the
+    /// eSIMs that commit record carries (none for an order stored in full).
+    fn stored_order_with_commit(&self, stored: &[u8]) -> StoreResult<(Order, Vec<EsimRecord>)> {
         match stored.split_first() {
-            Some((&COMMITTED, key)) => self
-                .commits(key)?
-                .and_then(|c| c.commits_order)
-                .ok_or_else(|| dangling("an order")),
-            _ => decode(stored),
+            Some((&COMMITTED, key)) => {
+                let c = self.commits(key)?.ok_or_else(|| dangling("an order"))?;
+                let order = c.commits_order.ok_or_else(|| dangling("an order"))?;
+                Ok((order, c.commits_esims))
+            }
+            _ => Ok((decode(stored)?, Vec::new())),
         }
+    }
+
+    /// An order as stored in `orders`.
+    fn stored_order(&self, stored: &[u8]) -> StoreResult<Order> {
+        Ok(self.stored_order_with_commit(stored)?.0)
     }
 
     /// An eSIM as stored in `esims`: in full, or behind a commit pointer.
@@ -696,16 +719,7 @@ impl Store for SledStore {
         };
         // An order settled with its eSIMs points at the commit record that holds them
         // all: read it once.
-        let (order, mut committed) = match stored.split_first() {
-            Some((&COMMITTED, key)) => {
-                let c = self.commits(key)?.ok_or_else(|| dangling("an order"))?;
-                (
-                    c.commits_order.ok_or_else(|| dangling("an order"))?,
-                    c.commits_esims,
-                )
-            }
-            _ => (decode(&stored)?, Vec::new()),
-        };
+        let (order, mut committed) = self.stored_order_with_commit(&stored)?;
         let mut esims = Vec::with_capacity(order.iccids.len());
         for iccid in &order.iccids {
             let Some(stored_esim) = self.esims.get(iccid).map_err(backend)? else {
@@ -797,17 +811,7 @@ impl Store for SledStore {
             ))
         })?;
         // The commit record now holds the order and its eSIMs as they are: point at it.
-        let pointer = commit_pointer(&ledger_key(entry));
-        for esim in esims {
-            self.esims
-                .insert(esim.iccid.as_bytes(), pointer.as_slice())
-                .map_err(backend)?;
-        }
-        self.orders
-            .insert(order.id.to_bytes(), pointer)
-            .map_err(backend)?;
-        self.lock_unwritten().remove(&order.id);
-        Ok(())
+        self.point_at_commit(order, esims, &commit_pointer(&ledger_key(entry)))
     }
 
     fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>> {
