@@ -284,6 +284,11 @@ pub struct WatchSettings {
     /// burst of events within a few ms; 200 ms lets a copy finish (saving compile runs on
     /// half-written files) while a reload still serves well within a second.
     pub debounce_ms: u64,
+    /// How often every plugin folder and settings file is compared with what its last
+    /// reload read, so that a change whose events were lost (files written into a new
+    /// folder before its watch existed, a watch the OS refused) still loads. Stamping a
+    /// folder costs a directory listing and a few `stat`s. Below 100 ms counts as 100 ms.
+    pub resync_ms: u64,
 }
 
 impl Default for WatchSettings {
@@ -291,6 +296,7 @@ impl Default for WatchSettings {
         WatchSettings {
             enabled: true,
             debounce_ms: 200,
+            resync_ms: 1000,
         }
     }
 }
@@ -299,6 +305,11 @@ impl WatchSettings {
     /// The quiet period.
     pub fn debounce(&self) -> Duration {
         Duration::from_millis(self.debounce_ms)
+    }
+
+    /// The resync period (at least 100 ms).
+    pub fn resync(&self) -> Duration {
+        Duration::from_millis(self.resync_ms.max(100))
     }
 }
 
@@ -345,6 +356,15 @@ mod tests {
         let l = base.lowered_by(&over);
         assert_eq!(l.memory_mib, 32, "a manifest cannot raise the memory cap");
         assert_eq!(l.timeout_ms, 100);
+    }
+
+    #[test]
+    fn the_watcher_resyncs_every_second_and_never_faster_than_every_100_ms() {
+        assert_eq!(Config::default().watch.resync(), Duration::from_secs(1));
+        let c: Config = toml::from_str("[watch]\nresync_ms = 0\n").unwrap();
+        assert_eq!(c.watch.resync(), Duration::from_millis(100));
+        let c: Config = toml::from_str("[watch]\nresync_ms = 250\n").unwrap();
+        assert_eq!(c.watch.resync(), Duration::from_millis(250));
     }
 
     #[test]

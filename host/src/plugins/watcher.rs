@@ -10,7 +10,7 @@
 //! | the grants file or the secrets file | after the same quiet period: reload every plugin folder, unregister vanished ones |
 //! | names starting with `.` directly in `PLUGINS/` | ignored: staging folders (`cp -r acme .acme && mv .acme acme`) |
 //! | reads (open, close without write) | ignored: the reload itself reads the files |
-//! | nothing, though files changed (the event was lost) | within `RESYNC_EVERY`: as if the event had come |
+//! | nothing, though files changed (the event was lost) | within `[watch] resync_ms`: as if the event had come |
 //!
 //! Why this is safe against partial writes, whatever order a writer uses (wasm then
 //! manifest, manifest then wasm, temp file then rename, delete and recreate the folder):
@@ -22,7 +22,7 @@
 //!
 //! Why a change is never missed, even when its events are: events are only the fast path.
 //! Before each reload the watcher takes a `Stamp` of what the reload will read; if the
-//! files differ once the reload is done, it reloads again, and every `RESYNC_EVERY` it
+//! files differ once the reload is done, it reloads again, and every `resync_ms` it
 //! stamps every plugin folder and settings file and reloads whatever differs from what its
 //! last reload started from. Events do get lost: files written into a freshly created
 //! folder before notify has added its watch there (notify reports none of them), a watch
@@ -44,11 +44,6 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use crate::config::WatchSettings;
 
 use super::registry::Registry;
-
-/// How often every plugin folder and settings file is compared with what its last reload
-/// started from. This bounds how long a change whose events were lost goes unloaded;
-/// stamping a folder costs a directory listing and a few `stat`s.
-const RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Manifests and settings files up to this size are stamped by content as well, so one
 /// rewritten to the same size within a filesystem timestamp tick still changes its stamp.
@@ -343,13 +338,14 @@ impl PluginWatcher {
             watcher.watch(parent, RecursiveMode::NonRecursive)?;
         }
         let quiet = settings.debounce();
+        let resync = settings.resync();
         // Stamped once the watches are in place and before the caller's first load reads
         // anything: a change after this shows up as an event, a differing stamp, or both.
         let seen = Seen(paths.snapshot());
         tracing::info!(dir = %registry.dir().display(), debounce_ms = settings.debounce_ms, "watching plugins for hot reload");
         std::thread::Builder::new()
             .name("simgate-watcher".into())
-            .spawn(move || run(&registry, &paths, quiet, &rx, seen))?;
+            .spawn(move || run(&registry, &paths, quiet, resync, &rx, seen))?;
         Ok(PluginWatcher { _watcher: watcher })
     }
 }
@@ -360,11 +356,12 @@ fn run(
     registry: &Registry,
     paths: &WatchedPaths,
     quiet: Duration,
+    resync: Duration,
     rx: &mpsc::Receiver<notify::Result<Event>>,
     mut seen: Seen,
 ) {
     let mut debouncer = Debouncer::new(quiet);
-    let mut next_resync = Instant::now() + RESYNC_EVERY;
+    let mut next_resync = Instant::now() + resync;
     loop {
         let wake = debouncer
             .next_due()
@@ -394,7 +391,7 @@ fn run(
                 tracing::debug!(?target, "files differ from what the last reload read");
                 debouncer.nudge(target, now);
             }
-            next_resync = now + RESYNC_EVERY;
+            next_resync = now + resync;
         }
         for target in debouncer.take_due(now) {
             for again in reload(registry, paths, &target, &mut seen) {
