@@ -665,18 +665,6 @@ impl Gateway {
         who.role == Role::Admin || who.reseller == Some(owner)
     }
 
-    pub(crate) fn order_view(&self, order: Order) -> Result<OrderView, DomainError> {
-        let mut esims = Vec::with_capacity(order.iccids.len());
-        if order.kind == OrderKind::Esim {
-            for iccid in &order.iccids {
-                if let Some(rec) = self.store.esim(iccid)? {
-                    esims.push(rec);
-                }
-            }
-        }
-        self.view(order, &esims)
-    }
-
     /// The API view of an order and its stored eSIMs (activation data opened).
     fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
         Ok(OrderView {
@@ -695,11 +683,20 @@ impl Gateway {
         id: OrderId,
         may_see: impl FnOnce(&Order) -> bool,
     ) -> Result<OrderView, DomainError> {
-        let (order, mut esims) = self
+        let (order, esims) = self
             .store
             .order_and_esims(id)?
             .filter(|(o, _)| may_see(o))
             .ok_or(DomainError::NotFound("order"))?;
+        self.order_view(order, esims)
+    }
+
+    /// The API view of an order with the eSIMs stored under its ICCIDs.
+    fn order_view(
+        &self,
+        order: Order,
+        mut esims: Vec<EsimRecord>,
+    ) -> Result<OrderView, DomainError> {
         if order.kind != OrderKind::Esim {
             // A top-up names the eSIM it tops up, which an earlier order delivered.
             esims.clear();
@@ -725,7 +722,7 @@ impl Gateway {
         let items = page
             .items
             .into_iter()
-            .map(|o| self.order_view(o))
+            .map(|(o, esims)| self.order_view(o, esims))
             .collect::<Result<_, _>>()?;
         Ok(Page {
             items,
@@ -876,7 +873,7 @@ impl Gateway {
         self.store.settle_order(&order, &refund, &esims)?;
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Cancelled);
-        self.order_view(order)
+        self.order_view(order, esims)
     }
 
     /// The caller's balances.

@@ -67,14 +67,15 @@ pub trait Store: Send + Sync {
         }
         Ok(Some((order, esims)))
     }
-    /// A reseller's orders, newest first, older than `before`, optionally by status.
+    /// A reseller's orders, newest first, older than `before`, optionally by status; each
+    /// with its eSIMs, as [`Store::order_and_esims`] reads them.
     fn orders_page(
         &self,
         reseller: ResellerId,
         before: Option<OrderId>,
         status: Option<OrderStatus>,
         limit: usize,
-    ) -> StoreResult<Page<Order>>;
+    ) -> StoreResult<Page<(Order, Vec<EsimRecord>)>>;
     /// Orders not yet in a final state (recovery after a restart).
     fn open_orders(&self) -> StoreResult<Vec<Order>>;
     /// Update an order that moves no money (submitted, pending, retry bookkeeping).

@@ -743,7 +743,7 @@ impl Store for SledStore {
         before: Option<OrderId>,
         status: Option<OrderStatus>,
         limit: usize,
-    ) -> StoreResult<Page<Order>> {
+    ) -> StoreResult<Page<(Order, Vec<EsimRecord>)>> {
         // The reseller's ledger, newest first; each order's hold entry carries its id.
         let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
         let orders = self.ledger.range(start..end).rev().map(|kv| {
@@ -755,8 +755,8 @@ impl Store for SledStore {
             else {
                 return Ok(None);
             };
-            let order = self.order(id)?;
-            Ok(order.filter(|o| status.is_none_or(|s| s == o.status)))
+            let order = self.order_and_esims(id)?;
+            Ok(order.filter(|(o, _)| status.is_none_or(|s| s == o.status)))
         });
         take_page(orders, limit)
     }
