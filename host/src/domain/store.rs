@@ -57,16 +57,7 @@ pub trait Store: Send + Sync {
     fn order(&self, id: OrderId) -> StoreResult<Option<Order>>;
     /// An order with the stored eSIMs of its `iccids` (those that exist), read together:
     /// an implementation that keeps them in one record reads it once.
-    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
-        let Some(order) = self.order(id)? else {
-            return Ok(None);
-        };
-        let mut esims = Vec::with_capacity(order.iccids.len());
-        for iccid in &order.iccids {
-            esims.extend(self.esim(iccid)?);
-        }
-        Ok(Some((order, esims)))
-    }
+    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>>;
     /// A reseller's orders, newest first, older than `before`, optionally by status; each
     /// with its eSIMs, as [`Store::order_and_esims`] reads them.
     fn orders_page(
