@@ -86,6 +86,19 @@ pub struct PluginStatus {
     pub stats: Option<StatsSnapshot>,
 }
 
+/// The plugin folders in `dir`, sorted: its subfolders with UTF-8 names, except those
+/// starting with `.` (staging folders).
+pub(crate) fn plugin_folders(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 impl Registry {
     /// An empty registry over `dir`.
     pub fn new(
@@ -127,17 +140,10 @@ impl Registry {
     /// Load every plugin folder; failures are recorded and logged, never fatal.
     /// Blocking: compiles components.
     pub fn load_all(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(ids) = plugin_folders(&self.dir) else {
             tracing::warn!(dir = %self.dir.display(), "plugins folder not readable; serving no plugins");
             return;
         };
-        let mut ids: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        ids.sort();
         for id in ids {
             let _ = self.reload(&id);
         }

@@ -43,7 +43,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::config::WatchSettings;
 
-use super::registry::Registry;
+use super::registry::{Registry, plugin_folders};
 
 /// Manifests and settings files up to this size are stamped by content as well, so one
 /// rewritten to the same size within a filesystem timestamp tick still changes its stamp.
@@ -186,18 +186,8 @@ impl WatchedPaths {
         if let Some(settings) = self.stamp(&Target::Everything) {
             stamps.insert(Target::Everything, settings);
         }
-        for entry in std::fs::read_dir(&self.plugins)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if name.starts_with('.') {
-                continue;
-            }
-            if let Some(stamp) = stamp_folder(&entry.path()) {
+        for name in plugin_folders(&self.plugins).unwrap_or_default() {
+            if let Some(stamp) = stamp_folder(&self.plugins.join(&name)) {
                 stamps.insert(Target::Plugin(name), stamp);
             }
         }
