@@ -46,6 +46,7 @@ fn grants(port: u16, allow_private: bool) -> String {
 [plugins.egress]
 outbound = ["http://127.0.0.1:*"]
 secrets = ["PROBE_TOKEN"]
+secret_hosts = {{ PROBE_TOKEN = ["http://127.0.0.1:*"] }}
 allow_private_addresses = {allow_private}
 config = {{ target_url = "http://127.0.0.1:{port}/probe", forbidden_url = "http://localhost:{port}/other" }}
 "#
@@ -134,4 +135,119 @@ fn an_ungranted_secret_is_never_filled_in() {
         order.json
     );
     assert!(seen.lock().unwrap().is_empty());
+}
+
+/// A loopback server that reflects each request's `authorization` header back: in its
+/// body (as sent, base64 and hex) and in a response header. Records what it saw.
+fn reflecting_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use base64::Engine as _;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut auth = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    auth = line[line.len() - v.len()..].trim().to_string();
+                }
+            }
+            record.lock().unwrap().push(auth.clone());
+            let body = format!(
+                "you sent {auth} | {} | {}",
+                base64::engine::general_purpose::STANDARD.encode(&auth),
+                hex::encode(&auth)
+            );
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-echo: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_secret_reaches_only_its_bound_host_and_never_comes_back_to_the_plugin_the_reseller_or_the_log()
+{
+    use base64::Engine as _;
+    let (bound, bound_saw) = reflecting_server(1);
+    let (other, other_saw) = reflecting_server(1);
+    let grants = format!(
+        r#"
+[plugins.egress]
+outbound = ["http://127.0.0.1:*"]
+secrets = ["PROBE_TOKEN"]
+secret_hosts = {{ PROBE_TOKEN = ["http://127.0.0.1:{bound}"] }}
+allow_private_addresses = true
+config = {{ target_url = "http://127.0.0.1:{bound}/probe", forbidden_url = "http://127.0.0.1:{other}/other" }}
+"#
+    );
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .plugins(&["sandbox", "egress"])
+        .grants(&grants)
+        .secrets(&format!("[egress]\nPROBE_TOKEN = \"{SECRET}\"\n"))
+        .env("SIMGATE_LOG", "debug")
+        .capture_log()
+        .start();
+
+    // The bound host gets the secret and reflects it; the plugin reads it scrubbed.
+    let order = gw.order(&json!({"product_id": "egress:egress-1"}));
+    assert_eq!(
+        bound_saw.lock().unwrap().as_slice(),
+        [format!("Bearer {SECRET}")]
+    );
+    let report = report(&order.json);
+    assert_eq!(report["status"], 200);
+    let body = report["body"].as_str().unwrap();
+    assert_eq!(body.matches("[REDACTED]").count(), 3, "{body}");
+
+    // Another granted host, not bound to the secret: the request is refused before it
+    // leaves, so that host never sees the value.
+    let refused = gw.order(&json!({"product_id": "egress:egress-forbidden"}));
+    assert_eq!(refused.json["failure"]["code"], "plugin_egress_denied");
+    assert!(
+        other_saw.lock().unwrap().is_empty(),
+        "the unbound host was reached"
+    );
+    let _ = other;
+
+    // Nothing the reseller reads, and no log line, holds the value in any common form.
+    let forms = [
+        SECRET.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(SECRET),
+        hex::encode(SECRET),
+    ];
+    let orders = gw.get("/v1/orders");
+    let log = gw.log();
+    for form in &forms {
+        for (what, text) in [
+            ("order", String::from_utf8_lossy(&order.bytes).into_owned()),
+            (
+                "refused order",
+                String::from_utf8_lossy(&refused.bytes).into_owned(),
+            ),
+            (
+                "order list",
+                String::from_utf8_lossy(&orders.bytes).into_owned(),
+            ),
+            ("log", log.clone()),
+        ] {
+            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
+        }
+    }
+    assert!(
+        log.contains("not bound"),
+        "the denial is logged for the operator"
+    );
 }

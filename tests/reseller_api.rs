@@ -15,35 +15,6 @@ fn admin(gw: &Gateway, method: &str, path: &str, body: Option<&Value>) -> Resp {
     gw.call(method, path, Some(&gw.admin_key), body)
 }
 
-/// A new reseller with a key and (optionally) credit; returns (reseller id, key).
-fn reseller(gw: &Gateway, markup_bps: u32, credit: Option<i64>) -> (String, String) {
-    let r = admin(
-        gw,
-        "POST",
-        "/v1/admin/resellers",
-        Some(&json!({"name": "Acme Travel", "markup_bps": markup_bps})),
-    );
-    assert_eq!(r.status, 201, "{:?}", r.json);
-    let id = r.json["id"].as_str().unwrap().to_string();
-    let k = admin(
-        gw,
-        "POST",
-        &format!("/v1/admin/resellers/{id}/keys"),
-        Some(&json!({"role": "reseller", "mode": "test"})),
-    );
-    assert_eq!(k.status, 201, "{:?}", k.json);
-    if let Some(amount) = credit {
-        let c = admin(
-            gw,
-            "POST",
-            &format!("/v1/admin/resellers/{id}/credits"),
-            Some(&json!({"amount": amount, "currency": "USD"})),
-        );
-        assert_eq!(c.status, 201, "{:?}", c.json);
-    }
-    (id, k.json["key"].as_str().unwrap().to_string())
-}
-
 fn order_as(gw: &Gateway, key: &str, body: &Value, idem: &str) -> Resp {
     gw.raw(
         "POST",
@@ -52,22 +23,6 @@ fn order_as(gw: &Gateway, key: &str, body: &Value, idem: &str) -> Resp {
         &[("idempotency-key", idem)],
         Some(body.to_string().into_bytes()),
         Some("application/json"),
-    )
-}
-
-fn balance(gw: &Gateway, key: &str) -> (i64, i64) {
-    let b = gw.call("GET", "/v1/balance", Some(key), None);
-    assert_eq!(b.status, 200, "{:?}", b.json);
-    let usd = b.json["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["currency"] == "USD")
-        .cloned()
-        .unwrap_or(json!({"available": 0, "held": 0}));
-    (
-        usd["available"].as_i64().unwrap(),
-        usd["held"].as_i64().unwrap(),
     )
 }
 
@@ -105,7 +60,7 @@ fn assert_ledger_invariant(gw: &Gateway, key: &str) {
         }
     }
     let open_holds = holds - captures - releases;
-    let (available, held) = balance(gw, key);
+    let (available, held) = gw.balance_of(key);
     assert_eq!(held, open_holds, "held = open holds");
     assert_eq!(
         available,
@@ -117,7 +72,7 @@ fn assert_ledger_invariant(gw: &Gateway, key: &str) {
 #[test]
 fn keys_roles_rotation_and_revocation() {
     let gw = gateway();
-    let (id, key) = reseller(&gw, 0, Some(10_000));
+    let (id, key) = gw.new_reseller(0, Some(10_000));
     assert!(key.starts_with("sgk_test_"));
     assert_eq!(gw.call("GET", "/v1/products", Some(&key), None).status, 200);
 
@@ -180,8 +135,8 @@ fn keys_roles_rotation_and_revocation() {
 #[test]
 fn catalog_filters_and_prices_with_the_resellers_markup() {
     let gw = gateway();
-    let (_, plain) = reseller(&gw, 0, None);
-    let (_, marked) = reseller(&gw, 2500, None);
+    let (_, plain) = gw.new_reseller(0, None);
+    let (_, marked) = gw.new_reseller(2500, None);
     let jp = gw.call("GET", "/v1/products?country=jp", Some(&plain), None);
     assert_eq!(jp.status, 200);
     let jp = jp.json["data"].as_array().unwrap();
@@ -220,7 +175,7 @@ fn catalog_filters_and_prices_with_the_resellers_markup() {
 #[test]
 fn an_order_the_balance_cannot_cover_is_refused_and_nothing_is_held() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(100));
+    let (_, key) = gw.new_reseller(0, Some(100));
     let r = order_as(
         &gw,
         &key,
@@ -229,7 +184,7 @@ fn an_order_the_balance_cannot_cover_is_refused_and_nothing_is_held() {
     );
     assert_eq!(r.status, 402, "{:?}", r.json);
     assert_eq!(r.json["code"], "insufficient_balance");
-    assert_eq!(balance(&gw, &key), (100, 0));
+    assert_eq!(gw.balance_of(&key), (100, 0));
     assert_eq!(transactions(&gw, &key).len(), 1, "only the credit");
     assert_eq!(
         gw.call("GET", "/v1/orders", Some(&key), None).json["data"]
@@ -243,7 +198,7 @@ fn an_order_the_balance_cannot_cover_is_refused_and_nothing_is_held() {
 #[test]
 fn idempotency_keys_replay_refuse_and_require() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(100_000));
+    let (_, key) = gw.new_reseller(0, Some(100_000));
     let body = json!({"product_id": "sandbox:SBX-US-5GB-30D", "quantity": 1});
     let first = order_as(&gw, &key, &body, "k-1");
     assert_eq!(first.status, 201, "{:?}", first.json);
@@ -270,7 +225,7 @@ fn idempotency_keys_replay_refuse_and_require() {
     assert_eq!(missing.status, 400);
     assert_eq!(missing.json["code"], "idempotency_key_missing");
     // Keys are per reseller: another reseller's identical key is independent.
-    let (_, key2) = reseller(&gw, 0, Some(100_000));
+    let (_, key2) = gw.new_reseller(0, Some(100_000));
     let theirs = order_as(&gw, &key2, &body, "k-1");
     assert_eq!(theirs.status, 201);
     assert_ne!(theirs.json["id"], first.json["id"]);
@@ -279,7 +234,7 @@ fn idempotency_keys_replay_refuse_and_require() {
 #[test]
 fn concurrent_requests_with_one_key_create_exactly_one_order_and_one_hold() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(100_000));
+    let (_, key) = gw.new_reseller(0, Some(100_000));
     let body = json!({"product_id": "sandbox:SBX-DE-10GB-30D", "quantity": 1});
     let responses: Vec<Resp> = thread::scope(|s| {
         let handles: Vec<_> = (0..16)
@@ -315,8 +270,8 @@ fn concurrent_requests_with_one_key_create_exactly_one_order_and_one_hold() {
 #[test]
 fn a_reseller_never_sees_another_resellers_records() {
     let gw = gateway();
-    let (_, a) = reseller(&gw, 0, Some(100_000));
-    let (_, b) = reseller(&gw, 0, Some(100_000));
+    let (_, a) = gw.new_reseller(0, Some(100_000));
+    let (_, b) = gw.new_reseller(0, Some(100_000));
     let order = order_as(
         &gw,
         &a,
@@ -358,7 +313,7 @@ fn a_reseller_never_sees_another_resellers_records() {
 #[test]
 fn an_order_runs_its_life_cycle_and_the_ledger_follows() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 1000, Some(100_000));
+    let (_, key) = gw.new_reseller(1000, Some(100_000));
     let order = order_as(
         &gw,
         &key,
@@ -373,7 +328,7 @@ fn an_order_runs_its_life_cycle_and_the_ledger_follows() {
         total,
         order.json["unit_price"]["minor"].as_i64().unwrap() * 2
     );
-    assert_eq!(balance(&gw, &key), (100_000 - total, 0));
+    assert_eq!(gw.balance_of(&key), (100_000 - total, 0));
     let kinds: Vec<String> = transactions(&gw, &key)
         .iter()
         .map(|t| t["type"].as_str().unwrap().to_string())
@@ -388,7 +343,7 @@ fn an_order_runs_its_life_cycle_and_the_ledger_follows() {
         &unique_key(),
     );
     assert_eq!(oos.json["status"], "failed");
-    assert_eq!(balance(&gw, &key), (100_000 - total, 0));
+    assert_eq!(gw.balance_of(&key), (100_000 - total, 0));
 
     // An async supplier order completes by polling.
     let pending = order_as(
@@ -429,7 +384,7 @@ fn an_order_runs_its_life_cycle_and_the_ledger_follows() {
 #[test]
 fn cancel_refunds_a_never_installed_order_once() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(50_000));
+    let (_, key) = gw.new_reseller(0, Some(50_000));
     let order = order_as(
         &gw,
         &key,
@@ -438,7 +393,7 @@ fn cancel_refunds_a_never_installed_order_once() {
     );
     let id = order.json["id"].as_str().unwrap();
     let total = order.json["total"]["minor"].as_i64().unwrap();
-    assert_eq!(balance(&gw, &key).0, 50_000 - total);
+    assert_eq!(gw.balance_of(&key).0, 50_000 - total);
     let cancel = |idem: &str| {
         gw.raw(
             "POST",
@@ -452,12 +407,12 @@ fn cancel_refunds_a_never_installed_order_once() {
     let c = cancel("cancel-1");
     assert_eq!(c.status, 200, "{:?}", c.json);
     assert_eq!(c.json["status"], "cancelled");
-    assert_eq!(balance(&gw, &key), (50_000, 0), "refunded");
+    assert_eq!(gw.balance_of(&key), (50_000, 0), "refunded");
     assert_eq!(cancel("cancel-1").status, 200, "replayed");
     let twice = cancel("cancel-2");
     assert_eq!(twice.status, 409);
     assert_eq!(twice.json["code"], "order_not_cancellable");
-    assert_eq!(balance(&gw, &key), (50_000, 0), "refunded once");
+    assert_eq!(gw.balance_of(&key), (50_000, 0), "refunded once");
     let refunds = transactions(&gw, &key)
         .into_iter()
         .filter(|t| t["type"] == "refund")
@@ -469,7 +424,7 @@ fn cancel_refunds_a_never_installed_order_once() {
 #[test]
 fn esims_are_delivered_with_qr_usage_and_top_ups() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(100_000));
+    let (_, key) = gw.new_reseller(0, Some(100_000));
     let order = order_as(
         &gw,
         &key,
@@ -509,7 +464,7 @@ fn esims_are_delivered_with_qr_usage_and_top_ups() {
     assert_eq!(usage.json["profile_state"], "released");
     assert!(usage.json["observed_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
 
-    let before = balance(&gw, &key).0;
+    let before = gw.balance_of(&key).0;
     let top_up = gw.post_idem_as(
         &key,
         &format!("/v1/esims/{iccid}/topups"),
@@ -520,7 +475,7 @@ fn esims_are_delivered_with_qr_usage_and_top_ups() {
     assert_eq!(top_up.json["status"], "fulfilled");
     assert_eq!(top_up.json["kind"]["type"], "top_up");
     let price = top_up.json["total"]["minor"].as_i64().unwrap();
-    assert_eq!(balance(&gw, &key).0, before - price);
+    assert_eq!(gw.balance_of(&key).0, before - price);
     let replay = gw.post_idem_as(
         &key,
         &format!("/v1/esims/{iccid}/topups"),
@@ -528,7 +483,7 @@ fn esims_are_delivered_with_qr_usage_and_top_ups() {
         "topup-1",
     );
     assert_eq!(replay.json["id"], top_up.json["id"]);
-    assert_eq!(balance(&gw, &key).0, before - price, "charged once");
+    assert_eq!(gw.balance_of(&key).0, before - price, "charged once");
     let not_top_up_able = gw.post_idem_as(
         &key,
         &format!("/v1/esims/{iccid}/topups"),
@@ -803,7 +758,7 @@ fn operators_manage_resellers_and_keys_from_the_cli() {
 #[test]
 fn a_product_that_needs_ekyc_is_refused_and_nothing_is_held() {
     let gw = gateway();
-    let (_, key) = reseller(&gw, 0, Some(10_000));
+    let (_, key) = gw.new_reseller(0, Some(10_000));
     let r = order_as(
         &gw,
         &key,
@@ -812,7 +767,7 @@ fn a_product_that_needs_ekyc_is_refused_and_nothing_is_held() {
     );
     assert_eq!(r.status, 409, "{:?}", r.json);
     assert_eq!(r.json["code"], "ekyc_required");
-    assert_eq!(balance(&gw, &key), (10_000, 0));
+    assert_eq!(gw.balance_of(&key), (10_000, 0));
     assert_eq!(
         gw.call("GET", "/v1/orders", Some(&key), None).json["data"]
             .as_array()

@@ -97,9 +97,10 @@ fn out_of_stock_and_unknown_products_are_clear() {
     assert_eq!(oos.json["failure"]["code"], "out_of_stock");
     let unknown = gw.order(&json!({"product_id": "sandbox:NOPE"}));
     assert_eq!(unknown.status, 404);
+    // A plugin that was never deployed is the client's mistake: no such product.
     let no_plugin = gw.order(&json!({"product_id": "gone:SKU"}));
-    assert_eq!(no_plugin.status, 503);
-    assert_eq!(no_plugin.json["code"], "supplier_not_loaded");
+    assert_eq!(no_plugin.status, 404, "{:?}", no_plugin.json);
+    assert_eq!(no_plugin.json["code"], "not_found");
     let bad = gw.order(&json!({"product_id": "sandbox:SBX-US-5GB-30D", "quantity": "two"}));
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json["code"], "malformed_json");

@@ -119,6 +119,15 @@ pub struct PluginLimits {
     pub max_egress_response_bytes: usize,
     /// Connect timeout for egress.
     pub egress_connect_timeout_ms: u64,
+    /// Host-side resources (HTTP fields, requests, bodies, streams, pollables) one call may
+    /// hold at once. They live in gateway memory, outside the plugin's memory cap; a real
+    /// adapter holds a few dozen while it makes one request. Past the cap the call fails
+    /// with a `host_limit` fault, which is not retried.
+    pub max_host_resources: usize,
+    /// In-memory size of one set of HTTP headers a plugin builds. With
+    /// `max_host_resources` it bounds what a call can make the host allocate
+    /// (256 x 16 KiB = 4 MiB); real supplier requests carry well under 2 KiB of headers.
+    pub max_header_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -133,6 +142,8 @@ impl Default for PluginLimits {
             queue_timeout_ms: 2_000,
             max_egress_response_bytes: 4 * 1024 * 1024,
             egress_connect_timeout_ms: 3_000,
+            max_host_resources: 256,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -185,6 +196,19 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Time to read a request's headers; slow-loris connections are closed after it.
     pub header_read_timeout_ms: u64,
+    /// Time to read a request's body once its headers are in (and the caller is
+    /// authenticated). API bodies are small: a client still sending after this is stalling.
+    pub body_read_timeout_ms: u64,
+    /// How long a request refused before its body was read (401, 404, 413, ...) may keep
+    /// sending it, so a client that writes its whole body before reading still gets the
+    /// problem; past it the connection is closed.
+    pub drain_timeout_ms: u64,
+    /// How much of such a body is read and thrown away before the connection is closed.
+    /// 4 MiB covers any client's honest mistake at loopback or LAN speed.
+    pub max_drain_bytes: usize,
+    /// Connections open at once. Beyond it a new connection is answered 503 and closed,
+    /// so idle or stalling clients cannot exhaust file descriptors and memory.
+    pub max_connections: usize,
     /// Graceful shutdown: how long in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Requests per second one API key may make, sustained.
@@ -202,6 +226,10 @@ impl Default for HttpLimits {
         HttpLimits {
             max_body_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            drain_timeout_ms: 2_000,
+            max_drain_bytes: 4 * 1024 * 1024,
+            max_connections: 1024,
             shutdown_grace_ms: 10_000,
             // Generous for an integration, tight enough that one runaway client cannot
             // starve the others or the suppliers.

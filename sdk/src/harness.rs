@@ -136,7 +136,8 @@ impl Harness {
     }
 
     /// Grant exactly what `plugin.toml` requests under `[requests]`: its outbound hosts and
-    /// its secret names. (Config values come from [`config`](Self::config).)
+    /// its secret names, each secret bound to every requested host. (Config values come
+    /// from [`config`](Self::config).)
     pub fn grant_all_requested(mut self) -> Harness {
         self.grant_all_requested = true;
         self
@@ -193,6 +194,13 @@ impl Harness {
         if self.grant_all_requested {
             grant.outbound = manifest.requests.outbound.clone();
             grant.secrets = manifest.requests.secrets.clone();
+            // As an operator who trusts every requested host with every requested secret.
+            grant.secret_hosts = manifest
+                .requests
+                .secrets
+                .iter()
+                .map(|name| (name.clone(), manifest.requests.outbound.clone()))
+                .collect();
         }
         let mut grants = Grants::default();
         grants.plugins.insert(manifest.id.clone(), grant);

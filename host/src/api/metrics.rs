@@ -67,7 +67,12 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Render every metric family.
-pub fn render(registry: &Registry, http: &HttpMetrics, orders: &[(&str, u64)]) -> String {
+pub fn render(
+    registry: &Registry,
+    http: &HttpMetrics,
+    orders: &[(&str, u64)],
+    iccid_conflicts: u64,
+) -> String {
     let mut out = Exposition::default();
     out.family(
         "simgate_build_info",
@@ -89,6 +94,12 @@ pub fn render(registry: &Registry, http: &HttpMetrics, orders: &[(&str, u64)]) -
     for (status, n) in orders {
         out.sample("simgate_orders_total", &[("status", status)], n);
     }
+    out.family(
+        "simgate_iccid_conflicts_total",
+        "counter",
+        "Deliveries refused because a plugin handed out an ICCID another order owns.",
+    );
+    out.sample("simgate_iccid_conflicts_total", &[], iccid_conflicts);
     out.text
 }
 

@@ -21,7 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::HttpLimits;
 use crate::domain::gateway::Gateway;
@@ -53,6 +53,7 @@ pub async fn serve(
 ) {
     let (conn_done_tx, mut conn_done_rx) = watch::channel(());
     let grace = Duration::from_millis(state.limits.shutdown_grace_ms);
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -63,6 +64,10 @@ pub async fn serve(
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse_connection(tcp));
+                    continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let state = state.clone();
@@ -84,6 +89,7 @@ pub async fn serve(
                         }
                     }
                     drop(alive);
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
@@ -96,6 +102,31 @@ pub async fn serve(
         while conn_done_rx.changed().await.is_ok() {}
     })
     .await;
+}
+
+/// Answer a connection over the cap with a 503 and close it, without reading from it
+/// (a bounded write: a client that does not read is dropped).
+async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut problem = problem::Problem::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "Too many connections",
+        "the gateway is at its connection limit; retry shortly",
+    );
+    problem.retry_after = Some(1);
+    let body = serde_json::to_vec(&problem).expect("problem serialises");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 async fn handle(

@@ -27,6 +27,10 @@ pub struct Problem {
     pub request_id: String,
     /// Seconds to wait before retrying, when it applies.
     pub retry_after: Option<u32>,
+    /// The methods a path supports, sent as `Allow` with a 405 (RFC 9110 §15.5.6).
+    pub allow: Option<String>,
+    /// Close the connection after answering (the request's body was not read to its end).
+    pub close: bool,
 }
 
 impl Serialize for Problem {
@@ -68,6 +72,8 @@ impl Problem {
             pointer: None,
             request_id: String::new(),
             retry_after: None,
+            allow: None,
+            close: false,
         }
     }
 
@@ -90,6 +96,13 @@ impl Problem {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(http::header::ALLOW, allow);
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -119,13 +132,26 @@ pub mod problems {
         )
     }
 
-    /// 405.
-    pub fn method_not_allowed(method: &http::Method) -> Problem {
-        Problem::new(
+    /// 405, with the methods the path does support.
+    pub fn method_not_allowed(method: &http::Method, allow: &[&http::Method]) -> Problem {
+        let allow: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
+        let mut p = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "Method not allowed",
-            format!("{method} is not supported here"),
+            format!("{method} is not supported here; use {}", allow.join(" or ")),
+        );
+        p.allow = Some(allow.join(", "));
+        p
+    }
+
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout() -> Problem {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Request body too slow",
+            "the request body did not arrive in time; send it at once",
         )
     }
 
@@ -275,6 +301,7 @@ fn supplier_problem(e: &SupplierError) -> Problem {
                 "bad_output" => "plugin_bad_output",
                 "overloaded" => "plugin_overloaded",
                 "not_loaded" => "supplier_not_loaded",
+                "host_limit" => "plugin_host_limit",
                 _ => "plugin_failed",
             };
             Problem::new(

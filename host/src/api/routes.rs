@@ -3,11 +3,14 @@
 //! exist without being documented. Each handler: authenticate, parse, call one `Gateway`
 //! use case, render.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::catalog::ProductFilter;
@@ -16,7 +19,7 @@ use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::orders::OrderStatus;
 
-use super::body::{parse_json, read_capped, require_json};
+use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::{AppState, Response, qr};
 
@@ -105,7 +108,7 @@ pub static ROUTES: &[Route] = &[
 /// Find the route for a method and path, with its parameters.
 fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Vec<&'p str>), Problem> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let mut path_matched = false;
+    let mut allowed: Vec<&Method> = Vec::new();
     for route in ROUTES {
         let pattern: Vec<&str> = route.path.split('/').skip(1).collect();
         if pattern.len() != segments.len() {
@@ -121,16 +124,16 @@ fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Vec<&'p s
             }
         });
         if fits {
-            path_matched = true;
             if route.method == *method {
                 return Ok((route, params));
             }
+            allowed.push(&route.method);
         }
     }
-    Err(if path_matched {
-        problems::method_not_allowed(method)
-    } else {
+    Err(if allowed.is_empty() {
         problems::no_route(path)
+    } else {
+        problems::method_not_allowed(method, &allowed)
     })
 }
 
@@ -139,28 +142,32 @@ pub fn route_label(method: &Method, path: &str) -> &'static str {
     find(method, path).map(|(r, _)| r.path).unwrap_or("other")
 }
 
-/// Route a request.
+/// Route a request: find its route and authenticate from the headers alone, then read
+/// the body (capped in size and time), then dispatch. A request refused before its body
+/// was read has the body drained within a budget (see `body`), and its connection closed
+/// when that budget runs out first.
 pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
-    // Read the (size-capped) body before any decision: an error answered while the client
-    // is still sending would make the server drop the connection with unread bytes, and
-    // the client would see a reset instead of the problem.
-    let (parts, body) = req.into_parts();
-    let bytes = read_capped(body, state.limits.max_body_bytes).await?;
-    let req = http::Request::from_parts(parts, bytes);
-    let (route, params) = find(req.method(), &path)?;
-    let who = match route.access {
-        Access::Public => None,
-        Access::Key | Access::Admin => {
-            let who = authenticate(state, &req)?;
-            if route.access == Access::Admin && who.role != Role::Admin {
-                // Not even the existence of admin routes is confirmed to resellers.
-                return Err(problems::no_route(&path));
-            }
-            state.limiter.check(who.key)?;
-            Some(who)
+    let (parts, mut body) = req.into_parts();
+    let limits = &state.limits;
+    let read = match admit(state, &parts, &path) {
+        Ok(admitted) => {
+            let deadline = Instant::now() + Duration::from_millis(limits.body_read_timeout_ms);
+            read_capped(&mut body, limits.max_body_bytes, deadline)
+                .await
+                .map(|bytes| (admitted, bytes))
+        }
+        Err(problem) => Err(problem),
+    };
+    let ((route, params, who), bytes) = match read {
+        Ok(read) => read,
+        Err(mut problem) => {
+            let deadline = Instant::now() + Duration::from_millis(limits.drain_timeout_ms);
+            problem.close = !drain(&mut body, limits.max_drain_bytes, deadline).await;
+            return Err(problem);
         }
     };
+    let req = http::Request::from_parts(parts, bytes);
     let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let who_ref = who.as_ref();
     let who = || who_ref.ok_or_else(problems::unauthenticated);
@@ -205,6 +212,31 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
     }
 }
 
+/// A routed, authenticated request: its route, path parameters and caller.
+type Admitted<'p> = (&'static Route, Vec<&'p str>, Option<Principal>);
+
+/// Route a request and authenticate its caller, from the request line and headers alone.
+fn admit<'p>(
+    state: &AppState,
+    parts: &http::request::Parts,
+    path: &'p str,
+) -> Result<Admitted<'p>, Problem> {
+    let (route, params) = find(&parts.method, path)?;
+    let who = match route.access {
+        Access::Public => None,
+        Access::Key | Access::Admin => {
+            let who = authenticate(state, &parts.headers)?;
+            if route.access == Access::Admin && who.role != Role::Admin {
+                // Not even the existence of admin routes is confirmed to resellers.
+                return Err(problems::no_route(path));
+            }
+            state.limiter.check(who.key)?;
+            Some(who)
+        }
+    };
+    Ok((route, params, who))
+}
+
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).expect("response types serialise");
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));
@@ -216,9 +248,8 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     resp
 }
 
-fn authenticate<B>(state: &AppState, req: &http::Request<B>) -> Result<Principal, Problem> {
-    let header = req
-        .headers()
+fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Principal, Problem> {
+    let header = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(problems::unauthenticated)?;
@@ -379,10 +410,16 @@ where
     F: FnOnce(IdemKey) -> Fut,
     Fut: Future<Output = Result<OrderView, DomainError>>,
 {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "idempotency_key_missing", "Idempotency-Key required", "send an Idempotency-Key header (a unique string per intended operation, e.g. a UUID)"))?;
+    let key = headers.get("idempotency-key").ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_missing",
+            "Idempotency-Key required",
+            "send an Idempotency-Key header (a unique string per intended operation, e.g. a UUID)",
+        )
+    })?;
+    // Present but not visible ASCII: the same answer as any other malformed key.
+    let key = key.to_str().unwrap_or("\u{0}");
     // Every idempotent route is a POST.
     let fingerprint = idempotency::fingerprint("POST", path, body);
     let (idem, claim) = state.gateway.claim_idempotency(who, key, &fingerprint)?;
@@ -520,7 +557,14 @@ fn list_orders(
             "unknown parameter {other:?}"
         ))),
     })?;
-    let before = paging.starting_after.as_deref().map(order_id).transpose()?;
+    let before = paging
+        .starting_after
+        .as_deref()
+        .map(|s| {
+            s.parse::<OrderId>()
+                .map_err(|_| problems::invalid_query("starting_after must be an order id".into()))
+        })
+        .transpose()?;
     let page = state.gateway.orders(who, before, status, paging.limit)?;
     Ok(json(
         StatusCode::OK,
@@ -677,6 +721,7 @@ fn metrics(state: &AppState) -> Response {
         &state.registry,
         &state.http_metrics,
         &state.gateway.order_counts(),
+        state.gateway.iccid_conflicts(),
     );
     let mut resp = http::Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(

@@ -98,20 +98,21 @@ pub fn split_product_id(id: &str) -> Option<(&str, &str)> {
 }
 
 /// Wholesale plus markup, rounded up to the minor unit (never sell below cost).
-pub fn price_with_markup(wholesale: &Money, markup_bps: u32) -> Money {
-    let minor = wholesale.minor as i128;
-    let scaled = minor * (10_000 + markup_bps as i128);
+pub fn price_with_markup(wholesale: &Money, markup_bps: u32) -> Option<Money> {
+    let minor = i128::from(wholesale.minor);
+    let scaled = minor.checked_mul(10_000 + i128::from(markup_bps))?;
     // Round up (prices are never negative, so this is a ceiling division).
-    let marked = (scaled + 9_999) / 10_000;
-    Money {
-        minor: i64::try_from(marked).unwrap_or(i64::MAX),
+    let marked = scaled.checked_add(9_999)? / 10_000;
+    Some(Money {
+        minor: i64::try_from(marked).ok()?,
         currency: wholesale.currency.clone(),
-    }
+    })
 }
 
-/// The reseller's view of a cached supplier product.
-pub fn for_reseller(plugin: &str, p: &CachedProduct, markup_bps: u32) -> Product {
-    Product {
+/// The reseller's view of a cached supplier product; `None` when its price with the
+/// markup is out of range (such a product cannot be sold to this reseller).
+pub fn for_reseller(plugin: &str, p: &CachedProduct, markup_bps: u32) -> Option<Product> {
+    Some(Product {
         id: product_id(plugin, &p.sku),
         title: p.title.clone(),
         countries: p.countries.clone(),
@@ -119,10 +120,10 @@ pub fn for_reseller(plugin: &str, p: &CachedProduct, markup_bps: u32) -> Product
         data_bytes: p.data_bytes,
         unlimited: p.data_bytes.is_none(),
         validity_days: p.validity_days,
-        price: price_with_markup(&p.wholesale, markup_bps),
+        price: price_with_markup(&p.wholesale, markup_bps)?,
         needs_kyc: p.needs_kyc,
         top_up_able: p.top_up_able,
-    }
+    })
 }
 
 /// Catalog filters.
@@ -158,8 +159,17 @@ mod tests {
             minor: 999,
             currency: "USD".into(),
         };
-        assert_eq!(price_with_markup(&w, 1500).minor, 1149); // 1148.85 -> 1149
-        assert_eq!(price_with_markup(&w, 0).minor, 999);
+        assert_eq!(price_with_markup(&w, 1500).unwrap().minor, 1149); // 1148.85 -> 1149
+        assert_eq!(price_with_markup(&w, 0).unwrap().minor, 999);
+        let huge = Money {
+            minor: i64::MAX,
+            currency: "USD".into(),
+        };
+        assert_eq!(
+            price_with_markup(&huge, 1),
+            None,
+            "out of range, not saturated"
+        );
     }
 
     #[test]

@@ -65,9 +65,13 @@ impl RetryPolicy {
     }
 }
 
-/// Orders that reached each status since the process started (aggregate counts only).
+/// Orders that reached each status since the process started, and deliveries refused
+/// because their ICCID belonged to another order (aggregate counts only).
 #[derive(Debug, Default)]
-pub struct OrderCounters([std::sync::atomic::AtomicU64; 6]);
+pub struct OrderCounters {
+    reached: [std::sync::atomic::AtomicU64; 6],
+    iccid_conflicts: std::sync::atomic::AtomicU64,
+}
 
 impl OrderCounters {
     const STATUSES: [OrderStatus; 6] = [
@@ -82,15 +86,27 @@ impl OrderCounters {
     /// Count an order reaching `status`.
     pub fn reached(&self, status: OrderStatus) {
         if let Some(i) = Self::STATUSES.iter().position(|s| *s == status) {
-            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.reached[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Count a delivery refused because its ICCID belonged to another order.
+    pub fn iccid_conflict(&self) {
+        self.iccid_conflicts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Deliveries refused because their ICCID belonged to another order.
+    pub fn iccid_conflicts(&self) -> u64 {
+        self.iccid_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `(status name, count)` for every status.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         Self::STATUSES
             .iter()
-            .zip(&self.0)
+            .zip(&self.reached)
             .map(|(s, n)| {
                 (
                     status_name(*s),
@@ -310,14 +326,11 @@ impl Fulfilment {
                     OrderKind::TopUp { .. } => 0,
                 };
                 if profiles.len() != expected {
-                    let failure = OrderFailure {
-                        code: "plugin_bad_output".into(),
-                        message: format!(
-                            "supplier delivered {} eSIMs for a quantity of {}",
-                            profiles.len(),
-                            expected
-                        ),
-                    };
+                    let failure = bad_output(format!(
+                        "supplier delivered {} eSIMs for a quantity of {}",
+                        profiles.len(),
+                        expected
+                    ));
                     return self.fail(order, failure).await;
                 }
                 self.fulfil(order, profiles).await
@@ -382,6 +395,12 @@ impl Fulfilment {
         mut order: Order,
         profiles: Vec<EsimProfile>,
     ) -> Result<Step, StoreError> {
+        if let Some(iccid) = repeated_iccid(&profiles) {
+            let failure = bad_output(format!(
+                "the supplier delivered ICCID {iccid} more than once in one order"
+            ));
+            return self.fail(order, failure).await;
+        }
         let mut esims = Vec::with_capacity(profiles.len());
         for profile in profiles {
             esims.push(self.seal_esim(&order, profile));
@@ -389,7 +408,7 @@ impl Fulfilment {
         order.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
         order.status = OrderStatus::Fulfilled;
         order.updated_at_ms = now_ms();
-        let total = order.total();
+        let total = order.accepted_total()?;
         let capture = LedgerEntry::new(
             order.reseller,
             EntryKind::Capture,
@@ -397,7 +416,27 @@ impl Fulfilment {
             &total.currency,
             Some(order.id),
         );
-        self.store.settle_order(&order, &capture, &esims)?;
+        if let Err(taken) = self.store.settle_order(&order, &capture, &esims)? {
+            // A plugin handed out an ICCID that another order owns: a plugin bug at best,
+            // an attempt to take over another reseller's eSIM at worst. Nothing was
+            // written; the order fails and its hold is released. The owner is named to
+            // the operator only.
+            tracing::error!(
+                target: "simgate::security",
+                order = %order.id,
+                plugin = %order.plugin,
+                iccid = %taken.iccid,
+                owner = %taken.owner,
+                "plugin delivered an ICCID that belongs to another order; order failed"
+            );
+            self.counters.iccid_conflict();
+            order.iccids.clear();
+            order.status = OrderStatus::Submitted;
+            let failure = bad_output(
+                "the supplier delivered an eSIM that belongs to another order".to_string(),
+            );
+            return self.fail(order, failure).await;
+        }
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Fulfilled);
         Ok(Step::Settled(Some(Box::new(Settled { order, esims }))))
@@ -408,7 +447,7 @@ impl Fulfilment {
         order.status = OrderStatus::Failed;
         order.failure = Some(failure);
         order.updated_at_ms = now_ms();
-        let total = order.total();
+        let total = order.accepted_total()?;
         let release = LedgerEntry::new(
             order.reseller,
             EntryKind::Release,
@@ -416,7 +455,10 @@ impl Fulfilment {
             &total.currency,
             Some(order.id),
         );
-        self.store.settle_order(&order, &release, &[])?;
+        // A release delivers no eSIM, so it claims no ICCID and cannot conflict.
+        self.store
+            .settle_order(&order, &release, &[])?
+            .map_err(|taken| StoreError::Backend(taken.to_string()))?;
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Failed);
         Ok(Step::Settled(Some(Box::new(Settled {
@@ -449,6 +491,23 @@ impl Fulfilment {
             created_at_ms: now_ms(),
         }
     }
+}
+
+/// The failure of an order whose supplier returned something unusable.
+fn bad_output(message: String) -> OrderFailure {
+    OrderFailure {
+        code: "plugin_bad_output".into(),
+        message,
+    }
+}
+
+/// The first ICCID that appears twice in one delivery, if any.
+fn repeated_iccid(profiles: &[EsimProfile]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(profiles.len());
+    profiles
+        .iter()
+        .map(|p| p.iccid.as_str())
+        .find(|iccid| !seen.insert(*iccid))
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@ use super::esim;
 use super::fulfilment::{Fulfilment, RetryPolicy};
 use super::idempotency::{self, Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
-use super::ledger::{Balance, EntryKind, LedgerEntry};
+use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{
     ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus,
 };
 use super::store::{Page, Store, StoreError};
 use super::supplier::{
-    FaultKind, Money, PlanState, ProfileState, Supplier, SupplierError, Suppliers,
+    FaultKind, Money, PlanState, ProfileState, Supplier, SupplierError, SupplierInfo, Suppliers,
 };
 
 /// Keyed operations the domain needs: API-key hashing and sealing of activation data.
@@ -92,6 +92,26 @@ pub enum DomainError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl DomainError {
+    /// The error for a ledger entry the balance refused; `field` names the request field
+    /// whose amount was out of range.
+    fn refused(refused: Refused, field: &'static str, currency: String) -> DomainError {
+        match refused {
+            Refused::Insufficient { available, needed } => DomainError::InsufficientBalance {
+                available,
+                needed,
+                currency,
+            },
+            Refused::OutOfRange => DomainError::Invalid {
+                field,
+                message: format!(
+                    "the amount would take the balance in {currency} out of the range the ledger can hold"
+                ),
+            },
+        }
+    }
 }
 
 /// A new order as a reseller asks for it.
@@ -220,7 +240,19 @@ pub struct Gateway {
     /// Catalogs read or fetched so far, by plugin id: every order looks its product up,
     /// and decoding the stored catalog each time would cost more than the order's writes.
     catalogs: std::sync::Mutex<std::collections::HashMap<String, Arc<CachedCatalog>>>,
+    /// Catalog fetches that failed, by plugin id, so reads do not ask again at once.
+    catalog_failures: std::sync::Mutex<std::collections::HashMap<String, CatalogFailure>>,
 }
+
+/// A plugin version whose catalog fetch failed, and when to ask again.
+struct CatalogFailure {
+    version: String,
+    count: u32,
+    retry_at_ms: u64,
+}
+
+/// The pause after a first failed catalog fetch.
+const CATALOG_RETRY_FIRST: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -248,6 +280,7 @@ impl Gateway {
             tuning,
             rng: ring::rand::SystemRandom::new(),
             catalogs: Default::default(),
+            catalog_failures: Default::default(),
         }
     }
 
@@ -264,6 +297,11 @@ impl Gateway {
     /// Orders that reached each status since start, for metrics.
     pub fn order_counts(&self) -> Vec<(&'static str, u64)> {
         self.fulfilment.counters.snapshot()
+    }
+
+    /// Deliveries refused since start because their ICCID belonged to another order.
+    pub fn iccid_conflicts(&self) -> u64 {
+        self.fulfilment.counters.iccid_conflicts()
     }
 
     /// Resume unfinished orders after a restart.
@@ -396,7 +434,7 @@ impl Gateway {
                 message: "must be a positive amount in minor units".into(),
             });
         }
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        if !super::supplier::is_currency(currency) {
             return Err(DomainError::Invalid {
                 field: "/currency",
                 message: "must be an ISO 4217 code such as USD".into(),
@@ -409,11 +447,7 @@ impl Gateway {
         entry.note = note;
         self.store
             .post_entry(&entry)?
-            .map_err(|i| DomainError::InsufficientBalance {
-                available: i.available,
-                needed: i.needed,
-                currency: currency.into(),
-            })
+            .map_err(|refused| DomainError::refused(refused, "/amount", currency.into()))
     }
 
     /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so
@@ -458,17 +492,56 @@ impl Gateway {
                 && now_ms().saturating_sub(c.fetched_at_ms)
                     < self.tuning.catalog_ttl.as_millis() as u64
         });
-        if fresh {
+        if fresh || self.catalog_backing_off(info) {
             return Ok(cached);
         }
         match self.fetch_catalog(supplier).await {
             Ok(catalog) => Ok(Some(catalog)),
             Err(DomainError::Supplier(e)) => {
-                tracing::warn!(plugin = %info.id, error = %e, "catalog refresh failed; serving the cached one");
+                let wait = self.catalog_failed(info);
+                tracing::warn!(plugin = %info.id, error = %e, retry_in_s = wait.as_secs(), "catalog refresh failed; serving the cached one");
                 Ok(cached)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a failed catalog fetch of this plugin version is still backing off: a
+    /// plugin whose catalog fails is asked again after a pause, not on every read.
+    fn catalog_backing_off(&self, info: &SupplierInfo) -> bool {
+        let failures = self
+            .catalog_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failures
+            .get(&info.id)
+            .is_some_and(|f| f.version == info.version && now_ms() < f.retry_at_ms)
+    }
+
+    /// Count a failed catalog fetch; returns how long to wait before the next one
+    /// (doubling from 5 s up to the catalog TTL).
+    fn catalog_failed(&self, info: &SupplierInfo) -> Duration {
+        let mut failures = self
+            .catalog_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let f = failures
+            .entry(info.id.clone())
+            .or_insert_with(|| CatalogFailure {
+                version: info.version.clone(),
+                count: 0,
+                retry_at_ms: 0,
+            });
+        if f.version != info.version {
+            f.version = info.version.clone();
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        let wait = CATALOG_RETRY_FIRST
+            .saturating_mul(1 << f.count.saturating_sub(1).min(16))
+            .min(self.tuning.catalog_ttl.max(CATALOG_RETRY_FIRST));
+        f.retry_at_ms = now_ms().saturating_add(wait.as_millis() as u64);
+        wait
     }
 
     fn remembered_catalog(&self, plugin: &str) -> Option<Arc<CachedCatalog>> {
@@ -497,6 +570,10 @@ impl Gateway {
             products: products.iter().map(CachedProduct::from).collect(),
         };
         self.store.put_catalog(&catalog)?;
+        self.catalog_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&info.id);
         Ok(self.remember_catalog(catalog))
     }
 
@@ -523,7 +600,7 @@ impl Gateway {
                     catalog
                         .products
                         .iter()
-                        .map(|p| catalog::for_reseller(&catalog.plugin, p, markup))
+                        .filter_map(|p| catalog::for_reseller(&catalog.plugin, p, markup))
                         .filter(|p| filter.accepts(p)),
                 );
             }
@@ -542,10 +619,17 @@ impl Gateway {
             field,
             message: "expected <plugin>:<sku> as listed by GET /v1/products".into(),
         })?;
-        let supplier = self
-            .suppliers
-            .get(plugin)
-            .ok_or_else(|| DomainError::SupplierNotLoaded(product_id.to_string()))?;
+        let Some(supplier) = self.suppliers.get(plugin) else {
+            // A plugin that exists (or served before) but is not loaded now is ours to
+            // fix; a plugin nobody ever deployed is a product that does not exist.
+            return Err(
+                if self.suppliers.known(plugin) || self.store.catalog(plugin)?.is_some() {
+                    DomainError::SupplierNotLoaded(product_id.to_string())
+                } else {
+                    DomainError::NotFound("product")
+                },
+            );
+        };
         let catalog = self
             .plugin_catalog(&supplier)
             .await?
@@ -588,7 +672,7 @@ impl Gateway {
             plugin: supplier.info().id.clone(),
             sku: product.sku.clone(),
             quantity: new.quantity,
-            unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
+            unit_price: unit_price(&product, reseller.markup_bps)?,
             kind: OrderKind::Esim,
         };
         let order = Order::accepted(spec, new.subject_ref, new.metadata, now_ms());
@@ -605,14 +689,13 @@ impl Gateway {
             // The id was chosen when the key was claimed: the claim already names it.
             order.id = key.order;
         }
-        let total = order.total();
+        let total = order.total().ok_or(DomainError::Invalid {
+            field: "/quantity",
+            message: "the order's total is larger than the ledger can hold".into(),
+        })?;
         let hold = LedgerEntry::hold_for(order.reseller, order.id, total.minor, &total.currency);
-        if let Err(i) = self.store.accept_order(&order, &hold)? {
-            return Err(DomainError::InsufficientBalance {
-                available: i.available,
-                needed: i.needed,
-                currency: total.currency,
-            });
+        if let Err(refused) = self.store.accept_order(&order, &hold)? {
+            return Err(DomainError::refused(refused, "/quantity", total.currency));
         }
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Accepted);
@@ -672,7 +755,7 @@ impl Gateway {
                 .iter()
                 .map(|e| self.open_esim(e))
                 .collect::<Result<_, _>>()?,
-            total: order.total(),
+            total: order.accepted_total()?,
             order,
         })
     }
@@ -804,7 +887,7 @@ impl Gateway {
             plugin: esim.plugin.clone(),
             sku: product.sku.clone(),
             quantity: 1,
-            unit_price: catalog::price_with_markup(&product.wholesale, reseller.markup_bps),
+            unit_price: unit_price(&product, reseller.markup_bps)?,
             kind: OrderKind::TopUp { iccid: esim.iccid },
         };
         self.accept(Order::accepted(spec, None, None, now_ms()), idem)
@@ -855,7 +938,7 @@ impl Gateway {
         }
         order.status = OrderStatus::Cancelled;
         order.updated_at_ms = now_ms();
-        let total = order.total();
+        let total = order.accepted_total()?;
         let refund = LedgerEntry::new(
             order.reseller,
             EntryKind::Refund,
@@ -870,7 +953,10 @@ impl Gateway {
                 esims.push(e);
             }
         }
-        self.store.settle_order(&order, &refund, &esims)?;
+        // The order's own eSIMs: they are claimed by this order already.
+        self.store
+            .settle_order(&order, &refund, &esims)?
+            .map_err(|taken| StoreError::Backend(taken.to_string()))?;
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Cancelled);
         self.order_view(order, esims)
@@ -959,6 +1045,14 @@ fn validate_new_order(new: &NewOrder) -> Result<(), DomainError> {
         });
     }
     Ok(())
+}
+
+/// What one unit of `product` costs a reseller with `markup_bps`.
+fn unit_price(product: &CachedProduct, markup_bps: u32) -> Result<Money, DomainError> {
+    catalog::price_with_markup(&product.wholesale, markup_bps).ok_or(DomainError::Invalid {
+        field: "/product_id",
+        message: "this product's price is out of the range the ledger can hold".into(),
+    })
 }
 
 /// How a supplier failure is told to the reseller.

@@ -10,6 +10,8 @@
 //!
 //! so, always: `available = credits − captures − open holds + refunds`. A hold needs
 //! `available ≥ amount`: an order the balance cannot cover is refused and nothing is held.
+//! Every sum is checked: an entry that would take a balance past what an `i64` holds is
+//! refused, never wrapped or saturated.
 
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
@@ -62,39 +64,65 @@ pub struct Balance {
     pub held: i64,
 }
 
-/// Applying an entry would make the balance negative.
+/// Why an entry cannot apply to a balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("insufficient balance: {available} available, {needed} needed")]
-pub struct Insufficient {
-    /// Available before the entry.
-    pub available: i64,
-    /// What the entry needed.
-    pub needed: i64,
+pub enum Refused {
+    /// A hold the available balance cannot cover.
+    #[error("insufficient balance: {available} available, {needed} needed")]
+    Insufficient {
+        /// Available before the entry.
+        available: i64,
+        /// What the entry needed.
+        needed: i64,
+    },
+    /// The entry would take a sum out of range (or its amount is negative).
+    #[error("the amount would take the balance out of the range the ledger can hold")]
+    OutOfRange,
+}
+
+/// `a + b`, refused out of range.
+fn add(a: i64, b: i64) -> Result<i64, Refused> {
+    a.checked_add(b).ok_or(Refused::OutOfRange)
+}
+
+/// `a - b`, refused out of range.
+fn sub(a: i64, b: i64) -> Result<i64, Refused> {
+    a.checked_sub(b).ok_or(Refused::OutOfRange)
 }
 
 impl Balance {
     /// The balance after `entry`, or why it cannot apply.
-    pub fn apply(self, kind: EntryKind, amount: i64) -> Result<Balance, Insufficient> {
-        let mut b = self;
-        match kind {
-            EntryKind::Credit | EntryKind::Refund => b.available += amount,
+    pub fn apply(self, kind: EntryKind, amount: i64) -> Result<Balance, Refused> {
+        if amount < 0 {
+            return Err(Refused::OutOfRange);
+        }
+        let Balance { available, held } = self;
+        Ok(match kind {
+            EntryKind::Credit | EntryKind::Refund => Balance {
+                available: add(available, amount)?,
+                held,
+            },
             EntryKind::Hold => {
-                if b.available < amount {
-                    return Err(Insufficient {
-                        available: b.available,
+                if available < amount {
+                    return Err(Refused::Insufficient {
+                        available,
                         needed: amount,
                     });
                 }
-                b.available -= amount;
-                b.held += amount;
+                Balance {
+                    available: sub(available, amount)?,
+                    held: add(held, amount)?,
+                }
             }
-            EntryKind::Capture => b.held -= amount,
-            EntryKind::Release => {
-                b.held -= amount;
-                b.available += amount;
-            }
-        }
-        Ok(b)
+            EntryKind::Capture => Balance {
+                available,
+                held: sub(held, amount)?,
+            },
+            EntryKind::Release => Balance {
+                available: add(available, amount)?,
+                held: sub(held, amount)?,
+            },
+        })
     }
 }
 
@@ -111,7 +139,7 @@ pub struct Totals {
 
 impl Totals {
     /// Count one entry.
-    pub fn add(&mut self, e: &LedgerEntry) {
+    pub fn add(&mut self, e: &LedgerEntry) -> Result<(), Refused> {
         let sum = match e.kind {
             EntryKind::Credit => &mut self.credits,
             EntryKind::Hold => &mut self.holds,
@@ -119,24 +147,28 @@ impl Totals {
             EntryKind::Release => &mut self.releases,
             EntryKind::Refund => &mut self.refunds,
         };
-        *sum += e.amount;
+        *sum = add(*sum, e.amount)?;
+        Ok(())
     }
 
     /// The balance the entries imply (the invariant's right-hand side).
-    pub fn balance(&self) -> Balance {
-        let open_holds = self.holds - self.captures - self.releases;
-        Balance {
-            available: self.credits - self.captures - open_holds + self.refunds,
+    pub fn balance(&self) -> Result<Balance, Refused> {
+        let open_holds = sub(sub(self.holds, self.captures)?, self.releases)?;
+        Ok(Balance {
+            available: add(
+                sub(sub(self.credits, self.captures)?, open_holds)?,
+                self.refunds,
+            )?,
             held: open_holds,
-        }
+        })
     }
 }
 
 /// Recompute a balance from its entries (the invariant's right-hand side).
-pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Balance {
+pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Result<Balance, Refused> {
     let mut totals = Totals::default();
     for e in entries {
-        totals.add(e);
+        totals.add(e)?;
     }
     totals.balance()
 }
@@ -181,7 +213,7 @@ mod tests {
         let b = Balance::default().apply(Credit, 100).unwrap();
         assert_eq!(
             b.apply(Hold, 101),
-            Err(Insufficient {
+            Err(Refused::Insufficient {
                 available: 100,
                 needed: 101
             })
@@ -214,7 +246,7 @@ mod tests {
             b = b.apply(k, a).unwrap();
             entries.push(LedgerEntry::new(r, k, a, "USD", o));
         }
-        assert_eq!(b, replay(&entries));
+        assert_eq!(b, replay(&entries).unwrap());
         assert_eq!(
             b,
             Balance {
@@ -222,5 +254,32 @@ mod tests {
                 held: 100
             }
         );
+    }
+
+    #[test]
+    fn a_credit_that_would_overflow_the_balance_is_refused_not_wrapped() {
+        let b = Balance::default().apply(Credit, i64::MAX).unwrap();
+        assert_eq!(b.apply(Credit, 1), Err(Refused::OutOfRange));
+        assert_eq!(b.apply(Refund, i64::MAX), Err(Refused::OutOfRange));
+        let held = b.apply(Hold, i64::MAX).unwrap();
+        assert_eq!(
+            held.apply(Credit, 1).unwrap().apply(Hold, 1),
+            Err(Refused::OutOfRange),
+            "held cannot pass i64::MAX either"
+        );
+        assert_eq!(
+            Balance::default().apply(Credit, -1),
+            Err(Refused::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn replayed_totals_that_overflow_are_an_error() {
+        let r = ResellerId::new();
+        let entries = [
+            LedgerEntry::new(r, Credit, i64::MAX, "USD", None),
+            LedgerEntry::new(r, Credit, 1, "USD", None),
+        ];
+        assert_eq!(replay(&entries), Err(Refused::OutOfRange));
     }
 }

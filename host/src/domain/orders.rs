@@ -153,11 +153,25 @@ impl Order {
     }
 
     /// What the order costs in total (held on acceptance).
-    pub fn total(&self) -> Money {
-        Money {
-            minor: self.unit_price.minor.saturating_mul(self.quantity as i64),
+    pub fn total(&self) -> Option<Money> {
+        Some(Money {
+            minor: self
+                .unit_price
+                .minor
+                .checked_mul(i64::from(self.quantity))?,
             currency: self.unit_price.currency.clone(),
-        }
+        })
+    }
+
+    /// The total of an order that was accepted: acceptance refuses an order without one,
+    /// so a stored order that has none was not written by this gateway.
+    pub fn accepted_total(&self) -> Result<Money, super::store::StoreError> {
+        self.total().ok_or_else(|| {
+            super::store::StoreError::Decode(format!(
+                "order {} costs more than the ledger can hold",
+                self.id
+            ))
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use super::accounts::{ApiKey, KeyHash, Reseller};
 use super::catalog::CachedCatalog;
 use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
-use super::ledger::{Balance, Insufficient, LedgerEntry};
+use super::ledger::{Balance, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus};
 use super::supplier::BoxFuture;
 
@@ -24,6 +24,18 @@ pub enum StoreError {
     /// A record could not be decoded.
     #[error("stored record is unreadable: {0}")]
     Decode(String),
+}
+
+/// A settlement delivered an eSIM whose ICCID already belongs to another order. Nothing
+/// was written. An ICCID belongs to exactly one order for good: a plugin that hands out
+/// another order's ICCID must never move that eSIM into a second reseller's hands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ICCID {iccid} already belongs to another order")]
+pub struct IccidTaken {
+    /// The contested ICCID.
+    pub iccid: String,
+    /// The order that owns it (for the operator's log; never shown to the other reseller).
+    pub owner: OrderId,
 }
 
 /// Result of a store operation.
@@ -79,18 +91,20 @@ pub trait Store: Send + Sync {
         &self,
         order: &Order,
         hold: &LedgerEntry,
-    ) -> StoreResult<Result<Balance, Insufficient>>;
+    ) -> StoreResult<Result<Balance, Refused>>;
     /// Atomically: update the order, post its ledger entry (capture, release or refund)
-    /// and insert or update its eSIMs.
+    /// and insert or update its eSIMs. Each eSIM's ICCID is claimed for `order` in the same
+    /// step: if any already belongs to another order, nothing is written and the owner is
+    /// named ([`IccidTaken`]). Two settlements racing for one ICCID: exactly one wins.
     fn settle_order(
         &self,
         order: &Order,
         entry: &LedgerEntry,
         esims: &[EsimRecord],
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Result<(), IccidTaken>>;
 
     /// Post a ledger entry on its own (credits); refused if it would go negative.
-    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>>;
+    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>>;
     /// A reseller's balance in a currency.
     fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;
     /// Currencies a reseller has a balance in.

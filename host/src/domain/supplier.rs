@@ -13,6 +13,12 @@ use serde::Serialize;
 /// A boxed future, so `Supplier` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Whether `code` is an ISO 4217 currency a price can be in: a code of the standard's
+/// list (`iso_currency`), other than `XXX` (no currency) and `XTS` (reserved for tests).
+pub fn is_currency(code: &str) -> bool {
+    !matches!(code, "XXX" | "XTS") && iso_currency::Currency::from_code(code).is_some()
+}
+
 /// Money in minor units of one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Money {
@@ -217,6 +223,9 @@ pub enum FaultKind {
     Overloaded,
     /// The plugin is not loaded (removed, or never loaded).
     NotLoaded,
+    /// The plugin held more host-side resources (HTTP fields, bodies, streams) than a
+    /// call may: memory outside its own cap. Deterministic, so not retried.
+    HostLimit,
     /// Anything else from the runtime (instantiation failed).
     Internal,
 }
@@ -232,6 +241,7 @@ impl FaultKind {
             FaultKind::BadOutput => "bad_output",
             FaultKind::Overloaded => "overloaded",
             FaultKind::NotLoaded => "not_loaded",
+            FaultKind::HostLimit => "host_limit",
             FaultKind::Internal => "internal",
         }
     }
@@ -285,4 +295,10 @@ pub trait Suppliers: Send + Sync {
     fn get(&self, plugin_id: &str) -> Option<Arc<dyn Supplier>>;
     /// All loaded suppliers, sorted by id.
     fn all(&self) -> Vec<Arc<dyn Supplier>>;
+    /// Whether a plugin with this id exists, loaded or not (a folder that failed to load):
+    /// an order for an unknown plugin is the client's mistake, one for a known plugin
+    /// that is not loaded is ours.
+    fn known(&self, plugin_id: &str) -> bool {
+        self.get(plugin_id).is_some()
+    }
 }

@@ -3,11 +3,20 @@
 //!
 //! 1. the URL must match an effective outbound rule (scheme, host, port);
 //! 2. `${secret:NAME}` placeholders in header values are filled in here, after the request
-//!    has left plugin memory, and only for granted names: secret values never enter the guest;
+//!    has left plugin memory, only for granted names, and only when the operator bound that
+//!    secret to this destination: secret values never enter the guest, and never reach a
+//!    granted host they were not meant for;
 //! 3. the host name is resolved and every address is checked again, so a granted name that
 //!    resolves to loopback, a private range or a cloud metadata address is refused (DNS
 //!    rebinding); the connection then goes to the checked address, not to a second lookup;
-//! 4. connect time, total time and response size are capped.
+//! 4. connect time, total time and response size are capped;
+//! 5. the response is read whole (within the cap and the call's deadline) and every secret
+//!    value of the plugin, in its common encodings, is scrubbed from its headers and body
+//!    before the plugin reads a byte: a destination that reflects the request hands back
+//!    `[REDACTED]`, not the secret.
+//!
+//! Errors reach the plugin as `wasi:http` error codes without host detail (no messages,
+//! paths or backtraces of the gateway's own errors).
 //!
 //! An [`EgressTransport`] may stand in for steps 3 and 4's network (the SDK test harness
 //! answers egress from a route table): steps 1 and 2 still run, so a test sees exactly the
@@ -25,7 +34,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::secrets::SecretValues;
+use super::secrets::{Scrubber, SecretValues};
 use crate::domain::supplier::BoxFuture;
 
 /// The largest request body handed to an [`EgressTransport`]; supplier API requests are
@@ -146,8 +155,12 @@ impl OutboundRule {
 }
 
 /// Whether an address is on the public internet. Loopback, private, link-local (which
-/// includes cloud metadata at 169.254.169.254), shared, unspecified, multicast,
-/// documentation and unique-local addresses are not.
+/// includes cloud metadata at 169.254.169.254), shared (100.64/10), benchmarking
+/// (198.18/15), IETF protocol assignments (192.0.0/24), unspecified, multicast, broadcast,
+/// documentation, reserved and unique-local addresses are not. IPv6 forms that carry an
+/// IPv4 address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`,
+/// 6to4 `2002::/16`) are judged by that IPv4 address, so none of them is a way around
+/// the IPv4 rules.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -161,19 +174,36 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded_v4 = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let s = v6.segments();
+            // IPv4-compatible (deprecated, ::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
+            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return s[6..] != [0, 0]
+                    && s[6..] != [0, 1]
+                    && is_public(IpAddr::V4(embedded_v4(s[6], s[7])));
+            }
+            // 6to4 (2002:a.b.c.d::/48) routes to the embedded IPv4 address.
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded_v4(s[1], s[2])));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]))
         }
     }
 }
@@ -186,6 +216,10 @@ pub struct EgressPolicy {
     pub rules: Vec<OutboundRule>,
     /// Effective secret names with their values.
     pub secrets: SecretValues,
+    /// Per secret name, the destinations it may be sent to.
+    pub secret_hosts: std::collections::BTreeMap<String, Vec<OutboundRule>>,
+    /// Finds the secret values in what the plugin reads back or hands out.
+    pub scrubber: Scrubber,
     /// Whether non-public addresses may be reached.
     pub allow_private_addresses: bool,
     /// Connect timeout.
@@ -202,6 +236,7 @@ impl std::fmt::Debug for EgressPolicy {
             .field("plugin", &self.plugin)
             .field("rules", &self.rules)
             .field("secrets", &self.secrets)
+            .field("secret_hosts", &self.secret_hosts)
             .field("allow_private_addresses", &self.allow_private_addresses)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
@@ -264,7 +299,7 @@ impl WasiHttpHooks for EgressHooks {
                 }
                 Ok(sent) => {
                     lock(&report).sent += 1;
-                    sent
+                    sent.map_err(for_guest)
                 }
             }
         })
@@ -308,36 +343,134 @@ async fn send_checked(
             "{scheme}://{host}:{port} is not among the granted outbound hosts"
         )));
     }
-    fill_secrets(policy, request.headers_mut())?;
-    if let Some(transport) = &policy.transport {
-        return Ok(send_via(
+    fill_secrets(policy, request.headers_mut(), (&scheme, &host, port))?;
+    let sent = if let Some(transport) = &policy.transport {
+        send_via(
             transport.as_ref(),
             request,
             deadline,
             policy.max_response_bytes,
         )
-        .await);
-    }
-
-    let addr = resolve_checked(policy, &host, port).await?;
-    let connect_timeout = options
-        .and_then(|o| o.connect_timeout)
-        .unwrap_or(policy.connect_timeout)
-        .min(policy.connect_timeout);
-    Ok(send_to(
-        addr,
-        &host,
-        tls,
-        request,
-        connect_timeout,
-        deadline,
-        policy.max_response_bytes,
-    )
-    .await)
+        .await
+    } else {
+        let addr = resolve_checked(policy, &host, port).await?;
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(policy.connect_timeout)
+            .min(policy.connect_timeout);
+        send_to(
+            addr,
+            &host,
+            tls,
+            request,
+            connect_timeout,
+            deadline,
+            policy.max_response_bytes,
+        )
+        .await
+    };
+    Ok(match sent {
+        Ok((response, io)) => scrubbed(
+            response,
+            &policy.scrubber,
+            policy.max_response_bytes,
+            deadline,
+        )
+        .await
+        .map(|response| (response, io)),
+        Err(e) => Err(e),
+    })
 }
 
-/// Replace `${secret:NAME}` in header values with granted secret values.
-fn fill_secrets(policy: &EgressPolicy, headers: &mut http::HeaderMap) -> Result<(), Denied> {
+/// The response with every secret form scrubbed from its headers and body. The body is
+/// read whole first: at most `max_response_bytes` (one byte more tells the plugin it was
+/// cut: it reads the cap, then a body-size error), within the call's deadline.
+async fn scrubbed(
+    response: http::Response<WasiBody>,
+    scrubber: &Scrubber,
+    max_response_bytes: usize,
+    deadline: tokio::time::Instant,
+) -> Result<http::Response<WasiBody>, HttpError> {
+    let (mut parts, mut body) = response.into_parts();
+    for value in parts.headers.values_mut() {
+        let clean = scrubber.bytes(value.as_bytes());
+        if let std::borrow::Cow::Owned(clean) = clean {
+            *value = http::HeaderValue::from_bytes(&clean)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("[REDACTED]"));
+        }
+    }
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| HttpError::HttpResponseTimeout)?;
+        match frame {
+            None => break,
+            Some(Err(HttpError::HttpResponseBodySize(_))) => {
+                // Over the cap: what is handed on is over it too, so the plugin gets the
+                // same body-size error reading it.
+                buf.resize(max_response_bytes + 1, 0);
+                break;
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    let clean = Bytes::from(scrubber.bytes(&buf).into_owned());
+    Ok(http::Response::from_parts(
+        parts,
+        capped(Full::new(clean), max_response_bytes),
+    ))
+}
+
+/// The text a plugin may read for an egress error: its kind, and for the variants that
+/// carry only values from the wire (sizes, header names), those values; never a host
+/// error's message.
+pub(crate) fn guest_text(e: &HttpError) -> String {
+    match e {
+        HttpError::InternalError(_) => "InternalError".into(),
+        HttpError::Hyper(_) => "HttpProtocolError".into(),
+        HttpError::Connect(_) => "ConnectionRefused".into(),
+        HttpError::Tls(_) | HttpError::TlsAlertReceived { .. } => "TlsProtocolError".into(),
+        HttpError::DnsError { .. } => "DnsError".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An error as the plugin may see it: the `wasi:http` code, without the host's messages,
+/// paths or backtraces (which name gateway internals and, through a plugin's error
+/// reason, would reach resellers).
+fn for_guest(e: HttpError) -> HttpError {
+    match e {
+        HttpError::InternalError(_) => HttpError::InternalError(None),
+        HttpError::Hyper(h) if h.is_timeout() => HttpError::HttpResponseTimeout,
+        HttpError::Hyper(h) if h.is_incomplete_message() => HttpError::HttpResponseIncomplete,
+        HttpError::Hyper(_) => HttpError::HttpProtocolError,
+        HttpError::Connect(_) => HttpError::ConnectionRefused,
+        HttpError::Tls(_) => HttpError::TlsProtocolError,
+        HttpError::TlsAlertReceived { alert_id, .. } => HttpError::TlsAlertReceived {
+            alert_id,
+            alert_message: None,
+        },
+        HttpError::DnsError { info_code, .. } => HttpError::DnsError {
+            rcode: None,
+            info_code,
+        },
+        other => other,
+    }
+}
+
+/// Replace `${secret:NAME}` in header values with granted secret values, each only if the
+/// operator bound it to `destination` (`scheme`, `host`, `port`).
+fn fill_secrets(
+    policy: &EgressPolicy,
+    headers: &mut http::HeaderMap,
+    (scheme, host, port): (&str, &str, u16),
+) -> Result<(), Denied> {
     for value in headers.values_mut() {
         let Ok(text) = value.to_str() else { continue };
         if !text.contains("${secret:") {
@@ -352,10 +485,22 @@ fn fill_secrets(policy: &EgressPolicy, headers: &mut http::HeaderMap) -> Result<
                 .find('}')
                 .ok_or_else(|| Denied("unterminated ${secret:...} placeholder".into()))?;
             let name = &after[..end];
+            let named = super::runtime::quote(name);
             let secret = policy
                 .secrets
                 .get(name)
-                .ok_or_else(|| Denied(format!("secret {name:?} is not granted to this plugin")))?;
+                .ok_or_else(|| Denied(format!("secret {named} is not granted to this plugin")))?;
+            let bound = policy
+                .secret_hosts
+                .get(name)
+                .is_some_and(|rules| rules.iter().any(|r| r.matches(scheme, host, port)));
+            if !bound {
+                return Err(Denied(format!(
+                    "secret {named} is not bound to {scheme}://{host}:{port}; bind it in the \
+                     grants file under [plugins.{}.secret_hosts]",
+                    policy.plugin
+                )));
+            }
             out.push_str(secret.expose());
             rest = &after[end + 1..];
         }
@@ -574,10 +719,27 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.8",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::ffff:10.0.0.1",
+            "fec0::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -615,10 +777,17 @@ mod tests {
     fn policy_with(transport: Arc<Recorder>) -> EgressPolicy {
         let mut store = super::super::SecretStore::default();
         store.insert("p", "TOKEN", "hunter2");
+        let secrets = store.for_plugin("p", &["TOKEN".to_string()].into());
+        let rule = OutboundRule::parse("https://api.example.com:443").unwrap();
         EgressPolicy {
             plugin: "p".into(),
-            rules: vec![OutboundRule::parse("https://api.example.com:443").unwrap()],
-            secrets: store.for_plugin("p", &["TOKEN".to_string()].into()),
+            rules: vec![
+                rule.clone(),
+                OutboundRule::parse("https://other.example.com:443").unwrap(),
+            ],
+            scrubber: Scrubber::new(secrets.values()),
+            secret_hosts: [("TOKEN".to_string(), vec![rule])].into(),
+            secrets,
             allow_private_addresses: false,
             connect_timeout: Duration::from_secs(1),
             max_response_bytes: 8,
@@ -669,6 +838,75 @@ mod tests {
                 .contains(&("authorization".into(), "Bearer hunter2".into()))
         );
         assert_eq!(seen[0].body, b"{\"q\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_never_sent_to_a_granted_host_it_is_not_bound_to() {
+        let transport = recorder(4);
+        let policy = policy_with(transport.clone());
+        let sent = send_checked(
+            &policy,
+            post("https://other.example.com/"),
+            None,
+            in_five_seconds(),
+        )
+        .await;
+        let Err(Denied(reason)) = sent else {
+            panic!("an unbound destination got the secret")
+        };
+        assert!(reason.contains("not bound"), "{reason}");
+        assert!(transport.seen.lock().unwrap().is_empty());
+    }
+
+    /// Answers with the request's `authorization` header in its body and headers.
+    struct Reflector;
+
+    impl EgressTransport for Reflector {
+        fn send(&self, req: EgressRequest) -> BoxFuture<'static, Result<EgressResponse, String>> {
+            use base64::Engine as _;
+            let auth = req.header("authorization").unwrap_or_default().to_string();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&auth);
+            Box::pin(async move {
+                Ok(EgressResponse {
+                    status: 200,
+                    headers: vec![("x-echo".into(), auth.clone())],
+                    body: format!("you sent {auth} ({b64})").into_bytes(),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reflected_secret_is_scrubbed_before_the_plugin_reads_it() {
+        let mut policy = policy_with(recorder(4));
+        policy.transport = Some(Arc::new(Reflector));
+        policy.max_response_bytes = 1024;
+        let sent = send_checked(
+            &policy,
+            post("https://api.example.com/"),
+            None,
+            in_five_seconds(),
+        )
+        .await;
+        let Ok(Ok((response, _io))) = sent else {
+            panic!("the request was refused")
+        };
+        let echoed = response.headers()["x-echo"].to_str().unwrap().to_string();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(!echoed.contains("hunter2") && echoed.contains("[REDACTED]"));
+        assert!(!body.contains("hunter2"), "{body}");
+        assert!(body.contains("[REDACTED]"), "{body}");
+    }
+
+    #[test]
+    fn guests_get_error_codes_without_host_detail() {
+        let e = for_guest(HttpError::InternalError(Some(
+            "at /home/build/simgate/host/src/x.rs:10".into(),
+        )));
+        assert!(matches!(e, HttpError::InternalError(None)));
+        let e = for_guest(HttpError::Connect(std::io::Error::other("secret detail")));
+        assert!(matches!(e, HttpError::ConnectionRefused));
     }
 
     #[tokio::test]

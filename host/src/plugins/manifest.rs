@@ -142,6 +142,11 @@ pub struct Grant {
     pub outbound: Vec<String>,
     /// Secret names the operator allows; the values live in the secrets file.
     pub secrets: Vec<String>,
+    /// Per secret name, the outbound rules (same syntax as `outbound`) the secret may be
+    /// sent to as a `${secret:NAME}` placeholder. A secret bound to no host can only be
+    /// used host-side (`verify-hmac`): a plugin can never send it anywhere, not even to
+    /// another of its granted hosts (one that reflects requests would hand it back).
+    pub secret_hosts: BTreeMap<String, Vec<String>>,
     /// Config values by key.
     pub config: BTreeMap<String, String>,
     /// Allow egress to loopback, private, link-local and metadata addresses. Only for
@@ -172,6 +177,9 @@ pub struct Capabilities {
     pub outbound: Vec<String>,
     /// Effective secret names.
     pub secrets: BTreeSet<String>,
+    /// Per effective secret, the destinations it may be sent to (within the effective
+    /// outbound rules, which egress checks first).
+    pub secret_hosts: BTreeMap<String, Vec<String>>,
     /// Effective config values (requested keys the operator set).
     pub config: BTreeMap<String, String>,
     /// Whether egress may reach non-public addresses.
@@ -199,6 +207,19 @@ impl Capabilities {
         for name in &requests.secrets {
             if grant.secrets.contains(name) {
                 caps.secrets.insert(name.clone());
+                // A binding narrows where a secret may go; egress checks the outbound
+                // rules first, so a binding can never widen where the plugin may go.
+                let hosts: Vec<String> = grant
+                    .secret_hosts
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .filter(|rule| OutboundRule::parse(rule).is_ok())
+                    .cloned()
+                    .collect();
+                if !hosts.is_empty() {
+                    caps.secret_hosts.insert(name.clone(), hosts);
+                }
             } else {
                 caps.denied.push(format!("secret {name}"));
             }
@@ -272,6 +293,42 @@ mod tests {
         assert_eq!(caps.secrets, ["TOKEN".to_string()].into());
         assert_eq!(caps.config["region"], "eu");
         assert_eq!(caps.denied, vec!["secret OTHER"]);
+    }
+
+    #[test]
+    fn only_granted_secrets_keep_their_host_bindings() {
+        let grant = Grant {
+            outbound: vec!["https://api.example.com:443".into()],
+            secrets: vec!["TOKEN".into()],
+            secret_hosts: [
+                (
+                    "TOKEN".to_string(),
+                    vec!["https://api.example.com:443".to_string(), "bad".to_string()],
+                ),
+                (
+                    "OTHER".to_string(),
+                    vec!["https://api.example.com:443".to_string()],
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let caps = Capabilities::effective(&requests(), Some(&grant));
+        assert_eq!(
+            caps.secret_hosts["TOKEN"],
+            vec!["https://api.example.com:443"]
+        );
+        assert!(!caps.secret_hosts.contains_key("OTHER"), "not granted");
+        let unbound = Grant {
+            secret_hosts: Default::default(),
+            ..grant
+        };
+        let caps = Capabilities::effective(&requests(), Some(&unbound));
+        assert!(caps.secrets.contains("TOKEN"));
+        assert!(
+            caps.secret_hosts.is_empty(),
+            "granted, but sendable nowhere"
+        );
     }
 
     #[test]

@@ -320,4 +320,13 @@ impl Suppliers for Registry {
             .map(|g| g.plugin.clone() as Arc<dyn Supplier>)
             .collect()
     }
+
+    fn known(&self, plugin_id: &str) -> bool {
+        self.serving.load().contains_key(plugin_id)
+            || self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(plugin_id)
+    }
 }

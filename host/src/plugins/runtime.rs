@@ -26,7 +26,7 @@ use super::egress::{EgressPolicy, EgressTransport, OutboundRule};
 use super::engine::PluginEngine;
 use super::error::{CallError, LoadError};
 use super::manifest::{Capabilities, Grants, Manifest, sha256_hex};
-use super::secrets::SecretStore;
+use super::secrets::{Scrubber, SecretStore};
 use super::state::PluginState;
 use super::stats::PluginStats;
 
@@ -144,13 +144,20 @@ impl LoadedPlugin {
         })?;
 
         let secrets = cx.secrets.for_plugin(&id, &capabilities.secrets);
+        let rules = |list: &[String]| -> Vec<OutboundRule> {
+            list.iter()
+                .filter_map(|r| OutboundRule::parse(r).ok())
+                .collect()
+        };
         let egress = Arc::new(EgressPolicy {
             plugin: id.clone(),
-            rules: capabilities
-                .outbound
+            rules: rules(&capabilities.outbound),
+            secret_hosts: capabilities
+                .secret_hosts
                 .iter()
-                .filter_map(|r| OutboundRule::parse(r).ok())
+                .map(|(name, hosts)| (name.clone(), rules(hosts)))
                 .collect(),
+            scrubber: Scrubber::new(secrets.values()),
             secrets,
             allow_private_addresses: capabilities.allow_private_addresses,
             connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
@@ -203,6 +210,14 @@ impl LoadedPlugin {
     /// Identity, grants and limits.
     pub fn shared(&self) -> &Arc<PluginShared> {
         &self.shared
+    }
+
+    /// The budget one call's result is converted under.
+    fn output_budget(&self) -> OutputBudget {
+        OutputBudget::new(
+            self.shared.limits.max_output_bytes,
+            self.shared.egress.scrubber.clone(),
+        )
     }
 
     /// Run one export in a fresh instance under all limits.
@@ -275,6 +290,17 @@ impl LoadedPlugin {
                         FaultKind::Deadline,
                         format!("interrupted after {} ms", budget.as_millis()),
                     )
+                } else if error
+                    .chain()
+                    .any(|e| e.is::<wasmtime::component::ResourceTableError>())
+                {
+                    (
+                        FaultKind::HostLimit,
+                        format!(
+                            "held more than {} host resources (HTTP fields, bodies, streams) at once",
+                            self.shared.limits.max_host_resources
+                        ),
+                    )
                 } else if state.limiter.memory_denied {
                     (
                         FaultKind::Memory,
@@ -300,7 +326,7 @@ impl LoadedPlugin {
                     };
                     if !stderr.is_empty() {
                         detail.push_str(" | plugin stderr: ");
-                        detail.push_str(stderr);
+                        detail.push_str(&quote(&self.shared.egress.scrubber.text(stderr)));
                     }
                     (FaultKind::Trap, detail)
                 };
@@ -351,7 +377,7 @@ impl LoadedPlugin {
             tracing::warn!(plugin = %e.plugin, operation, detail = %e.detail, "plugin returned bad output");
             into_fault(e)
         };
-        let mut budget = OutputBudget::new(self.shared.limits.max_output_bytes);
+        let mut budget = self.output_budget();
         match result {
             Ok(value) => convert(value, &mut budget).map_err(bad_output),
             Err(_) if denied.is_some() => {
@@ -376,7 +402,7 @@ impl LoadedPlugin {
             })
             .await
             .map_err(into_fault)?;
-        let mut budget = OutputBudget::new(self.shared.limits.max_output_bytes);
+        let mut budget = self.output_budget();
         convert_info(info, &mut budget).map_err(|detail| {
             into_fault(CallError {
                 plugin: self.shared.id.clone(),
@@ -422,15 +448,11 @@ impl Supplier for LoadedPlugin {
     }
 
     fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
+        let plugin = self.shared.id.clone();
         Box::pin(self.call_supplier(
             "list-products",
             |b, s| Box::pin(b.simgate_supplier_catalog().call_list_products(s)),
-            |products, budget| {
-                products
-                    .into_iter()
-                    .map(|p| convert_product(p, budget))
-                    .collect()
-            },
+            move |products, budget| convert_products(&plugin, products, budget),
         ))
     }
 
@@ -531,16 +553,21 @@ impl Supplier for LoadedPlugin {
     }
 }
 
-/// Counts the bytes of a plugin's result as it is converted; past the cap the result is
-/// refused as bad output.
+/// Counts the bytes of a plugin's result as it is converted (past the cap the result is
+/// refused as bad output) and scrubs the plugin's secret values from every string in it.
 pub struct OutputBudget {
     left: usize,
     cap: usize,
+    scrubber: Scrubber,
 }
 
 impl OutputBudget {
-    fn new(cap: usize) -> OutputBudget {
-        OutputBudget { left: cap, cap }
+    fn new(cap: usize, scrubber: Scrubber) -> OutputBudget {
+        OutputBudget {
+            left: cap,
+            cap,
+            scrubber,
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<(), String> {
@@ -553,7 +580,7 @@ impl OutputBudget {
 
     fn string(&mut self, s: String) -> Result<String, String> {
         self.take(s.len() + 8)?;
-        Ok(s)
+        Ok(self.scrubber.owned(s))
     }
 }
 
@@ -578,34 +605,82 @@ fn convert_info(i: host::types::Info, budget: &mut OutputBudget) -> Result<Suppl
     })
 }
 
+/// The longest SKU; gateway product ids are `plugin:sku`.
+const MAX_SKU_BYTES: usize = 128;
+
+/// The largest wholesale price, in minor units (10^12: ten billion of a two-decimal
+/// currency). Far above any eSIM, and far enough below `i64::MAX` that a markup of up to
+/// 1000% and a quantity of up to 100 stay in range.
+const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+
+/// A plugin's catalog: each product checked on its own. A malformed product is left out
+/// (and named, briefly, in the operator's log) while the others serve; only a result over
+/// the output cap refuses the whole catalog.
+fn convert_products(
+    plugin: &str,
+    products: Vec<host::types::Product>,
+    budget: &mut OutputBudget,
+) -> Result<Vec<SupplierProduct>, String> {
+    let mut out = Vec::with_capacity(products.len());
+    let mut refused = 0usize;
+    for p in products {
+        match check_product(&p) {
+            Ok(()) => out.push(convert_product(p, budget)?),
+            Err(why) => {
+                refused += 1;
+                if refused <= MAX_REFUSALS_LOGGED {
+                    tracing::warn!(plugin, product = %quote(&p.sku), %why, "catalog product refused");
+                }
+            }
+        }
+    }
+    if refused > MAX_REFUSALS_LOGGED {
+        tracing::warn!(
+            plugin,
+            refused,
+            "catalog products refused (only the first are named)"
+        );
+    }
+    Ok(out)
+}
+
+/// Refused products named in the log per catalog fetch.
+const MAX_REFUSALS_LOGGED: usize = 5;
+
+/// Why a product cannot be sold, if it cannot. Messages quote plugin values truncated.
+fn check_product(p: &host::types::Product) -> Result<(), String> {
+    if p.sku.is_empty() || p.sku.len() > MAX_SKU_BYTES || p.sku.chars().any(char::is_control) {
+        return Err(format!(
+            "sku must be 1-{MAX_SKU_BYTES} printable characters (got {} bytes)",
+            p.sku.len()
+        ));
+    }
+    if let Some(c) = p
+        .countries
+        .iter()
+        .find(|c| c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Err(format!("country {} is not ISO 3166 alpha-2", quote(c)));
+    }
+    if !is_currency(&p.wholesale.currency) {
+        return Err(format!(
+            "currency {} is not ISO 4217",
+            quote(&p.wholesale.currency)
+        ));
+    }
+    if !(0..=MAX_PRICE_MINOR).contains(&p.wholesale.minor) {
+        return Err(format!(
+            "price {} is not 0 to {MAX_PRICE_MINOR} minor units",
+            p.wholesale.minor
+        ));
+    }
+    Ok(())
+}
+
 fn convert_product(
     p: host::types::Product,
     budget: &mut OutputBudget,
 ) -> Result<SupplierProduct, String> {
-    if p.sku.is_empty() || p.sku.len() > 128 || p.sku.chars().any(char::is_control) {
-        return Err(format!(
-            "product sku {:?} must be 1-128 printable characters",
-            p.sku
-        ));
-    }
-    for c in &p.countries {
-        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!(
-                "product {}: country {c:?} is not ISO 3166 alpha-2",
-                p.sku
-            ));
-        }
-    }
-    let currency = &p.wholesale.currency;
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "product {}: currency {currency:?} is not ISO 4217",
-            p.sku
-        ));
-    }
-    if p.wholesale.minor < 0 {
-        return Err(format!("product {}: negative price", p.sku));
-    }
     budget.take(64 + p.countries.len() * 4)?;
     Ok(SupplierProduct {
         sku: budget.string(p.sku)?,
@@ -624,6 +699,20 @@ fn convert_product(
         needs_kyc: p.needs_kyc,
         top_up_able: p.top_up_able,
     })
+}
+
+/// How much of a plugin's value an error message quotes: values come from a plugin that
+/// may be hostile, and a message is logged and shown to operators.
+const QUOTE_CHARS: usize = 64;
+
+/// `value` for an error message: debug-quoted, at most [`QUOTE_CHARS`] characters, with
+/// its full length when cut.
+pub(crate) fn quote(value: &str) -> String {
+    let mut chars = value.char_indices();
+    match chars.nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 fn convert_outcome(
@@ -649,7 +738,7 @@ pub(crate) fn convert_esim(
 ) -> Result<EsimProfile, String> {
     budget.take(e.iccid.len() + e.smdp_address.len() + e.matching_id.len() + 16)?;
     if !(18..=22).contains(&e.iccid.len()) || !e.iccid.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("iccid {:?} is not 18-22 digits", e.iccid));
+        return Err(format!("iccid {} is not 18-22 digits", quote(&e.iccid)));
     }
     let clean = |s: &str| {
         !s.is_empty()
@@ -660,13 +749,13 @@ pub(crate) fn convert_esim(
     if !clean(&e.smdp_address) || !clean(&e.matching_id) {
         return Err(format!(
             "eSIM {}: SM-DP+ address or matching id is empty or malformed",
-            e.iccid
+            quote(&e.iccid)
         ));
     }
     Ok(EsimProfile {
         iccid: e.iccid,
-        smdp_address: e.smdp_address,
-        matching_id: e.matching_id,
+        smdp_address: budget.scrubber.owned(e.smdp_address),
+        matching_id: budget.scrubber.owned(e.matching_id),
         confirmation_code_required: e.confirmation_code_required,
     })
 }
@@ -761,6 +850,10 @@ fn check_imports_granted(
     Ok(())
 }
 
+/// The `wasi:io/error` interface as wasmtime-wasi links it (guests importing any 0.2.x
+/// are served by it).
+const WASI_IO_ERROR: &str = "wasi:io/error@0.2.12";
+
 /// The linker for one plugin: the simgate imports, WASI with an empty context, and
 /// `wasi:http` only when egress is granted.
 fn build_linker(
@@ -769,6 +862,17 @@ fn build_linker(
 ) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // WASI's own `to-debug-string` formats the host error with `Debug`: its whole chain,
+    // and a backtrace when RUST_BACKTRACE is set. Plugins get an error code instead.
+    linker.allow_shadowing(true);
+    linker.instance(WASI_IO_ERROR)?.func_wrap(
+        "[method]error.to-debug-string",
+        |store: wasmtime::StoreContextMut<'_, PluginState>,
+         (err,): (wasmtime::component::Resource<wasmtime::Error>,)| {
+            Ok((store.data().describe_io_error(&err)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
     host::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     host::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;

@@ -52,10 +52,16 @@ impl PluginState {
             .build();
         let egress = Arc::new(Mutex::new(EgressReport::default()));
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
+        // Host-side resources live in gateway memory, outside the plugin's memory cap:
+        // count them per call (see `PluginLimits::max_host_resources`).
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(shared.limits.max_host_resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(shared.limits.max_header_bytes);
         PluginState {
             wasi,
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http,
             hooks: EgressHooks {
                 policy: shared.egress.clone(),
                 report: egress.clone(),
@@ -114,6 +120,27 @@ impl wasmtime::ResourceLimiter for CallLimiter {
     }
 }
 
+impl PluginState {
+    /// What `wasi:io/error.to-debug-string` tells the plugin about a stream error: the
+    /// `wasi:http` error code when there is one, else a fixed text. Never the host error's
+    /// own `Debug` form, which carries its message chain and, with `RUST_BACKTRACE` set,
+    /// a backtrace of the gateway (a plugin could hand either to resellers).
+    pub fn describe_io_error(
+        &self,
+        err: &wasmtime::component::Resource<wasmtime::Error>,
+    ) -> wasmtime::Result<String> {
+        use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+        let error = self.table.get(err)?;
+        if let Some(code) = error.downcast_ref::<ErrorCode>() {
+            return Ok(format!("{code:?}"));
+        }
+        Ok(match error.downcast_ref::<wasmtime_wasi_http::Error>() {
+            Some(e) => super::egress::guest_text(e),
+            None => "I/O error".to_string(),
+        })
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -148,6 +175,14 @@ impl host::log::Host for PluginState {
         }
         let plugin = &self.shared.id;
         let version = &self.shared.version;
+        // A plugin never holds a secret value, but it may hold what a reflecting bound
+        // host sent back in some encoding the egress scrubber missed: scrub again here.
+        let scrubber = &self.shared.egress.scrubber;
+        let message = scrubber.text(&message);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .map(|(k, v)| (scrubber.owned(k), scrubber.owned(v)))
+            .collect();
         let fields = FieldsDisplay(&fields);
         use host::log::Level;
         match level {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::domain::FaultKind;
 
 /// Every fault kind, in a fixed order (index into the counters).
-pub const FAULT_KINDS: [FaultKind; 8] = [
+pub const FAULT_KINDS: [FaultKind; 9] = [
     FaultKind::Deadline,
     FaultKind::Memory,
     FaultKind::Trap,
@@ -21,6 +21,7 @@ pub const FAULT_KINDS: [FaultKind; 8] = [
     FaultKind::BadOutput,
     FaultKind::Overloaded,
     FaultKind::NotLoaded,
+    FaultKind::HostLimit,
     FaultKind::Internal,
 ];
 

@@ -8,7 +8,7 @@
 //! | `orders` | order id (16 B, sorts by time) | JSON `Order`, or a commit pointer |
 //! | `ledger` | reseller id ++ entry id (sorts by time) | JSON `LedgerEntry` + what it commits |
 //! | `idempotency` | reseller id ++ SHA-256(key) | `IdemRecord`, compact (see `StoredIdem`) |
-//! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), or a commit pointer |
+//! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
@@ -36,6 +36,14 @@
 //! opening the store replays the ledger and points every record that is older than the
 //! entry that committed it (or missing) at that entry.
 //!
+//! An ICCID belongs to one order for good. Settling an order first *claims* each ICCID it
+//! delivers with a compare-and-swap on `esims` (`#` followed by the order id), so of two
+//! orders racing for one ICCID exactly one wins, and an ICCID another order owns is never
+//! overwritten (the settlement is refused, nothing is written). A claim reads as "no such
+//! eSIM" until the commit pointer replaces it; a claim a crash left behind stays with its
+//! order (whose retried delivery finds it its own) and is taken over only once that order
+//! is final without the ICCID.
+//!
 //! Balances and the set of unfinished orders live in memory and are derived from the
 //! ledger: a hold is checked against the in-memory balance and counted there before its
 //! entry is written (see `SledStore::post` for why that order is safe). A clean
@@ -55,9 +63,9 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState, StoredResponse};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
-use crate::domain::ledger::{Balance, EntryKind, Insufficient, LedgerEntry, Totals};
+use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
-use crate::domain::store::{Page, Store, StoreError, StoreResult};
+use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
 use crate::domain::supplier::BoxFuture;
 
 use super::group_commit::GroupCommit;
@@ -216,6 +224,22 @@ fn commit_pointer(ledger_key: &[u8]) -> Vec<u8> {
     cat(&[COMMITTED], ledger_key)
 }
 
+/// Marks an ICCID claimed by an order whose settlement is being written.
+const CLAIMED: u8 = b'#';
+
+/// The claim of an ICCID for `order`.
+fn iccid_claim(order: OrderId) -> Vec<u8> {
+    cat(&[CLAIMED], &order.to_bytes())
+}
+
+/// The order a stored claim names.
+fn claimant(stored: &[u8]) -> Option<OrderId> {
+    match stored.split_first() {
+        Some((&CLAIMED, id)) => id.try_into().ok().map(OrderId::from_bytes),
+        _ => None,
+    }
+}
+
 /// The records a commit record carries; its entry's fields are skipped unread.
 #[derive(Deserialize)]
 struct Commits {
@@ -223,6 +247,10 @@ struct Commits {
     commits_order: Option<Order>,
     #[serde(default)]
     commits_esims: Vec<EsimRecord>,
+}
+
+fn out_of_range(e: &LedgerEntry, r: Refused) -> StoreError {
+    StoreError::Decode(format!("ledger entry {} does not add up: {r}", e.id))
 }
 
 fn dangling(what: &str) -> StoreError {
@@ -464,7 +492,8 @@ impl SledStore {
             totals
                 .entry((e.reseller, e.currency.clone()))
                 .or_default()
-                .add(e);
+                .add(e)
+                .map_err(|r| out_of_range(e, r))?;
             if let Some(order) = e.order {
                 let delta = match e.kind {
                     EntryKind::Hold => 1,
@@ -483,8 +512,17 @@ impl SledStore {
                 "rewrote records a crash left behind their ledger entries"
             );
         }
+        let mut balances = HashMap::with_capacity(totals.len());
+        for ((reseller, currency), t) in totals {
+            let balance = t.balance().map_err(|r| {
+                StoreError::Decode(format!(
+                    "the ledger of reseller {reseller} in {currency} does not add up: {r}"
+                ))
+            })?;
+            balances.insert((reseller, currency), balance);
+        }
         Ok(Books {
-            balances: totals.into_iter().map(|(k, t)| (k, t.balance())).collect(),
+            balances,
             open: holding
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
@@ -571,15 +609,89 @@ impl SledStore {
         Ok(self.stored_order_with_commit(stored)?.0)
     }
 
-    /// An eSIM as stored in `esims`: in full, or behind a commit pointer.
-    fn stored_esim(&self, iccid: &str, stored: &[u8]) -> StoreResult<EsimRecord> {
+    /// An eSIM as stored in `esims`: in full, or behind a commit pointer; `None` for a
+    /// claim (its settlement is not written yet).
+    fn stored_esim(&self, iccid: &str, stored: &[u8]) -> StoreResult<Option<EsimRecord>> {
         match stored.split_first() {
             Some((&COMMITTED, key)) => self
                 .commits(key)?
                 .and_then(|c| c.commits_esims.into_iter().find(|e| e.iccid == iccid))
+                .map(Some)
                 .ok_or_else(|| dangling("an eSIM")),
-            _ => decode(stored),
+            Some((&CLAIMED, _)) => Ok(None),
+            _ => decode(stored).map(Some),
         }
+    }
+
+    /// The order that owns the ICCID stored as `stored`, and whether only by a claim.
+    fn owner_of(&self, iccid: &str, stored: &[u8]) -> StoreResult<(OrderId, bool)> {
+        if let Some(order) = claimant(stored) {
+            return Ok((order, true));
+        }
+        let esim = self
+            .stored_esim(iccid, stored)?
+            .ok_or_else(|| dangling("an eSIM"))?;
+        Ok((esim.order, false))
+    }
+
+    /// Whether a claim by `order` on `iccid` was left behind: its order is gone, or final
+    /// without the ICCID (a crash cut its settlement short, and a retry delivered others).
+    fn claim_is_stale(&self, order: OrderId, iccid: &str) -> StoreResult<bool> {
+        Ok(match self.order(order)? {
+            None => true,
+            Some(o) => o.status.is_final() && !o.iccids.iter().any(|i| i == iccid),
+        })
+    }
+
+    /// Claim every ICCID of `esims` for `order` (see the module docs). On a conflict, the
+    /// claims this call made are withdrawn and the owner is named.
+    fn claim_iccids(
+        &self,
+        order: OrderId,
+        esims: &[EsimRecord],
+    ) -> StoreResult<Result<(), IccidTaken>> {
+        let claim = iccid_claim(order);
+        let mut made: Vec<&str> = Vec::new();
+        let mut outcome = Ok(());
+        'esims: for esim in esims {
+            let key = esim.iccid.as_bytes();
+            let mut current = self.esims.get(key).map_err(backend)?;
+            loop {
+                if let Some(stored) = &current {
+                    let (owner, only_claimed) = self.owner_of(&esim.iccid, stored)?;
+                    if owner == order {
+                        continue 'esims;
+                    }
+                    if !only_claimed || !self.claim_is_stale(owner, &esim.iccid)? {
+                        outcome = Err(IccidTaken {
+                            iccid: esim.iccid.clone(),
+                            owner,
+                        });
+                        break 'esims;
+                    }
+                }
+                match self
+                    .esims
+                    .compare_and_swap(key, current.as_ref(), Some(claim.as_slice()))
+                    .map_err(backend)?
+                {
+                    Ok(()) => {
+                        made.push(&esim.iccid);
+                        continue 'esims;
+                    }
+                    Err(e) => current = e.current,
+                }
+            }
+        }
+        if outcome.is_err() {
+            for iccid in made {
+                self.esims
+                    .compare_and_swap(iccid.as_bytes(), Some(claim.as_slice()), None::<&[u8]>)
+                    .map_err(backend)?
+                    .ok();
+            }
+        }
+        Ok(outcome)
     }
 
     fn lock_unwritten(&self) -> MutexGuard<'_, HashMap<OrderId, Order>> {
@@ -602,7 +714,7 @@ impl SledStore {
         entry: &LedgerEntry,
         order: Option<&Order>,
         esims: &[EsimRecord],
-    ) -> StoreResult<Result<Balance, Insufficient>> {
+    ) -> StoreResult<Result<Balance, Refused>> {
         let record = encode(&LedgerRecordRef {
             entry,
             commits_order: order,
@@ -629,8 +741,12 @@ impl SledStore {
             // Nothing was written: take the entry back out of the books.
             let mut books = self.lock_books();
             let b = books.balances.entry(key).or_default();
-            b.available -= after.available - before.available;
-            b.held -= after.held - before.held;
+            let undone = (after.available.checked_sub(before.available))
+                .and_then(|d| b.available.checked_sub(d))
+                .zip((after.held.checked_sub(before.held)).and_then(|d| b.held.checked_sub(d)));
+            if let Some((available, held)) = undone {
+                *b = Balance { available, held };
+            }
             books.track(entry, false);
             return Err(backend(e));
         }
@@ -731,7 +847,7 @@ impl Store for SledStore {
                 .position(|e| same_commit && e.iccid == *iccid)
             {
                 Some(i) => esims.push(committed.swap_remove(i)),
-                None => esims.push(self.stored_esim(iccid, &stored_esim)?),
+                None => esims.extend(self.stored_esim(iccid, &stored_esim)?),
             }
         }
         Ok(Some((order, esims)))
@@ -780,7 +896,7 @@ impl Store for SledStore {
         &self,
         order: &Order,
         hold: &LedgerEntry,
-    ) -> StoreResult<Result<Balance, Insufficient>> {
+    ) -> StoreResult<Result<Balance, Refused>> {
         if hold.id != order.id.0 || hold.kind != EntryKind::Hold {
             return Err(StoreError::Backend(format!(
                 "order {} must be accepted with a hold entry of the same id",
@@ -803,7 +919,10 @@ impl Store for SledStore {
         order: &Order,
         entry: &LedgerEntry,
         esims: &[EsimRecord],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Result<(), IccidTaken>> {
+        if let Err(taken) = self.claim_iccids(order.id, esims)? {
+            return Ok(Err(taken));
+        }
         self.post(entry, Some(order), esims)?.map_err(|i| {
             StoreError::Backend(format!(
                 "settling order {} would break the ledger: {i}",
@@ -811,10 +930,11 @@ impl Store for SledStore {
             ))
         })?;
         // The commit record now holds the order and its eSIMs as they are: point at it.
-        self.point_at_commit(order, esims, &commit_pointer(&ledger_key(entry)))
+        self.point_at_commit(order, esims, &commit_pointer(&ledger_key(entry)))?;
+        Ok(Ok(()))
     }
 
-    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Insufficient>> {
+    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
         self.post(entry, None, &[])
     }
 
@@ -860,6 +980,7 @@ impl Store for SledStore {
             .map_err(backend)?
             .map(|stored| self.stored_esim(iccid, &stored))
             .transpose()
+            .map(Option::flatten)
     }
 
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
@@ -1225,6 +1346,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             s.settle_order(&fulfilled, &capture, std::slice::from_ref(&esim))
+                .unwrap()
                 .unwrap();
             // The order and the eSIM are pointers to the capture's commit record.
             let pointer = commit_pointer(&ledger_key(&capture));
@@ -1357,7 +1479,7 @@ mod tests {
         );
         let listed = s.ledger_entries(r).unwrap();
         assert_eq!(
-            crate::domain::ledger::replay(&listed),
+            crate::domain::ledger::replay(&listed).unwrap(),
             s.balance(r, "USD").unwrap()
         );
     }
@@ -1396,6 +1518,147 @@ mod tests {
         );
         // ...and the record expires like a finished one.
         assert_eq!(s.expire_idempotency(5_000).unwrap(), 1);
+    }
+
+    /// Accept `order` with a hold, then settle it (as fulfilled, with `esims`).
+    fn accept_and_settle(
+        s: &SledStore,
+        order: &Order,
+        esims: &[EsimRecord],
+    ) -> Result<(), IccidTaken> {
+        let total = order.total().unwrap().minor;
+        s.accept_order(order, &entry(order.reseller, EntryKind::Hold, total, order))
+            .unwrap()
+            .unwrap();
+        let mut fulfilled = order.clone();
+        fulfilled.status = OrderStatus::Fulfilled;
+        fulfilled.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
+        s.settle_order(
+            &fulfilled,
+            &entry(order.reseller, EntryKind::Capture, total, order),
+            esims,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_iccid_that_belongs_to_one_order_is_refused_to_another_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        let (a, b) = (ResellerId::new(), ResellerId::new());
+        credit(&s, a, 1000);
+        credit(&s, b, 1000);
+        let first = order_for(a, 100);
+        accept_and_settle(&s, &first, &[esim_of(&first)]).unwrap();
+
+        let second = order_for(b, 100);
+        let taken = accept_and_settle(&s, &second, &[esim_of(&second)]).unwrap_err();
+        assert_eq!(taken.owner, first.id);
+        // The eSIM and the first order are as they were; the second order is still open
+        // with its hold, for fulfilment to fail and release.
+        let esim = s.esim(&esim_of(&first).iccid).unwrap().unwrap();
+        assert_eq!((esim.order, esim.reseller), (first.id, a));
+        assert_eq!(
+            s.order(second.id).unwrap().unwrap().status,
+            OrderStatus::Accepted
+        );
+        assert_eq!(
+            s.balance(b, "USD").unwrap(),
+            Balance {
+                available: 900,
+                held: 100
+            }
+        );
+        assert_eq!(
+            s.ledger_entries(b).unwrap().len(),
+            2,
+            "credit and hold only"
+        );
+        // Settling the first order's own eSIM again (a cancel) is still allowed.
+        let mut cancelled = s.order(first.id).unwrap().unwrap();
+        cancelled.status = OrderStatus::Cancelled;
+        assert_eq!(
+            s.settle_order(
+                &cancelled,
+                &entry(a, EntryKind::Refund, 100, &first),
+                &[esim_of(&first)]
+            )
+            .unwrap(),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn of_orders_racing_for_one_iccid_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let mut racers = Vec::new();
+        for _ in 0..8 {
+            let r = ResellerId::new();
+            credit(&s, r, 1000);
+            let o = order_for(r, 10);
+            let s = s.clone();
+            racers.push(std::thread::spawn(move || {
+                accept_and_settle(&s, &o, &[esim_of(&o)]).is_ok()
+            }));
+        }
+        let winners = racers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1);
+        let owner = s.esim("8999000000000000001").unwrap().unwrap().order;
+        assert_eq!(
+            s.order(owner).unwrap().unwrap().status,
+            OrderStatus::Fulfilled
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_a_crash_left_behind_is_invisible_stays_with_its_order_and_expires_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        let (a, b) = (ResellerId::new(), ResellerId::new());
+        credit(&s, a, 1000);
+        credit(&s, b, 1000);
+        let crashed = order_for(a, 100);
+        let iccid = esim_of(&crashed).iccid;
+        // A crash between the claim and the commit record leaves only the claim.
+        s.accept_order(&crashed, &entry(a, EntryKind::Hold, 100, &crashed))
+            .unwrap()
+            .unwrap();
+        s.esims
+            .insert(iccid.as_bytes(), iccid_claim(crashed.id))
+            .unwrap();
+        assert_eq!(s.esim(&iccid).unwrap(), None, "a claim is no eSIM yet");
+        // While its order is open, nobody else takes it.
+        let other = order_for(b, 100);
+        assert_eq!(
+            accept_and_settle(&s, &other, &[esim_of(&other)])
+                .unwrap_err()
+                .owner,
+            crashed.id
+        );
+        // Once its order failed without it, the claim is stale and can be taken.
+        let mut failed = s.order(crashed.id).unwrap().unwrap();
+        failed.status = OrderStatus::Failed;
+        s.settle_order(&failed, &entry(a, EntryKind::Release, 100, &crashed), &[])
+            .unwrap()
+            .unwrap();
+        let mut fulfilled = other.clone();
+        fulfilled.status = OrderStatus::Fulfilled;
+        fulfilled.iccids = vec![iccid.clone()];
+        assert_eq!(
+            s.settle_order(
+                &fulfilled,
+                &entry(b, EntryKind::Capture, 100, &other),
+                &[esim_of(&other)]
+            )
+            .unwrap(),
+            Ok(())
+        );
+        assert_eq!(s.esim(&iccid).unwrap().unwrap().reseller, b);
     }
 
     #[tokio::test]

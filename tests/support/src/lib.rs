@@ -58,6 +58,7 @@ pub struct GatewayBuilder {
     config: Option<String>,
     env: Vec<(String, String)>,
     data_dir: Option<tempfile::TempDir>,
+    capture_log: bool,
 }
 
 /// A running `simgate serve`. Killed when dropped.
@@ -73,6 +74,8 @@ pub struct Gateway {
     pub data_dir: tempfile::TempDir,
     /// Everything the process printed to stdout.
     pub stdout: Vec<String>,
+    /// Where its log (stderr) goes, when captured (see [`GatewayBuilder::capture_log`]).
+    log: Option<(tempfile::TempDir, PathBuf)>,
     agent: ureq::Agent,
     bin: PathBuf,
 }
@@ -88,6 +91,7 @@ impl GatewayBuilder {
             config: None,
             env: Vec::new(),
             data_dir: None,
+            capture_log: false,
         }
     }
 
@@ -118,6 +122,13 @@ impl GatewayBuilder {
     /// An extra environment variable for the process.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Write the process's log (stderr) to a file, outside the data directory, for
+    /// [`Gateway::log`], instead of passing it through.
+    pub fn capture_log(mut self) -> Self {
+        self.capture_log = true;
         self
     }
 
@@ -153,12 +164,21 @@ impl GatewayBuilder {
             std::fs::write(&path, c).unwrap();
             cmd.arg("--config").arg(path);
         }
+        let log = self.capture_log.then(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("simgate.log");
+            (dir, path)
+        });
+        let stderr = match &log {
+            Some((_, path)) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         cmd.env(
             "SIMGATE_LOG",
             std::env::var("SIMGATE_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -214,6 +234,7 @@ impl GatewayBuilder {
             base,
             data_dir,
             stdout: lines,
+            log,
             agent,
             bin: self.bin,
         }
@@ -247,6 +268,29 @@ impl Gateway {
     /// The binary this gateway runs.
     pub fn bin(&self) -> &Path {
         &self.bin
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().as_ref().expect("running").id()
+    }
+
+    /// Resident memory of the process, in bytes (Linux `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status")
+            * 1024
+    }
+
+    /// The log written so far (needs [`GatewayBuilder::capture_log`]).
+    pub fn log(&self) -> String {
+        let (_, path) = self.log.as_ref().expect("start with .capture_log()");
+        String::from_utf8_lossy(&std::fs::read(path).expect("reading the log")).into_owned()
     }
 
     /// The plugins folder.
@@ -325,6 +369,49 @@ impl Gateway {
             json,
             bytes,
         })
+    }
+
+    /// A new reseller with a test-mode key and (optionally) USD credit, through the admin
+    /// API; returns (reseller id, key).
+    pub fn new_reseller(&self, markup_bps: u32, credit: Option<i64>) -> (String, String) {
+        let admin = |path: &str, body: Value| {
+            let r = self.call("POST", path, Some(&self.admin_key), Some(&body));
+            assert_eq!(r.status, 201, "POST {path}: {:?}", r.json);
+            r
+        };
+        let r = admin(
+            "/v1/admin/resellers",
+            json!({"name": "Acme Travel", "markup_bps": markup_bps}),
+        );
+        let id = r.json["id"].as_str().unwrap().to_string();
+        let k = admin(
+            &format!("/v1/admin/resellers/{id}/keys"),
+            json!({"role": "reseller", "mode": "test"}),
+        );
+        if let Some(amount) = credit {
+            admin(
+                &format!("/v1/admin/resellers/{id}/credits"),
+                json!({"amount": amount, "currency": "USD"}),
+            );
+        }
+        (id, k.json["key"].as_str().unwrap().to_string())
+    }
+
+    /// The USD balance `key` sees: (available, held).
+    pub fn balance_of(&self, key: &str) -> (i64, i64) {
+        let b = self.call("GET", "/v1/balance", Some(key), None);
+        assert_eq!(b.status, 200, "{:?}", b.json);
+        let usd = b.json["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["currency"] == "USD")
+            .cloned()
+            .unwrap_or(json!({"available": 0, "held": 0}));
+        (
+            usd["available"].as_i64().unwrap(),
+            usd["held"].as_i64().unwrap(),
+        )
     }
 
     /// `GET` as the demo reseller.
