@@ -180,6 +180,7 @@ fn a_plugins_huge_values_are_quoted_truncated_and_bad_products_are_left_out_alon
                 "hostile:hostile-fields",
                 "hostile:hostile-fixed",
                 "hostile:hostile-long-iccid",
+                "hostile:hostile-pending",
                 "hostile:hostile-twice",
             ]
         );
@@ -193,7 +194,8 @@ fn a_plugins_huge_values_are_quoted_truncated_and_bad_products_are_left_out_alon
     assert!(order.to_string().len() < 4096, "{order:?}");
     let log = gw.log();
     assert!(log.contains("catalog product refused"), "{log}");
-    // 8 MB of SKU and 3 MB of ICCID reached the host; a few KiB of log came out.
+    // 9 MB of catalog values, 3 MB of ICCID and 1 MB of reference reached the host; a
+    // few KiB of log came out.
     assert!(log.len() < 64 * 1024, "the log holds {} bytes", log.len());
 }
 
@@ -258,5 +260,39 @@ fn plugins_get_error_codes_never_the_hosts_error_chain_or_backtrace() {
     assert!(message.contains("HttpResponseBodySize"), "{message}");
     for leak in ["backtrace", ".rs:", "wasmtime", "simgate"] {
         assert!(!message.contains(leak), "{leak} in {message}");
+    }
+}
+
+#[test]
+fn addresses_that_are_not_public_in_disguise_are_refused_at_egress() {
+    for url in [
+        "http://198.18.0.1:9/x",
+        "http://192.0.0.8:9/x",
+        "http://[64:ff9b::a9fe:a9fe]:9/x",
+        "http://[2002:7f00:1::1]:9/x",
+        "http://[::ffff:169.254.169.254]:9/x",
+        "http://[::127.0.0.1]:9/x",
+    ] {
+        let grants = r#"
+[plugins.hostile]
+outbound = ["http://127.0.0.1:*", "http://198.18.0.1:*", "http://192.0.0.8:*", "http://[64:ff9b::a9fe:a9fe]:*", "http://[2002:7f00:1::1]:*", "http://[::ffff:169.254.169.254]:*", "http://[::127.0.0.1]:*"]
+"#;
+        let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+            .plugins(&["sandbox", "hostile"])
+            .grants(&format!(
+                "{grants}[plugins.hostile.config]\ntarget_url = \"{url}\"\n"
+            ))
+            .capture_log()
+            .start();
+        let order = order_as(
+            &gw,
+            &gw.demo_key.clone(),
+            json!({"product_id": "hostile:hostile-debug"}),
+        );
+        assert_eq!(
+            order["failure"]["code"], "plugin_egress_denied",
+            "{url}: {order:?}"
+        );
+        assert!(gw.log().contains("non-public address"), "{url}");
     }
 }

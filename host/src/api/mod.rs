@@ -141,7 +141,7 @@ async fn handle(
     let mut resp = match routes::route(&state, req).await {
         Ok(r) => r,
         Err(mut problem) => {
-            problem.request_id = request_id.clone();
+            problem.request_id = request_id.as_str().into();
             problem.into_response()
         }
     };

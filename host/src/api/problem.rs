@@ -22,13 +22,13 @@ pub struct Problem {
     /// Explanation of this occurrence.
     pub detail: String,
     /// JSON pointer of the offending field, for validation problems.
-    pub pointer: Option<String>,
+    pub pointer: Option<Box<str>>,
     /// The request id (also in the `x-request-id` header and the server log).
-    pub request_id: String,
+    pub request_id: Box<str>,
     /// Seconds to wait before retrying, when it applies.
     pub retry_after: Option<u32>,
     /// The methods a path supports, sent as `Allow` with a 405 (RFC 9110 §15.5.6).
-    pub allow: Option<String>,
+    pub allow: Option<&'static str>,
     /// Close the connection after answering (the request's body was not read to its end).
     pub close: bool,
 }
@@ -70,7 +70,7 @@ impl Problem {
             code,
             detail: detail.into(),
             pointer: None,
-            request_id: String::new(),
+            request_id: Box::default(),
             retry_after: None,
             allow: None,
             close: false,
@@ -79,7 +79,7 @@ impl Problem {
 
     /// Attach a JSON pointer.
     pub fn at(mut self, pointer: impl Into<String>) -> Problem {
-        self.pointer = Some(pointer.into());
+        self.pointer = Some(pointer.into().into_boxed_str());
         self
     }
 
@@ -97,8 +97,9 @@ impl Problem {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            resp.headers_mut().insert(http::header::ALLOW, allow);
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.close {
             resp.headers_mut()
@@ -132,16 +133,15 @@ pub mod problems {
         )
     }
 
-    /// 405, with the methods the path does support.
-    pub fn method_not_allowed(method: &http::Method, allow: &[&http::Method]) -> Problem {
-        let allow: Vec<&str> = allow.iter().map(|m| m.as_str()).collect();
+    /// 405, with the methods the path does support (`allow`, as in an `Allow` header).
+    pub fn method_not_allowed(method: &http::Method, allow: &'static str) -> Problem {
         let mut p = Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "Method not allowed",
-            format!("{method} is not supported here; use {}", allow.join(" or ")),
+            format!("{method} is not supported here; use {allow}"),
         );
-        p.allow = Some(allow.join(", "));
+        p.allow = Some(allow);
         p
     }
 

@@ -108,7 +108,7 @@ pub static ROUTES: &[Route] = &[
 /// Find the route for a method and path, with its parameters.
 fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Vec<&'p str>), Problem> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let mut allowed: Vec<&Method> = Vec::new();
+    let mut pattern_found = None;
     for route in ROUTES {
         let pattern: Vec<&str> = route.path.split('/').skip(1).collect();
         if pattern.len() != segments.len() {
@@ -127,14 +127,35 @@ fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Vec<&'p s
             if route.method == *method {
                 return Ok((route, params));
             }
-            allowed.push(&route.method);
+            pattern_found = Some(route.path);
         }
     }
-    Err(if allowed.is_empty() {
-        problems::no_route(path)
-    } else {
-        problems::method_not_allowed(method, &allowed)
+    Err(match pattern_found {
+        Some(pattern) => problems::method_not_allowed(method, allowed_methods(pattern)),
+        None => problems::no_route(path),
     })
+}
+
+/// The `Allow` value of a path pattern: its routes' methods, in table order. Computed once
+/// per pattern (a bounded set: the route table's).
+fn allowed_methods(pattern: &'static str) -> &'static str {
+    static ALLOW: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
+    let table = ALLOW.get_or_init(|| {
+        let mut by_path: std::collections::HashMap<&'static str, Vec<&'static str>> =
+            Default::default();
+        for route in ROUTES {
+            by_path
+                .entry(route.path)
+                .or_default()
+                .push(route.method.as_str());
+        }
+        by_path
+            .into_iter()
+            .map(|(path, methods)| (path, &*Box::leak(methods.join(", ").into_boxed_str())))
+            .collect()
+    });
+    table.get(pattern).copied().unwrap_or("")
 }
 
 /// A low-cardinality label for a path (the route pattern), for logs and metrics.

@@ -123,7 +123,12 @@ impl OutboundRule {
             "*" => None,
             p => Some(p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?),
         };
-        let host = host.to_ascii_lowercase();
+        // An IPv6 literal is written in brackets; requests name it without them.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_ascii_lowercase();
         if host.is_empty() || host.contains('/') || host.contains('@') {
             return Err(format!("bad host {host:?}"));
         }
@@ -682,6 +687,12 @@ mod tests {
         assert!(!r.matches("https", "api.example.com", 8443));
         assert!(!r.matches("https", "evil.com", 443));
         assert!(!r.matches("https", "api.example.com.evil.com", 443));
+    }
+
+    #[test]
+    fn ipv6_literal_rules_match_requests_to_that_address() {
+        let r = OutboundRule::parse("http://[64:FF9B::1]:*").unwrap();
+        assert!(r.matches("http", "64:ff9b::1", 80));
     }
 
     #[test]

@@ -504,13 +504,13 @@ impl Supplier for LoadedPlugin {
                 })
             },
             |u, budget| {
-                budget.take(u.raw_status.len())?;
+                let raw_status = budget.short("raw status", u.raw_status)?;
                 Ok(Usage {
                     used_bytes: u.used_bytes,
                     total_bytes: u.total_bytes,
                     profile: convert_profile(u.profile),
                     plan: convert_plan(u.plan),
-                    raw_status: u.raw_status,
+                    raw_status,
                     expires_at_ms: u.expires_at_ms,
                 })
             },
@@ -535,7 +535,7 @@ impl Supplier for LoadedPlugin {
                     async move { b.simgate_supplier_provisioning().call_top_up(s, &wit).await },
                 )
             },
-            |r, budget| budget.string(r),
+            |r, budget| budget.short("supplier reference", r),
         ))
     }
 
@@ -582,6 +582,18 @@ impl OutputBudget {
         self.take(s.len() + 8)?;
         Ok(self.scrubber.owned(s))
     }
+
+    /// A value the gateway stores on a record and returns with it (a supplier reference,
+    /// a raw status): at most [`MAX_SHORT_BYTES`] printable characters.
+    fn short(&mut self, what: &str, s: String) -> Result<String, String> {
+        if s.len() > MAX_SHORT_BYTES || s.chars().any(char::is_control) {
+            return Err(format!(
+                "{what} {} must be at most {MAX_SHORT_BYTES} printable bytes",
+                quote(&s)
+            ));
+        }
+        self.string(s)
+    }
 }
 
 fn convert_info(i: host::types::Info, budget: &mut OutputBudget) -> Result<SupplierInfo, String> {
@@ -604,6 +616,13 @@ fn convert_info(i: host::types::Info, budget: &mut OutputBudget) -> Result<Suppl
             .collect(),
     })
 }
+
+/// The longest value a plugin hands back that is stored on a record and shown with it
+/// (supplier references, raw statuses): supplier APIs use ids of a few dozen characters.
+const MAX_SHORT_BYTES: usize = 256;
+
+/// The longest product title, and region name.
+const MAX_TITLE_BYTES: usize = 256;
 
 /// The longest SKU; gateway product ids are `plugin:sku`.
 const MAX_SKU_BYTES: usize = 128;
@@ -653,6 +672,19 @@ fn check_product(p: &host::types::Product) -> Result<(), String> {
         return Err(format!(
             "sku must be 1-{MAX_SKU_BYTES} printable characters (got {} bytes)",
             p.sku.len()
+        ));
+    }
+    if p.title.len() > MAX_TITLE_BYTES
+        || p.region.as_ref().is_some_and(|r| r.len() > MAX_TITLE_BYTES)
+    {
+        return Err(format!(
+            "title and region must be at most {MAX_TITLE_BYTES} bytes"
+        ));
+    }
+    if p.countries.len() > 300 {
+        return Err(format!(
+            "{} countries is more than exist",
+            p.countries.len()
         ));
     }
     if let Some(c) = p
@@ -720,7 +752,9 @@ fn convert_outcome(
     budget: &mut OutputBudget,
 ) -> Result<ProvisionOutcome, String> {
     Ok(match o {
-        host::types::ProvisionOutcome::Pending(r) => ProvisionOutcome::Pending(budget.string(r)?),
+        host::types::ProvisionOutcome::Pending(r) => {
+            ProvisionOutcome::Pending(budget.short("supplier reference", r)?)
+        }
         host::types::ProvisionOutcome::Delivered(esims) => ProvisionOutcome::Delivered(
             esims
                 .into_iter()

@@ -7,11 +7,12 @@
 //! | `hostile-fields` | clones a `wasi:http` fields map of ~12 KiB until the host stops it: memory outside its own cap |
 //! | `hostile-long-iccid` | delivers an ICCID of 3 MB |
 //! | `hostile-debug` | reads config `target_url` (an answer larger than the egress cap), then fails with `rejected` carrying `to-debug-string` of the stream error |
+//! | `hostile-pending` | answers `pending` with a supplier reference of 1 MB |
 //!
 //! Its catalog always holds one product per SKU above plus `hostile-zzz` (currency `ZZZ`)
 //! and `hostile-negative` (a negative price), which the host must leave out alone. Config
-//! `catalog = "huge-sku"` adds a product with an 8 MB SKU; `catalog = "too-big"` makes the
-//! whole catalog larger than the output cap.
+//! `catalog = "huge-sku"` adds a product with an 8 MB SKU and one with a 1 MB title;
+//! `catalog = "too-big"` adds 30,000 good products, together larger than the output cap.
 
 use simgate_sdk::bindings::wasi::http::outgoing_handler;
 use simgate_sdk::bindings::wasi::http::types::{Fields, OutgoingRequest, Scheme};
@@ -110,6 +111,7 @@ impl Provisioning for Hostile {
                 &req.order_ref,
             )])),
             "hostile-debug" => debug_string_of_a_stream_error(),
+            "hostile-pending" => Ok(ProvisionOutcome::Pending("R".repeat(1_000_000))),
             other => Err(SupplierError::InvalidRequest(format!("unknown sku {other}"))),
         }
     }
@@ -129,6 +131,7 @@ impl Catalog for Hostile {
             "hostile-fields",
             "hostile-long-iccid",
             "hostile-debug",
+            "hostile-pending",
         ]
         .into_iter()
         .map(testing_common::product)
@@ -140,10 +143,18 @@ impl Catalog for Hostile {
         negative.wholesale.minor = -100;
         products.push(negative);
         match config::get("catalog").as_deref() {
-            Some("huge-sku") => products.push(testing_common::product(&"S".repeat(8_000_000))),
+            Some("huge-sku") => {
+                products.push(testing_common::product(&"S".repeat(8_000_000)));
+                let mut titled = testing_common::product("hostile-titled");
+                titled.title = "T".repeat(1_000_000);
+                products.push(titled);
+            }
             Some("too-big") => {
-                for p in &mut products {
-                    p.title = "T".repeat(1_000_000);
+                // Each product is fine alone; together they pass the output cap.
+                for i in 0..30_000 {
+                    let mut p = testing_common::product(&format!("hostile-bulk-{i}"));
+                    p.title = "T".repeat(200);
+                    products.push(p);
                 }
             }
             _ => {}
