@@ -10,6 +10,10 @@
 //!
 //! Environment: `BENCH_SECONDS` (default 5) per scenario, `BENCH_CONNECTIONS` (64),
 //! `BENCH_ROUNDS` (3; the report gives every round and the median ratio).
+//!
+//! `BENCH_BASE_BIN=/path/to/simgate` adds a second gateway, another build (an earlier
+//! commit's release binary, say), measured in the same rounds right after this build:
+//! before and after a change, side by side, under the same machine conditions.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -58,80 +62,71 @@ fn main() {
         .expect("starting the hello-world server");
     let hello_addr = read_addr(hello.stdout.take().unwrap(), "listening on http://");
 
-    let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_simgate");
-    simgate_test_support::pack(
-        std::path::Path::new(bin),
-        "sandbox",
-        &dir.path().join("plugins"),
-    );
-    let config = dir.path().join("config.toml");
     // BENCH_SYNC_WAIT_MS=0 answers orders on acceptance (fulfilment continues in the
     // background worker); unset keeps the default, answering once fulfilled.
     let sync_wait = std::env::var("BENCH_SYNC_WAIT_MS")
         .ok()
         .filter(|v| !v.is_empty());
-    std::fs::write(
-        &config,
-        format!(
-            "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
-            sync_wait.as_ref().map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default()
-        ),
-    )
-    .unwrap();
-    let mut gw = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("SIMGATE_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting simgate");
-    let (gw_addr, key, admin) = read_gateway(gw.stdout.take().unwrap());
-    let auth = format!("Bearer {key}");
+    let this_build = env!("CARGO_BIN_EXE_simgate").to_string();
+    let mut builds = vec![("this build", this_build.clone())];
+    if let Some(base) = std::env::var("BENCH_BASE_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+    {
+        builds.push(("baseline", base));
+    }
+    let gateways: Vec<Gateway> = builds
+        .into_iter()
+        .map(|(label, bin)| Gateway::start(label, &bin, &this_build, sync_wait.as_deref()))
+        .collect();
     let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
 
-    let mut table = Vec::new();
+    // Per round: hello world, then per gateway its POST run and GET run.
+    let mut table: Vec<(Run, Vec<(Run, Run)>)> = Vec::new();
     let (mut drain, mut accepted, mut settled) = (Duration::ZERO, 0, 0);
     for round in 0..rounds {
         let hello_run = load(hello_addr, hello.id(), connections, duration, |_| {
             Req::get("/".into(), None)
         });
-        let post_auth = auth.clone();
-        let body = body.clone();
-        let post_run = load(gw_addr, gw.id(), connections, duration, move |n| {
-            Req::post(
-                "/v1/orders".into(),
-                post_auth.clone(),
-                format!("bench-{round}-{n}"),
-                body.clone(),
-            )
-        });
-        let ids = post_run.order_ids.clone();
-        assert!(!ids.is_empty(), "no order was created");
-        // How long the fulfilment worker needs to finish every accepted order after the
-        // load stops (zero when orders are answered only once fulfilled).
-        let drain_started = Instant::now();
-        (accepted, settled) = loop {
-            let (accepted, settled) = order_counts(gw_addr, &admin);
-            if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
-                break (accepted, settled);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        drain = drain.max(drain_started.elapsed());
-        let get_auth = auth.clone();
-        let get_run = load(gw_addr, gw.id(), connections, duration, move |n| {
-            Req::get(
-                format!("/v1/orders/{}", ids[n % ids.len()]),
-                Some(get_auth.clone()),
-            )
-        });
-        table.push((hello_run, post_run, get_run));
+        let mut runs = Vec::new();
+        for gw in &gateways {
+            let post_auth = gw.auth.clone();
+            let body = body.clone();
+            let label = gw.label;
+            let post_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
+                Req::post(
+                    "/v1/orders".into(),
+                    post_auth.clone(),
+                    format!("bench-{label}-{round}-{n}"),
+                    body.clone(),
+                )
+            });
+            let ids = post_run.order_ids.clone();
+            assert!(!ids.is_empty(), "no order was created");
+            // How long the fulfilment worker needs to finish every accepted order after
+            // the load stops (zero when orders are answered only once fulfilled).
+            let drain_started = Instant::now();
+            (accepted, settled) = loop {
+                let (accepted, settled) = order_counts(gw.addr, &gw.admin);
+                if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
+                    break (accepted, settled);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            drain = drain.max(drain_started.elapsed());
+            let get_auth = gw.auth.clone();
+            let get_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
+                Req::get(
+                    format!("/v1/orders/{}", ids[n % ids.len()]),
+                    Some(get_auth.clone()),
+                )
+            });
+            runs.push((post_run, get_run));
+        }
+        table.push((hello_run, runs));
     }
-    let _ = gw.kill();
-    let _ = gw.wait();
+    let labels: Vec<&str> = gateways.iter().map(|g| g.label).collect();
+    drop(gateways);
     let _ = hello.kill();
     let _ = hello.wait();
 
@@ -146,13 +141,26 @@ fn main() {
         "| round | scenario | requests/s | p50 ms | p99 ms | errors | server CPU µs/request | vs hello world |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-    let post_name = format!("`POST /v1/orders` (sandbox plugin, {mode})");
-    for (i, (hello_run, post_run, get_run)) in table.iter().enumerate() {
-        for (name, run) in [
-            ("hyper hello world `GET /`", hello_run),
-            (post_name.as_str(), post_run),
-            ("`GET /v1/orders/{id}`", get_run),
-        ] {
+    let named = |label: &str, what: &str| {
+        if labels.len() > 1 {
+            format!("{what}, {label}")
+        } else {
+            what.to_string()
+        }
+    };
+    for (i, (hello_run, runs)) in table.iter().enumerate() {
+        let mut rows = vec![("hyper hello world `GET /`".to_string(), hello_run)];
+        for (label, (post_run, get_run)) in labels.iter().zip(runs) {
+            rows.push((
+                named(
+                    label,
+                    &format!("`POST /v1/orders` (sandbox plugin, {mode})"),
+                ),
+                post_run,
+            ));
+            rows.push((named(label, "`GET /v1/orders/{id}`"), get_run));
+        }
+        for (name, run) in rows {
             println!(
                 "| {} | {name} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1}% |",
                 i + 1,
@@ -167,20 +175,99 @@ fn main() {
             );
         }
     }
-    let median = |ratio: &dyn Fn(&(Run, Run, Run)) -> f64| {
-        let mut r: Vec<f64> = table.iter().map(ratio).collect();
+    let median = |mut r: Vec<f64>| -> f64 {
         r.sort_by(f64::total_cmp);
         r[r.len() / 2]
     };
+    println!();
+    for (g, label) in labels.iter().enumerate() {
+        let ratio = |pick: &dyn Fn(&(Run, Run)) -> &Run| {
+            median(
+                table
+                    .iter()
+                    .map(|(h, runs)| 100.0 * pick(&runs[g]).rate() / h.rate())
+                    .collect(),
+            )
+        };
+        let cpu = |pick: &dyn Fn(&(Run, Run)) -> &Run| {
+            let per_round: Vec<f64> = table
+                .iter()
+                .filter_map(|(_, runs)| pick(&runs[g]).cpu_per_request())
+                .collect();
+            if per_round.is_empty() {
+                f64::NAN
+            } else {
+                median(per_round)
+            }
+        };
+        println!(
+            "median over rounds, {label}: POST /v1/orders {:.1}% of hello world ({:.0} µs CPU/order), GET /v1/orders/{{id}} {:.1}% ({:.0} µs CPU/read)",
+            ratio(&|r| &r.0),
+            cpu(&|r| &r.0),
+            ratio(&|r| &r.1),
+            cpu(&|r| &r.1),
+        );
+    }
     println!(
-        "\nmedian over rounds: POST /v1/orders {:.1}% of hello world, GET /v1/orders/{{id}} {:.1}%",
-        median(&|(h, p, _)| 100.0 * p.rate() / h.rate()),
-        median(&|(h, _, g)| 100.0 * g.rate() / h.rate()),
-    );
-    println!(
-        "fulfilment: {settled} of {accepted} accepted orders settled; the worker needed at most {:.1} s after a round's load stopped",
+        "fulfilment: {settled} of {accepted} accepted orders settled (last gateway); the worker needed at most {:.1} s after a round's load stopped",
         drain.as_secs_f64(),
     );
+}
+
+/// One gateway under test: its own process and data directory, killed when dropped.
+struct Gateway {
+    label: &'static str,
+    process: std::process::Child,
+    addr: SocketAddr,
+    auth: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Start `bin` on a fresh data dir with the sandbox plugin (packed by `packer`).
+    fn start(label: &'static str, bin: &str, packer: &str, sync_wait: Option<&str>) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        simgate_test_support::pack(
+            std::path::Path::new(packer),
+            "sandbox",
+            &dir.path().join("plugins"),
+        );
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
+                sync_wait.map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default()
+            ),
+        )
+        .unwrap();
+        let mut process = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("SIMGATE_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let (addr, key, admin) = read_gateway(process.stdout.take().unwrap());
+        Gateway {
+            label,
+            process,
+            addr,
+            auth: format!("Bearer {key}"),
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
 }
 
 /// Orders accepted and orders settled (fulfilled or failed) so far, from `/metrics`.
