@@ -297,3 +297,39 @@ fn collect_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
+
+#[test]
+fn key_rotation_and_revocation_survive_a_crash_right_after_their_answer() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start();
+    let admin = gw.admin_key.clone();
+    let (_, old) = gw.new_reseller(0, None);
+    let rotated = gw.call("POST", "/v1/keys/rotate", Some(&old), None);
+    assert_eq!(rotated.status, 201, "{:?}", rotated.json);
+    let new = rotated.json["key"].as_str().unwrap().to_string();
+    // A second rotation mints a key that the admin then revokes.
+    let second = gw.call("POST", "/v1/keys/rotate", Some(&new), None);
+    assert_eq!(second.status, 201);
+    let (second_key, second_id) = (
+        second.json["key"].as_str().unwrap().to_string(),
+        second.json["id"].as_str().unwrap().to_string(),
+    );
+    let revoked = gw.call(
+        "POST",
+        &format!("/v1/admin/keys/{second_id}/revoke"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(revoked.status, 200, "{:?}", revoked.json);
+    // No other write, no clean shutdown: only what was durable before each 2xx survives.
+    let dir = gw.kill();
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .data_dir(dir)
+        .start();
+    assert_eq!(gw.call("GET", "/v1/balance", Some(&new), None).status, 200);
+    assert_eq!(
+        gw.call("GET", "/v1/balance", Some(&second_key), None)
+            .status,
+        401,
+        "the revocation was lost"
+    );
+}

@@ -347,7 +347,14 @@ fn gateway(
         demo_credit_minor: o.demo_credit_minor,
         idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
     };
-    Gateway::new(store, suppliers, keyring, policy, tuning)
+    Gateway::new(
+        store,
+        suppliers,
+        keyring,
+        Arc::new(simgate::domain::clock::SystemClock),
+        policy,
+        tuning,
+    )
 }
 
 async fn wait_for_signal() {

@@ -251,65 +251,24 @@ impl From<DomainError> for Problem {
     }
 }
 
+/// A supplier failure as a problem: the code and message are the domain's (the same a
+/// failed order carries); only the HTTP status is decided here.
 fn supplier_problem(e: &SupplierError) -> Problem {
     use StatusCode as S;
-    match e {
-        SupplierError::OutOfStock => {
-            Problem::new(S::CONFLICT, "out_of_stock", "Out of stock", e.to_string())
+    let (status, title) = match e {
+        SupplierError::OutOfStock => (S::CONFLICT, "Out of stock"),
+        SupplierError::RateLimited(_) => (S::SERVICE_UNAVAILABLE, "Supplier rate limited"),
+        SupplierError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "Supplier unavailable"),
+        SupplierError::Rejected(_) => (S::UNPROCESSABLE_ENTITY, "Rejected by supplier"),
+        SupplierError::InvalidRequest(_) => {
+            (S::UNPROCESSABLE_ENTITY, "Supplier refused the request")
         }
-        SupplierError::RateLimited(secs) => {
-            let mut p = Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "supplier_rate_limited",
-                "Supplier rate limited",
-                e.to_string(),
-            );
-            p.retry_after = Some(*secs);
-            p
-        }
-        SupplierError::Unavailable(_) => Problem::new(
-            S::SERVICE_UNAVAILABLE,
-            "supplier_unavailable",
-            "Supplier unavailable",
-            "the supplier is unavailable; try again later",
-        ),
-        SupplierError::Rejected(r) => Problem::new(
-            S::UNPROCESSABLE_ENTITY,
-            "supplier_rejected",
-            "Rejected by supplier",
-            r.clone(),
-        ),
-        SupplierError::InvalidRequest(r) => Problem::new(
-            S::UNPROCESSABLE_ENTITY,
-            "supplier_invalid_request",
-            "Supplier refused the request",
-            r.clone(),
-        ),
-        SupplierError::NotSupported => Problem::new(
-            S::NOT_IMPLEMENTED,
-            "not_supported",
-            "Not supported",
-            "this supplier does not support the operation",
-        ),
-        SupplierError::Fault { kind, .. } => {
-            // The message names plugin internals; operators see it in logs and status.
-            let code: &'static str = match kind.as_str() {
-                "deadline" => "plugin_deadline",
-                "memory" => "plugin_memory",
-                "trap" => "plugin_trap",
-                "egress_denied" => "plugin_egress_denied",
-                "bad_output" => "plugin_bad_output",
-                "overloaded" => "plugin_overloaded",
-                "not_loaded" => "supplier_not_loaded",
-                "host_limit" => "plugin_host_limit",
-                _ => "plugin_failed",
-            };
-            Problem::new(
-                S::BAD_GATEWAY,
-                code,
-                "Supplier integration failed",
-                "the supplier integration failed; the operator has been told",
-            )
-        }
+        SupplierError::NotSupported => (S::NOT_IMPLEMENTED, "Not supported"),
+        SupplierError::Fault { .. } => (S::BAD_GATEWAY, "Supplier integration failed"),
+    };
+    let mut p = Problem::new(status, e.code(), title, e.public_message());
+    if let SupplierError::RateLimited(secs) = e {
+        p.retry_after = Some(*secs);
     }
+    p
 }

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::catalog::ProductFilter;
-use crate::domain::gateway::{DomainError, NewOrder, OrderView, Principal};
+use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::orders::OrderStatus;
+use crate::domain::use_cases::orders::{NewOrder, OrderView};
 
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
@@ -215,7 +216,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
         ("GET", "/v1/balance") => balance(state, who()?),
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req),
-        ("POST", "/v1/keys/rotate") => rotate_key(state, who()?),
+        ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
             StatusCode::OK,
@@ -228,7 +229,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/admin/resellers") => create_reseller(state, req).await,
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
-        ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)),
+        ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)).await,
         _ => Err(problems::no_route(&path)),
     }
 }
@@ -467,19 +468,6 @@ where
         Claim::Replay(IdemState::Order { order }) => {
             let view = state.gateway.order(who, order)?;
             let mut resp = json(success, &view);
-            resp.headers_mut().insert(
-                "idempotent-replayed",
-                http::HeaderValue::from_static("true"),
-            );
-            return Ok(resp);
-        }
-        Claim::Replay(IdemState::Done { response }) => {
-            let mut resp = http::Response::new(Full::new(Bytes::from(response.body)));
-            *resp.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
             resp.headers_mut().insert(
                 "idempotent-replayed",
                 http::HeaderValue::from_static("true"),
@@ -759,9 +747,20 @@ fn key_json(key: &str, record: &crate::domain::accounts::ApiKey) -> serde_json::
     })
 }
 
-fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
+async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
     let (key, record) = state.gateway.rotate_key(who)?;
+    durable(state).await?;
     Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
+}
+
+/// Wait until every write made so far is on disk: a 2xx is sent only after it.
+async fn durable(state: &AppState) -> Result<(), Problem> {
+    state
+        .gateway
+        .store()
+        .durable()
+        .await
+        .map_err(|e| DomainError::from(e).into())
 }
 
 #[derive(Debug, Deserialize)]
@@ -775,12 +774,7 @@ struct CreateReseller {
 async fn create_reseller(state: &AppState, req: http::Request<Bytes>) -> Result<Response, Problem> {
     let (_, _, body): (_, _, CreateReseller) = json_body(req)?;
     let reseller = state.gateway.create_reseller(&body.name, body.markup_bps)?;
-    state
-        .gateway
-        .store()
-        .durable()
-        .await
-        .map_err(DomainError::from)?;
+    durable(state).await?;
     Ok(json(StatusCode::CREATED, &reseller))
 }
 
@@ -822,12 +816,7 @@ async fn create_key(
     let (key, record) = state
         .gateway
         .create_key(Some(reseller), body.role, body.mode)?;
-    state
-        .gateway
-        .store()
-        .durable()
-        .await
-        .map_err(DomainError::from)?;
+    durable(state).await?;
     Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
 }
 
@@ -855,23 +844,19 @@ async fn credit(
     let balance = state
         .gateway
         .credit(reseller, body.amount, &body.currency, body.note)?;
-    state
-        .gateway
-        .store()
-        .durable()
-        .await
-        .map_err(DomainError::from)?;
+    durable(state).await?;
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({"currency": body.currency, "available": balance.available, "held": balance.held}),
     ))
 }
 
-fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
+async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
     let id: KeyId = id
         .parse()
         .map_err(|_| Problem::from(DomainError::NotFound("key")))?;
     let key = state.gateway.revoke_key(id)?;
+    durable(state).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"id": key.id, "role": key.role, "expires_at_ms": key.expires_at_ms}),

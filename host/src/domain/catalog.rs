@@ -1,6 +1,8 @@
 //! The gateway catalog: every loaded supplier's products under gateway product ids, priced
 //! for one reseller.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::supplier::{DataAllowance, Money, SupplierProduct};
@@ -147,6 +149,26 @@ impl ProductFilter {
                     .is_some_and(|pr| pr.eq_ignore_ascii_case(r))
             })
     }
+}
+
+/// The catalogs read so far and the fetches that failed, by plugin id.
+#[derive(Default)]
+pub struct CatalogCache {
+    /// Catalogs read or fetched so far: every order looks its product up, and decoding
+    /// the stored catalog each time would cost more than the order's writes.
+    pub(crate) catalogs: std::sync::Mutex<std::collections::HashMap<String, Arc<CachedCatalog>>>,
+    /// Catalog fetches that failed, so reads do not ask again at once.
+    pub(crate) failures: std::sync::Mutex<std::collections::HashMap<String, CatalogFailure>>,
+}
+
+/// A plugin version whose catalog fetch failed, and when to ask again.
+pub(crate) struct CatalogFailure {
+    /// The plugin version that failed (a new version is asked at once).
+    pub(crate) version: String,
+    /// Failures in a row.
+    pub(crate) count: u32,
+    /// When to ask again, ms since the epoch.
+    pub(crate) retry_at_ms: u64,
 }
 
 #[cfg(test)]

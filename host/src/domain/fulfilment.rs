@@ -18,11 +18,14 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 
+use super::clock::Clock;
 use super::esim;
-use super::gateway::{Keyring, failure_of, now_ms};
 use super::ids::OrderId;
-use super::ledger::{EntryKind, LedgerEntry};
-use super::orders::{ActivationData, EsimRecord, Order, OrderFailure, OrderKind, OrderStatus};
+use super::keyring::Keyring;
+use super::ledger::EntryKind;
+use super::orders::{
+    ActivationData, EsimRecord, IllegalTransition, Order, OrderFailure, OrderKind, OrderStatus,
+};
 use super::store::{Store, StoreError};
 use super::supplier::{
     EsimProfile, FaultKind, PlanState, ProfileState, ProvisionOutcome, ProvisionRequest,
@@ -142,11 +145,27 @@ pub struct Fulfilment {
     store: Arc<dyn Store>,
     suppliers: Arc<dyn Suppliers>,
     keyring: Arc<dyn Keyring>,
+    clock: Arc<dyn Clock>,
     policy: RetryPolicy,
     slots: Semaphore,
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
     /// Status counts for metrics.
     pub counters: OrderCounters,
+}
+
+/// Why a step could not finish.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    /// The store failed: the step is tried again later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The order's total does not fit the ledger (a record this gateway did not write).
+    #[error(transparent)]
+    Total(#[from] super::orders::TotalOutOfRange),
+    /// The order is in a state this step may not change (a bug, or a race with another
+    /// change): it is left as it is.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
 }
 
 /// What one processing step decided.
@@ -163,12 +182,14 @@ impl Fulfilment {
         store: Arc<dyn Store>,
         suppliers: Arc<dyn Suppliers>,
         keyring: Arc<dyn Keyring>,
+        clock: Arc<dyn Clock>,
         policy: RetryPolicy,
     ) -> Arc<Fulfilment> {
         Arc::new(Fulfilment {
             store,
             suppliers,
             keyring,
+            clock,
             slots: Semaphore::new(policy.concurrency),
             policy,
             waiters: Mutex::new(HashMap::new()),
@@ -181,7 +202,8 @@ impl Fulfilment {
         let open = self.store.open_orders()?;
         let n = open.len();
         for order in open {
-            let delay = Duration::from_millis(order.next_attempt_ms.saturating_sub(now_ms()));
+            let delay =
+                Duration::from_millis(order.next_attempt_ms.saturating_sub(self.clock.now_ms()));
             self.schedule(order.id, delay);
         }
         if n > 0 {
@@ -229,7 +251,7 @@ impl Fulfilment {
                 match this.store.order(id) {
                     Ok(Some(order)) => this.advance(order).await,
                     Ok(None) => Ok(Step::Settled(None)),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 }
             };
             this.after(id, step);
@@ -251,38 +273,43 @@ impl Fulfilment {
     }
 
     /// Act on what a step decided.
-    fn after(
-        self: &Arc<Self>,
-        id: OrderId,
-        step: Result<Step, StoreError>,
-    ) -> Option<Box<Settled>> {
+    fn after(self: &Arc<Self>, id: OrderId, step: Result<Step, StepError>) -> Option<Box<Settled>> {
         match step {
             Ok(Step::Settled(settled)) => {
                 self.notify(id);
                 return settled;
             }
             Ok(Step::Again(d)) => self.schedule(id, d),
-            Err(e) => {
+            Err(StepError::Store(e)) => {
                 // The store failed; try again later rather than lose the order.
                 tracing::error!(order = %id, error = %e, "fulfilment step failed; retrying");
                 self.schedule(id, self.policy.max_backoff);
+            }
+            Err(StepError::Total(e)) => {
+                tracing::error!(order = %id, error = %e, "fulfilment step refused; order left as it is");
+                self.notify(id);
+            }
+            Err(StepError::Illegal(e)) => {
+                tracing::error!(order = %id, error = %e, "fulfilment step refused; order left as it is");
+                self.notify(id);
             }
         }
         None
     }
 
     /// Take one step on an order.
-    async fn advance(&self, mut order: Order) -> Result<Step, StoreError> {
+    async fn advance(&self, mut order: Order) -> Result<Step, StepError> {
         if order.status.is_final() {
             return Ok(Step::Settled(None));
         }
+        let now = self.clock.now_ms();
         let first_call = order.status == OrderStatus::Accepted;
         if first_call {
-            order.status = OrderStatus::Submitted;
+            order.transition(OrderStatus::Submitted, now)?;
             self.counters.reached(OrderStatus::Submitted);
         }
-        order.attempts += 1;
-        order.updated_at_ms = now_ms();
+        order.attempts = order.attempts.saturating_add(1);
+        order.updated_at_ms = now;
         // Count a repeated attempt before calling out, so a crash loop still ends. The
         // first call needs no write of its own: the accepted order is already durable,
         // recovery treats accepted like submitted, and provisioning is idempotent on the
@@ -358,7 +385,7 @@ impl Fulfilment {
                 self.again(order, delay, Some(e)).await
             }
             Err(e) => {
-                let failure = failure_of(&e);
+                let failure = OrderFailure::of(&e);
                 self.fail(order, failure).await
             }
         }
@@ -370,10 +397,10 @@ impl Fulfilment {
         mut order: Order,
         delay: Duration,
         error: Option<SupplierError>,
-    ) -> Result<Step, StoreError> {
+    ) -> Result<Step, StepError> {
         if order.attempts >= self.policy.max_attempts {
             let failure = match &error {
-                Some(e) => failure_of(e),
+                Some(e) => OrderFailure::of(e),
                 None => OrderFailure {
                     code: "supplier_timeout".into(),
                     message: "the supplier did not deliver in time".into(),
@@ -384,8 +411,9 @@ impl Fulfilment {
         if let Some(e) = &error {
             tracing::warn!(order = %order.id, plugin = %order.plugin, attempt = order.attempts, error = %e, "supplier call failed; will retry");
         }
-        order.next_attempt_ms = now_ms() + delay.as_millis() as u64;
-        order.updated_at_ms = now_ms();
+        let now = self.clock.now_ms();
+        order.next_attempt_ms = now.saturating_add(delay.as_millis() as u64);
+        order.updated_at_ms = now;
         self.store.put_order(&order)?;
         Ok(Step::Again(delay))
     }
@@ -394,28 +422,21 @@ impl Fulfilment {
         &self,
         mut order: Order,
         profiles: Vec<EsimProfile>,
-    ) -> Result<Step, StoreError> {
+    ) -> Result<Step, StepError> {
         if let Some(iccid) = repeated_iccid(&profiles) {
             let failure = bad_output(format!(
                 "the supplier delivered ICCID {iccid} more than once in one order"
             ));
             return self.fail(order, failure).await;
         }
-        let mut esims = Vec::with_capacity(profiles.len());
-        for profile in profiles {
-            esims.push(self.seal_esim(&order, profile));
-        }
+        let submitted = order.clone();
+        order.transition(OrderStatus::Fulfilled, self.clock.now_ms())?;
+        let esims: Vec<EsimRecord> = profiles
+            .into_iter()
+            .map(|profile| self.seal_esim(&order, profile))
+            .collect();
         order.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
-        order.status = OrderStatus::Fulfilled;
-        order.updated_at_ms = now_ms();
-        let total = order.accepted_total()?;
-        let capture = LedgerEntry::new(
-            order.reseller,
-            EntryKind::Capture,
-            total.minor,
-            &total.currency,
-            Some(order.id),
-        );
+        let capture = order.ledger_entry(EntryKind::Capture)?;
         if let Err(taken) = self.store.settle_order(&order, &capture, &esims)? {
             // A plugin handed out an ICCID that another order owns: a plugin bug at best,
             // an attempt to take over another reseller's eSIM at worst. Nothing was
@@ -430,31 +451,21 @@ impl Fulfilment {
                 "plugin delivered an ICCID that belongs to another order; order failed"
             );
             self.counters.iccid_conflict();
-            order.iccids.clear();
-            order.status = OrderStatus::Submitted;
             let failure = bad_output(
                 "the supplier delivered an eSIM that belongs to another order".to_string(),
             );
-            return self.fail(order, failure).await;
+            return self.fail(submitted, failure).await;
         }
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Fulfilled);
         Ok(Step::Settled(Some(Box::new(Settled { order, esims }))))
     }
 
-    async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StoreError> {
+    async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StepError> {
         tracing::info!(order = %order.id, plugin = %order.plugin, code = %failure.code, "order failed; hold released");
-        order.status = OrderStatus::Failed;
+        order.transition(OrderStatus::Failed, self.clock.now_ms())?;
         order.failure = Some(failure);
-        order.updated_at_ms = now_ms();
-        let total = order.accepted_total()?;
-        let release = LedgerEntry::new(
-            order.reseller,
-            EntryKind::Release,
-            total.minor,
-            &total.currency,
-            Some(order.id),
-        );
+        let release = order.ledger_entry(EntryKind::Release)?;
         // A release delivers no eSIM, so it claims no ICCID and cannot conflict.
         self.store
             .settle_order(&order, &release, &[])?
@@ -488,7 +499,7 @@ impl Fulfilment {
             profile: ProfileState::Released,
             plan: PlanState::Ready,
             raw_status: String::new(),
-            created_at_ms: now_ms(),
+            created_at_ms: order.updated_at_ms,
         }
     }
 }
@@ -515,6 +526,7 @@ mod tests {
     use super::*;
     use crate::domain::accounts::Reseller;
     use crate::domain::ids::ResellerId;
+    use crate::domain::ledger::LedgerEntry;
     use crate::domain::supplier::{
         BoxFuture, Money, Supplier, SupplierInfo, SupplierProduct, SupplierResult, Usage,
     };
@@ -580,6 +592,9 @@ mod tests {
         }
     }
 
+    /// Where the tests' fixed clock stands.
+    const CLOCK_START: u64 = 1_800_000_000_000;
+
     /// Accept an order for `flaky` against a funded reseller; returns the store and order.
     async fn setup(
         failures: u32,
@@ -610,7 +625,14 @@ mod tests {
             max_backoff: Duration::from_millis(20),
             ..Default::default()
         };
-        let f = Fulfilment::new(store.clone(), Arc::new(One(flaky.clone())), keyring, policy);
+        let clock = Arc::new(crate::domain::clock::FixedClock::at(CLOCK_START));
+        let f = Fulfilment::new(
+            store.clone(),
+            Arc::new(One(flaky.clone())),
+            keyring,
+            clock,
+            policy,
+        );
         let reseller = Reseller {
             id: ResellerId::new(),
             name: "R".into(),
@@ -625,6 +647,7 @@ mod tests {
                 1000,
                 "USD",
                 None,
+                0,
             ))
             .unwrap()
             .unwrap();
@@ -651,7 +674,7 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
         };
-        let hold = LedgerEntry::hold_for(reseller.id, order.id, 300, "USD");
+        let hold = order.ledger_entry(EntryKind::Hold).unwrap();
         store.accept_order(&order, &hold).unwrap().unwrap();
         (f, store, flaky, order, dir)
     }
@@ -671,6 +694,15 @@ mod tests {
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
         let b = store.balance(order.reseller, "USD").unwrap();
         assert_eq!((b.available, b.held), (700, 0), "captured once");
+        // Every time the step wrote is the clock's, not the wall clock's.
+        assert_eq!(o.updated_at_ms, CLOCK_START);
+        let capture = store.ledger_entries(order.reseller).unwrap().pop().unwrap();
+        assert_eq!(
+            (capture.kind, capture.created_at_ms),
+            (EntryKind::Capture, CLOCK_START)
+        );
+        let esim = store.esim(&o.iccids[0]).unwrap().unwrap();
+        assert_eq!(esim.created_at_ms, CLOCK_START);
     }
 
     #[tokio::test]

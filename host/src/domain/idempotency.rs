@@ -37,15 +37,6 @@ impl IdemKey {
     }
 }
 
-/// A stored, replayable HTTP outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredResponse {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: String,
-}
-
 /// What a key stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
@@ -62,11 +53,6 @@ pub enum IdemState {
     Order {
         /// The order.
         order: OrderId,
-    },
-    /// The first request ended with this response.
-    Done {
-        /// The response.
-        response: StoredResponse,
     },
 }
 
@@ -96,15 +82,58 @@ pub enum Claim {
     InProgress,
 }
 
-/// Fingerprint of a request.
+/// Fingerprint of a request: its method, path and the *meaning* of its body. A JSON body
+/// is fingerprinted in a canonical form (object keys sorted, no insignificant white
+/// space), so a client that serialises the same request with its keys in another order
+/// is not told it reused the key for a different request. Other bodies count as bytes.
 pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(method.as_bytes());
     ctx.update(b" ");
     ctx.update(path.as_bytes());
     ctx.update(b"\n");
-    ctx.update(body);
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => {
+            let mut canonical = Vec::with_capacity(body.len());
+            write_canonical(&value, &mut canonical);
+            ctx.update(&canonical);
+        }
+        Err(_) => ctx.update(body),
+    }
     ctx.finish().as_ref().try_into().expect("32 bytes")
+}
+
+/// `value` as compact JSON with every object's keys sorted (whatever order the JSON
+/// library keeps them in).
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
+    }
 }
 
 /// Decide what an existing record means for a new request (the rule, in one place).
@@ -157,6 +186,31 @@ mod tests {
             state,
             created_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_request_fingerprints_by_its_meaning_not_its_bytes() {
+        let a = fingerprint(
+            "POST",
+            "/v1/orders",
+            br#"{"product_id":"p:1","quantity":2,"metadata":{"b":1,"a":[1,{"y":0,"x":0}]}}"#,
+        );
+        let reordered = fingerprint(
+            "POST",
+            "/v1/orders",
+            b"{ \"metadata\": {\"a\": [1, {\"x\": 0, \"y\": 0}], \"b\": 1},\n \"quantity\": 2, \"product_id\": \"p:1\" }",
+        );
+        assert_eq!(a, reordered);
+        let other = fingerprint(
+            "POST",
+            "/v1/orders",
+            br#"{"product_id":"p:1","quantity":3}"#,
+        );
+        assert_ne!(a, other);
+        assert_ne!(
+            fingerprint("POST", "/v1/orders", b"not json"),
+            fingerprint("POST", "/v1/orders", b"not  json")
+        );
     }
 
     #[test]

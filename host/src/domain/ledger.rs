@@ -176,19 +176,33 @@ pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Result<
 impl LedgerEntry {
     /// The hold that accepts `order`. It has the order's id, which makes a reseller's
     /// holds its list of orders (`Store::accept_order` requires it).
-    pub fn hold_for(reseller: ResellerId, order: OrderId, amount: i64, currency: &str) -> Self {
-        let mut hold = LedgerEntry::new(reseller, EntryKind::Hold, amount, currency, Some(order));
+    pub fn hold_for(
+        reseller: ResellerId,
+        order: OrderId,
+        amount: i64,
+        currency: &str,
+        at_ms: u64,
+    ) -> Self {
+        let mut hold = LedgerEntry::new(
+            reseller,
+            EntryKind::Hold,
+            amount,
+            currency,
+            Some(order),
+            at_ms,
+        );
         hold.id = order.0;
         hold
     }
 
-    /// A new entry for now.
+    /// A new entry, dated `at_ms`.
     pub fn new(
         reseller: ResellerId,
         kind: EntryKind,
         amount: i64,
         currency: &str,
         order: Option<OrderId>,
+        at_ms: u64,
     ) -> LedgerEntry {
         LedgerEntry {
             id: Ulid::new(),
@@ -198,7 +212,7 @@ impl LedgerEntry {
             currency: currency.to_string(),
             order,
             note: None,
-            created_at_ms: super::gateway::now_ms(),
+            created_at_ms: at_ms,
         }
     }
 }
@@ -244,7 +258,7 @@ mod tests {
         let mut entries = Vec::new();
         for (k, a) in seq {
             b = b.apply(k, a).unwrap();
-            entries.push(LedgerEntry::new(r, k, a, "USD", o));
+            entries.push(LedgerEntry::new(r, k, a, "USD", o, 0));
         }
         assert_eq!(b, replay(&entries).unwrap());
         assert_eq!(
@@ -277,8 +291,8 @@ mod tests {
     fn replayed_totals_that_overflow_are_an_error() {
         let r = ResellerId::new();
         let entries = [
-            LedgerEntry::new(r, Credit, i64::MAX, "USD", None),
-            LedgerEntry::new(r, Credit, 1, "USD", None),
+            LedgerEntry::new(r, Credit, i64::MAX, "USD", None, 0),
+            LedgerEntry::new(r, Credit, 1, "USD", None, 0),
         ];
         assert_eq!(replay(&entries), Err(Refused::OutOfRange));
     }

@@ -4,14 +4,17 @@
 
 pub mod accounts;
 pub mod catalog;
+pub mod clock;
 pub mod esim;
 pub mod fulfilment;
 pub mod gateway;
 pub mod idempotency;
 pub mod ids;
+pub mod keyring;
 pub mod ledger;
 pub mod orders;
 pub mod store;
 pub mod supplier;
+pub mod use_cases;
 
 pub use supplier::{FaultKind, Supplier, SupplierError, Suppliers};

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{OrderId, ResellerId};
-use super::supplier::{Money, PlanState, ProfileState};
+use super::ledger::{EntryKind, LedgerEntry};
+use super::supplier::{Money, PlanState, ProfileState, SupplierError};
 
 /// Where an order is in its life.
 ///
@@ -165,14 +166,66 @@ impl Order {
 
     /// The total of an order that was accepted: acceptance refuses an order without one,
     /// so a stored order that has none was not written by this gateway.
-    pub fn accepted_total(&self) -> Result<Money, super::store::StoreError> {
-        self.total().ok_or_else(|| {
-            super::store::StoreError::Decode(format!(
-                "order {} costs more than the ledger can hold",
-                self.id
-            ))
+    pub fn accepted_total(&self) -> Result<Money, TotalOutOfRange> {
+        self.total().ok_or(TotalOutOfRange(self.id))
+    }
+
+    /// Move the order to `next` at `now_ms`, if the state machine
+    /// ([`OrderStatus::can_become`]) allows it: every status change goes through here.
+    pub fn transition(&mut self, next: OrderStatus, now_ms: u64) -> Result<(), IllegalTransition> {
+        if !self.status.can_become(next) {
+            return Err(IllegalTransition {
+                order: self.id,
+                from: self.status,
+                to: next,
+            });
+        }
+        self.status = next;
+        self.updated_at_ms = now_ms;
+        Ok(())
+    }
+
+    /// The ledger entry of `kind` that moves this order's total, dated when the order last
+    /// changed. A hold has the order's id (see [`LedgerEntry::hold_for`]).
+    pub fn ledger_entry(&self, kind: EntryKind) -> Result<LedgerEntry, TotalOutOfRange> {
+        let total = self.accepted_total()?;
+        Ok(match kind {
+            EntryKind::Hold => LedgerEntry::hold_for(
+                self.reseller,
+                self.id,
+                total.minor,
+                &total.currency,
+                self.updated_at_ms,
+            ),
+            _ => LedgerEntry::new(
+                self.reseller,
+                kind,
+                total.minor,
+                &total.currency,
+                Some(self.id),
+                self.updated_at_ms,
+            ),
         })
     }
+}
+
+/// A stored order whose total does not fit the ledger. Acceptance refuses such an order,
+/// so one that is stored was not written by this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("order {0} costs more than the ledger can hold")]
+pub struct TotalOutOfRange(pub OrderId);
+
+/// A status change the state machine does not allow (a bug, or a change that raced with
+/// another one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("order {order} cannot go from {from:?} to {to:?}")]
+pub struct IllegalTransition {
+    /// The order.
+    pub order: OrderId,
+    /// Its status.
+    pub from: OrderStatus,
+    /// The status asked for.
+    pub to: OrderStatus,
 }
 
 /// What an order buys.
@@ -196,6 +249,17 @@ pub struct OrderFailure {
     pub code: String,
     /// Human explanation.
     pub message: String,
+}
+
+impl OrderFailure {
+    /// How a supplier failure is told to the reseller on a failed order: the same code
+    /// and message an API problem carries (see `SupplierError::code`).
+    pub fn of(e: &SupplierError) -> OrderFailure {
+        OrderFailure {
+            code: e.code().into(),
+            message: e.public_message(),
+        }
+    }
 }
 
 /// A delivered eSIM as stored. Activation data is sealed (AES-256-GCM) so it is not

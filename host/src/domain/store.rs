@@ -38,6 +38,12 @@ pub struct IccidTaken {
     pub owner: OrderId,
 }
 
+impl From<super::orders::TotalOutOfRange> for StoreError {
+    fn from(e: super::orders::TotalOutOfRange) -> StoreError {
+        StoreError::Decode(e.to_string())
+    }
+}
+
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 

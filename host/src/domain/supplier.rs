@@ -195,6 +195,40 @@ pub enum SupplierError {
 }
 
 impl SupplierError {
+    /// The stable code a reseller sees for this failure, on a failed order and in an API
+    /// problem alike (the one table of them).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SupplierError::OutOfStock => "out_of_stock",
+            SupplierError::RateLimited(_) => "supplier_rate_limited",
+            SupplierError::Unavailable(_) => "supplier_unavailable",
+            SupplierError::Rejected(_) => "supplier_rejected",
+            SupplierError::InvalidRequest(_) => "supplier_invalid_request",
+            SupplierError::NotSupported => "not_supported",
+            SupplierError::Fault { kind, .. } => kind.code(),
+        }
+    }
+
+    /// What a reseller is told: the supplier's own reason where it gave one (a plugin's
+    /// reasons are scrubbed of secrets and capped), never the plugin's internals.
+    pub fn public_message(&self) -> String {
+        match self {
+            SupplierError::OutOfStock => "the supplier has no stock for this product".into(),
+            SupplierError::RateLimited(_) | SupplierError::Unavailable(_) => {
+                "the supplier is unavailable; try again later".into()
+            }
+            SupplierError::Rejected(r) | SupplierError::InvalidRequest(r) => r.clone(),
+            SupplierError::NotSupported => "the supplier does not support this operation".into(),
+            SupplierError::Fault {
+                kind: FaultKind::NotLoaded,
+                ..
+            } => "the supplier integration is not loaded".into(),
+            SupplierError::Fault { .. } => {
+                "the supplier integration failed; the operator has been told".into()
+            }
+        }
+    }
+
     /// Whether the same call may succeed if retried later.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -243,6 +277,21 @@ impl FaultKind {
             FaultKind::NotLoaded => "not_loaded",
             FaultKind::HostLimit => "host_limit",
             FaultKind::Internal => "internal",
+        }
+    }
+
+    /// The code a reseller sees for a call that failed this way.
+    pub fn code(self) -> &'static str {
+        match self {
+            FaultKind::Deadline => "plugin_deadline",
+            FaultKind::Memory => "plugin_memory",
+            FaultKind::Trap => "plugin_trap",
+            FaultKind::EgressDenied => "plugin_egress_denied",
+            FaultKind::BadOutput => "plugin_bad_output",
+            FaultKind::Overloaded => "plugin_overloaded",
+            FaultKind::NotLoaded => "supplier_not_loaded",
+            FaultKind::HostLimit => "plugin_host_limit",
+            FaultKind::Internal => "plugin_failed",
         }
     }
 

@@ -252,11 +252,6 @@ impl Registry {
             .clone()
     }
 
-    /// Ids of the plugins serving now.
-    pub fn serving_ids(&self) -> Vec<String> {
-        self.serving.load().keys().cloned().collect()
-    }
-
     /// The serving generation of a plugin.
     pub fn generation(&self, id: &str) -> Option<Arc<Generation>> {
         self.serving.load().get(id).cloned()

@@ -10,7 +10,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::domain::accounts::KeyHash;
-use crate::domain::gateway::Keyring;
+use crate::domain::keyring::Keyring;
 
 /// Version byte in front of sealed data, so the format can change.
 const SEALED_V1: u8 = 1;

@@ -61,7 +61,7 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
-use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState, StoredResponse};
+use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
@@ -277,10 +277,6 @@ enum StoredIdemState {
         order: Option<[u8; 16]>,
     },
     Order([u8; 16]),
-    Done {
-        status: u16,
-        body: String,
-    },
 }
 
 /// The version byte of a [`StoredIdem`]; JSON records (as older stores wrote them) start
@@ -294,10 +290,6 @@ fn encode_idem(rec: &IdemRecord) -> Vec<u8> {
             order: order.map(|o| o.to_bytes()),
         },
         IdemState::Order { order } => StoredIdemState::Order(order.to_bytes()),
-        IdemState::Done { response } => StoredIdemState::Done {
-            status: response.status,
-            body: response.body.clone(),
-        },
     };
     let stored = StoredIdem {
         fingerprint: rec.fingerprint,
@@ -326,9 +318,6 @@ fn decode_idem(bytes: &[u8]) -> StoreResult<IdemRecord> {
         },
         StoredIdemState::Order(order) => IdemState::Order {
             order: OrderId::from_bytes(order),
-        },
-        StoredIdemState::Done { status, body } => IdemState::Done {
-            response: StoredResponse { status, body },
         },
     };
     Ok(IdemRecord {
@@ -440,11 +429,6 @@ impl SledStore {
         store.meta.remove(CLEAN).map_err(backend)?;
         store.db.flush().map_err(backend)?;
         Ok(store)
-    }
-
-    /// The raw database, for maintenance commands.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
     }
 
     /// Every ledger entry of a reseller, oldest first (invariant checks, exports).
@@ -1072,7 +1056,7 @@ impl Store for SledStore {
                     Some(id) => self.order_exists(id)?,
                     None => false,
                 },
-                IdemState::Order { .. } | IdemState::Done { .. } => true,
+                IdemState::Order { .. } => true,
             };
             // Compare-and-swap: a record rewritten meanwhile is left alone.
             if finished
@@ -1249,13 +1233,13 @@ mod tests {
 
     fn entry(reseller: ResellerId, kind: EntryKind, amount: i64, order: &Order) -> LedgerEntry {
         match kind {
-            EntryKind::Hold => LedgerEntry::hold_for(reseller, order.id, amount, "USD"),
-            _ => LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id)),
+            EntryKind::Hold => LedgerEntry::hold_for(reseller, order.id, amount, "USD", 1),
+            _ => LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id), 1),
         }
     }
 
     fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
-        let e = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None);
+        let e = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
         s.post_entry(&e).unwrap().unwrap();
     }
 
@@ -1392,12 +1376,6 @@ mod tests {
                 order: None,
             },
             IdemState::Order { order },
-            IdemState::Done {
-                response: StoredResponse {
-                    status: 201,
-                    body: r#"{"ok":true}"#.into(),
-                },
-            },
         ];
         for state in states {
             let rec = IdemRecord {

@@ -1,0 +1,200 @@
+//! Accounts: the first start's keys, resellers, API keys (create, rotate, revoke,
+//! authenticate) and the prepaid balance (credits, balances, the ledger's pages).
+
+use crate::domain::accounts::{self, ApiKey, KeyMode, Reseller, Role};
+use crate::domain::gateway::{DomainError, Gateway, Principal};
+use crate::domain::ids::{KeyId, ResellerId};
+use crate::domain::ledger::{Balance, EntryKind, LedgerEntry};
+use crate::domain::store::Page;
+
+/// Keys minted on first start, shown once.
+#[derive(Debug)]
+pub struct BootstrapKeys {
+    /// An admin key.
+    pub admin: String,
+    /// A demo reseller's test key, when demo mode is on.
+    pub demo: Option<(ResellerId, String)>,
+}
+
+impl Gateway {
+    /// On the first start of an empty store, mint an admin key and (in demo mode) a demo
+    /// reseller with a test key and some credit. Later starts return `None`: keys are
+    /// shown once.
+    pub async fn bootstrap(&self, demo: bool) -> Result<Option<BootstrapKeys>, DomainError> {
+        const MARKER: &str = "bootstrapped";
+        if self.store.meta(MARKER)?.is_some() {
+            return Ok(None);
+        }
+        let (admin, _) = self.create_key(None, Role::Admin, KeyMode::Live)?;
+        let demo = if demo {
+            let reseller = self.create_reseller("Demo Reseller", 1500)?;
+            let (key, _) = self.create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)?;
+            self.credit(
+                reseller.id,
+                self.tuning.demo_credit_minor,
+                "USD",
+                Some("demo credit".into()),
+            )?;
+            Some((reseller.id, key))
+        } else {
+            None
+        };
+        self.store.put_meta(MARKER, b"1")?;
+        self.store.durable().await?;
+        Ok(Some(BootstrapKeys { admin, demo }))
+    }
+
+    /// Create a reseller account.
+    pub fn create_reseller(&self, name: &str, markup_bps: u32) -> Result<Reseller, DomainError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(DomainError::Invalid {
+                field: "/name",
+                message: "must be 1 to 200 printable characters".into(),
+            });
+        }
+        if markup_bps > 100_000 {
+            return Err(DomainError::Invalid {
+                field: "/markup_bps",
+                message: "must be 0 to 100000 (0% to 1000%)".into(),
+            });
+        }
+        let reseller = Reseller {
+            id: ResellerId::new(),
+            name: name.to_string(),
+            markup_bps,
+            created_at_ms: self.clock.now_ms(),
+        };
+        self.store.put_reseller(&reseller)?;
+        Ok(reseller)
+    }
+
+    /// Mint and store a key; returns the key string (shown once) and its record.
+    pub fn create_key(
+        &self,
+        reseller: Option<ResellerId>,
+        role: Role,
+        mode: KeyMode,
+    ) -> Result<(String, ApiKey), DomainError> {
+        if (role == Role::Admin) != reseller.is_none() {
+            return Err(DomainError::Invalid {
+                field: "/role",
+                message: "admin keys belong to no reseller; reseller keys belong to one".into(),
+            });
+        }
+        if let Some(r) = reseller {
+            self.store
+                .reseller(r)?
+                .ok_or(DomainError::NotFound("reseller"))?;
+        }
+        let key = accounts::mint_key(mode, &self.rng);
+        let record = ApiKey {
+            id: KeyId::new(),
+            reseller,
+            role,
+            mode,
+            hash: self.keyring.hash_key(&key),
+            hint: accounts::key_hint(&key),
+            created_at_ms: self.clock.now_ms(),
+            expires_at_ms: None,
+        };
+        self.store.put_api_key(&record)?;
+        Ok((key, record))
+    }
+
+    /// Revoke a key now.
+    pub fn revoke_key(&self, id: KeyId) -> Result<ApiKey, DomainError> {
+        let mut key = self
+            .store
+            .api_key_by_id(id)?
+            .ok_or(DomainError::NotFound("key"))?;
+        let now = self.clock.now_ms();
+        key.expires_at_ms = Some(key.expires_at_ms.map_or(now, |t| t.min(now)));
+        self.store.put_api_key(&key)?;
+        Ok(key)
+    }
+
+    /// Replace the caller's key: a new key with the same role, the old one working for
+    /// the grace period so deployments can switch without downtime.
+    pub fn rotate_key(&self, who: &Principal) -> Result<(String, ApiKey), DomainError> {
+        let mut old = self
+            .store
+            .api_key_by_id(who.key)?
+            .ok_or(DomainError::Unauthenticated)?;
+        let (key, record) = self.create_key(old.reseller, old.role, old.mode)?;
+        let grace_end = self.clock.now_ms() + self.tuning.rotation_grace.as_millis() as u64;
+        old.expires_at_ms = Some(old.expires_at_ms.map_or(grace_end, |t| t.min(grace_end)));
+        self.store.put_api_key(&old)?;
+        Ok((key, record))
+    }
+
+    /// Add money to a reseller's prepaid balance.
+    pub fn credit(
+        &self,
+        reseller: ResellerId,
+        amount: i64,
+        currency: &str,
+        note: Option<String>,
+    ) -> Result<Balance, DomainError> {
+        if amount <= 0 {
+            return Err(DomainError::Invalid {
+                field: "/amount",
+                message: "must be a positive amount in minor units".into(),
+            });
+        }
+        if !crate::domain::supplier::is_currency(currency) {
+            return Err(DomainError::Invalid {
+                field: "/currency",
+                message: "must be an ISO 4217 code such as USD".into(),
+            });
+        }
+        self.store
+            .reseller(reseller)?
+            .ok_or(DomainError::NotFound("reseller"))?;
+        let mut entry = LedgerEntry::new(
+            reseller,
+            EntryKind::Credit,
+            amount,
+            currency,
+            None,
+            self.clock.now_ms(),
+        );
+        entry.note = note;
+        self.store
+            .post_entry(&entry)?
+            .map_err(|refused| DomainError::refused(refused, "/amount", currency.into()))
+    }
+
+    /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so
+    /// the secret itself is never compared: only an equal hash finds a record.
+    pub fn authenticate(&self, key: &str) -> Result<Principal, DomainError> {
+        accounts::check_key_format(key).ok_or(DomainError::Unauthenticated)?;
+        let record = self
+            .store
+            .api_key(&self.keyring.hash_key(key))?
+            .filter(|k| k.is_active(self.clock.now_ms()))
+            .ok_or(DomainError::Unauthenticated)?;
+        Ok(Principal {
+            key: record.id,
+            role: record.role,
+            reseller: record.reseller,
+        })
+    }
+
+    /// The caller's balances.
+    pub fn balances(&self, who: &Principal) -> Result<Vec<(String, Balance)>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        Ok(self.store.balances(reseller.id)?)
+    }
+
+    /// The caller's ledger entries, newest first.
+    pub fn transactions(
+        &self,
+        who: &Principal,
+        before: Option<ulid::Ulid>,
+        limit: usize,
+    ) -> Result<Page<LedgerEntry>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        Ok(self.store.ledger_page(reseller.id, before, limit)?)
+    }
+}

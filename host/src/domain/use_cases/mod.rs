@@ -1,0 +1,8 @@
+//! The use cases, one family per file, as methods on [`super::gateway::Gateway`]: what a
+//! caller may do and the rules it goes through. No HTTP, wasmtime or sled here; a new
+//! family (eKYC, consent, subjects, webhook endpoints) gets a file of its own.
+
+pub mod accounts;
+pub mod catalog;
+pub mod esims;
+pub mod orders;

@@ -1,0 +1,360 @@
+//! Orders: place (hold, persist, fulfil, wait briefly), read, list, top up, cancel
+//! (refund), and the idempotency keys that make the POSTs safe to retry.
+
+use serde::Serialize;
+
+use crate::domain::gateway::{DomainError, Gateway, Principal};
+use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
+use crate::domain::ids::OrderId;
+use crate::domain::ledger::EntryKind;
+use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
+use crate::domain::store::{Page, StoreError};
+use crate::domain::supplier::{Money, ProfileState};
+
+use super::catalog::unit_price;
+use super::esims::EsimView;
+
+/// A new order as a reseller asks for it.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// Gateway product id.
+    pub product_id: String,
+    /// eSIMs to order.
+    pub quantity: u32,
+    /// Optional opaque subject reference (never sent to a supplier).
+    pub subject_ref: Option<String>,
+    /// Optional metadata (never sent to a supplier).
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// An order as a reseller sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    /// The order.
+    #[serde(flatten)]
+    pub order: Order,
+    /// What it costs in total.
+    pub total: Money,
+    /// Its eSIMs, with activation data.
+    pub esims: Vec<EsimView>,
+}
+
+/// Most eSIMs one order may ask for.
+pub const MAX_QUANTITY: u32 = 100;
+/// Longest `subject_ref`.
+pub const MAX_SUBJECT_REF: usize = 128;
+/// Largest serialised `metadata`.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+impl Gateway {
+    /// Accept an order: hold its price, persist it, and hand it to fulfilment. Waits up
+    /// to `sync_wait` for a final state so fast suppliers answer in one round trip.
+    pub async fn place_order(
+        &self,
+        who: &Principal,
+        new: NewOrder,
+        idem: Option<&IdemKey>,
+    ) -> Result<OrderView, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        let reseller = self.reseller_of(who)?;
+        validate_new_order(&new)?;
+        let (supplier, product) = self.find_product(&new.product_id, "/product_id").await?;
+        if product.needs_kyc {
+            return Err(DomainError::Conflict {
+                code: "ekyc_required",
+                message:
+                    "this product needs identity verification (eKYC) before it can be ordered, \
+                          and this gateway does not run eKYC sessions yet"
+                        .into(),
+            });
+        }
+        let spec = OrderSpec {
+            reseller: reseller.id,
+            product_id: new.product_id.clone(),
+            plugin: supplier.info().id.clone(),
+            sku: product.sku.clone(),
+            quantity: new.quantity,
+            unit_price: unit_price(&product, reseller.markup_bps)?,
+            kind: OrderKind::Esim,
+        };
+        let order = Order::accepted(spec, new.subject_ref, new.metadata, self.clock.now_ms());
+        self.accept(order, idem).await
+    }
+
+    /// Hold, persist durably, submit, and wait briefly for the outcome.
+    pub(crate) async fn accept(
+        &self,
+        mut order: Order,
+        idem: Option<&IdemKey>,
+    ) -> Result<OrderView, DomainError> {
+        if let Some(key) = idem {
+            // The id was chosen when the key was claimed: the claim already names it.
+            order.id = key.order;
+        }
+        let total = order.total().ok_or(DomainError::Invalid {
+            field: "/quantity",
+            message: "the order's total is larger than the ledger can hold".into(),
+        })?;
+        let hold = order.ledger_entry(EntryKind::Hold)?;
+        if let Err(refused) = self.store.accept_order(&order, &hold)? {
+            return Err(DomainError::refused(refused, "/quantity", total.currency));
+        }
+        self.store.durable().await?;
+        self.fulfilment.counters.reached(OrderStatus::Accepted);
+        let id = order.id;
+        let settled = self.fulfilment.watch(id);
+        let mut first = Box::pin(self.fulfilment.clone().run(order));
+        let deadline = tokio::time::Instant::now() + self.tuning.sync_wait;
+        if let Ok(done) = tokio::time::timeout_at(deadline, &mut first).await {
+            if let Some(done) = done {
+                // Settled by this first step: answer from the records in hand.
+                return self.view(done.order, &done.esims);
+            }
+            // Waiting for a retry or a poll: wait for that too.
+            let _ = tokio::time::timeout_at(deadline, settled).await;
+        } else {
+            // The supplier is still working; let it finish in the background.
+            tokio::spawn(first);
+        }
+        self.stored_view(id, |_| true)
+    }
+
+    /// The API view of an order and its stored eSIMs (activation data opened).
+    fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
+        Ok(OrderView {
+            esims: esims
+                .iter()
+                .map(|e| self.open_esim(e))
+                .collect::<Result<_, _>>()?,
+            total: order.accepted_total()?,
+            order,
+        })
+    }
+
+    /// The API view of a stored order, read together with its eSIMs, if `may_see` it.
+    fn stored_view(
+        &self,
+        id: OrderId,
+        may_see: impl FnOnce(&Order) -> bool,
+    ) -> Result<OrderView, DomainError> {
+        let (order, esims) = self
+            .store
+            .order_and_esims(id)?
+            .filter(|(o, _)| may_see(o))
+            .ok_or(DomainError::NotFound("order"))?;
+        self.order_view(order, esims)
+    }
+
+    /// The API view of an order with the eSIMs stored under its ICCIDs.
+    fn order_view(
+        &self,
+        order: Order,
+        mut esims: Vec<EsimRecord>,
+    ) -> Result<OrderView, DomainError> {
+        if order.kind != OrderKind::Esim {
+            // A top-up names the eSIM it tops up, which an earlier order delivered.
+            esims.clear();
+        }
+        self.view(order, &esims)
+    }
+
+    /// One order, if the caller may see it.
+    pub fn order(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
+        self.stored_view(id, |o| self.visible(who, o.reseller))
+    }
+
+    /// The caller's orders, newest first.
+    pub fn orders(
+        &self,
+        who: &Principal,
+        before: Option<OrderId>,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> Result<Page<OrderView>, DomainError> {
+        let reseller = self.reseller_of(who)?;
+        let page = self.store.orders_page(reseller.id, before, status, limit)?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|(o, esims)| self.order_view(o, esims))
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            has_more: page.has_more,
+        })
+    }
+
+    /// Top up an eSIM with a top-up-able product of the same supplier: an order of kind
+    /// `top_up`, paid and fulfilled like any other.
+    pub async fn top_up(
+        &self,
+        who: &Principal,
+        iccid: &str,
+        product_id: &str,
+        idem: Option<&IdemKey>,
+    ) -> Result<OrderView, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        let reseller = self.reseller_of(who)?;
+        let esim = self.esim_record(who, iccid)?;
+        let (supplier, product) = self.find_product(product_id, "/product_id").await?;
+        if supplier.info().id != esim.plugin || !product.top_up_able {
+            return Err(DomainError::Invalid {
+                field: "/product_id",
+                message: "must be a top-up-able product of the supplier that issued this eSIM"
+                    .into(),
+            });
+        }
+        let spec = OrderSpec {
+            reseller: reseller.id,
+            product_id: product_id.to_string(),
+            plugin: esim.plugin.clone(),
+            sku: product.sku.clone(),
+            quantity: 1,
+            unit_price: unit_price(&product, reseller.markup_bps)?,
+            kind: OrderKind::TopUp { iccid: esim.iccid },
+        };
+        self.accept(Order::accepted(spec, None, None, self.clock.now_ms()), idem)
+            .await
+    }
+
+    /// Cancel a fulfilled order whose eSIMs were never installed, through the supplier,
+    /// and refund its price to the prepaid balance.
+    pub async fn cancel(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        let mut order = self
+            .store
+            .order(id)?
+            .filter(|o| self.visible(who, o.reseller))
+            .ok_or(DomainError::NotFound("order"))?;
+        if order.status != OrderStatus::Fulfilled || order.kind != OrderKind::Esim {
+            return Err(DomainError::Conflict {
+                code: "order_not_cancellable",
+                message: format!(
+                    "only fulfilled eSIM orders can be cancelled; this one is {:?}",
+                    order.status
+                )
+                .to_lowercase(),
+            });
+        }
+        let supplier = self
+            .suppliers
+            .get(&order.plugin)
+            .ok_or_else(|| DomainError::SupplierNotLoaded(order.plugin.clone()))?;
+        // Never installed: check with the supplier now, not just our last observation.
+        for iccid in &order.iccids {
+            let usage = supplier.usage(iccid.clone()).await?;
+            if usage.profile != ProfileState::Released {
+                return Err(DomainError::Conflict {
+                    code: "esim_installed",
+                    message: format!(
+                        "eSIM {iccid} was already {:?}; it cannot be cancelled",
+                        usage.profile
+                    )
+                    .to_lowercase(),
+                });
+            }
+        }
+        for iccid in &order.iccids {
+            supplier.cancel(order.id.to_string(), iccid.clone()).await?;
+        }
+        order
+            .transition(OrderStatus::Cancelled, self.clock.now_ms())
+            .map_err(|e| DomainError::Conflict {
+                code: "order_not_cancellable",
+                message: e.to_string(),
+            })?;
+        let refund = order.ledger_entry(EntryKind::Refund)?;
+        let mut esims = Vec::new();
+        for iccid in &order.iccids {
+            if let Some(mut e) = self.store.esim(iccid)? {
+                e.profile = ProfileState::Deleted;
+                esims.push(e);
+            }
+        }
+        // The order's own eSIMs: they are claimed by this order already.
+        self.store
+            .settle_order(&order, &refund, &esims)?
+            .map_err(|taken| StoreError::Backend(taken.to_string()))?;
+        self.store.durable().await?;
+        self.fulfilment.counters.reached(OrderStatus::Cancelled);
+        self.order_view(order, esims)
+    }
+
+    /// Claim an idempotency key for the caller (see `idempotency`).
+    pub fn claim_idempotency(
+        &self,
+        who: &Principal,
+        key: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<(IdemKey, Claim), DomainError> {
+        if !idempotency::valid_key(key) {
+            return Err(DomainError::Invalid {
+                field: "Idempotency-Key",
+                message: "must be 1 to 255 printable ASCII characters".into(),
+            });
+        }
+        let reseller = who.reseller.ok_or(DomainError::Forbidden)?;
+        let idem = IdemKey {
+            reseller,
+            key: key.to_string(),
+            order: OrderId::new(),
+        };
+        let claim = self
+            .store
+            .claim_idempotency(&idem, fingerprint, self.clock.now_ms())?;
+        Ok((idem, claim))
+    }
+
+    /// Record the outcome of an idempotent request that did not create an order.
+    pub fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> Result<(), DomainError> {
+        Ok(self.store.finish_idempotency(key, state)?)
+    }
+
+    /// Forget idempotency keys older than the retention window; returns how many.
+    pub fn expire_idempotency_keys(&self) -> Result<usize, DomainError> {
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.tuning.idempotency_retention.as_millis() as u64);
+        Ok(self.store.expire_idempotency(cutoff)?)
+    }
+
+    /// Free a key whose request created nothing, so the client may retry with it.
+    pub fn release_idempotency(&self, key: &IdemKey) -> Result<(), DomainError> {
+        Ok(self.store.release_idempotency(key)?)
+    }
+}
+
+fn validate_new_order(new: &NewOrder) -> Result<(), DomainError> {
+    if new.quantity == 0 || new.quantity > MAX_QUANTITY {
+        return Err(DomainError::Invalid {
+            field: "/quantity",
+            message: format!("must be 1 to {MAX_QUANTITY}"),
+        });
+    }
+    if let Some(s) = &new.subject_ref
+        && (s.is_empty() || s.len() > MAX_SUBJECT_REF || s.chars().any(char::is_control))
+    {
+        return Err(DomainError::Invalid {
+            field: "/subject_ref",
+            message: format!(
+                "must be 1 to {MAX_SUBJECT_REF} printable characters (an opaque reference, not personal data)"
+            ),
+        });
+    }
+    if let Some(m) = &new.metadata
+        && m.to_string().len() > MAX_METADATA_BYTES
+    {
+        return Err(DomainError::Invalid {
+            field: "/metadata",
+            message: format!("must serialise to at most {MAX_METADATA_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
