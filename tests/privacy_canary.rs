@@ -122,3 +122,75 @@ fn nothing_a_reseller_attaches_to_an_order_reaches_the_supplier() {
         );
     }
 }
+
+/// Every file under `dir`, read whole, with its path.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn personal_fields_are_sealed_before_they_reach_any_record_the_ledger_included() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start();
+    let tag = unique_key();
+    let subject = format!("SUBJECT-CANARY-{tag}");
+    let meta = format!("META-CANARY-{tag}");
+    let lone = format!("LONE-META-CANARY-{tag}");
+    let key = gw.demo_key.clone();
+    // Two orders for one subject, one without a subject, and a second subject.
+    let mut ids = Vec::new();
+    for body in [
+        json!({"product_id": "sandbox:SBX-US-5GB-30D", "subject_ref": subject, "metadata": {"note": meta}}),
+        json!({"product_id": "sandbox:SBX-US-5GB-30D", "subject_ref": subject}),
+        json!({"product_id": "sandbox:SBX-US-5GB-30D", "metadata": {"note": lone}}),
+        json!({"product_id": "sandbox:SBX-US-5GB-30D", "subject_ref": format!("{subject}-2")}),
+    ] {
+        let order = gw.post_idem_as(&key, "/v1/orders", &body, &unique_key());
+        assert_eq!(order.json["status"], "fulfilled", "{:?}", order.json);
+        ids.push(order.json["id"].as_str().unwrap().to_string());
+    }
+    // The reseller reads them back, opened...
+    let first = gw.get(&format!("/v1/orders/{}", ids[0]));
+    assert_eq!(first.json["subject_ref"], subject);
+    assert_eq!(first.json["metadata"]["note"], meta);
+    assert_eq!(
+        gw.get(&format!("/v1/orders/{}", ids[2])).json["metadata"]["note"],
+        lone
+    );
+    let (status, dir) = gw.terminate();
+    assert!(status.success());
+    // ...but no file of the data directory holds any of them in clear: not the orders,
+    // not the ledger's commit records, not the idempotency records, not the logs of sled.
+    let files = files_under(dir.path());
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("db")),
+        "sled's files were read"
+    );
+    for canary in [&subject, &meta, &lone] {
+        for (path, bytes) in &files {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{canary} is in clear in {}",
+                path.display()
+            );
+        }
+    }
+    // After a restart the fields still open.
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .data_dir(dir)
+        .start();
+    let again = gw.call("GET", &format!("/v1/orders/{}", ids[0]), Some(&key), None);
+    assert_eq!(again.json["metadata"]["note"], meta);
+    assert_eq!(again.json["subject_ref"], subject);
+}

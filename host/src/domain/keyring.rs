@@ -2,6 +2,7 @@
 //! `privacy::FileKeyring` with keys kept outside the database.
 
 use super::accounts::KeyHash;
+use super::personal::SubjectLookup;
 
 /// Keyed operations the domain needs: API-key hashing and sealing of activation data.
 /// Implemented by `privacy::Keyring` with keys kept outside the database.
@@ -12,4 +13,25 @@ pub trait Keyring: Send + Sync {
     fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8>;
     /// Reverse [`Keyring::seal`]; `None` if tampered with or sealed under another key.
     fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>>;
+    /// The keyed hash a subject is found by (never the subject ref itself).
+    fn subject_lookup(&self, subject_ref: &str) -> SubjectLookup;
+    /// A new random data key for a subject, wrapped by the master key (bound to `lookup`).
+    fn new_subject_key(&self, lookup: &SubjectLookup) -> Vec<u8>;
+    /// Seal `plaintext` under the subject key `wrapped`, bound to `context`; `None` when
+    /// the wrapped key does not open (tampered with, or from another keyring).
+    fn seal_for_subject(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Option<Vec<u8>>;
+    /// Reverse [`Keyring::seal_for_subject`].
+    fn open_for_subject(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>>;
 }

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod keyring;
 pub mod ledger;
 pub mod orders;
+pub mod personal;
 pub mod store;
 pub mod supplier;
 pub mod use_cases;

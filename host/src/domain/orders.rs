@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{OrderId, ResellerId};
 use super::ledger::{EntryKind, LedgerEntry};
+use super::personal::SealedPersonal;
 use super::supplier::{Money, PlanState, ProfileState, SupplierError};
 
 /// Where an order is in its life.
@@ -75,10 +76,10 @@ pub struct Order {
     pub status: OrderStatus,
     /// Price per eSIM for this reseller.
     pub unit_price: Money,
-    /// The reseller's own opaque reference for its end user; never sent to a supplier.
-    pub subject_ref: Option<String>,
-    /// The reseller's metadata; never sent to a supplier.
-    pub metadata: Option<serde_json::Value>,
+    /// The reseller's `subject_ref` and `metadata`, sealed (see [`super::personal`]);
+    /// never sent to a supplier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<SealedPersonal>,
     /// Supplier's reference for a pending order.
     pub supplier_ref: Option<String>,
     /// Delivered eSIMs.
@@ -120,11 +121,11 @@ pub struct OrderSpec {
 }
 
 impl Order {
-    /// A freshly accepted order with a new id.
+    /// A freshly accepted order with id `id`.
     pub fn accepted(
         spec: OrderSpec,
-        subject_ref: Option<String>,
-        metadata: Option<serde_json::Value>,
+        id: OrderId,
+        personal: Option<SealedPersonal>,
         now_ms: u64,
     ) -> Order {
         let iccids = match &spec.kind {
@@ -132,7 +133,7 @@ impl Order {
             OrderKind::Esim => Vec::new(),
         };
         Order {
-            id: OrderId::new(),
+            id,
             reseller: spec.reseller,
             product_id: spec.product_id,
             plugin: spec.plugin,
@@ -140,8 +141,7 @@ impl Order {
             quantity: spec.quantity,
             status: OrderStatus::Accepted,
             unit_price: spec.unit_price,
-            subject_ref,
-            metadata,
+            personal,
             supplier_ref: None,
             iccids,
             failure: None,
@@ -275,7 +275,7 @@ pub struct EsimRecord {
     /// Plugin serving it.
     pub plugin: String,
     /// Sealed [`ActivationData`], bound to the ICCID.
-    #[serde(with = "b64")]
+    #[serde(with = "super::personal::b64")]
     pub sealed_activation: Vec<u8>,
     /// Whether a confirmation code is needed.
     pub confirmation_code_required: bool,
@@ -298,22 +298,6 @@ pub struct ActivationData {
     pub smdp_address: String,
     /// Matching id.
     pub matching_id: String,
-}
-
-mod b64 {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(b))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        STANDARD
-            .decode(String::deserialize(d)?)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

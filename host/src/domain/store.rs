@@ -13,6 +13,7 @@ use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
 use super::ledger::{Balance, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus};
+use super::personal::SubjectLookup;
 use super::supplier::BoxFuture;
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
@@ -143,6 +144,12 @@ pub trait Store: Send + Sync {
     /// Forget finished idempotency records first used before `cutoff_ms`; returns how many.
     /// Records still in progress are kept (their lease decides), unless their order exists.
     fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize>;
+
+    /// A subject's wrapped data key, if it has one.
+    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>>;
+    /// Keep `wrapped` as the subject's data key unless it has one already; returns the
+    /// key that is kept (two callers racing on a new subject both get the same one).
+    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>>;
 
     /// The cached catalog of a plugin.
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;

@@ -1,6 +1,7 @@
-//! The keyring: the API-key pepper and the master key for sealing activation data. Both are
-//! 32 random bytes in files of their own (mode 0600) beside the database, never inside it,
-//! so a copy of the database alone neither verifies keys nor opens activation codes.
+//! The keyring: the API-key pepper and the master key for sealing activation data and
+//! wrapping subjects' data keys. Both are 32 random bytes in files of their own (mode 0600)
+//! beside the database, never inside it, so a copy of the database alone neither verifies
+//! keys nor opens activation codes or personal fields.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::domain::accounts::KeyHash;
 use crate::domain::keyring::Keyring;
+use crate::domain::personal::SubjectLookup;
 
 /// Version byte in front of sealed data, so the format can change.
 const SEALED_V1: u8 = 1;
@@ -26,6 +28,9 @@ pub struct KeyFileError {
 /// The keyring backed by two key files.
 pub struct FileKeyring {
     pepper: hmac::Key,
+    /// Derived from the pepper for subject lookups, so a subject's hash can never be
+    /// confused with an API key's.
+    subjects: hmac::Key,
     master: LessSafeKey,
     rng: SystemRandom,
 }
@@ -36,13 +41,61 @@ impl FileKeyring {
         let rng = SystemRandom::new();
         let pepper = load_or_create(&dir.join("pepper.key"), &rng)?;
         let master = load_or_create(&dir.join("master.key"), &rng)?;
+        let pepper = hmac::Key::new(hmac::HMAC_SHA256, &pepper);
+        let subjects = hmac::sign(&pepper, b"simgate subject lookup v1");
         Ok(FileKeyring {
-            pepper: hmac::Key::new(hmac::HMAC_SHA256, &pepper),
-            master: LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, &master).expect("32 bytes is an AES-256 key"),
-            ),
+            subjects: hmac::Key::new(hmac::HMAC_SHA256, subjects.as_ref()),
+            pepper,
+            master: aes_key(&master),
             rng,
         })
+    }
+}
+
+fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"))
+}
+
+/// `plaintext` sealed under `key`: version byte, random nonce, ciphertext and tag.
+fn seal_with(key: &LessSafeKey, rng: &SystemRandom, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).expect("system randomness");
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
+    out.push(SEALED_V1);
+    out.extend_from_slice(&nonce);
+    let mut body = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(context),
+        &mut body,
+    )
+    .expect("AES-GCM sealing of a small record cannot fail");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reverse [`seal_with`]; `None` if tampered with, bound elsewhere or sealed under another key.
+fn open_with(key: &LessSafeKey, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let (&version, rest) = sealed.split_first()?;
+    if version != SEALED_V1 || rest.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, body) = rest.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut body = body.to_vec();
+    let plain = key
+        .open_in_place(nonce, Aad::from(context), &mut body)
+        .ok()?;
+    Some(plain.to_vec())
+}
+
+impl FileKeyring {
+    /// A subject's data key, unwrapped.
+    fn subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> Option<LessSafeKey> {
+        let raw: [u8; 32] = open_with(&self.master, &lookup.0, wrapped)?
+            .try_into()
+            .ok()?;
+        Some(aes_key(&raw))
     }
 }
 
@@ -82,42 +135,84 @@ impl Keyring for FileKeyring {
     }
 
     fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).expect("system randomness");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
-        out.push(SEALED_V1);
-        out.extend_from_slice(&nonce);
-        let mut body = plaintext.to_vec();
-        self.master
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(context),
-                &mut body,
-            )
-            .expect("AES-GCM sealing of a small record cannot fail");
-        out.extend_from_slice(&body);
-        out
+        seal_with(&self.master, &self.rng, context, plaintext)
     }
 
     fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        let (&version, rest) = sealed.split_first()?;
-        if version != SEALED_V1 || rest.len() < NONCE_LEN {
-            return None;
-        }
-        let (nonce, body) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut body = body.to_vec();
-        let plain = self
-            .master
-            .open_in_place(nonce, Aad::from(context), &mut body)
-            .ok()?;
-        Some(plain.to_vec())
+        open_with(&self.master, context, sealed)
+    }
+
+    fn subject_lookup(&self, subject_ref: &str) -> SubjectLookup {
+        let tag = hmac::sign(&self.subjects, subject_ref.as_bytes());
+        SubjectLookup(tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes"))
+    }
+
+    fn new_subject_key(&self, lookup: &SubjectLookup) -> Vec<u8> {
+        let mut key = [0u8; 32];
+        self.rng.fill(&mut key).expect("system randomness");
+        seal_with(&self.master, &self.rng, &lookup.0, &key)
+    }
+
+    fn seal_for_subject(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Option<Vec<u8>> {
+        let key = self.subject_key(lookup, wrapped)?;
+        Some(seal_with(&key, &self.rng, context, plaintext))
+    }
+
+    fn open_for_subject(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
+        open_with(&self.subject_key(lookup, wrapped)?, context, sealed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_data_opens_only_with_that_subjects_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FileKeyring::open(dir.path()).unwrap();
+        let alice = k.subject_lookup("alice");
+        assert_eq!(alice, k.subject_lookup("alice"));
+        assert_ne!(alice, k.subject_lookup("bob"));
+        assert_ne!(
+            alice.0,
+            k.hash_key("alice").0,
+            "lookups are not API key hashes"
+        );
+        let wrapped = k.new_subject_key(&alice);
+        let sealed = k
+            .seal_for_subject(&alice, &wrapped, b"ord", b"secret")
+            .unwrap();
+        assert_eq!(
+            k.open_for_subject(&alice, &wrapped, b"ord", &sealed)
+                .unwrap(),
+            b"secret"
+        );
+        let bob = k.subject_lookup("bob");
+        let bobs = k.new_subject_key(&bob);
+        assert!(k.open_for_subject(&bob, &bobs, b"ord", &sealed).is_none());
+        assert!(
+            k.open_for_subject(&bob, &wrapped, b"ord", &sealed)
+                .is_none(),
+            "a wrapped key is bound to its subject"
+        );
+        assert!(
+            k.open_for_subject(&alice, &wrapped, b"other", &sealed)
+                .is_none()
+        );
+    }
 
     #[test]
     fn sealed_data_opens_only_with_its_context_and_key() {

@@ -10,6 +10,7 @@
 //! | `idempotency` | reseller id ++ SHA-256(key) | `IdemRecord`, compact (see `StoredIdem`) |
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
+//! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
@@ -65,6 +66,7 @@ use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
+use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
 use crate::domain::supplier::BoxFuture;
 
@@ -86,6 +88,7 @@ pub struct SledStore {
     idempotency: sled::Tree,
     esims: sled::Tree,
     catalogs: sled::Tree,
+    subject_keys: sled::Tree,
     meta: sled::Tree,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
@@ -410,6 +413,7 @@ impl SledStore {
             idempotency: tree("idempotency")?,
             esims: tree("esims")?,
             catalogs: tree("catalogs")?,
+            subject_keys: tree("subject_keys")?,
             meta: tree("meta")?,
             db,
             books: Mutex::new(Books::default()),
@@ -1073,6 +1077,28 @@ impl Store for SledStore {
         Ok(expired)
     }
 
+    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .subject_keys
+            .get(lookup.0)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>> {
+        match self
+            .subject_keys
+            .compare_and_swap(lookup.0, None::<&[u8]>, Some(wrapped))
+            .map_err(backend)?
+        {
+            Ok(()) => Ok(wrapped.to_vec()),
+            Err(lost) => lost
+                .current
+                .map(|v| v.to_vec())
+                .ok_or_else(|| StoreError::Backend("a subject key vanished".into())),
+        }
+    }
+
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
         get(&self.catalogs, plugin.as_bytes())
     }
@@ -1228,7 +1254,7 @@ mod tests {
             },
             kind: OrderKind::Esim,
         };
-        Order::accepted(spec, None, None, 1)
+        Order::accepted(spec, OrderId::new(), None, 1)
     }
 
     fn entry(reseller: ResellerId, kind: EntryKind, amount: i64, order: &Order) -> LedgerEntry {
@@ -1637,6 +1663,26 @@ mod tests {
             Ok(())
         );
         assert_eq!(s.esim(&iccid).unwrap().unwrap().reseller, b);
+    }
+
+    #[tokio::test]
+    async fn a_subject_gets_one_data_key_even_when_two_orders_race_to_create_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let lookup = SubjectLookup([9; 32]);
+        assert_eq!(s.subject_key(&lookup).unwrap(), None);
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.create_subject_key(&lookup, &[i; 40]).unwrap())
+            })
+            .collect();
+        let kept: Vec<Vec<u8>> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            kept.windows(2).all(|w| w[0] == w[1]),
+            "every caller got the same key"
+        );
+        assert_eq!(s.subject_key(&lookup).unwrap(), Some(kept[0].clone()));
     }
 
     #[tokio::test]

@@ -6,3 +6,4 @@ pub mod accounts;
 pub mod catalog;
 pub mod esims;
 pub mod orders;
+pub mod subjects;

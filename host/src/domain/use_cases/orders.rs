@@ -7,7 +7,8 @@ use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::OrderId;
 use crate::domain::ledger::EntryKind;
-use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
+use crate::domain::orders::{EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus};
+use crate::domain::personal::Personal;
 use crate::domain::store::{Page, StoreError};
 use crate::domain::supplier::{Money, ProfileState};
 
@@ -27,14 +28,36 @@ pub struct NewOrder {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// An order as a reseller sees it.
+/// An order as a reseller sees it: its own type, not the stored record (which carries
+/// the plugin, the supplier's reference, retry bookkeeping and sealed fields).
 #[derive(Debug, Clone, Serialize)]
 pub struct OrderView {
-    /// The order.
-    #[serde(flatten)]
-    pub order: Order,
+    /// Id.
+    pub id: OrderId,
+    /// Status.
+    pub status: OrderStatus,
+    /// Gateway product id.
+    pub product_id: String,
+    /// eSIMs ordered.
+    pub quantity: u32,
+    /// Price per eSIM.
+    pub unit_price: Money,
     /// What it costs in total.
     pub total: Money,
+    /// New eSIMs, or a top-up of one: `{"type": "esim"}` or
+    /// `{"type": "top_up", "iccid": ...}`.
+    pub kind: OrderKind,
+    /// The reseller's reference for its end user, opened from its sealed form; absent
+    /// once the subject was erased.
+    pub subject_ref: Option<String>,
+    /// The reseller's metadata, likewise.
+    pub metadata: Option<serde_json::Value>,
+    /// Why it failed.
+    pub failure: Option<OrderFailure>,
+    /// Created, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Last change.
+    pub updated_at_ms: u64,
     /// Its eSIMs, with activation data.
     pub esims: Vec<EsimView>,
 }
@@ -79,20 +102,19 @@ impl Gateway {
             unit_price: unit_price(&product, reseller.markup_bps)?,
             kind: OrderKind::Esim,
         };
-        let order = Order::accepted(spec, new.subject_ref, new.metadata, self.clock.now_ms());
-        self.accept(order, idem).await
+        // The id is the one the idempotency key was claimed with: the claim names it.
+        let id = idem.map_or_else(OrderId::new, |key| key.order);
+        let personal = Personal {
+            subject_ref: new.subject_ref,
+            metadata: new.metadata,
+        };
+        let personal = self.seal_personal(id, &personal)?;
+        let order = Order::accepted(spec, id, personal, self.clock.now_ms());
+        self.accept(order).await
     }
 
     /// Hold, persist durably, submit, and wait briefly for the outcome.
-    pub(crate) async fn accept(
-        &self,
-        mut order: Order,
-        idem: Option<&IdemKey>,
-    ) -> Result<OrderView, DomainError> {
-        if let Some(key) = idem {
-            // The id was chosen when the key was claimed: the claim already names it.
-            order.id = key.order;
-        }
+    pub(crate) async fn accept(&self, order: Order) -> Result<OrderView, DomainError> {
         let total = order.total().ok_or(DomainError::Invalid {
             field: "/quantity",
             message: "the order's total is larger than the ledger can hold".into(),
@@ -123,13 +145,24 @@ impl Gateway {
 
     /// The API view of an order and its stored eSIMs (activation data opened).
     fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
+        let personal = self.open_personal(&order)?;
         Ok(OrderView {
             esims: esims
                 .iter()
                 .map(|e| self.open_esim(e))
                 .collect::<Result<_, _>>()?,
             total: order.accepted_total()?,
-            order,
+            id: order.id,
+            status: order.status,
+            product_id: order.product_id,
+            quantity: order.quantity,
+            unit_price: order.unit_price,
+            kind: order.kind,
+            subject_ref: personal.subject_ref,
+            metadata: personal.metadata,
+            failure: order.failure,
+            created_at_ms: order.created_at_ms,
+            updated_at_ms: order.updated_at_ms,
         })
     }
 
@@ -217,7 +250,8 @@ impl Gateway {
             unit_price: unit_price(&product, reseller.markup_bps)?,
             kind: OrderKind::TopUp { iccid: esim.iccid },
         };
-        self.accept(Order::accepted(spec, None, None, self.clock.now_ms()), idem)
+        let id = idem.map_or_else(OrderId::new, |key| key.order);
+        self.accept(Order::accepted(spec, id, None, self.clock.now_ms()))
             .await
     }
 

@@ -1,0 +1,73 @@
+//! Subjects: the end users a reseller refers to by an opaque `subject_ref`. Their personal
+//! fields are sealed under a data key of their own before any record holds them (see
+//! [`crate::domain::personal`]); this is where that key is created and used.
+
+use crate::domain::gateway::{DomainError, Gateway};
+use crate::domain::ids::OrderId;
+use crate::domain::orders::Order;
+use crate::domain::personal::{Personal, SealedPersonal};
+use crate::domain::store::StoreError;
+
+impl Gateway {
+    /// Seal the personal fields of order `id`: under the subject's data key (created on
+    /// the subject's first order), or under the master key when there is no subject.
+    /// Nothing to seal is `None`.
+    pub(crate) fn seal_personal(
+        &self,
+        id: OrderId,
+        personal: &Personal,
+    ) -> Result<Option<SealedPersonal>, DomainError> {
+        if personal.is_empty() {
+            return Ok(None);
+        }
+        let plaintext = serde_json::to_vec(personal).expect("personal fields serialise");
+        let context = id.to_bytes();
+        let Some(subject_ref) = &personal.subject_ref else {
+            return Ok(Some(SealedPersonal {
+                subject: None,
+                sealed: self.keyring.seal(&context, &plaintext),
+            }));
+        };
+        let lookup = self.keyring.subject_lookup(subject_ref);
+        let wrapped = match self.store.subject_key(&lookup)? {
+            Some(wrapped) => wrapped,
+            None => self
+                .store
+                .create_subject_key(&lookup, &self.keyring.new_subject_key(&lookup))?,
+        };
+        let sealed = self
+            .keyring
+            .seal_for_subject(&lookup, &wrapped, &context, &plaintext)
+            .ok_or_else(|| StoreError::Decode("a subject's data key does not open".into()))?;
+        Ok(Some(SealedPersonal {
+            subject: Some(lookup),
+            sealed,
+        }))
+    }
+
+    /// The personal fields of an order, opened. A subject whose data key is gone has none
+    /// left anywhere.
+    pub(crate) fn open_personal(&self, order: &Order) -> Result<Personal, DomainError> {
+        let Some(personal) = &order.personal else {
+            return Ok(Personal::default());
+        };
+        let context = order.id.to_bytes();
+        let plaintext = match &personal.subject {
+            None => self.keyring.open(&context, &personal.sealed),
+            Some(lookup) => match self.store.subject_key(lookup)? {
+                None => return Ok(Personal::default()),
+                Some(wrapped) => {
+                    self.keyring
+                        .open_for_subject(lookup, &wrapped, &context, &personal.sealed)
+                }
+            },
+        };
+        let plaintext = plaintext.ok_or_else(|| {
+            StoreError::Decode(format!(
+                "the personal fields of order {} do not open",
+                order.id
+            ))
+        })?;
+        Ok(serde_json::from_slice(&plaintext).map_err(|e| StoreError::Decode(e.to_string()))?)
+    }
+}
