@@ -92,7 +92,8 @@ fn main() {
         for gw in &gateways {
             let post_auth = gw.auth.clone();
             let body = body.clone();
-            let label = gw.label;
+            // An idempotency key is printable ASCII without spaces.
+            let label = gw.label.replace(' ', "-");
             let post_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
                 Req::post(
                     "/v1/orders".into(),
