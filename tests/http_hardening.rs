@@ -213,12 +213,7 @@ fn client_mistakes_are_4xx_with_a_stable_code() {
     assert_eq!(json["pointer"], "Idempotency-Key");
     // A currency outside ISO 4217 is refused.
     let (id, _) = gw.new_reseller(0, None);
-    let r = gw.call(
-        "POST",
-        &format!("/v1/admin/resellers/{id}/credits"),
-        Some(&gw.admin_key),
-        Some(&json!({"amount": 100, "currency": "ZZZ"})),
-    );
+    let r = gw.credit(&id, &json!({"amount": 100, "currency": "ZZZ"}));
     assert_eq!(
         (r.status, r.json["pointer"].as_str()),
         (422, Some("/currency"))
@@ -229,12 +224,7 @@ fn client_mistakes_are_4xx_with_a_stable_code() {
 fn a_credit_that_would_overflow_the_balance_is_refused_and_the_balance_is_intact() {
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start();
     let (id, key) = gw.new_reseller(0, Some(i64::MAX));
-    let r = gw.call(
-        "POST",
-        &format!("/v1/admin/resellers/{id}/credits"),
-        Some(&gw.admin_key),
-        Some(&json!({"amount": 1, "currency": "USD"})),
-    );
+    let r = gw.credit(&id, &json!({"amount": 1, "currency": "USD"}));
     assert_eq!(
         (r.status, r.json["pointer"].as_str()),
         (422, Some("/amount")),
@@ -250,4 +240,34 @@ fn a_credit_that_would_overflow_the_balance_is_refused_and_the_balance_is_intact
         &unique_key(),
     );
     assert_eq!(order.json["status"], "fulfilled", "{:?}", order.json);
+}
+
+#[test]
+fn a_retried_credit_is_applied_once() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start();
+    let (id, key) = gw.new_reseller(0, None);
+    let path = format!("/v1/admin/resellers/{id}/credits");
+    let body = json!({"amount": 2_500, "currency": "USD", "note": "wire 42"});
+    let first = gw.post_idem_as(&gw.admin_key, &path, &body, "credit-wire-42");
+    assert_eq!(first.status, 201, "{:?}", first.json);
+    // The same request again (keys reordered, as another client library would send it).
+    let reordered = json!({"note": "wire 42", "currency": "USD", "amount": 2_500});
+    let again = gw.post_idem_as(&gw.admin_key, &path, &reordered, "credit-wire-42");
+    assert_eq!(again.status, 201, "{:?}", again.json);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(gw.balance_of(&key), (2_500, 0), "credited once");
+    // The same key for another amount is refused; no key at all too.
+    let other = gw.post_idem_as(
+        &gw.admin_key,
+        &path,
+        &json!({"amount": 9_999, "currency": "USD"}),
+        "credit-wire-42",
+    );
+    assert_eq!(other.status, 422);
+    let keyless = gw.call("POST", &path, Some(&gw.admin_key), Some(&body));
+    assert_eq!(
+        (keyless.status, keyless.json["code"].as_str()),
+        (400, Some("idempotency_key_missing"))
+    );
+    assert_eq!(gw.balance_of(&key), (2_500, 0));
 }

@@ -70,12 +70,7 @@ fn nothing_a_reseller_attaches_to_an_order_reaches_the_supplier() {
         Some(&json!({})),
     );
     let key = k.json["key"].as_str().unwrap().to_string();
-    gw.call(
-        "POST",
-        &format!("/v1/admin/resellers/{reseller_id}/credits"),
-        Some(&gw.admin_key),
-        Some(&json!({"amount": 10_000})),
-    );
+    gw.credit(&reseller_id, &json!({"amount": 10_000}));
 
     let order = gw.post_idem_as(
         &key,

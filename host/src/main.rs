@@ -451,7 +451,13 @@ fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
             let id = reseller
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{reseller:?} is not a reseller id (rsl_...)"))?;
-            let b = gw.credit(id, amount, &currency, Some("credited from the CLI".into()))?;
+            let b = gw.credit(
+                id,
+                amount,
+                &currency,
+                Some("credited from the CLI".into()),
+                ulid::Ulid::new(),
+            )?;
             println!("available {} {currency}, held {}", b.available, b.held);
         }
     }

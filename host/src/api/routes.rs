@@ -17,8 +17,9 @@ use crate::domain::catalog::ProductFilter;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ledger::Balance;
 use crate::domain::orders::OrderStatus;
-use crate::domain::use_cases::orders::{NewOrder, OrderView};
+use crate::domain::use_cases::orders::NewOrder;
 
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
@@ -102,7 +103,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/admin/resellers", Admin, "All resellers", idem=false, req=None, resp=(200, "ResellerList"), query=&[]),
     route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
-    route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=false, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
+    route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=true, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
 ];
 
@@ -417,20 +418,25 @@ async fn list_products(
     ))
 }
 
-/// Run an idempotent POST: claim the key, replay or refuse as the rule says, else run
-/// `create` (which binds the key to the order it creates) and free the key if it failed.
-async fn idempotent<F, Fut>(
+/// Run an idempotent POST in the key space of `scope`: claim the key, replay or refuse as
+/// the rule says, else run `create` (which binds the key to what it creates, under the id
+/// the claim reserved) and free the key if it failed. A replay renders what the first
+/// request created (`replay`, given its id), marked `idempotent-replayed: true`.
+#[allow(clippy::too_many_arguments)]
+async fn idempotent<T, F, Fut>(
     state: &AppState,
-    who: &Principal,
+    scope: ResellerId,
     path: &str,
     headers: &http::HeaderMap,
     body: &[u8],
     success: StatusCode,
     create: F,
+    replay: impl FnOnce(OrderId) -> Result<T, DomainError>,
 ) -> Result<Response, Problem>
 where
+    T: Serialize,
     F: FnOnce(IdemKey) -> Fut,
-    Fut: Future<Output = Result<OrderView, DomainError>>,
+    Fut: Future<Output = Result<T, DomainError>>,
 {
     let key = headers.get("idempotency-key").ok_or_else(|| {
         Problem::new(
@@ -444,7 +450,7 @@ where
     let key = key.to_str().unwrap_or("\u{0}");
     // Every idempotent route is a POST.
     let fingerprint = idempotency::fingerprint("POST", path, body);
-    let (idem, claim) = state.gateway.claim_idempotency(who, key, &fingerprint)?;
+    let (idem, claim) = state.gateway.claim_idempotency(scope, key, &fingerprint)?;
     match claim {
         Claim::New => {}
         Claim::Mismatch => {
@@ -466,8 +472,7 @@ where
             return Err(p);
         }
         Claim::Replay(IdemState::Order { order }) => {
-            let view = state.gateway.order(who, order)?;
-            let mut resp = json(success, &view);
+            let mut resp = json(success, &replay(order)?);
             resp.headers_mut().insert(
                 "idempotent-replayed",
                 http::HeaderValue::from_static("true"),
@@ -479,13 +484,18 @@ where
         }
     }
     match create(idem.clone()).await {
-        Ok(view) => Ok(json(success, &view)),
+        Ok(created) => Ok(json(success, &created)),
         Err(e) => {
             // Nothing was created: free the key so a corrected or later retry can run.
             state.gateway.release_idempotency(&idem)?;
             Err(e.into())
         }
     }
+}
+
+/// The key space of a reseller key's idempotent requests.
+fn own_scope(who: &Principal) -> Result<ResellerId, Problem> {
+    who.reseller.ok_or_else(|| DomainError::Forbidden.into())
 }
 
 /// `POST /v1/orders` body.
@@ -523,7 +533,7 @@ async fn create_order(
     let (headers, bytes, body): (_, _, CreateOrder) = json_body(req)?;
     idempotent(
         state,
-        who,
+        own_scope(who)?,
         &path,
         &headers,
         &bytes,
@@ -538,6 +548,7 @@ async fn create_order(
             let view = state.gateway.place_order(who, new, Some(&idem)).await?;
             Ok(view)
         },
+        |order| state.gateway.order(who, order),
     )
     .await
 }
@@ -592,7 +603,7 @@ async fn cancel_order(
     let (parts, bytes) = req.into_parts();
     idempotent(
         state,
-        who,
+        own_scope(who)?,
         &path,
         &parts.headers,
         &bytes,
@@ -604,6 +615,7 @@ async fn cancel_order(
                 .finish_idempotency(&idem, &IdemState::Order { order: id })?;
             Ok(view)
         },
+        |order| state.gateway.order(who, order),
     )
     .await
 }
@@ -664,7 +676,7 @@ async fn create_top_up(
     let (headers, bytes, body): (_, _, CreateTopUp) = json_body(req)?;
     idempotent(
         state,
-        who,
+        own_scope(who)?,
         &path,
         &headers,
         &bytes,
@@ -676,6 +688,7 @@ async fn create_top_up(
                 .await?;
             Ok(view)
         },
+        |order| state.gateway.order(who, order),
     )
     .await
 }
@@ -840,15 +853,35 @@ async fn credit(
     id: &str,
 ) -> Result<Response, Problem> {
     let reseller = reseller_id(id)?;
-    let (_, _, body): (_, _, CreateCredit) = json_body(req)?;
-    let balance = state
-        .gateway
-        .credit(reseller, body.amount, &body.currency, body.note)?;
-    durable(state).await?;
-    Ok(json(
+    let path = req.uri().path().to_string();
+    let (headers, bytes, body): (_, _, CreateCredit) = json_body(req)?;
+    let answer = |currency: &str, balance: Balance| serde_json::json!({"currency": currency, "available": balance.available, "held": balance.held});
+    idempotent(
+        state,
+        reseller,
+        &path,
+        &headers,
+        &bytes,
         StatusCode::CREATED,
-        &serde_json::json!({"currency": body.currency, "available": balance.available, "held": balance.held}),
-    ))
+        |idem| async move {
+            // The entry takes the id the key was claimed with: a retry after a crash
+            // finds this credit instead of posting it again.
+            let balance = state.gateway.credit(
+                reseller,
+                body.amount,
+                &body.currency,
+                body.note,
+                idem.order.0,
+            )?;
+            state.gateway.store().durable().await?;
+            Ok(answer(&body.currency, balance))
+        },
+        |entry| {
+            let (entry, balance) = state.gateway.posted_credit(reseller, entry.0)?;
+            Ok(answer(&entry.currency, balance))
+        },
+    )
+    .await
 }
 
 async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {

@@ -20,9 +20,10 @@ pub struct IdemKey {
     pub reseller: ResellerId,
     /// The client's key.
     pub key: String,
-    /// The id an order created under this key gets, chosen when the key is claimed and
-    /// stored with the claim: the claim then binds the key to its order without another
-    /// write, and a replay finds the order once it exists.
+    /// The id what the request creates gets (an order; for a credit, its ledger entry),
+    /// chosen when the key is claimed and stored with the claim: the claim then binds the
+    /// key to what it created without another write, and a replay (even after a crash
+    /// between the creation and anything else) finds it once it exists.
     pub order: OrderId,
 }
 
@@ -49,9 +50,9 @@ pub enum IdemState {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         order: Option<OrderId>,
     },
-    /// The first request created this order.
+    /// The first request created this order (or, for a credit, this ledger entry).
     Order {
-        /// The order.
+        /// The order, or the credit's ledger entry id.
         order: OrderId,
     },
 }

@@ -116,6 +116,12 @@ pub trait Store: Send + Sync {
     fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;
     /// Currencies a reseller has a balance in.
     fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>>;
+    /// One ledger entry of a reseller, by id.
+    fn ledger_entry(
+        &self,
+        reseller: ResellerId,
+        id: ulid::Ulid,
+    ) -> StoreResult<Option<LedgerEntry>>;
     /// A reseller's ledger entries, newest first, older than `before`.
     fn ledger_page(
         &self,
@@ -130,7 +136,8 @@ pub trait Store: Send + Sync {
     fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
 
     /// Claim an idempotency key for a request with `fingerprint` (see `idempotency::judge`).
-    /// A running claim whose order (`IdemKey::order`) exists answers as that order.
+    /// A running claim whose creation (`IdemKey::order`: an order, or a ledger entry of
+    /// the key's reseller) exists answers as done.
     fn claim_idempotency(
         &self,
         key: &IdemKey,

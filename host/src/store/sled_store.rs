@@ -691,6 +691,16 @@ impl SledStore {
             || self.lock_unwritten().contains_key(&id))
     }
 
+    /// Whether what an idempotent request of `reseller` creates under id `id` exists: an
+    /// order, or a ledger entry of that id (a credit; an order's hold has its id too).
+    fn created(&self, reseller: ResellerId, id: OrderId) -> StoreResult<bool> {
+        Ok(self.order_exists(id)?
+            || self
+                .ledger
+                .contains_key(cat(&reseller.to_bytes(), &id.to_bytes()))
+                .map_err(backend)?)
+    }
+
     /// Check `entry` against the balance, write it with what it commits, and update the
     /// books. The check and the in-memory update are one step under the books lock, so
     /// holds never overdraw; the write happens after it, so orders do not queue behind
@@ -947,6 +957,14 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {
+        self.ledger
+            .get(cat(&reseller.to_bytes(), &id.to_bytes()))
+            .map_err(backend)?
+            .map(|v| Ok(decode::<LedgerRecord>(&v)?.entry))
+            .transpose()
+    }
+
     fn ledger_page(
         &self,
         reseller: ResellerId,
@@ -1007,9 +1025,10 @@ impl Store for SledStore {
                 && let IdemState::InProgress {
                     order: Some(order), ..
                 } = rec.state
-                && self.order_exists(order)?
+                && self.created(key.reseller, order)?
             {
-                // The first request created its order: that is the answer now.
+                // The first request created its order (or posted its credit): that is the
+                // answer now.
                 rec.state = IdemState::Order { order };
             }
             let judged = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
@@ -1683,6 +1702,38 @@ mod tests {
             "every caller got the same key"
         );
         assert_eq!(s.subject_key(&lookup).unwrap(), Some(kept[0].clone()));
+    }
+
+    #[tokio::test]
+    async fn a_claim_whose_credit_was_posted_before_a_crash_replays_instead_of_running_again() {
+        use crate::domain::idempotency::{Claim, IdemKey, LEASE_MS};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        let r = ResellerId::new();
+        let key = IdemKey {
+            reseller: r,
+            key: "wire-7".into(),
+            order: OrderId::new(),
+        };
+        let fp = [5u8; 32];
+        assert_eq!(s.claim_idempotency(&key, &fp, 1_000).unwrap(), Claim::New);
+        // The credit is posted under the claim's id; then the process dies before
+        // anything else is written.
+        let mut credit = LedgerEntry::new(r, EntryKind::Credit, 700, "USD", None, 1_000);
+        credit.id = key.order.0;
+        s.post_entry(&credit).unwrap().unwrap();
+        // A retry long after the lease (a fresh claim id, as every request gets one)
+        // finds the credit instead of a free key.
+        let retry = IdemKey {
+            order: OrderId::new(),
+            ..key.clone()
+        };
+        assert_eq!(
+            s.claim_idempotency(&retry, &fp, 1_000 + LEASE_MS + 1)
+                .unwrap(),
+            Claim::Replay(IdemState::Order { order: key.order })
+        );
+        assert_eq!(s.ledger_entry(r, key.order.0).unwrap(), Some(credit));
     }
 
     #[tokio::test]

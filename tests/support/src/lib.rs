@@ -389,12 +389,20 @@ impl Gateway {
             json!({"role": "reseller", "mode": "test"}),
         );
         if let Some(amount) = credit {
-            admin(
-                &format!("/v1/admin/resellers/{id}/credits"),
-                json!({"amount": amount, "currency": "USD"}),
-            );
+            let c = self.credit(&id, &json!({"amount": amount, "currency": "USD"}));
+            assert_eq!(c.status, 201, "credit: {:?}", c.json);
         }
         (id, k.json["key"].as_str().unwrap().to_string())
+    }
+
+    /// Credit reseller `id` as the admin, with a fresh `Idempotency-Key`.
+    pub fn credit(&self, id: &str, body: &Value) -> Resp {
+        self.post_idem_as(
+            &self.admin_key,
+            &format!("/v1/admin/resellers/{id}/credits"),
+            body,
+            &unique_key(),
+        )
     }
 
     /// The USD balance `key` sees: (available, held).

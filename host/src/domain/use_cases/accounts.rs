@@ -34,6 +34,7 @@ impl Gateway {
                 self.tuning.demo_credit_minor,
                 "USD",
                 Some("demo credit".into()),
+                ulid::Ulid::new(),
             )?;
             Some((reseller.id, key))
         } else {
@@ -128,13 +129,16 @@ impl Gateway {
         Ok((key, record))
     }
 
-    /// Add money to a reseller's prepaid balance.
+    /// Add money to a reseller's prepaid balance, as ledger entry `entry_id` (under an
+    /// idempotency key, the id the key was claimed with: a retry after a crash then finds
+    /// the credit instead of posting it again).
     pub fn credit(
         &self,
         reseller: ResellerId,
         amount: i64,
         currency: &str,
         note: Option<String>,
+        entry_id: ulid::Ulid,
     ) -> Result<Balance, DomainError> {
         if amount <= 0 {
             return Err(DomainError::Invalid {
@@ -159,10 +163,27 @@ impl Gateway {
             None,
             self.clock.now_ms(),
         );
+        entry.id = entry_id;
         entry.note = note;
         self.store
             .post_entry(&entry)?
             .map_err(|refused| DomainError::refused(refused, "/amount", currency.into()))
+    }
+
+    /// A credit posted earlier as ledger entry `entry_id` (replaying its idempotency key),
+    /// with the balance of its currency as it is now.
+    pub fn posted_credit(
+        &self,
+        reseller: ResellerId,
+        entry_id: ulid::Ulid,
+    ) -> Result<(LedgerEntry, Balance), DomainError> {
+        let entry = self
+            .store
+            .ledger_entry(reseller, entry_id)?
+            .filter(|e| e.kind == EntryKind::Credit)
+            .ok_or(DomainError::NotFound("credit"))?;
+        let balance = self.store.balance(reseller, &entry.currency)?;
+        Ok((entry, balance))
     }
 
     /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
-use crate::domain::ids::OrderId;
+use crate::domain::ids::{OrderId, ResellerId};
 use crate::domain::ledger::EntryKind;
 use crate::domain::orders::{EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::Personal;
@@ -323,7 +323,7 @@ impl Gateway {
     /// Claim an idempotency key for the caller (see `idempotency`).
     pub fn claim_idempotency(
         &self,
-        who: &Principal,
+        reseller: ResellerId,
         key: &str,
         fingerprint: &[u8; 32],
     ) -> Result<(IdemKey, Claim), DomainError> {
@@ -333,7 +333,6 @@ impl Gateway {
                 message: "must be 1 to 255 printable ASCII characters".into(),
             });
         }
-        let reseller = who.reseller.ok_or(DomainError::Forbidden)?;
         let idem = IdemKey {
             reseller,
             key: key.to_string(),
