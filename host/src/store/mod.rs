@@ -1,7 +1,11 @@
-//! The `Store` trait on sled: typed trees, JSON-encoded records, big-endian keys where
-//! order matters, and group commit for durability.
+//! Implementations of the domain's `Store`: on sled (typed trees, big-endian keys where
+//! order matters, single-key commit records, group commit for durability), in memory (for
+//! tests of the rules), and the conformance suite every implementation must pass.
 
+pub mod conformance;
 mod group_commit;
+mod memory;
 mod sled_store;
 
+pub use memory::MemoryStore;
 pub use sled_store::SledStore;

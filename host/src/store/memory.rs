@@ -1,0 +1,421 @@
+//! An in-memory [`Store`]: every record in maps behind one lock, so each method is
+//! trivially atomic. It holds nothing across processes; "reopening" it (a clone) shares
+//! the same records, as a clean restart would find them. It exists so the domain's rules
+//! can be tested without a disk, and as the simplest reference for the store conformance
+//! suite (`store::conformance`), which it passes beside sled.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ulid::Ulid;
+
+use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
+use crate::domain::catalog::CachedCatalog;
+use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
+use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused};
+use crate::domain::orders::{EsimRecord, Order, OrderStatus};
+use crate::domain::personal::SubjectLookup;
+use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
+use crate::domain::supplier::BoxFuture;
+
+/// The in-memory store. Clones share the same records.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    resellers: BTreeMap<ResellerId, Reseller>,
+    api_keys: HashMap<[u8; 32], ApiKey>,
+    api_key_ids: HashMap<KeyId, [u8; 32]>,
+    orders: BTreeMap<OrderId, Order>,
+    esims: HashMap<String, EsimRecord>,
+    ledger: BTreeMap<(ResellerId, Ulid), LedgerEntry>,
+    balances: HashMap<(ResellerId, String), Balance>,
+    open: HashSet<OrderId>,
+    idempotency: HashMap<Vec<u8>, IdemRecord>,
+    subject_keys: HashMap<SubjectLookup, Vec<u8>>,
+    catalogs: HashMap<String, CachedCatalog>,
+    meta: HashMap<String, Vec<u8>>,
+    closed: bool,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Apply `entry` to its balance and the open orders, or refuse it (nothing changes).
+    fn post(&mut self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
+        if self.closed {
+            return Err(StoreError::Backend("the store is closed".into()));
+        }
+        let key = (entry.reseller, entry.currency.clone());
+        let before = self.balances.get(&key).copied().unwrap_or_default();
+        let after = match before.apply(entry.kind, entry.amount) {
+            Ok(after) => after,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        self.balances.insert(key, after);
+        if let Some(order) = entry.order {
+            match entry.kind {
+                EntryKind::Hold => {
+                    self.open.insert(order);
+                }
+                EntryKind::Capture | EntryKind::Release => {
+                    self.open.remove(&order);
+                }
+                EntryKind::Credit | EntryKind::Refund => {}
+            }
+        }
+        self.ledger
+            .insert((entry.reseller, entry.id), entry.clone());
+        Ok(Ok(after))
+    }
+
+    /// An order with the stored eSIMs of its ICCIDs.
+    fn order_and_esims(&self, id: OrderId) -> Option<(Order, Vec<EsimRecord>)> {
+        let order = self.orders.get(&id)?.clone();
+        let esims = order
+            .iccids
+            .iter()
+            .filter_map(|iccid| self.esims.get(iccid).cloned())
+            .collect();
+        Some((order, esims))
+    }
+
+    /// Whether what a request of `reseller` creates under `id` exists (an order, or a
+    /// ledger entry of that id).
+    fn created(&self, reseller: ResellerId, id: OrderId) -> bool {
+        self.orders.contains_key(&id) || self.ledger.contains_key(&(reseller, id.0))
+    }
+}
+
+/// The first `limit` items and whether more follow.
+fn page<T>(items: impl Iterator<Item = T>, limit: usize) -> Page<T> {
+    let mut items: Vec<T> = items.take(limit + 1).collect();
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    Page { items, has_more }
+}
+
+impl Store for MemoryStore {
+    fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
+        Ok(self.lock().resellers.get(&id).cloned())
+    }
+
+    fn resellers(&self) -> StoreResult<Vec<Reseller>> {
+        Ok(self.lock().resellers.values().cloned().collect())
+    }
+
+    fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
+        self.lock().resellers.insert(reseller.id, reseller.clone());
+        Ok(())
+    }
+
+    fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
+        Ok(self.lock().api_keys.get(&hash.0).cloned())
+    }
+
+    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
+        let state = self.lock();
+        Ok(state
+            .api_key_ids
+            .get(&id)
+            .and_then(|hash| state.api_keys.get(hash))
+            .cloned())
+    }
+
+    fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let mut state = self.lock();
+        state.api_keys.insert(key.hash.0, key.clone());
+        state.api_key_ids.insert(key.id, key.hash.0);
+        Ok(())
+    }
+
+    fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        Ok(self.lock().orders.get(&id).cloned())
+    }
+
+    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+        Ok(self.lock().order_and_esims(id))
+    }
+
+    fn orders_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<OrderId>,
+        status: Option<OrderStatus>,
+        limit: usize,
+    ) -> StoreResult<Page<(Order, Vec<EsimRecord>)>> {
+        let state = self.lock();
+        let upper = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let orders = state
+            .orders
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, o)| o)
+            .filter(|o| o.reseller == reseller && status.is_none_or(|s| s == o.status))
+            .filter_map(|o| state.order_and_esims(o.id));
+        Ok(page(orders, limit))
+    }
+
+    fn open_orders(&self) -> StoreResult<Vec<Order>> {
+        let state = self.lock();
+        Ok(state
+            .open
+            .iter()
+            .filter_map(|id| state.orders.get(id))
+            .filter(|o| !o.status.is_final())
+            .cloned()
+            .collect())
+    }
+
+    fn put_order(&self, order: &Order) -> StoreResult<()> {
+        self.lock().orders.insert(order.id, order.clone());
+        Ok(())
+    }
+
+    fn accept_order(
+        &self,
+        order: &Order,
+        hold: &LedgerEntry,
+    ) -> StoreResult<Result<Balance, Refused>> {
+        let mut state = self.lock();
+        let posted = state.post(hold)?;
+        if posted.is_ok() {
+            state.orders.insert(order.id, order.clone());
+        }
+        Ok(posted)
+    }
+
+    fn settle_order(
+        &self,
+        order: &Order,
+        entry: &LedgerEntry,
+        esims: &[EsimRecord],
+    ) -> StoreResult<Result<(), IccidTaken>> {
+        let mut state = self.lock();
+        if let Some(taken) = esims.iter().find_map(|e| {
+            state
+                .esims
+                .get(&e.iccid)
+                .filter(|held| held.order != order.id)
+                .map(|held| IccidTaken {
+                    iccid: e.iccid.clone(),
+                    owner: held.order,
+                })
+        }) {
+            return Ok(Err(taken));
+        }
+        state.post(entry)?.map_err(|refused| {
+            StoreError::Backend(format!(
+                "settling order {} would break the ledger: {refused}",
+                order.id
+            ))
+        })?;
+        state.orders.insert(order.id, order.clone());
+        for esim in esims {
+            state.esims.insert(esim.iccid.clone(), esim.clone());
+        }
+        Ok(Ok(()))
+    }
+
+    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
+        self.lock().post(entry)
+    }
+
+    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
+        Ok(self
+            .lock()
+            .balances
+            .get(&(reseller, currency.to_string()))
+            .copied()
+            .unwrap_or_default())
+    }
+
+    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
+        let mut out: Vec<(String, Balance)> = self
+            .lock()
+            .balances
+            .iter()
+            .filter(|((r, _), _)| *r == reseller)
+            .map(|((_, c), b)| (c.clone(), *b))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {
+        Ok(self.lock().ledger.get(&(reseller, id)).cloned())
+    }
+
+    fn ledger_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<LedgerEntry>> {
+        let state = self.lock();
+        let upper = before.unwrap_or(Ulid::from_parts(u64::MAX, u128::MAX));
+        let entries = state
+            .ledger
+            .range((reseller, Ulid::nil())..(reseller, upper))
+            .rev()
+            .map(|(_, e)| e.clone());
+        Ok(page(entries, limit))
+    }
+
+    fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
+        Ok(self.lock().esims.get(iccid).cloned())
+    }
+
+    fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
+        self.lock().esims.insert(esim.iccid.clone(), esim.clone());
+        Ok(())
+    }
+
+    fn claim_idempotency(
+        &self,
+        key: &IdemKey,
+        fingerprint: &[u8; 32],
+        now_ms: u64,
+    ) -> StoreResult<Claim> {
+        let mut state = self.lock();
+        let k = key.storage_key();
+        let mut existing = state.idempotency.get(&k).cloned();
+        if let Some(rec) = &mut existing
+            && let IdemState::InProgress {
+                order: Some(order), ..
+            } = rec.state
+            && state.created(key.reseller, order)
+        {
+            rec.state = IdemState::Order { order };
+        }
+        let claim = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
+        if claim == Claim::New {
+            state.idempotency.insert(
+                k,
+                IdemRecord {
+                    fingerprint: *fingerprint,
+                    state: IdemState::InProgress {
+                        started_ms: now_ms,
+                        order: Some(key.order),
+                    },
+                    created_at_ms: now_ms,
+                },
+            );
+        }
+        Ok(claim)
+    }
+
+    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
+        if let Some(rec) = self.lock().idempotency.get_mut(&key.storage_key()) {
+            rec.state = state.clone();
+        }
+        Ok(())
+    }
+
+    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
+        self.lock().idempotency.remove(&key.storage_key());
+        Ok(())
+    }
+
+    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let expired: Vec<Vec<u8>> = state
+            .idempotency
+            .iter()
+            .filter(|(k, rec)| {
+                let finished = match rec.state {
+                    IdemState::InProgress { order, .. } => order.is_some_and(|id| {
+                        let reseller = ResellerId::from_bytes(
+                            k[..16].try_into().expect("keys start with the reseller"),
+                        );
+                        state.created(reseller, id)
+                    }),
+                    IdemState::Order { .. } => true,
+                };
+                finished && rec.created_at_ms < cutoff_ms
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            state.idempotency.remove(k);
+        }
+        Ok(expired.len())
+    }
+
+    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.lock().subject_keys.get(lookup).cloned())
+    }
+
+    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(self
+            .lock()
+            .subject_keys
+            .entry(*lookup)
+            .or_insert_with(|| wrapped.to_vec())
+            .clone())
+    }
+
+    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
+        Ok(self.lock().catalogs.get(plugin).cloned())
+    }
+
+    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
+        self.lock()
+            .catalogs
+            .insert(catalog.plugin.clone(), catalog.clone());
+        Ok(())
+    }
+
+    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.lock().meta.get(key).cloned())
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.lock().meta.insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn durable(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn close(&self) -> StoreResult<()> {
+        self.lock().closed = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::Backend;
+
+    /// A fresh in-memory store; opening it again is a clean restart on the same records.
+    struct Fresh(MemoryStore);
+
+    impl Backend for Fresh {
+        fn open(&self) -> Arc<dyn Store> {
+            self.0.lock().closed = false;
+            Arc::new(self.0.clone())
+        }
+    }
+
+    fn fresh() -> Fresh {
+        Fresh(MemoryStore::new())
+    }
+
+    crate::store_conformance!(fresh());
+}
