@@ -159,6 +159,20 @@ pub struct CatalogCache {
     pub(crate) catalogs: std::sync::Mutex<std::collections::HashMap<String, Arc<CachedCatalog>>>,
     /// Catalog fetches that failed, so reads do not ask again at once.
     pub(crate) failures: std::sync::Mutex<std::collections::HashMap<String, CatalogFailure>>,
+    /// One lock per plugin id, held while its catalog is fetched (one fetch at a time).
+    flights: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl CatalogCache {
+    /// The lock a fetch of `plugin`'s catalog holds.
+    pub(crate) fn flight(&self, plugin: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plugin.to_string())
+            .or_default()
+            .clone()
+    }
 }
 
 /// A plugin version whose catalog fetch failed, and when to ask again.

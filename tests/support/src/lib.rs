@@ -76,6 +76,9 @@ pub struct Gateway {
     pub stdout: Vec<String>,
     /// Where its log (stderr) goes, when captured (see [`GatewayBuilder::capture_log`]).
     log: Option<(tempfile::TempDir, PathBuf)>,
+    /// The gateway's `/openapi.json`, read on first use; every response is checked
+    /// against it.
+    spec: std::sync::OnceLock<SpecCheck>,
     agent: ureq::Agent,
     bin: PathBuf,
 }
@@ -235,6 +238,7 @@ impl GatewayBuilder {
             data_dir,
             stdout: lines,
             log,
+            spec: std::sync::OnceLock::new(),
             agent,
             bin: self.bin,
         }
@@ -363,12 +367,24 @@ impl Gateway {
             .read_to_vec()
             .unwrap_or_default();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Resp {
+        let resp = Resp {
             status,
             headers,
             json,
             bytes,
-        })
+        };
+        if path != "/openapi.json" {
+            let spec = self.spec.get_or_init(|| {
+                let doc = self
+                    .try_raw("GET", "/openapi.json", None, &[], None, None)
+                    .expect("reading /openapi.json");
+                SpecCheck::new(doc.json)
+            });
+            if let Err(e) = spec.check(method, path, &resp) {
+                panic!("{method} {path} answered {status} off its spec: {e}");
+            }
+        }
+        Ok(resp)
     }
 
     /// A new reseller with a test-mode key and (optionally) USD credit, through the admin
@@ -488,6 +504,113 @@ impl Drop for Gateway {
     }
 }
 
+/// Checks responses against an OpenAPI 3.1 document: the body of every JSON response must
+/// validate against the schema the document declares for its route and status (problem
+/// details for any error), or the document is wrong.
+pub struct SpecCheck {
+    doc: Value,
+    validators:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<jsonschema::Validator>>>,
+}
+
+impl SpecCheck {
+    /// Checks against `doc`.
+    pub fn new(doc: Value) -> SpecCheck {
+        SpecCheck {
+            doc,
+            validators: Default::default(),
+        }
+    }
+
+    /// The path template of the document that `path` (query stripped) falls under.
+    fn template(&self, path: &str) -> Option<String> {
+        let path = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        self.doc["paths"].as_object()?.keys().find_map(|t| {
+            let pattern: Vec<&str> = t.split('/').collect();
+            (pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| p.starts_with('{') || p == s))
+            .then(|| t.clone())
+        })
+    }
+
+    /// Check one response to `method path`.
+    pub fn check(&self, method: &str, path: &str, resp: &Resp) -> Result<(), String> {
+        let content_type = resp.header("content-type").unwrap_or("");
+        let is_json = content_type.starts_with("application/json")
+            || content_type.starts_with("application/problem+json");
+        let schema = if resp.status >= 400 {
+            if content_type != "application/problem+json" {
+                return Err(format!("an error answered as {content_type:?}"));
+            }
+            "#/components/schemas/Problem".to_string()
+        } else {
+            let template = self
+                .template(path)
+                .ok_or_else(|| "the path is not in the document".to_string())?;
+            let op = &self.doc["paths"][&template][method.to_lowercase()];
+            let declared = &op["responses"][resp.status.to_string()];
+            if !declared.is_object() {
+                return Err(format!("status {} is not documented", resp.status));
+            }
+            let Some(content) = declared["content"].as_object() else {
+                return Ok(());
+            };
+            if !content.keys().any(|k| content_type.starts_with(k.as_str())) {
+                return Err(format!(
+                    "content type {content_type:?} is not among {:?}",
+                    content.keys().collect::<Vec<_>>()
+                ));
+            }
+            if !is_json {
+                return Ok(());
+            }
+            let ct = content
+                .keys()
+                .find(|k| content_type.starts_with(k.as_str()))
+                .expect("found above");
+            content[ct]["schema"]["$ref"]
+                .as_str()
+                .ok_or("the response schema is not a reference")?
+                .to_string()
+        };
+        let validator = self.validator(&schema)?;
+        let errors: Vec<String> = validator
+            .iter_errors(&resp.json)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{schema}: {}; body {}",
+                errors.join("; "),
+                resp.json
+            ))
+        }
+    }
+
+    fn validator(&self, reference: &str) -> Result<std::sync::Arc<jsonschema::Validator>, String> {
+        let mut validators = self.validators.lock().unwrap();
+        if let Some(v) = validators.get(reference) {
+            return Ok(v.clone());
+        }
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "components": self.doc["components"].clone(),
+            "$ref": reference,
+        });
+        let validator = std::sync::Arc::new(
+            jsonschema::validator_for(&root).map_err(|e| format!("schema {reference}: {e}"))?,
+        );
+        validators.insert(reference.to_string(), validator.clone());
+        Ok(validator)
+    }
+}
+
 /// A fresh idempotency key, unique across threads and processes.
 pub fn unique_key() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -519,4 +642,62 @@ pub fn luhn(digits: &str) -> bool {
         sum += d;
     }
     !digits.is_empty() && sum % 10 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, content_type: &str, json: Value) -> Resp {
+        Resp {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            bytes: json.to_string().into_bytes(),
+            json,
+        }
+    }
+
+    #[test]
+    fn responses_off_the_document_are_caught() {
+        let doc = json!({
+            "paths": {"/v1/things/{id}": {"get": {"responses": {"200": {"content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Thing"}}}}}}}},
+            "components": {"schemas": {
+                "Thing": {"type": "object", "properties": {"id": {"type": "string"}},
+                          "required": ["id"], "additionalProperties": false},
+                "Problem": {"type": "object", "required": ["code"]}}}
+        });
+        let check = SpecCheck::new(doc);
+        let ok = resp(200, "application/json", json!({"id": "t1"}));
+        assert!(check.check("GET", "/v1/things/t1?x=1", &ok).is_ok());
+        for (what, bad) in [
+            (
+                "an extra field",
+                resp(200, "application/json", json!({"id": "t1", "x": 1})),
+            ),
+            (
+                "a wrong type",
+                resp(200, "application/json", json!({"id": 5})),
+            ),
+            (
+                "an undocumented status",
+                resp(201, "application/json", json!({"id": "t1"})),
+            ),
+            ("another content type", resp(200, "text/plain", json!(null))),
+            (
+                "an error that is no problem",
+                resp(404, "application/json", json!({})),
+            ),
+            (
+                "a problem without its code",
+                resp(404, "application/problem+json", json!({})),
+            ),
+        ] {
+            assert!(check.check("GET", "/v1/things/t1", &bad).is_err(), "{what}");
+        }
+        assert!(
+            check.check("GET", "/v1/other", &ok).is_err(),
+            "an undocumented path"
+        );
+    }
 }

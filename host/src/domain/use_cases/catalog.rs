@@ -15,14 +15,34 @@ const CATALOG_RETRY_FIRST: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// The cached catalog of one plugin, refreshed when stale or from another version.
-    /// A supplier that fails keeps its last good catalog.
+    /// A supplier that fails keeps its last good catalog, and is asked again only after
+    /// a pause. One fetch per plugin runs at a time: readers of a stale catalog (and the
+    /// scheduled refresh) that arrive meanwhile wait for it and use what it found.
     pub async fn plugin_catalog(
         &self,
         supplier: &Arc<dyn Supplier>,
     ) -> Result<Option<Arc<CachedCatalog>>, DomainError> {
         let info = supplier.info();
-        let remembered = self.remembered_catalog(&info.id);
-        let cached = match remembered {
+        let (cached, usable) = self.cached_catalog(info)?;
+        if usable {
+            return Ok(cached);
+        }
+        let flight = self.catalogs.flight(&info.id);
+        let _fetching = flight.lock().await;
+        let (cached, usable) = self.cached_catalog(info)?;
+        if usable {
+            return Ok(cached);
+        }
+        self.fetch_or_back_off(supplier, cached).await
+    }
+
+    /// The catalog cached for a plugin, and whether it may be served as it is: fresh for
+    /// this version, or the plugin's catalog is failing and backing off.
+    fn cached_catalog(
+        &self,
+        info: &SupplierInfo,
+    ) -> Result<(Option<Arc<CachedCatalog>>, bool), DomainError> {
+        let cached = match self.remembered_catalog(&info.id) {
             Some(c) => Some(c),
             // First read since the start: the store's copy, if any.
             None => self
@@ -35,9 +55,16 @@ impl Gateway {
                 && self.clock.now_ms().saturating_sub(c.fetched_at_ms)
                     < self.tuning.catalog_ttl.as_millis() as u64
         });
-        if fresh || self.catalog_backing_off(info) {
-            return Ok(cached);
-        }
+        Ok((cached, fresh || self.catalog_backing_off(info)))
+    }
+
+    /// Fetch a plugin's catalog now; if the supplier fails, serve `cached` and back off.
+    async fn fetch_or_back_off(
+        &self,
+        supplier: &Arc<dyn Supplier>,
+        cached: Option<Arc<CachedCatalog>>,
+    ) -> Result<Option<Arc<CachedCatalog>>, DomainError> {
+        let info = supplier.info();
         match self.fetch_catalog(supplier).await {
             Ok(catalog) => Ok(Some(catalog)),
             Err(DomainError::Supplier(e)) => {
@@ -134,8 +161,15 @@ impl Gateway {
     /// Refresh every loaded plugin's catalog now (scheduled, and after a plugin changes).
     pub async fn refresh_catalogs(&self) {
         for supplier in self.suppliers.all() {
-            if let Err(e) = self.fetch_catalog(&supplier).await {
-                tracing::warn!(plugin = %supplier.info().id, error = %e, "scheduled catalog refresh failed");
+            let info = supplier.info();
+            let flight = self.catalogs.flight(&info.id);
+            let _fetching = flight.lock().await;
+            if self.catalog_backing_off(info) {
+                continue;
+            }
+            let cached = self.remembered_catalog(&info.id);
+            if let Err(e) = self.fetch_or_back_off(&supplier, cached).await {
+                tracing::warn!(plugin = %info.id, error = %e, "scheduled catalog refresh failed");
             }
         }
     }
