@@ -184,6 +184,7 @@ fn a_plugins_huge_values_are_quoted_truncated_and_bad_products_are_left_out_alon
                 "hostile:hostile-debug",
                 "hostile:hostile-fields",
                 "hostile:hostile-fixed",
+                "hostile:hostile-forge",
                 "hostile:hostile-long-iccid",
                 "hostile:hostile-pending",
                 "hostile:hostile-twice",
@@ -303,4 +304,28 @@ outbound = ["http://127.0.0.1:*", "http://198.18.0.1:*", "http://192.0.0.8:*", "
         );
         assert!(gw.log().contains("non-public address"), "{url}");
     }
+}
+
+#[test]
+fn a_plugin_cannot_forge_log_lines() {
+    let gw = hostile("");
+    let order = order_as(
+        &gw,
+        &gw.demo_key.clone(),
+        json!({"product_id": "hostile:hostile-forge"}),
+    );
+    let reason = order["failure"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("FORGED-REASON-LINE") && !reason.contains('\n'),
+        "{reason}"
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("FORGED-LOG-LINE"),
+        "the plugin's line was logged: {log}"
+    );
+    for line in log.lines() {
+        assert!(!line.starts_with("2030-01-01"), "a forged line: {line}");
+    }
+    assert!(!log.contains('\u{1b}'), "a terminal escape reached the log");
 }

@@ -733,6 +733,15 @@ fn convert_product(
     })
 }
 
+/// `text` as one printable line of at most `max` characters: control characters (line
+/// breaks, terminal escapes) become spaces.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// How much of a plugin's value an error message quotes: values come from a plugin that
 /// may be hostile, and a message is logged and shown to operators.
 const QUOTE_CHARS: usize = 64;
@@ -800,9 +809,9 @@ fn convert_supplier_error(
 ) -> Result<SupplierError, String> {
     use host::types::SupplierError as E;
     let mut reason = |s: String| -> Result<String, String> {
-        // Reasons are shown to operators; keep them to a line.
-        let s: String = s.chars().take(512).collect();
-        budget.string(s)
+        // Reasons are shown to resellers and logged for operators: one line of at most
+        // 512 characters, no control characters (a newline would forge a log line).
+        budget.string(one_line(&s, 512))
     };
     Ok(match e {
         E::OutOfStock => SupplierError::OutOfStock,

@@ -11,7 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::host;
 use super::egress::{EgressHooks, EgressReport};
-use super::runtime::PluginShared;
+use super::runtime::{PluginShared, one_line};
 use super::secrets;
 
 /// How much of a plugin's stderr (panic messages) is kept for the error report.
@@ -178,10 +178,11 @@ impl host::log::Host for PluginState {
         // A plugin never holds a secret value, but it may hold what a reflecting bound
         // host sent back in some encoding the egress scrubber missed: scrub again here.
         let scrubber = &self.shared.egress.scrubber;
-        let message = scrubber.text(&message);
+        // One line each, so a plugin cannot forge log lines with breaks or escapes.
+        let message = one_line(&scrubber.text(&message), usize::MAX);
         let fields: Vec<(String, String)> = fields
             .into_iter()
-            .map(|(k, v)| (scrubber.owned(k), scrubber.owned(v)))
+            .map(|(k, v)| (one_line(&scrubber.owned(k), 64), scrubber.owned(v)))
             .collect();
         let fields = FieldsDisplay(&fields);
         use host::log::Level;

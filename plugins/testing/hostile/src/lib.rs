@@ -8,6 +8,7 @@
 //! | `hostile-long-iccid` | delivers an ICCID of 3 MB |
 //! | `hostile-debug` | reads config `target_url` (an answer larger than the egress cap), then fails with `rejected` carrying `to-debug-string` of the stream error |
 //! | `hostile-pending` | answers `pending` with a supplier reference of 1 MB |
+//! | `hostile-forge` | logs, and fails with a reason, that hold line breaks and a terminal escape, to forge log lines |
 //!
 //! Its catalog always holds one product per SKU above plus `hostile-zzz` (currency `ZZZ`)
 //! and `hostile-negative` (a negative price), which the host must leave out alone. Config
@@ -112,6 +113,12 @@ impl Provisioning for Hostile {
             )])),
             "hostile-debug" => debug_string_of_a_stream_error(),
             "hostile-pending" => Ok(ProvisionOutcome::Pending("R".repeat(1_000_000))),
+            "hostile-forge" => {
+                log::warn("done\n2030-01-01T00:00:00Z  INFO simgate: FORGED-LOG-LINE \u{1b}[2J");
+                Err(SupplierError::Rejected(
+                    "no\n2030-01-01T00:00:00Z  INFO simgate: FORGED-REASON-LINE".into(),
+                ))
+            }
             other => Err(SupplierError::InvalidRequest(format!("unknown sku {other}"))),
         }
     }
@@ -132,6 +139,7 @@ impl Catalog for Hostile {
             "hostile-long-iccid",
             "hostile-debug",
             "hostile-pending",
+            "hostile-forge",
         ]
         .into_iter()
         .map(testing_common::product)
