@@ -11,8 +11,8 @@ use simgate_test_support::{GatewayBuilder, Value, json};
 const SECRET: &str = "s3cr3t-probe-token-7f1c";
 
 /// A loopback HTTP server that records each request's Authorization header and answers
-/// `pong`. Serves `n` requests, then stops.
-fn recording_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
+/// what `answer` makes of it (a whole HTTP response). Serves `n` requests, then stops.
+fn auth_server(n: usize, answer: fn(&str) -> Vec<u8>) -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -31,13 +31,18 @@ fn recording_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
                     auth = line[line.len() - v.len()..].trim().to_string();
                 }
             }
-            record.lock().unwrap().push(auth);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
-            );
+            record.lock().unwrap().push(auth.clone());
+            let _ = stream.write_all(&answer(&auth));
         }
     });
     (port, seen)
+}
+
+/// Records each request's Authorization header and answers `pong`.
+fn recording_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
+    auth_server(n, |_| {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong".to_vec()
+    })
 }
 
 fn grants(port: u16, allow_private: bool) -> String {
@@ -137,44 +142,22 @@ fn an_ungranted_secret_is_never_filled_in() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
-/// A loopback server that reflects each request's `authorization` header back: in its
-/// body (as sent, base64 and hex) and in a response header. Records what it saw.
+/// Reflects each request's `authorization` header back: in its body (as sent, base64
+/// and hex) and in a response header. Records what it saw.
 fn reflecting_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
-    use base64::Engine as _;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(n) {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut auth = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
-                    auth = line[line.len() - v.len()..].trim().to_string();
-                }
-            }
-            record.lock().unwrap().push(auth.clone());
-            let body = format!(
-                "you sent {auth} | {} | {}",
-                base64::engine::general_purpose::STANDARD.encode(&auth),
-                hex::encode(&auth)
-            );
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nx-echo: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-        }
-    });
-    (port, seen)
+    auth_server(n, |auth| {
+        use base64::Engine as _;
+        let body = format!(
+            "you sent {auth} | {} | {}",
+            base64::engine::general_purpose::STANDARD.encode(auth),
+            hex::encode(auth)
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nx-echo: {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //! Every sum is checked: an entry that would take a balance past what an `i64` holds is
 //! refused, never wrapped or saturated.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
@@ -123,6 +125,99 @@ impl Balance {
                 held: sub(held, amount)?,
             },
         })
+    }
+}
+
+/// What the ledger implies, kept in memory by a store: every balance, and the orders
+/// whose hold is neither captured nor released. One rule for both, whatever the store.
+#[derive(Debug, Clone, Default)]
+pub struct Books {
+    balances: HashMap<(ResellerId, String), Balance>,
+    open: HashSet<OrderId>,
+}
+
+impl Books {
+    /// Books with these balances and open orders (a checkpoint, or a replayed ledger).
+    pub fn new(
+        balances: impl IntoIterator<Item = ((ResellerId, String), Balance)>,
+        open: impl IntoIterator<Item = OrderId>,
+    ) -> Books {
+        Books {
+            balances: balances.into_iter().collect(),
+            open: open.into_iter().collect(),
+        }
+    }
+
+    /// Check `entry` against its balance and, if it applies, count it. Returns the
+    /// balance before and after, or why it cannot apply (then nothing changed).
+    pub fn post(&mut self, entry: &LedgerEntry) -> Result<(Balance, Balance), Refused> {
+        let key = (entry.reseller, entry.currency.clone());
+        let before = self.balances.get(&key).copied().unwrap_or_default();
+        let after = before.apply(entry.kind, entry.amount)?;
+        self.balances.insert(key, after);
+        self.track(entry, true);
+        Ok((before, after))
+    }
+
+    /// Take back an entry [`Books::post`] counted as `before` -> `after` (its write
+    /// failed), leaving what other entries did meanwhile.
+    pub fn withdraw(&mut self, entry: &LedgerEntry, before: Balance, after: Balance) {
+        let b = self
+            .balances
+            .entry((entry.reseller, entry.currency.clone()))
+            .or_default();
+        let undone = (after.available.checked_sub(before.available))
+            .and_then(|d| b.available.checked_sub(d))
+            .zip((after.held.checked_sub(before.held)).and_then(|d| b.held.checked_sub(d)));
+        if let Some((available, held)) = undone {
+            *b = Balance { available, held };
+        }
+        self.track(entry, false);
+    }
+
+    /// Keep the set of open orders in step with an entry (`posted`) or its withdrawal.
+    fn track(&mut self, entry: &LedgerEntry, posted: bool) {
+        let Some(id) = entry.order else { return };
+        let opens = match entry.kind {
+            EntryKind::Hold => true,
+            EntryKind::Capture | EntryKind::Release => false,
+            EntryKind::Credit | EntryKind::Refund => return,
+        };
+        if opens == posted {
+            self.open.insert(id);
+        } else {
+            self.open.remove(&id);
+        }
+    }
+
+    /// A reseller's balance in a currency.
+    pub fn balance(&self, reseller: ResellerId, currency: &str) -> Balance {
+        self.balances
+            .get(&(reseller, currency.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A reseller's balances, by currency.
+    pub fn balances_of(&self, reseller: ResellerId) -> Vec<(String, Balance)> {
+        let mut out: Vec<(String, Balance)> = self
+            .balances
+            .iter()
+            .filter(|((r, _), _)| *r == reseller)
+            .map(|((_, c), b)| (c.clone(), *b))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every balance (for a checkpoint).
+    pub fn balances(&self) -> impl Iterator<Item = (&(ResellerId, String), &Balance)> {
+        self.balances.iter()
+    }
+
+    /// The orders holding money.
+    pub fn open_orders(&self) -> impl Iterator<Item = OrderId> + '_ {
+        self.open.iter().copied()
     }
 }
 
@@ -295,5 +390,42 @@ mod tests {
             LedgerEntry::new(r, Credit, 1, "USD", None, 0),
         ];
         assert_eq!(replay(&entries), Err(Refused::OutOfRange));
+    }
+
+    #[test]
+    fn books_track_balances_and_open_orders_and_take_back_a_withdrawn_entry() {
+        let r = ResellerId::new();
+        let order = OrderId::new();
+        let mut books = Books::default();
+        books
+            .post(&LedgerEntry::new(r, Credit, 1_000, "USD", None, 0))
+            .unwrap();
+        let hold = LedgerEntry::new(r, Hold, 300, "USD", Some(order), 0);
+        let (before, after) = books.post(&hold).unwrap();
+        assert_eq!(books.open_orders().collect::<Vec<_>>(), vec![order]);
+        // Another entry lands meanwhile; withdrawing the hold leaves it counted.
+        books
+            .post(&LedgerEntry::new(r, Credit, 50, "USD", None, 0))
+            .unwrap();
+        books.withdraw(&hold, before, after);
+        assert_eq!(
+            books.balance(r, "USD"),
+            Balance {
+                available: 1_050,
+                held: 0
+            }
+        );
+        assert_eq!(books.open_orders().count(), 0);
+        assert_eq!(
+            books.post(&LedgerEntry::new(r, Hold, 5_000, "USD", Some(order), 0)),
+            Err(Refused::Insufficient {
+                available: 1_050,
+                needed: 5_000
+            })
+        );
+        assert_eq!(
+            books.balances_of(r),
+            vec![("USD".to_string(), books.balance(r, "USD"))]
+        );
     }
 }

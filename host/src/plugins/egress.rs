@@ -820,18 +820,17 @@ mod tests {
         tokio::time::Instant::now() + Duration::from_secs(5)
     }
 
+    /// [`post`] `url` through `policy`, within five seconds.
+    async fn send_post(policy: &EgressPolicy, url: &str) -> Result<Sent, Denied> {
+        send_checked(policy, post(url), None, in_five_seconds()).await
+    }
+
     #[tokio::test]
     async fn a_transport_gets_the_allowed_request_with_its_secret_filled_in() {
         let transport = recorder(4);
         let policy = policy_with(transport.clone());
         // api.example.com is never resolved: the transport replaces DNS and the socket.
-        let sent = send_checked(
-            &policy,
-            post("https://api.example.com/v1/x?y=1"),
-            None,
-            in_five_seconds(),
-        )
-        .await;
+        let sent = send_post(&policy, "https://api.example.com/v1/x?y=1").await;
         let Ok(Ok((response, _io))) = sent else {
             panic!("the request was refused")
         };
@@ -855,13 +854,7 @@ mod tests {
     async fn a_secret_is_never_sent_to_a_granted_host_it_is_not_bound_to() {
         let transport = recorder(4);
         let policy = policy_with(transport.clone());
-        let sent = send_checked(
-            &policy,
-            post("https://other.example.com/"),
-            None,
-            in_five_seconds(),
-        )
-        .await;
+        let sent = send_post(&policy, "https://other.example.com/").await;
         let Err(Denied(reason)) = sent else {
             panic!("an unbound destination got the secret")
         };
@@ -892,13 +885,7 @@ mod tests {
         let mut policy = policy_with(recorder(4));
         policy.transport = Some(Arc::new(Reflector));
         policy.max_response_bytes = 1024;
-        let sent = send_checked(
-            &policy,
-            post("https://api.example.com/"),
-            None,
-            in_five_seconds(),
-        )
-        .await;
+        let sent = send_post(&policy, "https://api.example.com/").await;
         let Ok(Ok((response, _io))) = sent else {
             panic!("the request was refused")
         };
@@ -923,13 +910,7 @@ mod tests {
     #[tokio::test]
     async fn a_transport_answer_is_capped_like_a_network_one() {
         let policy = policy_with(recorder(64));
-        let sent = send_checked(
-            &policy,
-            post("https://api.example.com/"),
-            None,
-            in_five_seconds(),
-        )
-        .await;
+        let sent = send_post(&policy, "https://api.example.com/").await;
         let Ok(Ok((response, _io))) = sent else {
             panic!("the request was refused")
         };

@@ -4,7 +4,7 @@
 //! can be tested without a disk, and as the simplest reference for the store conformance
 //! suite (`store::conformance`), which it passes beside sled.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ulid::Ulid;
@@ -13,7 +13,7 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
-use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused};
+use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
@@ -33,8 +33,7 @@ struct State {
     orders: BTreeMap<OrderId, Order>,
     esims: HashMap<String, EsimRecord>,
     ledger: BTreeMap<(ResellerId, Ulid), LedgerEntry>,
-    balances: HashMap<(ResellerId, String), Balance>,
-    open: HashSet<OrderId>,
+    books: Books,
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     catalogs: HashMap<String, CachedCatalog>,
@@ -59,24 +58,10 @@ impl State {
         if self.closed {
             return Err(StoreError::Backend("the store is closed".into()));
         }
-        let key = (entry.reseller, entry.currency.clone());
-        let before = self.balances.get(&key).copied().unwrap_or_default();
-        let after = match before.apply(entry.kind, entry.amount) {
-            Ok(after) => after,
+        let after = match self.books.post(entry) {
+            Ok((_, after)) => after,
             Err(refused) => return Ok(Err(refused)),
         };
-        self.balances.insert(key, after);
-        if let Some(order) = entry.order {
-            match entry.kind {
-                EntryKind::Hold => {
-                    self.open.insert(order);
-                }
-                EntryKind::Capture | EntryKind::Release => {
-                    self.open.remove(&order);
-                }
-                EntryKind::Credit | EntryKind::Refund => {}
-            }
-        }
         self.ledger
             .insert((entry.reseller, entry.id), entry.clone());
         Ok(Ok(after))
@@ -172,9 +157,9 @@ impl Store for MemoryStore {
     fn open_orders(&self) -> StoreResult<Vec<Order>> {
         let state = self.lock();
         Ok(state
-            .open
-            .iter()
-            .filter_map(|id| state.orders.get(id))
+            .books
+            .open_orders()
+            .filter_map(|id| state.orders.get(&id))
             .filter(|o| !o.status.is_final())
             .cloned()
             .collect())
@@ -235,24 +220,11 @@ impl Store for MemoryStore {
     }
 
     fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
-        Ok(self
-            .lock()
-            .balances
-            .get(&(reseller, currency.to_string()))
-            .copied()
-            .unwrap_or_default())
+        Ok(self.lock().books.balance(reseller, currency))
     }
 
     fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
-        let mut out: Vec<(String, Balance)> = self
-            .lock()
-            .balances
-            .iter()
-            .filter(|((r, _), _)| *r == reseller)
-            .map(|((_, c), b)| (c.clone(), *b))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(self.lock().books.balances_of(reseller))
     }
 
     fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {

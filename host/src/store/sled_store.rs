@@ -52,7 +52,7 @@
 //! the next open loads them instead of reading the whole ledger; the marker is removed
 //! (durably) before anything else is written.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -64,7 +64,7 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
-use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, Totals};
+use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
@@ -149,14 +149,6 @@ where
     put(tree, key, value)?;
     seen.insert(id, value.clone());
     Ok(())
-}
-
-/// What the ledger implies, kept in memory.
-#[derive(Default)]
-struct Books {
-    balances: HashMap<(ResellerId, String), Balance>,
-    /// Orders holding money that is neither captured nor released.
-    open: HashSet<OrderId>,
 }
 
 /// A ledger entry as stored, with the records it commits.
@@ -449,22 +441,21 @@ impl SledStore {
 
     /// Balances and open orders as a clean `close` left them.
     fn load_checkpoint(&self) -> StoreResult<Books> {
-        let mut books = Books::default();
+        let mut balances = Vec::new();
         for kv in self.balances.iter() {
             let (k, v) = kv.map_err(backend)?;
             let reseller = ResellerId::from_bytes(k[..16].try_into().expect("16-byte prefix"));
             let currency = String::from_utf8_lossy(&k[16..]).into_owned();
-            books.balances.insert((reseller, currency), decode(&v)?);
+            balances.push(((reseller, currency), decode(&v)?));
         }
+        let mut open = Vec::new();
         for kv in self.orders_open.iter() {
             let (k, _) = kv.map_err(backend)?;
-            books
-                .open
-                .insert(OrderId::from_bytes(k.as_ref().try_into().map_err(
-                    |_| StoreError::Decode("open-order key is not 16 bytes".into()),
-                )?));
+            open.push(OrderId::from_bytes(k.as_ref().try_into().map_err(
+                |_| StoreError::Decode("open-order key is not 16 bytes".into()),
+            )?));
         }
-        Ok(books)
+        Ok(Books::new(balances, open))
     }
 
     /// After a crash: derive balances and open orders from the whole ledger, and rewrite
@@ -509,14 +500,13 @@ impl SledStore {
             })?;
             balances.insert((reseller, currency), balance);
         }
-        Ok(Books {
+        Ok(Books::new(
             balances,
-            open: holding
+            holding
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
-                .map(|(id, _)| id)
-                .collect(),
-        })
+                .map(|(id, _)| id),
+        ))
     }
 
     /// Make sure the records that the ledger entry under `key` committed are stored, and
@@ -722,51 +712,18 @@ impl SledStore {
         if *gate {
             return Err(StoreError::Backend("the store is closed".into()));
         }
-        let key = (entry.reseller, entry.currency.clone());
-        let (before, after) = {
-            let mut books = self.lock_books();
-            let before = books.balances.get(&key).copied().unwrap_or_default();
-            let after = match before.apply(entry.kind, entry.amount) {
-                Ok(after) => after,
-                Err(i) => return Ok(Err(i)),
-            };
-            books.balances.insert(key.clone(), after);
-            books.track(entry, true);
-            (before, after)
+        let (before, after) = match self.lock_books().post(entry) {
+            Ok(counted) => counted,
+            Err(refused) => return Ok(Err(refused)),
         };
         let written = self.ledger.insert(ledger_key(entry), record);
         if let Err(e) = written {
             // Nothing was written: take the entry back out of the books.
-            let mut books = self.lock_books();
-            let b = books.balances.entry(key).or_default();
-            let undone = (after.available.checked_sub(before.available))
-                .and_then(|d| b.available.checked_sub(d))
-                .zip((after.held.checked_sub(before.held)).and_then(|d| b.held.checked_sub(d)));
-            if let Some((available, held)) = undone {
-                *b = Balance { available, held };
-            }
-            books.track(entry, false);
+            self.lock_books().withdraw(entry, before, after);
             return Err(backend(e));
         }
         drop(gate);
         Ok(Ok(after))
-    }
-}
-
-impl Books {
-    /// Keep the set of open orders in step with an entry (`posted`) or its withdrawal.
-    fn track(&mut self, entry: &LedgerEntry, posted: bool) {
-        let Some(id) = entry.order else { return };
-        let opens = match entry.kind {
-            EntryKind::Hold => true,
-            EntryKind::Capture | EntryKind::Release => false,
-            EntryKind::Credit | EntryKind::Refund => return,
-        };
-        if opens == posted {
-            self.open.insert(id);
-        } else {
-            self.open.remove(&id);
-        }
     }
 }
 
@@ -876,7 +833,7 @@ impl Store for SledStore {
     }
 
     fn open_orders(&self) -> StoreResult<Vec<Order>> {
-        let open: Vec<OrderId> = self.lock_books().open.iter().copied().collect();
+        let open: Vec<OrderId> = self.lock_books().open_orders().collect();
         let mut out = Vec::with_capacity(open.len());
         for id in open {
             if let Some(o) = self.order(id)?.filter(|o| !o.status.is_final()) {
@@ -937,24 +894,11 @@ impl Store for SledStore {
     }
 
     fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
-        Ok(self
-            .lock_books()
-            .balances
-            .get(&(reseller, currency.to_string()))
-            .copied()
-            .unwrap_or_default())
+        Ok(self.lock_books().balance(reseller, currency))
     }
 
     fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
-        let mut out: Vec<(String, Balance)> = self
-            .lock_books()
-            .balances
-            .iter()
-            .filter(|((r, _), _)| *r == reseller)
-            .map(|((_, c), b)| (c.clone(), *b))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(self.lock_books().balances_of(reseller))
     }
 
     fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {
@@ -1156,14 +1100,14 @@ impl Store for SledStore {
                 .map_err(backend)?;
         }
         let books = self.lock_books();
-        for ((reseller, currency), balance) in &books.balances {
+        for ((reseller, currency), balance) in books.balances() {
             put(&self.balances, &balance_key(*reseller, currency), balance)?;
         }
         for kv in self.orders_open.iter() {
             let (k, _) = kv.map_err(backend)?;
             self.orders_open.remove(k).map_err(backend)?;
         }
-        for id in &books.open {
+        for id in books.open_orders() {
             self.orders_open
                 .insert(id.to_bytes(), &[])
                 .map_err(backend)?;
