@@ -154,6 +154,11 @@ fn a_plugin_that_clones_http_fields_without_end_is_stopped_and_host_memory_stays
         );
     }
     let grown = gw.rss_bytes().saturating_sub(before);
+    eprintln!(
+        "gateway RSS {} KiB before, grew by {} KiB over {CALLS} fields-cloning calls",
+        before / 1024,
+        grown / 1024
+    );
     // Unbounded, each call grew the gateway by hundreds of MiB.
     assert!(
         grown < CALLS * 8 * 1024 * 1024,
@@ -202,6 +207,10 @@ fn a_plugins_huge_values_are_quoted_truncated_and_bad_products_are_left_out_alon
     assert!(log.contains("catalog product refused"), "{log}");
     // 9 MB of catalog values, 3 MB of ICCID and 1 MB of reference reached the host; a
     // few KiB of log came out.
+    eprintln!(
+        "log after 5 catalog reads and 2 huge deliveries: {} bytes",
+        log.len()
+    );
     assert!(log.len() < 64 * 1024, "the log holds {} bytes", log.len());
 }
 

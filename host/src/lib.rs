@@ -7,7 +7,9 @@
 //!
 //! - [`api`]: HTTP only: routing, authentication, JSON, problem+json. No business rules.
 //! - [`domain`]: the rules. Declares the traits it needs from outside.
-//! - [`store`]: the `Store` trait's sled implementation.
+//! - [`store`]: the `Store` trait's sled and in-memory implementations, and the
+//!   conformance suite both pass.
+//! - [`jobs`]: the worker that runs durable background jobs.
 //! - [`plugins`]: wasmtime: supplier plugins as sandboxed components.
 //! - [`config`]: one typed configuration with working defaults.
 
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod jobs;
 pub mod plugins;
 pub mod privacy;
 pub mod store;

@@ -15,6 +15,7 @@ use simgate::api::{self, AppState};
 use simgate::config::Config;
 use simgate::domain::fulfilment::RetryPolicy;
 use simgate::domain::gateway::{Gateway, GatewayTuning};
+use simgate::jobs::{GatewayJobs, Worker, WorkerTuning};
 use simgate::plugins::{self, PluginEngine, PluginWatcher, Registry};
 use simgate::privacy::FileKeyring;
 use simgate::store::SledStore;
@@ -273,33 +274,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     gateway.recover()?;
-    {
-        // Keep catalogs fresh in the background so reads never wait on a supplier.
-        let gateway = gateway.clone();
-        let every = std::time::Duration::from_secs(config.orders.catalog_ttl_secs.max(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                gateway.refresh_catalogs().await;
-            }
+    // Housekeeping runs as durable jobs: the catalog refresh (so reads never wait on a
+    // supplier) and the idempotency sweep, each rescheduling itself.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let clock: Arc<dyn simgate::domain::clock::Clock> =
+        Arc::new(simgate::domain::clock::SystemClock);
+    GatewayJobs::schedule(store.as_ref(), clock.now_ms()).context("scheduling jobs")?;
+    let worker = {
+        let handler = Arc::new(GatewayJobs {
+            gateway: gateway.clone(),
+            catalog_every: std::time::Duration::from_secs(config.orders.catalog_ttl_secs.max(1)),
+            idempotency_every: std::time::Duration::from_secs(3600),
         });
-    }
-    {
-        // Forget idempotency keys past their retention, hourly.
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                tick.tick().await;
-                match gateway.expire_idempotency_keys() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(expired = n, "idempotency keys expired"),
-                    Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
-                }
-            }
-        });
-    }
+        let worker = Worker::new(store.clone(), clock, handler, WorkerTuning::default());
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move { worker.run_until(shutdown).await })
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -314,13 +304,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         http_metrics: Default::default(),
     });
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         let _ = shutdown_tx.send(true);
     });
     api::serve(listener, state, shutdown_rx).await;
+    // The worker finishes the jobs in hand, then stops.
+    let _ = worker.await;
     // Orders still with a supplier stay unfinished; the next start resumes them.
     simgate::domain::store::Store::close(store.as_ref()).context("closing the store")?;
     Ok(())

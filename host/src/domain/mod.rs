@@ -10,6 +10,7 @@ pub mod fulfilment;
 pub mod gateway;
 pub mod idempotency;
 pub mod ids;
+pub mod jobs;
 pub mod keyring;
 pub mod ledger;
 pub mod orders;

@@ -11,6 +11,7 @@ use super::accounts::{ApiKey, KeyHash, Reseller};
 use super::catalog::CachedCatalog;
 use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
+use super::jobs::Job;
 use super::ledger::{Balance, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus};
 use super::personal::SubjectLookup;
@@ -157,6 +158,19 @@ pub trait Store: Send + Sync {
     /// Keep `wrapped` as the subject's data key unless it has one already; returns the
     /// key that is kept (two callers racing on a new subject both get the same one).
     fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>>;
+
+    /// Schedule `job` unless a job with its id exists; returns whether it was added.
+    fn add_job(&self, job: &Job) -> StoreResult<bool>;
+    /// Replace a job (after a run: rescheduled, retried or dead).
+    fn put_job(&self, job: &Job) -> StoreResult<()>;
+    /// A job by id.
+    fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+    /// Claim up to `limit` jobs claimable at `now_ms` (due, live, not leased), leasing each
+    /// until `now_ms + lease_ms`: of two workers claiming at once, each job goes to one
+    /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>>;
+    /// Remove a job that is done for good.
+    fn finish_job(&self, id: &str) -> StoreResult<()>;
 
     /// The cached catalog of a plugin.
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;

@@ -19,6 +19,7 @@ use crate::domain::accounts::{ApiKey, KeyHash, KeyMode, Reseller, Role};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{Claim, IdemKey, IdemState, LEASE_MS};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::jobs::{Job, JobKind};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, replay};
 use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::SubjectLookup;
@@ -50,6 +51,7 @@ macro_rules! store_conformance {
             amounts_out_of_range_are_refused_not_wrapped,
             the_ledger_invariant_holds_through_a_random_walk,
             what_was_acknowledged_is_there_after_reopening,
+            jobs_are_claimed_once_while_leased_and_only_when_due,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -676,5 +678,57 @@ pub async fn what_was_acknowledged_is_there_after_reopening(backend: &dyn Backen
             available: 900,
             held: 0
         }
+    );
+}
+
+/// A job is added once per id; only due, live, unleased jobs are claimed; a claim leases
+/// the job (nobody else claims it) until the lease runs out; a finished job is gone; jobs
+/// are there after reopening.
+pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn Backend) {
+    let store = backend.open();
+    let now = Job::new("now", JobKind::RefreshCatalogs, 1_000);
+    let later = Job::new("later", JobKind::ExpireIdempotency, 5_000);
+    assert!(store.add_job(&now).unwrap());
+    assert!(store.add_job(&later).unwrap());
+    let mut moved = now.clone();
+    moved.due_ms = 9_999;
+    assert!(!store.add_job(&moved).unwrap(), "an existing id is kept");
+    assert_eq!(store.job("now").unwrap(), Some(now.clone()));
+
+    let claimed = store.claim_jobs(1_000, 100, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].id.as_str(), claimed[0].lease_until_ms),
+        ("now", 1_100)
+    );
+    assert!(
+        store.claim_jobs(1_050, 100, 10).unwrap().is_empty(),
+        "leased"
+    );
+    // The worker died: the lease runs out and the job is claimed again.
+    let again = store.claim_jobs(1_100, 100, 10).unwrap();
+    assert_eq!(
+        again.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["now"]
+    );
+    let mut dead = again[0].clone();
+    dead.dead = true;
+    store.put_job(&dead).unwrap();
+    assert!(store.claim_jobs(2_000, 100, 10).unwrap().is_empty(), "dead");
+    assert_eq!(
+        store.claim_jobs(5_000, 100, 10).unwrap().len(),
+        1,
+        "later is due"
+    );
+    store.finish_job("later").unwrap();
+    assert_eq!(store.job("later").unwrap(), None);
+
+    store.close().unwrap();
+    drop(store);
+    let store = backend.open();
+    assert!(store.job("now").unwrap().is_some_and(|j| j.dead));
+    assert!(
+        store.add_job(&later).unwrap(),
+        "a finished job's id is free again"
     );
 }

@@ -13,6 +13,7 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
@@ -37,6 +38,7 @@ struct State {
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     catalogs: HashMap<String, CachedCatalog>,
+    jobs: BTreeMap<String, Job>,
     meta: HashMap<String, Vec<u8>>,
     closed: bool,
 }
@@ -338,6 +340,44 @@ impl Store for MemoryStore {
             .entry(*lookup)
             .or_insert_with(|| wrapped.to_vec())
             .clone())
+    }
+
+    fn add_job(&self, job: &Job) -> StoreResult<bool> {
+        let mut state = self.lock();
+        if state.jobs.contains_key(&job.id) {
+            return Ok(false);
+        }
+        state.jobs.insert(job.id.clone(), job.clone());
+        Ok(true)
+    }
+
+    fn put_job(&self, job: &Job) -> StoreResult<()> {
+        self.lock().jobs.insert(job.id.clone(), job.clone());
+        Ok(())
+    }
+
+    fn job(&self, id: &str) -> StoreResult<Option<Job>> {
+        Ok(self.lock().jobs.get(id).cloned())
+    }
+
+    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+        let mut state = self.lock();
+        let mut claimed = Vec::new();
+        for job in state.jobs.values_mut() {
+            if claimed.len() == limit {
+                break;
+            }
+            if job.claimable(now_ms) {
+                job.lease_until_ms = now_ms.saturating_add(lease_ms);
+                claimed.push(job.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn finish_job(&self, id: &str) -> StoreResult<()> {
+        self.lock().jobs.remove(id);
+        Ok(())
     }
 
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {

@@ -11,6 +11,7 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
+//! | `jobs` | job id | JSON `Job` (a handful of housekeeping jobs: claims scan the tree) |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
@@ -64,6 +65,7 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
@@ -89,6 +91,7 @@ pub struct SledStore {
     esims: sled::Tree,
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
+    jobs: sled::Tree,
     meta: sled::Tree,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
@@ -406,6 +409,7 @@ impl SledStore {
             esims: tree("esims")?,
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
+            jobs: tree("jobs")?,
             meta: tree("meta")?,
             db,
             books: Mutex::new(Books::default()),
@@ -1060,6 +1064,52 @@ impl Store for SledStore {
                 .map(|v| v.to_vec())
                 .ok_or_else(|| StoreError::Backend("a subject key vanished".into())),
         }
+    }
+
+    fn add_job(&self, job: &Job) -> StoreResult<bool> {
+        Ok(self
+            .jobs
+            .compare_and_swap(job.id.as_bytes(), None::<&[u8]>, Some(encode(job)))
+            .map_err(backend)?
+            .is_ok())
+    }
+
+    fn put_job(&self, job: &Job) -> StoreResult<()> {
+        put(&self.jobs, job.id.as_bytes(), job)
+    }
+
+    fn job(&self, id: &str) -> StoreResult<Option<Job>> {
+        get(&self.jobs, id.as_bytes())
+    }
+
+    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+        let mut claimed = Vec::new();
+        for kv in self.jobs.iter() {
+            if claimed.len() == limit {
+                break;
+            }
+            let (k, v) = kv.map_err(backend)?;
+            let mut job: Job = decode(&v)?;
+            if !job.claimable(now_ms) {
+                continue;
+            }
+            job.lease_until_ms = now_ms.saturating_add(lease_ms);
+            // Compare-and-swap: of two claimers, one leases the job.
+            if self
+                .jobs
+                .compare_and_swap(&k, Some(&v), Some(encode(&job)))
+                .map_err(backend)?
+                .is_ok()
+            {
+                claimed.push(job);
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn finish_job(&self, id: &str) -> StoreResult<()> {
+        self.jobs.remove(id.as_bytes()).map_err(backend)?;
+        Ok(())
     }
 
     fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {

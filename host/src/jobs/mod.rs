@@ -1,0 +1,324 @@
+//! The job worker: claims the durable jobs that are due (`domain::jobs`), runs each with
+//! its handler, and records the outcome in one write: done (removed), again later (a
+//! periodic job rescheduled), or failed (retried on the schedule, or kept dead with its
+//! error). It stops at the shutdown signal, after the jobs of the round in hand.
+//!
+//! Which jobs exist and what they do is [`GatewayJobs`]: the catalog refresh and the
+//! idempotency sweep, each a singleton re-scheduling itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::clock::Clock;
+use crate::domain::gateway::Gateway;
+use crate::domain::jobs::{Job, JobKind, RetrySchedule};
+use crate::domain::store::{Store, StoreResult};
+use crate::domain::supplier::BoxFuture;
+
+/// What a run decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done for good: the job is removed.
+    Done,
+    /// Run again after this long (periodic work).
+    Again(Duration),
+}
+
+/// Runs jobs of each kind.
+pub trait JobHandler: Send + Sync {
+    /// Run `job` once. An `Err` is retried on the worker's schedule.
+    fn run<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Outcome, String>>;
+}
+
+/// How the worker paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerTuning {
+    /// How often the worker looks for due jobs.
+    pub poll: Duration,
+    /// How long a claim holds a job: longer than any run.
+    pub lease: Duration,
+    /// Jobs claimed per round.
+    pub batch: usize,
+    /// Retries of a failing job.
+    pub retry: RetrySchedule,
+}
+
+impl Default for WorkerTuning {
+    fn default() -> Self {
+        WorkerTuning {
+            poll: Duration::from_secs(1),
+            lease: Duration::from_secs(600),
+            batch: 16,
+            retry: RetrySchedule::default(),
+        }
+    }
+}
+
+/// The job worker.
+pub struct Worker {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    handler: Arc<dyn JobHandler>,
+    tuning: WorkerTuning,
+    rng: ring::rand::SystemRandom,
+}
+
+impl Worker {
+    /// A worker over the store's jobs.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        handler: Arc<dyn JobHandler>,
+        tuning: WorkerTuning,
+    ) -> Worker {
+        Worker {
+            store,
+            clock,
+            handler,
+            tuning,
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+
+    /// Run rounds every `poll` until `shutdown` turns true.
+    pub async fn run_until(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(e) = self.round().await {
+                tracing::error!(error = %e, "job round failed; trying again");
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(self.tuning.poll) => {}
+            }
+        }
+    }
+
+    /// Claim the due jobs and run them; returns how many ran.
+    pub async fn round(&self) -> StoreResult<usize> {
+        let now = self.clock.now_ms();
+        let jobs =
+            self.store
+                .claim_jobs(now, self.tuning.lease.as_millis() as u64, self.tuning.batch)?;
+        let ran = jobs.len();
+        for job in jobs {
+            let outcome = self.handler.run(&job).await;
+            self.record(job, outcome)?;
+        }
+        if ran > 0 {
+            self.store.durable().await?;
+        }
+        Ok(ran)
+    }
+
+    /// Store what a run decided.
+    fn record(&self, mut job: Job, outcome: Result<Outcome, String>) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        job.lease_until_ms = 0;
+        match outcome {
+            Ok(Outcome::Done) => return self.store.finish_job(&job.id),
+            Ok(Outcome::Again(after)) => {
+                job.attempts = 0;
+                job.last_error = None;
+                job.due_ms = now.saturating_add(after.as_millis() as u64);
+            }
+            Err(error) => {
+                job.attempts = job.attempts.saturating_add(1);
+                match self.tuning.retry.wait(job.attempts, self.fraction()) {
+                    Some(wait) => {
+                        tracing::warn!(job = %job.id, attempt = job.attempts, %error, "job failed; will retry");
+                        job.due_ms = now.saturating_add(wait.as_millis() as u64);
+                    }
+                    None => {
+                        tracing::error!(job = %job.id, attempts = job.attempts, %error, "job failed for good; kept for the operator");
+                        job.dead = true;
+                    }
+                }
+                job.last_error = Some(error);
+            }
+        }
+        self.store.put_job(&job)
+    }
+
+    /// A random fraction in [0, 1), for retry jitter.
+    fn fraction(&self) -> f64 {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 4];
+        self.rng.fill(&mut b).map_or(0.5, |()| {
+            f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+        })
+    }
+}
+
+/// The gateway's own housekeeping jobs.
+pub struct GatewayJobs {
+    /// The use cases the jobs call.
+    pub gateway: Arc<Gateway>,
+    /// How often catalogs are refreshed.
+    pub catalog_every: Duration,
+    /// How often expired idempotency keys are swept.
+    pub idempotency_every: Duration,
+}
+
+impl GatewayJobs {
+    /// Schedule the singleton jobs (due now) unless they exist.
+    pub fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
+        store.add_job(&Job::new(
+            "refresh-catalogs",
+            JobKind::RefreshCatalogs,
+            now_ms,
+        ))?;
+        store.add_job(&Job::new(
+            "expire-idempotency",
+            JobKind::ExpireIdempotency,
+            now_ms,
+        ))?;
+        Ok(())
+    }
+}
+
+impl JobHandler for GatewayJobs {
+    fn run<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Outcome, String>> {
+        Box::pin(async move {
+            match job.kind {
+                JobKind::RefreshCatalogs => {
+                    self.gateway.refresh_catalogs().await;
+                    Ok(Outcome::Again(self.catalog_every))
+                }
+                JobKind::ExpireIdempotency => {
+                    let n = self
+                        .gateway
+                        .expire_idempotency_keys()
+                        .map_err(|e| e.to_string())?;
+                    if n > 0 {
+                        tracing::info!(expired = n, "idempotency keys expired");
+                    }
+                    Ok(Outcome::Again(self.idempotency_every))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::FixedClock;
+    use crate::store::MemoryStore;
+    use std::sync::Mutex;
+
+    /// Fails its first `failures` runs, then answers `outcome`; records each run.
+    struct Scripted {
+        failures: Mutex<u32>,
+        outcome: Outcome,
+        runs: Mutex<Vec<String>>,
+    }
+
+    impl JobHandler for Scripted {
+        fn run<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Outcome, String>> {
+            self.runs.lock().unwrap().push(job.id.clone());
+            let mut failures = self.failures.lock().unwrap();
+            let result = if *failures > 0 {
+                *failures -= 1;
+                Err("supplier down".to_string())
+            } else {
+                Ok(self.outcome)
+            };
+            Box::pin(async move { result })
+        }
+    }
+
+    fn worker(
+        failures: u32,
+        outcome: Outcome,
+    ) -> (Worker, Arc<MemoryStore>, Arc<FixedClock>, Arc<Scripted>) {
+        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(FixedClock::at(1_000_000));
+        let handler = Arc::new(Scripted {
+            failures: Mutex::new(failures),
+            outcome,
+            runs: Mutex::new(Vec::new()),
+        });
+        let tuning = WorkerTuning {
+            retry: RetrySchedule {
+                first: Duration::from_secs(10),
+                longest: Duration::from_secs(60),
+                attempts: 3,
+            },
+            ..Default::default()
+        };
+        let w = Worker::new(store.clone(), clock.clone(), handler.clone(), tuning);
+        (w, store, clock, handler)
+    }
+
+    #[tokio::test]
+    async fn a_periodic_job_runs_when_due_and_comes_back_after_its_period() {
+        let (w, store, clock, handler) = worker(0, Outcome::Again(Duration::from_secs(60)));
+        store
+            .add_job(&Job::new("tick", JobKind::RefreshCatalogs, 1_005_000))
+            .unwrap();
+        assert_eq!(w.round().await.unwrap(), 0, "not due yet");
+        clock.advance(5_000);
+        assert_eq!(w.round().await.unwrap(), 1);
+        let job = store.job("tick").unwrap().unwrap();
+        assert_eq!((job.due_ms, job.lease_until_ms), (1_065_000, 0));
+        assert_eq!(w.round().await.unwrap(), 0, "not again before its period");
+        clock.advance(60_000);
+        assert_eq!(w.round().await.unwrap(), 1);
+        assert_eq!(handler.runs.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_is_retried_on_the_schedule_then_kept_dead_with_its_error() {
+        let (w, store, clock, handler) = worker(10, Outcome::Done);
+        store
+            .add_job(&Job::new("flaky", JobKind::ExpireIdempotency, 0))
+            .unwrap();
+        for (failure, full_wait_ms) in [(1u32, 10_000u64), (2, 20_000)] {
+            assert_eq!(w.round().await.unwrap(), 1);
+            let job = store.job("flaky").unwrap().unwrap();
+            assert_eq!(job.attempts, failure);
+            let wait = job.due_ms - clock.now_ms();
+            assert!(
+                (full_wait_ms / 2..=full_wait_ms).contains(&wait),
+                "retry {failure} waits {wait} ms"
+            );
+            assert_eq!(w.round().await.unwrap(), 0, "not before its wait");
+            clock.advance(full_wait_ms);
+        }
+        assert_eq!(w.round().await.unwrap(), 1);
+        let job = store.job("flaky").unwrap().unwrap();
+        assert!(job.dead && job.attempts == 3);
+        assert_eq!(job.last_error.as_deref(), Some("supplier down"));
+        clock.advance(3_600_000);
+        assert_eq!(w.round().await.unwrap(), 0, "a dead job no longer runs");
+        assert_eq!(handler.runs.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_is_done_is_removed_and_the_worker_stops_at_shutdown() {
+        let (w, store, _clock, handler) = worker(0, Outcome::Done);
+        store
+            .add_job(&Job::new("once", JobKind::RefreshCatalogs, 0))
+            .unwrap();
+        let (tx, rx) = watch::channel(false);
+        let w = Arc::new(w);
+        let running = tokio::spawn({
+            let w = w.clone();
+            async move { w.run_until(rx).await }
+        });
+        while handler.runs.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the worker stops at shutdown")
+            .unwrap();
+        assert_eq!(store.job("once").unwrap(), None);
+    }
+}
