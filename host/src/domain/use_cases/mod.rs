@@ -7,3 +7,6 @@ pub mod catalog;
 pub mod esims;
 pub mod orders;
 pub mod subjects;
+
+#[cfg(test)]
+mod tests;

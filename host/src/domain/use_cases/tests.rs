@@ -1,0 +1,200 @@
+//! Use cases on the in-memory store with a fixed clock and a native supplier: the
+//! time-based rules (key rotation grace, catalog back-off, idempotency retention) tested
+//! at times the tests choose.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::domain::accounts::{KeyMode, Role};
+use crate::domain::clock::FixedClock;
+use crate::domain::fulfilment::RetryPolicy;
+use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
+use crate::domain::idempotency::{Claim, IdemState};
+use crate::domain::ids::OrderId;
+use crate::domain::supplier::{
+    BoxFuture, DataAllowance, Money, ProvisionOutcome, ProvisionRequest, Supplier, SupplierError,
+    SupplierInfo, SupplierProduct, SupplierResult, Suppliers, Usage,
+};
+use crate::store::MemoryStore;
+
+/// A supplier with one product whose catalog fails while `failing` is set.
+struct Native {
+    info: SupplierInfo,
+    failing: AtomicBool,
+    catalog_calls: AtomicU32,
+}
+
+impl Supplier for Native {
+    fn info(&self) -> &SupplierInfo {
+        &self.info
+    }
+    fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
+        self.catalog_calls.fetch_add(1, Ordering::SeqCst);
+        let failing = self.failing.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if failing {
+                return Err(SupplierError::Unavailable("down".into()));
+            }
+            Ok(vec![SupplierProduct {
+                sku: "SKU-1".into(),
+                title: "One".into(),
+                countries: vec!["US".into()],
+                region: None,
+                data: DataAllowance::Bytes(1),
+                validity_days: 1,
+                wholesale: Money {
+                    minor: 100,
+                    currency: "USD".into(),
+                },
+                needs_kyc: false,
+                top_up_able: false,
+            }])
+        })
+    }
+    fn provision(&self, _: ProvisionRequest) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+}
+
+struct OnlyNative(Arc<Native>);
+
+impl Suppliers for OnlyNative {
+    fn get(&self, id: &str) -> Option<Arc<dyn Supplier>> {
+        (id == "native").then(|| self.0.clone() as Arc<dyn Supplier>)
+    }
+    fn all(&self) -> Vec<Arc<dyn Supplier>> {
+        vec![self.0.clone()]
+    }
+}
+
+const START: u64 = 1_800_000_000_000;
+
+struct Fixture {
+    gateway: Gateway,
+    clock: Arc<FixedClock>,
+    native: Arc<Native>,
+    _keys: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let keys = tempfile::tempdir().unwrap();
+    let clock = Arc::new(FixedClock::at(START));
+    let native = Arc::new(Native {
+        info: SupplierInfo {
+            id: "native".into(),
+            version: "1.0.0".into(),
+            supplier: "Native".into(),
+            features: vec![],
+        },
+        failing: AtomicBool::new(false),
+        catalog_calls: AtomicU32::new(0),
+    });
+    let tuning = GatewayTuning {
+        rotation_grace: Duration::from_secs(3600),
+        catalog_ttl: Duration::from_secs(600),
+        idempotency_retention: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    let gateway = Gateway::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(OnlyNative(native.clone())),
+        Arc::new(crate::privacy::FileKeyring::open(keys.path()).unwrap()),
+        clock.clone(),
+        RetryPolicy::default(),
+        tuning,
+    );
+    Fixture {
+        gateway,
+        clock,
+        native,
+        _keys: keys,
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
+    let f = fixture();
+    let reseller = f.gateway.create_reseller("R", 0).unwrap();
+    let (old, _) = f
+        .gateway
+        .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
+        .unwrap();
+    let who = f.gateway.authenticate(&old).unwrap();
+    let (new, _) = f.gateway.rotate_key(&who).unwrap();
+    f.clock.advance(3_600_000 - 1);
+    assert!(f.gateway.authenticate(&old).is_ok(), "still in its grace");
+    f.clock.advance(1);
+    assert!(matches!(
+        f.gateway.authenticate(&old),
+        Err(DomainError::Unauthenticated)
+    ));
+    assert!(f.gateway.authenticate(&new).is_ok());
+}
+
+#[tokio::test]
+async fn a_failing_catalog_is_asked_again_only_after_its_back_off_and_a_fresh_one_not_before_its_ttl()
+ {
+    let f = fixture();
+    let supplier: Arc<dyn Supplier> = f.native.clone();
+    f.native.failing.store(true, Ordering::SeqCst);
+    let calls = || f.native.catalog_calls.load(Ordering::SeqCst);
+    assert!(f.gateway.plugin_catalog(&supplier).await.unwrap().is_none());
+    assert!(f.gateway.plugin_catalog(&supplier).await.unwrap().is_none());
+    assert_eq!(calls(), 1, "backing off");
+    f.clock.advance(5_000);
+    f.native.failing.store(false, Ordering::SeqCst);
+    let catalog = f.gateway.plugin_catalog(&supplier).await.unwrap().unwrap();
+    assert_eq!(
+        (calls(), catalog.products.len()),
+        (2, 1),
+        "asked again after 5 s"
+    );
+    f.clock.advance(599_999);
+    f.gateway.plugin_catalog(&supplier).await.unwrap();
+    assert_eq!(calls(), 2, "fresh until its TTL");
+    f.clock.advance(1);
+    f.gateway.plugin_catalog(&supplier).await.unwrap();
+    assert_eq!(calls(), 3, "stale at its TTL");
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_kept_for_their_retention_and_then_forgotten() {
+    let f = fixture();
+    let reseller = f.gateway.create_reseller("R", 0).unwrap();
+    let fingerprint = [1u8; 32];
+    let (key, claim) = f
+        .gateway
+        .claim_idempotency(reseller.id, "k-1", &fingerprint)
+        .unwrap();
+    assert_eq!(claim, Claim::New);
+    let done = IdemState::Order {
+        order: OrderId::new(),
+    };
+    f.gateway.finish_idempotency(&key, &done).unwrap();
+    f.clock.advance(24 * 3_600_000);
+    assert_eq!(
+        f.gateway.expire_idempotency_keys().unwrap(),
+        0,
+        "not before"
+    );
+    f.clock.advance(1);
+    assert_eq!(f.gateway.expire_idempotency_keys().unwrap(), 1);
+    let (_, again) = f
+        .gateway
+        .claim_idempotency(reseller.id, "k-1", &[2u8; 32])
+        .unwrap();
+    assert_eq!(again, Claim::New, "the key is free again");
+}
