@@ -527,69 +527,32 @@ mod tests {
     use crate::domain::accounts::Reseller;
     use crate::domain::ids::ResellerId;
     use crate::domain::ledger::LedgerEntry;
-    use crate::domain::supplier::{
-        BoxFuture, Money, Supplier, SupplierInfo, SupplierProduct, SupplierResult, Usage,
-    };
+    use crate::domain::supplier::{FakeSupplier, Money, OnlySupplier};
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// A native supplier that answers `unavailable` a set number of times, then delivers.
-    struct Flaky {
-        info: SupplierInfo,
-        failures_left: AtomicU32,
-        calls: AtomicU32,
-    }
-
-    impl Supplier for Flaky {
-        fn info(&self) -> &SupplierInfo {
-            &self.info
-        }
-        fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-        fn provision(
-            &self,
-            req: ProvisionRequest,
-        ) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let fail = self
-                .failures_left
+    /// A supplier that answers `unavailable` `failures` times, then delivers; counts its
+    /// provisioning calls.
+    fn flaky(failures: u32) -> (FakeSupplier, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let failures_left = AtomicU32::new(failures);
+        let counted = calls.clone();
+        let mut supplier = FakeSupplier::new("flaky");
+        supplier.provision = Box::new(move |req| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if failures_left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            Box::pin(async move {
-                if fail {
-                    return Err(SupplierError::Unavailable("try later".into()));
-                }
-                Ok(ProvisionOutcome::Delivered(vec![EsimProfile {
-                    iccid: "8999000000000000005".into(),
-                    smdp_address: "smdp.test".into(),
-                    matching_id: format!("M-{}", req.order_ref),
-                    confirmation_code_required: false,
-                }]))
-            })
-        }
-        fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
-            Box::pin(async { Err(SupplierError::NotSupported) })
-        }
-        fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
-            Box::pin(async { Err(SupplierError::NotSupported) })
-        }
-        fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
-            Box::pin(async { Err(SupplierError::NotSupported) })
-        }
-        fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
-            Box::pin(async { Err(SupplierError::NotSupported) })
-        }
-    }
-
-    struct One(Arc<Flaky>);
-
-    impl Suppliers for One {
-        fn get(&self, id: &str) -> Option<Arc<dyn Supplier>> {
-            (id == "flaky").then(|| self.0.clone() as Arc<dyn Supplier>)
-        }
-        fn all(&self) -> Vec<Arc<dyn Supplier>> {
-            vec![self.0.clone()]
-        }
+                .is_ok()
+            {
+                return Err(SupplierError::Unavailable("try later".into()));
+            }
+            Ok(ProvisionOutcome::Delivered(vec![EsimProfile {
+                iccid: "8999000000000000005".into(),
+                smdp_address: "smdp.test".into(),
+                matching_id: format!("M-{}", req.order_ref),
+                confirmation_code_required: false,
+            }]))
+        });
+        (supplier, calls)
     }
 
     /// Where the tests' fixed clock stands.
@@ -602,7 +565,7 @@ mod tests {
     ) -> (
         Arc<Fulfilment>,
         Arc<crate::store::MemoryStore>,
-        Arc<Flaky>,
+        Arc<AtomicU32>,
         Order,
         tempfile::TempDir,
     ) {
@@ -611,16 +574,7 @@ mod tests {
         // conformance suite's to prove.
         let store = Arc::new(crate::store::MemoryStore::new());
         let keyring = Arc::new(crate::privacy::FileKeyring::open(dir.path()).unwrap());
-        let flaky = Arc::new(Flaky {
-            info: SupplierInfo {
-                id: "flaky".into(),
-                version: "1".into(),
-                supplier: "Flaky".into(),
-                features: vec![],
-            },
-            failures_left: AtomicU32::new(failures),
-            calls: AtomicU32::new(0),
-        });
+        let (flaky, calls) = flaky(failures);
         let policy = RetryPolicy {
             max_attempts,
             base_backoff: Duration::from_millis(5),
@@ -630,7 +584,7 @@ mod tests {
         let clock = Arc::new(crate::domain::clock::FixedClock::at(CLOCK_START));
         let f = Fulfilment::new(
             store.clone(),
-            Arc::new(One(flaky.clone())),
+            Arc::new(OnlySupplier(Arc::new(flaky))),
             keyring,
             clock,
             policy,
@@ -677,12 +631,12 @@ mod tests {
         };
         let hold = order.ledger_entry(EntryKind::Hold).unwrap();
         store.accept_order(&order, &hold).unwrap().unwrap();
-        (f, store, flaky, order, dir)
+        (f, store, calls, order, dir)
     }
 
     #[tokio::test]
     async fn an_unavailable_supplier_is_retried_until_it_delivers() {
-        let (f, store, flaky, order, _dir) = setup(2, 5).await;
+        let (f, store, calls, order, _dir) = setup(2, 5).await;
         let done = f.watch(order.id);
         f.submit(order.id);
         tokio::time::timeout(Duration::from_secs(5), done)
@@ -692,7 +646,7 @@ mod tests {
         let o = store.order(order.id).unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Fulfilled);
         assert_eq!(o.attempts, 3);
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
         let b = store.balance(order.reseller, "USD").unwrap();
         assert_eq!((b.available, b.held), (700, 0), "captured once");
         // Every time the step wrote is the clock's, not the wall clock's.
@@ -709,7 +663,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_order_fails_and_releases_its_hold_when_retries_are_spent() {
-        let (f, store, flaky, order, _dir) = setup(10, 3).await;
+        let (f, store, calls, order, _dir) = setup(10, 3).await;
         let done = f.watch(order.id);
         f.submit(order.id);
         tokio::time::timeout(Duration::from_secs(5), done)
@@ -719,7 +673,7 @@ mod tests {
         let o = store.order(order.id).unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Failed);
         assert_eq!(o.failure.unwrap().code, "supplier_unavailable");
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
         let b = store.balance(order.reseller, "USD").unwrap();
         assert_eq!((b.available, b.held), (1000, 0), "hold released");
     }

@@ -351,3 +351,73 @@ pub trait Suppliers: Send + Sync {
         self.get(plugin_id).is_some()
     }
 }
+
+/// A native supplier for the domain's own tests: its catalog and provisioning are
+/// closures; every other operation is not supported.
+#[cfg(test)]
+pub(crate) struct FakeSupplier {
+    /// Identity.
+    pub info: SupplierInfo,
+    /// Answers `list_products`.
+    pub catalog: Box<dyn Fn() -> SupplierResult<Vec<SupplierProduct>> + Send + Sync>,
+    /// Answers `provision`.
+    pub provision: Box<dyn Fn(ProvisionRequest) -> SupplierResult<ProvisionOutcome> + Send + Sync>,
+}
+
+#[cfg(test)]
+impl FakeSupplier {
+    /// Plugin `id`, version 1.0.0, with an empty catalog, provisioning nothing.
+    pub fn new(id: &str) -> FakeSupplier {
+        FakeSupplier {
+            info: SupplierInfo {
+                id: id.into(),
+                version: "1.0.0".into(),
+                supplier: format!("Fake {id}"),
+                features: Vec::new(),
+            },
+            catalog: Box::new(|| Ok(Vec::new())),
+            provision: Box::new(|_| Err(SupplierError::NotSupported)),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Supplier for FakeSupplier {
+    fn info(&self) -> &SupplierInfo {
+        &self.info
+    }
+    fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
+        let answer = (self.catalog)();
+        Box::pin(async move { answer })
+    }
+    fn provision(&self, req: ProvisionRequest) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        let answer = (self.provision)(req);
+        Box::pin(async move { answer })
+    }
+    fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+}
+
+/// Exactly one loaded supplier (tests).
+#[cfg(test)]
+pub(crate) struct OnlySupplier(pub Arc<dyn Supplier>);
+
+#[cfg(test)]
+impl Suppliers for OnlySupplier {
+    fn get(&self, id: &str) -> Option<Arc<dyn Supplier>> {
+        (id == self.0.info().id).then(|| self.0.clone())
+    }
+    fn all(&self) -> Vec<Arc<dyn Supplier>> {
+        vec![self.0.clone()]
+    }
+}

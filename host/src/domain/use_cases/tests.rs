@@ -13,70 +13,47 @@ use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
 use crate::domain::idempotency::{Claim, IdemState};
 use crate::domain::ids::OrderId;
 use crate::domain::supplier::{
-    BoxFuture, DataAllowance, Money, ProvisionOutcome, ProvisionRequest, Supplier, SupplierError,
-    SupplierInfo, SupplierProduct, SupplierResult, Suppliers, Usage,
+    DataAllowance, FakeSupplier, Money, OnlySupplier, Supplier, SupplierError, SupplierProduct,
 };
 use crate::store::MemoryStore;
 
-/// A supplier with one product whose catalog fails while `failing` is set.
+/// A supplier with one product whose catalog fails while `failing` is set; counts its
+/// catalog calls.
 struct Native {
-    info: SupplierInfo,
-    failing: AtomicBool,
-    catalog_calls: AtomicU32,
+    supplier: Arc<FakeSupplier>,
+    failing: Arc<AtomicBool>,
+    catalog_calls: Arc<AtomicU32>,
 }
 
-impl Supplier for Native {
-    fn info(&self) -> &SupplierInfo {
-        &self.info
-    }
-    fn list_products(&self) -> BoxFuture<'_, SupplierResult<Vec<SupplierProduct>>> {
-        self.catalog_calls.fetch_add(1, Ordering::SeqCst);
-        let failing = self.failing.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if failing {
-                return Err(SupplierError::Unavailable("down".into()));
-            }
-            Ok(vec![SupplierProduct {
-                sku: "SKU-1".into(),
-                title: "One".into(),
-                countries: vec!["US".into()],
-                region: None,
-                data: DataAllowance::Bytes(1),
-                validity_days: 1,
-                wholesale: Money {
-                    minor: 100,
-                    currency: "USD".into(),
-                },
-                needs_kyc: false,
-                top_up_able: false,
-            }])
-        })
-    }
-    fn provision(&self, _: ProvisionRequest) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
-    }
-    fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
-    }
-    fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
-    }
-    fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
-    }
-    fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
-    }
-}
-
-struct OnlyNative(Arc<Native>);
-
-impl Suppliers for OnlyNative {
-    fn get(&self, id: &str) -> Option<Arc<dyn Supplier>> {
-        (id == "native").then(|| self.0.clone() as Arc<dyn Supplier>)
-    }
-    fn all(&self) -> Vec<Arc<dyn Supplier>> {
-        vec![self.0.clone()]
+fn native() -> Native {
+    let failing = Arc::new(AtomicBool::new(false));
+    let catalog_calls = Arc::new(AtomicU32::new(0));
+    let mut supplier = FakeSupplier::new("native");
+    let (fails, calls) = (failing.clone(), catalog_calls.clone());
+    supplier.catalog = Box::new(move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        if fails.load(Ordering::SeqCst) {
+            return Err(SupplierError::Unavailable("down".into()));
+        }
+        Ok(vec![SupplierProduct {
+            sku: "SKU-1".into(),
+            title: "One".into(),
+            countries: vec!["US".into()],
+            region: None,
+            data: DataAllowance::Bytes(1),
+            validity_days: 1,
+            wholesale: Money {
+                minor: 100,
+                currency: "USD".into(),
+            },
+            needs_kyc: false,
+            top_up_able: false,
+        }])
+    });
+    Native {
+        supplier: Arc::new(supplier),
+        failing,
+        catalog_calls,
     }
 }
 
@@ -85,23 +62,14 @@ const START: u64 = 1_800_000_000_000;
 struct Fixture {
     gateway: Gateway,
     clock: Arc<FixedClock>,
-    native: Arc<Native>,
+    native: Native,
     _keys: tempfile::TempDir,
 }
 
 fn fixture() -> Fixture {
     let keys = tempfile::tempdir().unwrap();
     let clock = Arc::new(FixedClock::at(START));
-    let native = Arc::new(Native {
-        info: SupplierInfo {
-            id: "native".into(),
-            version: "1.0.0".into(),
-            supplier: "Native".into(),
-            features: vec![],
-        },
-        failing: AtomicBool::new(false),
-        catalog_calls: AtomicU32::new(0),
-    });
+    let native = native();
     let tuning = GatewayTuning {
         rotation_grace: Duration::from_secs(3600),
         catalog_ttl: Duration::from_secs(600),
@@ -110,7 +78,7 @@ fn fixture() -> Fixture {
     };
     let gateway = Gateway::new(
         Arc::new(MemoryStore::new()),
-        Arc::new(OnlyNative(native.clone())),
+        Arc::new(OnlySupplier(native.supplier.clone())),
         Arc::new(crate::privacy::FileKeyring::open(keys.path()).unwrap()),
         clock.clone(),
         RetryPolicy::default(),
@@ -148,7 +116,7 @@ async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
 async fn a_failing_catalog_is_asked_again_only_after_its_back_off_and_a_fresh_one_not_before_its_ttl()
  {
     let f = fixture();
-    let supplier: Arc<dyn Supplier> = f.native.clone();
+    let supplier: Arc<dyn Supplier> = f.native.supplier.clone();
     f.native.failing.store(true, Ordering::SeqCst);
     let calls = || f.native.catalog_calls.load(Ordering::SeqCst);
     assert!(f.gateway.plugin_catalog(&supplier).await.unwrap().is_none());
