@@ -159,9 +159,7 @@ pub trait Store: Send + Sync {
     /// key that is kept (two callers racing on a new subject both get the same one).
     fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>>;
 
-    /// Schedule `job` unless a job with its id exists; returns whether it was added.
-    fn add_job(&self, job: &Job) -> StoreResult<bool>;
-    /// Replace a job (after a run: rescheduled, retried or dead).
+    /// Add or replace a job (scheduled, rescheduled after a run, retried or dead).
     fn put_job(&self, job: &Job) -> StoreResult<()>;
     /// A job by id.
     fn job(&self, id: &str) -> StoreResult<Option<Job>>;

@@ -165,19 +165,21 @@ pub struct GatewayJobs {
 }
 
 impl GatewayJobs {
-    /// Schedule the singleton jobs (due now) unless they exist.
+    /// Make the housekeeping jobs due now, as every start should refresh catalogs and
+    /// sweep keys at once. This also voids a lease that a killed process left on them: on
+    /// one node nothing else can hold it, and with several nodes a start only makes the
+    /// next run come sooner.
     pub fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
-        store.add_job(&Job::new(
+        store.put_job(&Job::new(
             "refresh-catalogs",
             JobKind::RefreshCatalogs,
             now_ms,
         ))?;
-        store.add_job(&Job::new(
+        store.put_job(&Job::new(
             "expire-idempotency",
             JobKind::ExpireIdempotency,
             now_ms,
-        ))?;
-        Ok(())
+        ))
     }
 }
 
@@ -259,7 +261,7 @@ mod tests {
     async fn a_periodic_job_runs_when_due_and_comes_back_after_its_period() {
         let (w, store, clock, handler) = worker(0, Outcome::Again(Duration::from_secs(60)));
         store
-            .add_job(&Job::new("tick", JobKind::RefreshCatalogs, 1_005_000))
+            .put_job(&Job::new("tick", JobKind::RefreshCatalogs, 1_005_000))
             .unwrap();
         assert_eq!(w.round().await.unwrap(), 0, "not due yet");
         clock.advance(5_000);
@@ -276,7 +278,7 @@ mod tests {
     async fn a_failing_job_is_retried_on_the_schedule_then_kept_dead_with_its_error() {
         let (w, store, clock, handler) = worker(10, Outcome::Done);
         store
-            .add_job(&Job::new("flaky", JobKind::ExpireIdempotency, 0))
+            .put_job(&Job::new("flaky", JobKind::ExpireIdempotency, 0))
             .unwrap();
         for (failure, full_wait_ms) in [(1u32, 10_000u64), (2, 20_000)] {
             assert_eq!(w.round().await.unwrap(), 1);
@@ -303,7 +305,7 @@ mod tests {
     async fn a_job_that_is_done_is_removed_and_the_worker_stops_at_shutdown() {
         let (w, store, _clock, handler) = worker(0, Outcome::Done);
         store
-            .add_job(&Job::new("once", JobKind::RefreshCatalogs, 0))
+            .put_job(&Job::new("once", JobKind::RefreshCatalogs, 0))
             .unwrap();
         let (tx, rx) = watch::channel(false);
         let w = Arc::new(w);
@@ -320,5 +322,28 @@ mod tests {
             .expect("the worker stops at shutdown")
             .unwrap();
         assert_eq!(store.job("once").unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it() {
+        let store = MemoryStore::new();
+        GatewayJobs::schedule(&store, 1_000).unwrap();
+        // The previous process claimed both (10-minute leases) and was killed.
+        assert_eq!(store.claim_jobs(1_000, 600_000, 10).unwrap().len(), 2);
+        assert!(store.claim_jobs(2_000, 600_000, 10).unwrap().is_empty());
+        GatewayJobs::schedule(&store, 2_000).unwrap();
+        let due: Vec<String> = store
+            .claim_jobs(2_000, 600_000, 10)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(due, ["expire-idempotency", "refresh-catalogs"]);
     }
 }

@@ -342,15 +342,6 @@ impl Store for MemoryStore {
             .clone())
     }
 
-    fn add_job(&self, job: &Job) -> StoreResult<bool> {
-        let mut state = self.lock();
-        if state.jobs.contains_key(&job.id) {
-            return Ok(false);
-        }
-        state.jobs.insert(job.id.clone(), job.clone());
-        Ok(true)
-    }
-
     fn put_job(&self, job: &Job) -> StoreResult<()> {
         self.lock().jobs.insert(job.id.clone(), job.clone());
         Ok(())

@@ -1066,14 +1066,6 @@ impl Store for SledStore {
         }
     }
 
-    fn add_job(&self, job: &Job) -> StoreResult<bool> {
-        Ok(self
-            .jobs
-            .compare_and_swap(job.id.as_bytes(), None::<&[u8]>, Some(encode(job)))
-            .map_err(backend)?
-            .is_ok())
-    }
-
     fn put_job(&self, job: &Job) -> StoreResult<()> {
         put(&self.jobs, job.id.as_bytes(), job)
     }
