@@ -184,8 +184,8 @@ fn main() -> ExitCode {
             wasm,
             out,
         }) => pack(&manifest, &wasm, &out),
-        Command::Reseller(cmd) => offline(cmd.data_dir(), |gw| reseller_cmd(gw, cmd)),
-        Command::Keys(cmd) => offline(cmd.data_dir(), |gw| keys_cmd(gw, cmd)),
+        Command::Reseller(cmd) => offline(cmd.data_dir(), async |gw| reseller_cmd(gw, cmd).await),
+        Command::Keys(cmd) => offline(cmd.data_dir(), async |gw| keys_cmd(gw, cmd).await),
         Command::Plugin(PluginCommand::Check { dir, grants }) => {
             cli::check::run(&dir, grants.as_deref())
         }
@@ -273,13 +273,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             println!("demo reseller {reseller} API key (shown once): {key}");
         }
     }
-    gateway.recover()?;
+    gateway.recover().await?;
     // Housekeeping runs as durable jobs: the catalog refresh (so reads never wait on a
     // supplier) and the idempotency sweep, each rescheduling itself.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn simgate::domain::clock::Clock> =
         Arc::new(simgate::domain::clock::SystemClock);
-    GatewayJobs::schedule(store.as_ref(), clock.now_ms()).context("scheduling jobs")?;
+    GatewayJobs::schedule(store.as_ref(), clock.now_ms())
+        .await
+        .context("scheduling jobs")?;
     let worker = {
         let handler = Arc::new(GatewayJobs {
             gateway: gateway.clone(),
@@ -313,7 +315,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The worker finishes the jobs in hand, then stops.
     let _ = worker.await;
     // Orders still with a supplier stay unfinished; the next start resumes them.
-    simgate::domain::store::Store::close(store.as_ref()).context("closing the store")?;
+    simgate::domain::store::Store::close(store.as_ref())
+        .await
+        .context("closing the store")?;
     Ok(())
 }
 
@@ -399,7 +403,7 @@ impl simgate::domain::Suppliers for NoSuppliers {
 /// Run an account command against the data directory, then make it durable.
 fn offline(
     data_dir: PathBuf,
-    f: impl FnOnce(&Gateway) -> anyhow::Result<()>,
+    f: impl AsyncFnOnce(&Gateway) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -421,18 +425,18 @@ fn offline(
         let store = Arc::new(store);
         let keyring = Arc::new(FileKeyring::open(&data_dir)?);
         let gateway = gateway(&Config::default(), store.clone(), Arc::new(NoSuppliers), keyring);
-        f(&gateway)?;
-        simgate::domain::store::Store::close(store.as_ref())?;
+        f(&gateway).await?;
+        simgate::domain::store::Store::close(store.as_ref()).await?;
         Ok(())
     })
 }
 
-fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
+async fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
     match cmd {
         ResellerCommand::Create {
             name, markup_bps, ..
         } => {
-            let r = gw.create_reseller(&name, markup_bps)?;
+            let r = gw.create_reseller(&name, markup_bps).await?;
             println!("{}", r.id);
         }
         ResellerCommand::Credit {
@@ -444,20 +448,22 @@ fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
             let id = reseller
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{reseller:?} is not a reseller id (rsl_...)"))?;
-            let b = gw.credit(
-                id,
-                amount,
-                &currency,
-                Some("credited from the CLI".into()),
-                ulid::Ulid::new(),
-            )?;
+            let b = gw
+                .credit(
+                    id,
+                    amount,
+                    &currency,
+                    Some("credited from the CLI".into()),
+                    ulid::Ulid::new(),
+                )
+                .await?;
             println!("available {} {currency}, held {}", b.available, b.held);
         }
     }
     Ok(())
 }
 
-fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
+async fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
     use simgate::domain::accounts::{KeyMode, Role};
     match cmd {
         KeysCommand::Create {
@@ -485,7 +491,7 @@ fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
                         .map_err(|_| anyhow::anyhow!("{r:?} is not a reseller id (rsl_...)"))
                 })
                 .transpose()?;
-            let (key, record) = gw.create_key(reseller, role, mode)?;
+            let (key, record) = gw.create_key(reseller, role, mode).await?;
             println!("{key}");
             eprintln!("key id {} (shown once: store the key now)", record.id);
         }
@@ -493,7 +499,7 @@ fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
             let id = id
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{id:?} is not a key id (key_...)"))?;
-            let key = gw.revoke_key(id)?;
+            let key = gw.revoke_key(id).await?;
             println!("revoked {}", key.id);
         }
     }

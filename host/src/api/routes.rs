@@ -173,7 +173,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
     let path = req.uri().path().to_string();
     let (parts, mut body) = req.into_parts();
     let limits = &state.limits;
-    let read = match admit(state, &parts, &path) {
+    let read = match admit(state, &parts, &path).await {
         Ok(admitted) => {
             let deadline = Instant::now() + Duration::from_millis(limits.body_read_timeout_ms);
             read_capped(&mut body, limits.max_body_bytes, deadline)
@@ -196,27 +196,28 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
     let who = || who_ref.ok_or_else(problems::unauthenticated);
     match (route.method.as_str(), route.path) {
         ("GET", "/healthz") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ("GET", "/readyz") => readyz(state),
+        ("GET", "/readyz") => readyz(state).await,
         ("GET", "/openapi.json") => Ok(json(StatusCode::OK, &super::openapi::document())),
         ("GET", "/v1/products") => list_products(state, who()?, &req).await,
         ("POST", "/v1/orders") => create_order(state, who()?, req).await,
-        ("GET", "/v1/orders") => list_orders(state, who()?, &req),
+        ("GET", "/v1/orders") => list_orders(state, who()?, &req).await,
         ("GET", "/v1/orders/{id}") => Ok(json(
             StatusCode::OK,
-            &state.gateway.order(who()?, order_id(p(0))?)?,
+            &state.gateway.order(who()?, order_id(p(0))?).await?,
         )),
         ("POST", "/v1/orders/{id}/cancel") => cancel_order(state, who()?, req, p(0)).await,
-        ("GET", "/v1/esims/{iccid}") => {
-            Ok(json(StatusCode::OK, &state.gateway.esim(who()?, p(0))?))
-        }
-        ("GET", "/v1/esims/{iccid}/qr") => esim_qr(state, who()?, &req, p(0)),
+        ("GET", "/v1/esims/{iccid}") => Ok(json(
+            StatusCode::OK,
+            &state.gateway.esim(who()?, p(0)).await?,
+        )),
+        ("GET", "/v1/esims/{iccid}/qr") => esim_qr(state, who()?, &req, p(0)).await,
         ("GET", "/v1/esims/{iccid}/usage") => Ok(json(
             StatusCode::OK,
             &state.gateway.usage(who()?, p(0)).await?,
         )),
         ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
-        ("GET", "/v1/balance") => balance(state, who()?),
-        ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req),
+        ("GET", "/v1/balance") => balance(state, who()?).await,
+        ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req).await,
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
@@ -225,7 +226,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         )),
         ("GET", "/v1/admin/resellers") => Ok(json(
             StatusCode::OK,
-            &serde_json::json!({"data": state.gateway.store().resellers().map_err(DomainError::from)?}),
+            &serde_json::json!({"data": state.gateway.store().resellers().await.map_err(DomainError::from)?}),
         )),
         ("POST", "/v1/admin/resellers") => create_reseller(state, req).await,
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
@@ -239,7 +240,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
 type Admitted<'p> = (&'static Route, Vec<&'p str>, Option<Principal>);
 
 /// Route a request and authenticate its caller, from the request line and headers alone.
-fn admit<'p>(
+async fn admit<'p>(
     state: &AppState,
     parts: &http::request::Parts,
     path: &'p str,
@@ -248,7 +249,7 @@ fn admit<'p>(
     let who = match route.access {
         Access::Public => None,
         Access::Key | Access::Admin => {
-            let who = authenticate(state, &parts.headers)?;
+            let who = authenticate(state, &parts.headers).await?;
             if route.access == Access::Admin && who.role != Role::Admin {
                 // Not even the existence of admin routes is confirmed to resellers.
                 return Err(problems::no_route(path));
@@ -271,7 +272,7 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     resp
 }
 
-fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Principal, Problem> {
+async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Principal, Problem> {
     let header = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -280,7 +281,7 @@ fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Principal
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or_else(problems::unauthenticated)?;
-    Ok(state.gateway.authenticate(key.trim())?)
+    Ok(state.gateway.authenticate(key.trim()).await?)
 }
 
 fn query_pairs<B>(req: &http::Request<B>) -> Vec<(String, String)> {
@@ -364,11 +365,12 @@ fn order_id(s: &str) -> Result<OrderId, Problem> {
         .map_err(|_| Problem::from(DomainError::NotFound("order")))
 }
 
-fn readyz(state: &AppState) -> Result<Response, Problem> {
+async fn readyz(state: &AppState) -> Result<Response, Problem> {
     state
         .gateway
         .store()
         .meta("bootstrapped")
+        .await
         .map_err(DomainError::from)?;
     let serving = state
         .registry
@@ -423,7 +425,7 @@ async fn list_products(
 /// the claim reserved) and free the key if it failed. A replay renders what the first
 /// request created (`replay`, given its id), marked `idempotent-replayed: true`.
 #[allow(clippy::too_many_arguments)]
-async fn idempotent<T, F, Fut>(
+async fn idempotent<T, F, Fut, R, RFut>(
     state: &AppState,
     scope: ResellerId,
     path: &str,
@@ -431,12 +433,14 @@ async fn idempotent<T, F, Fut>(
     body: &[u8],
     success: StatusCode,
     create: F,
-    replay: impl FnOnce(OrderId) -> Result<T, DomainError>,
+    replay: R,
 ) -> Result<Response, Problem>
 where
     T: Serialize,
     F: FnOnce(IdemKey) -> Fut,
     Fut: Future<Output = Result<T, DomainError>>,
+    R: FnOnce(OrderId) -> RFut,
+    RFut: Future<Output = Result<T, DomainError>>,
 {
     let key = headers.get("idempotency-key").ok_or_else(|| {
         Problem::new(
@@ -450,7 +454,10 @@ where
     let key = key.to_str().unwrap_or("\u{0}");
     // Every idempotent route is a POST.
     let fingerprint = idempotency::fingerprint("POST", path, body);
-    let (idem, claim) = state.gateway.claim_idempotency(scope, key, &fingerprint)?;
+    let (idem, claim) = state
+        .gateway
+        .claim_idempotency(scope, key, &fingerprint)
+        .await?;
     match claim {
         Claim::New => {}
         Claim::Mismatch => {
@@ -472,7 +479,7 @@ where
             return Err(p);
         }
         Claim::Replay(IdemState::Order { order }) => {
-            let mut resp = json(success, &replay(order)?);
+            let mut resp = json(success, &replay(order).await?);
             resp.headers_mut().insert(
                 "idempotent-replayed",
                 http::HeaderValue::from_static("true"),
@@ -487,7 +494,7 @@ where
         Ok(created) => Ok(json(success, &created)),
         Err(e) => {
             // Nothing was created: free the key so a corrected or later retry can run.
-            state.gateway.release_idempotency(&idem)?;
+            state.gateway.release_idempotency(&idem).await?;
             Err(e.into())
         }
     }
@@ -553,7 +560,7 @@ async fn create_order(
     .await
 }
 
-fn list_orders(
+async fn list_orders(
     state: &AppState,
     who: &Principal,
     req: &http::Request<Bytes>,
@@ -585,7 +592,10 @@ fn list_orders(
                 .map_err(|_| problems::invalid_query("starting_after must be an order id".into()))
         })
         .transpose()?;
-    let page = state.gateway.orders(who, before, status, paging.limit)?;
+    let page = state
+        .gateway
+        .orders(who, before, status, paging.limit)
+        .await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"data": page.items, "has_more": page.has_more}),
@@ -612,7 +622,8 @@ async fn cancel_order(
             let view = state.gateway.cancel(who, id).await?;
             state
                 .gateway
-                .finish_idempotency(&idem, &IdemState::Order { order: id })?;
+                .finish_idempotency(&idem, &IdemState::Order { order: id })
+                .await?;
             Ok(view)
         },
         |order| state.gateway.order(who, order),
@@ -620,7 +631,7 @@ async fn cancel_order(
     .await
 }
 
-fn esim_qr(
+async fn esim_qr(
     state: &AppState,
     who: &Principal,
     req: &http::Request<Bytes>,
@@ -641,7 +652,7 @@ fn esim_qr(
             }
         }
     }
-    let esim = state.gateway.esim(who, iccid)?;
+    let esim = state.gateway.esim(who, iccid).await?;
     let (bytes, content_type) = if svg {
         (qr::svg(&esim.activation_code).into_bytes(), "image/svg+xml")
     } else {
@@ -693,17 +704,17 @@ async fn create_top_up(
     .await
 }
 
-fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem> {
+async fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem> {
     let data: Vec<_> = state
         .gateway
-        .balances(who)?
+        .balances(who).await?
         .into_iter()
         .map(|(currency, b)| serde_json::json!({"currency": currency, "available": b.available, "held": b.held}))
         .collect();
     Ok(json(StatusCode::OK, &serde_json::json!({"data": data})))
 }
 
-fn transactions(
+async fn transactions(
     state: &AppState,
     who: &Principal,
     req: &http::Request<Bytes>,
@@ -720,7 +731,10 @@ fn transactions(
             })
         })
         .transpose()?;
-    let page = state.gateway.transactions(who, before, paging.limit)?;
+    let page = state
+        .gateway
+        .transactions(who, before, paging.limit)
+        .await?;
     let data: Vec<_> = page
         .items
         .iter()
@@ -761,7 +775,7 @@ fn key_json(key: &str, record: &crate::domain::accounts::ApiKey) -> serde_json::
 }
 
 async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
-    let (key, record) = state.gateway.rotate_key(who)?;
+    let (key, record) = state.gateway.rotate_key(who).await?;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
 }
@@ -786,7 +800,10 @@ struct CreateReseller {
 
 async fn create_reseller(state: &AppState, req: http::Request<Bytes>) -> Result<Response, Problem> {
     let (_, _, body): (_, _, CreateReseller) = json_body(req)?;
-    let reseller = state.gateway.create_reseller(&body.name, body.markup_bps)?;
+    let reseller = state
+        .gateway
+        .create_reseller(&body.name, body.markup_bps)
+        .await?;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &reseller))
 }
@@ -828,7 +845,8 @@ async fn create_key(
     }
     let (key, record) = state
         .gateway
-        .create_key(Some(reseller), body.role, body.mode)?;
+        .create_key(Some(reseller), body.role, body.mode)
+        .await?;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
 }
@@ -866,18 +884,21 @@ async fn credit(
         |idem| async move {
             // The entry takes the id the key was claimed with: a retry after a crash
             // finds this credit instead of posting it again.
-            let balance = state.gateway.credit(
-                reseller,
-                body.amount,
-                &body.currency,
-                body.note,
-                idem.order.0,
-            )?;
+            let balance = state
+                .gateway
+                .credit(
+                    reseller,
+                    body.amount,
+                    &body.currency,
+                    body.note,
+                    idem.order.0,
+                )
+                .await?;
             state.gateway.store().durable().await?;
             Ok(answer(&body.currency, balance))
         },
-        |entry| {
-            let (entry, balance) = state.gateway.posted_credit(reseller, entry.0)?;
+        |entry| async move {
+            let (entry, balance) = state.gateway.posted_credit(reseller, entry.0).await?;
             Ok(answer(&entry.currency, balance))
         },
     )
@@ -888,7 +909,7 @@ async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
     let id: KeyId = id
         .parse()
         .map_err(|_| Problem::from(DomainError::NotFound("key")))?;
-    let key = state.gateway.revoke_key(id)?;
+    let key = state.gateway.revoke_key(id).await?;
     durable(state).await?;
     Ok(json(
         StatusCode::OK,

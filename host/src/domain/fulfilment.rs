@@ -9,7 +9,7 @@
 //! Every step is persisted before the next supplier call, so after a crash
 //! [`Fulfilment::recover`] resumes each unfinished order where it stood. Provisioning is
 //! idempotent on the order reference (the WIT contract demands it), so a call repeated
-//! after a crash cannot buy twice. Money moves only in `Store::settle_order`, atomically
+//! after a crash cannot buy twice. Money moves only in a `store::Commit`, atomically
 //! with the status change.
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use super::ledger::EntryKind;
 use super::orders::{
     ActivationData, EsimRecord, IllegalTransition, Order, OrderFailure, OrderKind, OrderStatus,
 };
-use super::store::{Store, StoreError};
+use super::store::{Commit, Rejected, Store, StoreError};
 use super::supplier::{
     EsimProfile, FaultKind, PlanState, ProfileState, ProvisionOutcome, ProvisionRequest,
     SupplierError, Suppliers,
@@ -140,6 +140,12 @@ pub struct Settled {
     pub esims: Vec<EsimRecord>,
 }
 
+/// A settlement the store refused although its order holds the money it moves: the
+/// records disagree with each other, so the step is not taken.
+fn unbalanced(order: OrderId, rejected: Rejected) -> StoreError {
+    StoreError::Backend(format!("settling order {order} was refused: {rejected}"))
+}
+
 /// The fulfilment worker.
 pub struct Fulfilment {
     store: Arc<dyn Store>,
@@ -198,8 +204,8 @@ impl Fulfilment {
     }
 
     /// Resume every unfinished order (after a restart). Returns how many.
-    pub fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let open = self.store.open_orders()?;
+    pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let open = self.store.open_orders().await?;
         let n = open.len();
         for order in open {
             let delay =
@@ -248,7 +254,7 @@ impl Fulfilment {
             }
             let step = {
                 let _slot = this.slots.acquire().await.expect("semaphore never closed");
-                match this.store.order(id) {
+                match this.store.order(id).await {
                     Ok(Some(order)) => this.advance(order).await,
                     Ok(None) => Ok(Step::Settled(None)),
                     Err(e) => Err(e.into()),
@@ -315,7 +321,7 @@ impl Fulfilment {
         // recovery treats accepted like submitted, and provisioning is idempotent on the
         // order reference.
         if !first_call {
-            self.store.put_order(&order)?;
+            self.store.put_order(&order).await?;
         }
 
         let result = match self.suppliers.get(&order.plugin) {
@@ -414,7 +420,7 @@ impl Fulfilment {
         let now = self.clock.now_ms();
         order.next_attempt_ms = now.saturating_add(delay.as_millis() as u64);
         order.updated_at_ms = now;
-        self.store.put_order(&order)?;
+        self.store.put_order(&order).await?;
         Ok(Step::Again(delay))
     }
 
@@ -436,28 +442,34 @@ impl Fulfilment {
             .map(|profile| self.seal_esim(&order, profile))
             .collect();
         order.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
-        let capture = order.ledger_entry(EntryKind::Capture)?;
-        if let Err(taken) = self.store.settle_order(&order, &capture, &esims)? {
-            // A plugin handed out an ICCID that another order owns: a plugin bug at best,
-            // an attempt to take over another reseller's eSIM at worst. Nothing was
-            // written; the order fails and its hold is released. The owner is named to
-            // the operator only.
-            tracing::error!(
-                target: "simgate::security",
-                order = %order.id,
-                plugin = %order.plugin,
-                iccid = %taken.iccid,
-                owner = %taken.owner,
-                "plugin delivered an ICCID that belongs to another order; order failed"
-            );
-            self.counters.iccid_conflict();
-            let failure = bad_output(
-                "the supplier delivered an eSIM that belongs to another order".to_string(),
-            );
-            return self.fail(submitted, failure).await;
+        let commit = Commit::settle(order, EntryKind::Capture, esims)?;
+        match self.store.commit(&commit).await? {
+            Ok(_) => {}
+            Err(Rejected::IccidTaken(taken)) => {
+                // A plugin handed out an ICCID that another order owns: a plugin bug at
+                // best, an attempt to take over another reseller's eSIM at worst. Nothing
+                // was written; the order fails and its hold is released. The owner is
+                // named to the operator only.
+                tracing::error!(
+                    target: "simgate::security",
+                    order = %submitted.id,
+                    plugin = %submitted.plugin,
+                    iccid = %taken.iccid,
+                    owner = %taken.owner,
+                    "plugin delivered an ICCID that belongs to another order; order failed"
+                );
+                self.counters.iccid_conflict();
+                let failure = bad_output(
+                    "the supplier delivered an eSIM that belongs to another order".to_string(),
+                );
+                return self.fail(submitted, failure).await;
+            }
+            Err(refused) => return Err(unbalanced(submitted.id, refused).into()),
         }
         self.store.durable().await?;
         self.counters.reached(OrderStatus::Fulfilled);
+        let (_, order, esims) = commit.into_parts();
+        let order = order.expect("a settlement carries its order");
         Ok(Step::Settled(Some(Box::new(Settled { order, esims }))))
     }
 
@@ -465,12 +477,15 @@ impl Fulfilment {
         tracing::info!(order = %order.id, plugin = %order.plugin, code = %failure.code, "order failed; hold released");
         order.transition(OrderStatus::Failed, self.clock.now_ms())?;
         order.failure = Some(failure);
-        let release = order.ledger_entry(EntryKind::Release)?;
+        let id = order.id;
         // A release delivers no eSIM, so it claims no ICCID and cannot conflict.
-        self.store
-            .settle_order(&order, &release, &[])?
-            .map_err(|taken| StoreError::Backend(taken.to_string()))?;
+        let commit = Commit::settle(order, EntryKind::Release, Vec::new())?;
+        if let Err(rejected) = self.store.commit(&commit).await? {
+            return Err(unbalanced(id, rejected).into());
+        }
         self.store.durable().await?;
+        let (_, order, _) = commit.into_parts();
+        let order = order.expect("a settlement carries its order");
         self.counters.reached(OrderStatus::Failed);
         Ok(Step::Settled(Some(Box::new(Settled {
             order,
@@ -595,16 +610,11 @@ mod tests {
             markup_bps: 0,
             created_at_ms: 0,
         };
-        store.put_reseller(&reseller).unwrap();
+        store.put_reseller(&reseller).await.unwrap();
+        let credit = LedgerEntry::new(reseller.id, EntryKind::Credit, 1000, "USD", None, 0);
         store
-            .post_entry(&LedgerEntry::new(
-                reseller.id,
-                EntryKind::Credit,
-                1000,
-                "USD",
-                None,
-                0,
-            ))
+            .commit(&Commit::credit(credit))
+            .await
             .unwrap()
             .unwrap();
         let order = Order {
@@ -629,8 +639,11 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
         };
-        let hold = order.ledger_entry(EntryKind::Hold).unwrap();
-        store.accept_order(&order, &hold).unwrap().unwrap();
+        store
+            .commit(&Commit::accept(order.clone()).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         (f, store, calls, order, dir)
     }
 
@@ -643,21 +656,25 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let o = store.order(order.id).unwrap().unwrap();
+        let o = store.order(order.id).await.unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Fulfilled);
         assert_eq!(o.attempts, 3);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        let b = store.balance(order.reseller, "USD").unwrap();
+        let b = store.balance(order.reseller, "USD").await.unwrap();
         assert_eq!((b.available, b.held), (700, 0), "captured once");
         // Every time the step wrote is the clock's, not the wall clock's.
         assert_eq!(o.updated_at_ms, CLOCK_START);
-        let ledger = store.ledger_page(order.reseller, None, 10).unwrap().items;
+        let ledger = store
+            .ledger_page(order.reseller, None, 10)
+            .await
+            .unwrap()
+            .items;
         let capture = ledger
             .iter()
             .find(|e| e.kind == EntryKind::Capture)
             .expect("one capture");
         assert_eq!(capture.created_at_ms, CLOCK_START);
-        let esim = store.esim(&o.iccids[0]).unwrap().unwrap();
+        let esim = store.esim(&o.iccids[0]).await.unwrap().unwrap();
         assert_eq!(esim.created_at_ms, CLOCK_START);
     }
 
@@ -670,11 +687,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let o = store.order(order.id).unwrap().unwrap();
+        let o = store.order(order.id).await.unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Failed);
         assert_eq!(o.failure.unwrap().code, "supplier_unavailable");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        let b = store.balance(order.reseller, "USD").unwrap();
+        let b = store.balance(order.reseller, "USD").await.unwrap();
         assert_eq!((b.available, b.held), (1000, 0), "hold released");
     }
 

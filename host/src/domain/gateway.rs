@@ -189,14 +189,17 @@ impl Gateway {
     }
 
     /// Resume unfinished orders after a restart.
-    pub fn recover(&self) -> Result<usize, DomainError> {
-        Ok(self.fulfilment.recover()?)
+    pub async fn recover(&self) -> Result<usize, DomainError> {
+        Ok(self.fulfilment.recover().await?)
     }
 
     /// The caller's reseller account (reseller keys only).
-    pub(crate) fn reseller_of(&self, who: &Principal) -> Result<Reseller, DomainError> {
+    pub(crate) async fn reseller_of(&self, who: &Principal) -> Result<Reseller, DomainError> {
         let id = who.reseller.ok_or(DomainError::Forbidden)?;
-        self.store.reseller(id)?.ok_or(DomainError::Unauthenticated)
+        self.store
+            .reseller(id)
+            .await?
+            .ok_or(DomainError::Unauthenticated)
     }
 
     /// Whether the caller may see a record owned by `owner`.

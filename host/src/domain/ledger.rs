@@ -269,8 +269,8 @@ pub fn replay<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>) -> Result<
 }
 
 impl LedgerEntry {
-    /// The hold that accepts `order`. It has the order's id, which makes a reseller's
-    /// holds its list of orders (`Store::accept_order` requires it).
+    /// The hold that accepts `order`. It has the order's id, so whatever an idempotent
+    /// request created is found by that one id (`Commit::accept` builds it).
     pub fn hold_for(
         reseller: ResellerId,
         order: OrderId,

@@ -1,9 +1,11 @@
-//! What the domain needs from storage. `store::SledStore` implements it on sled; a
-//! PostgreSQL implementation can replace it when one node is not enough.
+//! What the domain needs from storage. `store::SledStore` implements it on sled and
+//! `store::MemoryStore` in memory; a PostgreSQL implementation can replace them when one
+//! node is not enough. Every backend passes the same suite (`store::conformance`).
 //!
-//! Operations that must not be torn apart by a crash are single methods here
-//! ([`Store::accept_order`], [`Store::settle_order`], [`Store::post_entry`]) that each
-//! implementation makes atomic (all or nothing after a crash). Writes are not durable until
+//! The trait is async because database drivers are. Reads are per aggregate. Records that
+//! must change together are one [`Commit`] value (a ledger entry, the order it moves money
+//! for, the eSIMs it delivers), applied all or nothing by [`Store::commit`]: sled writes it
+//! as one commit record, a SQL backend as one transaction. Writes are not durable until
 //! [`Store::durable`] resolves: the API sends a 2xx only after it; implementations batch
 //! concurrent calls into one flush (group commit).
 
@@ -12,10 +14,9 @@ use super::catalog::CachedCatalog;
 use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{KeyId, OrderId, ResellerId};
 use super::jobs::Job;
-use super::ledger::{Balance, LedgerEntry, Refused};
-use super::orders::{EsimRecord, Order, OrderStatus};
+use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
+use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
 use super::personal::SubjectLookup;
-use super::supplier::BoxFuture;
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +41,8 @@ pub struct IccidTaken {
     pub owner: OrderId,
 }
 
-impl From<super::orders::TotalOutOfRange> for StoreError {
-    fn from(e: super::orders::TotalOutOfRange) -> StoreError {
+impl From<TotalOutOfRange> for StoreError {
+    fn from(e: TotalOutOfRange) -> StoreError {
         StoreError::Decode(e.to_string())
     }
 }
@@ -58,29 +59,111 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+/// Records that change together, all or nothing: a ledger entry, the order as it is
+/// once the entry is posted, and the eSIMs delivered or changed with it (outbox events and
+/// audit entries join it as those features land). The constructors keep the rules that
+/// tie them together: an order's hold has the order's id, so whatever an idempotent
+/// request created is found by that id, and settling entries name their order.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    entry: LedgerEntry,
+    order: Option<Order>,
+    esims: Vec<EsimRecord>,
+}
+
+impl Commit {
+    /// Accept a new order: hold its total.
+    pub fn accept(order: Order) -> Result<Commit, TotalOutOfRange> {
+        Ok(Commit {
+            entry: order.ledger_entry(EntryKind::Hold)?,
+            order: Some(order),
+            esims: Vec::new(),
+        })
+    }
+
+    /// Settle an order: its new state, with the entry that moves its money (`Capture`,
+    /// `Release` or `Refund`) and the eSIMs it delivered or changed. Each eSIM's ICCID is
+    /// claimed for the order.
+    pub fn settle(
+        order: Order,
+        kind: EntryKind,
+        esims: Vec<EsimRecord>,
+    ) -> Result<Commit, TotalOutOfRange> {
+        debug_assert!(matches!(
+            kind,
+            EntryKind::Capture | EntryKind::Release | EntryKind::Refund
+        ));
+        Ok(Commit {
+            entry: order.ledger_entry(kind)?,
+            order: Some(order),
+            esims,
+        })
+    }
+
+    /// Post an entry that belongs to no order (a credit).
+    pub fn credit(entry: LedgerEntry) -> Commit {
+        Commit {
+            entry,
+            order: None,
+            esims: Vec::new(),
+        }
+    }
+
+    /// The ledger entry.
+    pub fn entry(&self) -> &LedgerEntry {
+        &self.entry
+    }
+
+    /// The order as it is once the entry is posted.
+    pub fn order(&self) -> Option<&Order> {
+        self.order.as_ref()
+    }
+
+    /// The eSIMs delivered or changed.
+    pub fn esims(&self) -> &[EsimRecord] {
+        &self.esims
+    }
+
+    /// The eSIMs and order, taken back (to answer from the records in hand).
+    pub fn into_parts(self) -> (LedgerEntry, Option<Order>, Vec<EsimRecord>) {
+        (self.entry, self.order, self.esims)
+    }
+}
+
+/// Why a [`Commit`] was refused. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The balance cannot cover the entry, or an amount leaves the ledger's range.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// An eSIM's ICCID belongs to another order.
+    #[error(transparent)]
+    IccidTaken(#[from] IccidTaken),
+}
+
 /// Records the gateway keeps.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// A reseller by id.
-    fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>>;
+    async fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>>;
     /// Every reseller, oldest first.
-    fn resellers(&self) -> StoreResult<Vec<Reseller>>;
+    async fn resellers(&self) -> StoreResult<Vec<Reseller>>;
     /// Insert or replace a reseller.
-    fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()>;
+    async fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()>;
     /// An API key by its keyed hash.
-    fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>>;
+    async fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>>;
     /// An API key by its public id.
-    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>>;
+    async fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>>;
     /// Insert or replace an API key.
-    fn put_api_key(&self, key: &ApiKey) -> StoreResult<()>;
+    async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()>;
 
     /// An order by id.
-    fn order(&self, id: OrderId) -> StoreResult<Option<Order>>;
-    /// An order with the stored eSIMs of its `iccids` (those that exist), read together:
-    /// an implementation that keeps them in one record reads it once.
-    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>>;
+    async fn order(&self, id: OrderId) -> StoreResult<Option<Order>>;
+    /// An order with the stored eSIMs of its `iccids` (those that exist).
+    async fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>>;
     /// A reseller's orders, newest first, older than `before`, optionally by status; each
     /// with its eSIMs, as [`Store::order_and_esims`] reads them.
-    fn orders_page(
+    async fn orders_page(
         &self,
         reseller: ResellerId,
         before: Option<OrderId>,
@@ -88,43 +171,27 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreResult<Page<(Order, Vec<EsimRecord>)>>;
     /// Orders not yet in a final state (recovery after a restart).
-    fn open_orders(&self) -> StoreResult<Vec<Order>>;
+    async fn open_orders(&self) -> StoreResult<Vec<Order>>;
     /// Update an order that moves no money (submitted, pending, retry bookkeeping).
-    fn put_order(&self, order: &Order) -> StoreResult<()>;
-    /// Atomically: hold the order's total and insert the order. Nothing is written when
-    /// the balance is short. The hold entry has the order's id (`hold.id == order.id.0`):
-    /// a reseller's holds are its list of orders. (An idempotency key is bound to its order when it is
-    /// claimed: the claim names the order id.)
-    fn accept_order(
-        &self,
-        order: &Order,
-        hold: &LedgerEntry,
-    ) -> StoreResult<Result<Balance, Refused>>;
-    /// Atomically: update the order, post its ledger entry (capture, release or refund)
-    /// and insert or update its eSIMs. Each eSIM's ICCID is claimed for `order` in the same
-    /// step: if any already belongs to another order, nothing is written and the owner is
-    /// named ([`IccidTaken`]). Two settlements racing for one ICCID: exactly one wins.
-    fn settle_order(
-        &self,
-        order: &Order,
-        entry: &LedgerEntry,
-        esims: &[EsimRecord],
-    ) -> StoreResult<Result<(), IccidTaken>>;
+    async fn put_order(&self, order: &Order) -> StoreResult<()>;
+    /// Apply `commit` all or nothing: post its entry (refused if a balance would not
+    /// cover it), store its order, and store its eSIMs, claiming each ICCID for the order.
+    /// An ICCID another order owns refuses the whole commit and names the owner; of two
+    /// commits racing for one ICCID, exactly one wins. Returns the balance after the entry.
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>>;
 
-    /// Post a ledger entry on its own (credits); refused if it would go negative.
-    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>>;
     /// A reseller's balance in a currency.
-    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;
+    async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;
     /// Currencies a reseller has a balance in.
-    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>>;
+    async fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>>;
     /// One ledger entry of a reseller, by id.
-    fn ledger_entry(
+    async fn ledger_entry(
         &self,
         reseller: ResellerId,
         id: ulid::Ulid,
     ) -> StoreResult<Option<LedgerEntry>>;
     /// A reseller's ledger entries, newest first, older than `before`.
-    fn ledger_page(
+    async fn ledger_page(
         &self,
         reseller: ResellerId,
         before: Option<ulid::Ulid>,
@@ -132,56 +199,63 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Page<LedgerEntry>>;
 
     /// An eSIM by ICCID.
-    fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>>;
-    /// Insert or replace an eSIM.
-    fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
+    async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>>;
+    /// Replace the record of an eSIM whose ICCID its order already owns (a state refresh).
+    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
 
     /// Claim an idempotency key for a request with `fingerprint` (see `idempotency::judge`).
     /// A running claim whose creation (`IdemKey::order`: an order, or a ledger entry of
-    /// the key's reseller) exists answers as done.
-    fn claim_idempotency(
+    /// the key's reseller with that id) exists answers as done.
+    async fn claim_idempotency(
         &self,
         key: &IdemKey,
         fingerprint: &[u8; 32],
         now_ms: u64,
     ) -> StoreResult<Claim>;
     /// Record how the request that claimed `key` ended.
-    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()>;
+    async fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()>;
     /// Free a key whose request failed on our side (a retry may run again).
-    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()>;
+    async fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()>;
     /// Forget finished idempotency records first used before `cutoff_ms`; returns how many.
     /// Records still in progress are kept (their lease decides), unless their order exists.
-    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize>;
+    async fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize>;
 
     /// A subject's wrapped data key, if it has one.
-    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>>;
+    async fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>>;
     /// Keep `wrapped` as the subject's data key unless it has one already; returns the
     /// key that is kept (two callers racing on a new subject both get the same one).
-    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>>;
+    async fn create_subject_key(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+    ) -> StoreResult<Vec<u8>>;
 
     /// Add or replace a job (scheduled, rescheduled after a run, retried or dead).
-    fn put_job(&self, job: &Job) -> StoreResult<()>;
+    async fn put_job(&self, job: &Job) -> StoreResult<()>;
+    /// Add a job unless one with its id exists (a job in hand, perhaps leased by another
+    /// worker, is left as it is); returns whether it was added.
+    async fn add_job(&self, job: &Job) -> StoreResult<bool>;
     /// A job by id.
-    fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+    async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
     /// Claim up to `limit` jobs claimable at `now_ms` (due, live, not leased), leasing each
     /// until `now_ms + lease_ms`: of two workers claiming at once, each job goes to one
     /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
-    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>>;
+    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>>;
     /// Remove a job that is done for good.
-    fn finish_job(&self, id: &str) -> StoreResult<()>;
+    async fn finish_job(&self, id: &str) -> StoreResult<()>;
 
     /// The cached catalog of a plugin.
-    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;
+    async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;
     /// Replace the cached catalog of a plugin.
-    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()>;
+    async fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()>;
 
     /// A small gateway-level value (bootstrap markers, versions).
-    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Set a gateway-level value.
-    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
-    /// Resolves once every write made before the call is on disk.
-    fn durable(&self) -> BoxFuture<'_, StoreResult<()>>;
-    /// Make everything durable and record a clean shutdown (so the next start need not
-    /// repair anything). Writes that move money fail afterwards.
-    fn close(&self) -> StoreResult<()>;
+    async fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
+    /// Resolves once every write made before the call is durable.
+    async fn durable(&self) -> StoreResult<()>;
+    /// Make everything durable and stop: commits fail afterwards. What an implementation
+    /// does to start faster next time is its own affair.
+    async fn close(&self) -> StoreResult<()>;
 }

@@ -101,13 +101,14 @@ impl Worker {
     /// Claim the due jobs and run them; returns how many ran.
     pub async fn round(&self) -> StoreResult<usize> {
         let now = self.clock.now_ms();
-        let jobs =
-            self.store
-                .claim_jobs(now, self.tuning.lease.as_millis() as u64, self.tuning.batch)?;
+        let jobs = self
+            .store
+            .claim_jobs(now, self.tuning.lease.as_millis() as u64, self.tuning.batch)
+            .await?;
         let ran = jobs.len();
         for job in jobs {
             let outcome = self.handler.run(&job).await;
-            self.record(job, outcome)?;
+            self.record(job, outcome).await?;
         }
         if ran > 0 {
             self.store.durable().await?;
@@ -116,11 +117,11 @@ impl Worker {
     }
 
     /// Store what a run decided.
-    fn record(&self, mut job: Job, outcome: Result<Outcome, String>) -> StoreResult<()> {
+    async fn record(&self, mut job: Job, outcome: Result<Outcome, String>) -> StoreResult<()> {
         let now = self.clock.now_ms();
         job.lease_until_ms = 0;
         match outcome {
-            Ok(Outcome::Done) => return self.store.finish_job(&job.id),
+            Ok(Outcome::Done) => return self.store.finish_job(&job.id).await,
             Ok(Outcome::Again(after)) => {
                 job.attempts = 0;
                 job.last_error = None;
@@ -141,7 +142,7 @@ impl Worker {
                 job.last_error = Some(error);
             }
         }
-        self.store.put_job(&job)
+        self.store.put_job(&job).await
     }
 
     /// A random fraction in [0, 1), for retry jitter.
@@ -169,17 +170,21 @@ impl GatewayJobs {
     /// sweep keys at once. This also voids a lease that a killed process left on them: on
     /// one node nothing else can hold it, and with several nodes a start only makes the
     /// next run come sooner.
-    pub fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
-        store.put_job(&Job::new(
-            "refresh-catalogs",
-            JobKind::RefreshCatalogs,
-            now_ms,
-        ))?;
-        store.put_job(&Job::new(
-            "expire-idempotency",
-            JobKind::ExpireIdempotency,
-            now_ms,
-        ))
+    pub async fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
+        store
+            .put_job(&Job::new(
+                "refresh-catalogs",
+                JobKind::RefreshCatalogs,
+                now_ms,
+            ))
+            .await?;
+        store
+            .put_job(&Job::new(
+                "expire-idempotency",
+                JobKind::ExpireIdempotency,
+                now_ms,
+            ))
+            .await
     }
 }
 
@@ -195,6 +200,7 @@ impl JobHandler for GatewayJobs {
                     let n = self
                         .gateway
                         .expire_idempotency_keys()
+                        .await
                         .map_err(|e| e.to_string())?;
                     if n > 0 {
                         tracing::info!(expired = n, "idempotency keys expired");
@@ -262,11 +268,12 @@ mod tests {
         let (w, store, clock, handler) = worker(0, Outcome::Again(Duration::from_secs(60)));
         store
             .put_job(&Job::new("tick", JobKind::RefreshCatalogs, 1_005_000))
+            .await
             .unwrap();
         assert_eq!(w.round().await.unwrap(), 0, "not due yet");
         clock.advance(5_000);
         assert_eq!(w.round().await.unwrap(), 1);
-        let job = store.job("tick").unwrap().unwrap();
+        let job = store.job("tick").await.unwrap().unwrap();
         assert_eq!((job.due_ms, job.lease_until_ms), (1_065_000, 0));
         assert_eq!(w.round().await.unwrap(), 0, "not again before its period");
         clock.advance(60_000);
@@ -279,10 +286,11 @@ mod tests {
         let (w, store, clock, handler) = worker(10, Outcome::Done);
         store
             .put_job(&Job::new("flaky", JobKind::ExpireIdempotency, 0))
+            .await
             .unwrap();
         for (failure, full_wait_ms) in [(1u32, 10_000u64), (2, 20_000)] {
             assert_eq!(w.round().await.unwrap(), 1);
-            let job = store.job("flaky").unwrap().unwrap();
+            let job = store.job("flaky").await.unwrap().unwrap();
             assert_eq!(job.attempts, failure);
             let wait = job.due_ms - clock.now_ms();
             assert!(
@@ -293,7 +301,7 @@ mod tests {
             clock.advance(full_wait_ms);
         }
         assert_eq!(w.round().await.unwrap(), 1);
-        let job = store.job("flaky").unwrap().unwrap();
+        let job = store.job("flaky").await.unwrap().unwrap();
         assert!(job.dead && job.attempts == 3);
         assert_eq!(job.last_error.as_deref(), Some("supplier down"));
         clock.advance(3_600_000);
@@ -306,6 +314,7 @@ mod tests {
         let (w, store, _clock, handler) = worker(0, Outcome::Done);
         store
             .put_job(&Job::new("once", JobKind::RefreshCatalogs, 0))
+            .await
             .unwrap();
         let (tx, rx) = watch::channel(false);
         let w = Arc::new(w);
@@ -321,7 +330,7 @@ mod tests {
             .await
             .expect("the worker stops at shutdown")
             .unwrap();
-        assert_eq!(store.job("once").unwrap(), None);
+        assert_eq!(store.job("once").await.unwrap(), None);
     }
 }
 
@@ -330,16 +339,23 @@ mod schedule_tests {
     use super::*;
     use crate::store::MemoryStore;
 
-    #[test]
-    fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it() {
+    #[tokio::test]
+    async fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it() {
         let store = MemoryStore::new();
-        GatewayJobs::schedule(&store, 1_000).unwrap();
+        GatewayJobs::schedule(&store, 1_000).await.unwrap();
         // The previous process claimed both (10-minute leases) and was killed.
-        assert_eq!(store.claim_jobs(1_000, 600_000, 10).unwrap().len(), 2);
-        assert!(store.claim_jobs(2_000, 600_000, 10).unwrap().is_empty());
-        GatewayJobs::schedule(&store, 2_000).unwrap();
+        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 2);
+        assert!(
+            store
+                .claim_jobs(2_000, 600_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        GatewayJobs::schedule(&store, 2_000).await.unwrap();
         let due: Vec<String> = store
             .claim_jobs(2_000, 600_000, 10)
+            .await
             .unwrap()
             .into_iter()
             .map(|j| j.id)

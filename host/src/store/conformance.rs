@@ -23,7 +23,7 @@ use crate::domain::jobs::{Job, JobKind};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, replay};
 use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::SubjectLookup;
-use crate::domain::store::Store;
+use crate::domain::store::{Commit, Rejected, Store};
 use crate::domain::supplier::{Money, PlanState, ProfileState};
 
 /// A backend under test: a place where a store's data lives.
@@ -73,9 +73,14 @@ fn reseller() -> Reseller {
     }
 }
 
-fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance {
+async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance {
     let entry = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
-    store.post_entry(&entry).unwrap().unwrap()
+    post(store, entry).await.unwrap()
+}
+
+/// Post an entry that belongs to no order.
+async fn post(store: &dyn Store, entry: LedgerEntry) -> Result<Balance, Rejected> {
+    store.commit(&Commit::credit(entry)).await.unwrap()
 }
 
 fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
@@ -94,9 +99,10 @@ fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
     Order::accepted(spec, OrderId::new(), None, 10)
 }
 
-fn accept(store: &dyn Store, order: &Order) -> Result<Balance, Refused> {
+async fn accept(store: &dyn Store, order: &Order) -> Result<Balance, Rejected> {
     store
-        .accept_order(order, &order.ledger_entry(EntryKind::Hold).unwrap())
+        .commit(&Commit::accept(order.clone()).unwrap())
+        .await
         .unwrap()
 }
 
@@ -117,7 +123,7 @@ fn esim(order: &Order, iccid: &str) -> EsimRecord {
 }
 
 /// Settle `order` as fulfilled with eSIMs `iccids` (capture) or as failed (release).
-fn settle(
+async fn settle(
     store: &dyn Store,
     order: &Order,
     iccids: &[&str],
@@ -132,18 +138,21 @@ fn settle(
     settled.transition(status, 12).unwrap();
     let esims: Vec<EsimRecord> = iccids.iter().map(|i| esim(order, i)).collect();
     settled.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
-    let entry = settled.ledger_entry(kind).unwrap();
-    store.settle_order(&settled, &entry, &esims).unwrap()?;
-    Ok(settled)
+    let commit = Commit::settle(settled.clone(), kind, esims).unwrap();
+    match store.commit(&commit).await.unwrap() {
+        Ok(_) => Ok(settled),
+        Err(Rejected::IccidTaken(taken)) => Err(taken),
+        Err(refused) => panic!("settling {} was refused: {refused}", order.id),
+    }
 }
 
 /// Resellers, keys, orders, eSIMs, catalogs and meta values read back as written.
 pub async fn records_round_trip(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller();
-    store.put_reseller(&r).unwrap();
-    assert_eq!(store.reseller(r.id).unwrap(), Some(r.clone()));
-    assert!(store.resellers().unwrap().contains(&r));
+    store.put_reseller(&r).await.unwrap();
+    assert_eq!(store.reseller(r.id).await.unwrap(), Some(r.clone()));
+    assert!(store.resellers().await.unwrap().contains(&r));
     let key = ApiKey {
         id: KeyId::new(),
         reseller: Some(r.id),
@@ -154,42 +163,47 @@ pub async fn records_round_trip(backend: &dyn Backend) {
         created_at_ms: 1,
         expires_at_ms: None,
     };
-    store.put_api_key(&key).unwrap();
-    assert_eq!(store.api_key(&key.hash).unwrap(), Some(key.clone()));
-    assert_eq!(store.api_key_by_id(key.id).unwrap(), Some(key.clone()));
+    store.put_api_key(&key).await.unwrap();
+    assert_eq!(store.api_key(&key.hash).await.unwrap(), Some(key.clone()));
+    assert_eq!(
+        store.api_key_by_id(key.id).await.unwrap(),
+        Some(key.clone())
+    );
     let revoked = ApiKey {
         expires_at_ms: Some(5),
         ..key.clone()
     };
-    store.put_api_key(&revoked).unwrap();
-    assert_eq!(store.api_key(&key.hash).unwrap(), Some(revoked));
-    assert_eq!(store.api_key(&KeyHash([4; 32])).unwrap(), None);
+    store.put_api_key(&revoked).await.unwrap();
+    assert_eq!(store.api_key(&key.hash).await.unwrap(), Some(revoked));
+    assert_eq!(store.api_key(&KeyHash([4; 32])).await.unwrap(), None);
 
-    credit(&*store, r.id, 1_000);
+    credit(&*store, r.id, 1_000).await;
     let order = order_for(r.id, 100, 1);
-    accept(&*store, &order).unwrap();
-    assert_eq!(store.order(order.id).unwrap(), Some(order.clone()));
+    accept(&*store, &order).await.unwrap();
+    assert_eq!(store.order(order.id).await.unwrap(), Some(order.clone()));
     let mut submitted = order.clone();
     submitted.transition(OrderStatus::Submitted, 20).unwrap();
-    store.put_order(&submitted).unwrap();
-    assert_eq!(store.order(order.id).unwrap(), Some(submitted));
-    let settled = settle(&*store, &order, &["8999000000000000011"]).unwrap();
-    let (read, esims) = store.order_and_esims(order.id).unwrap().unwrap();
+    store.put_order(&submitted).await.unwrap();
+    assert_eq!(store.order(order.id).await.unwrap(), Some(submitted));
+    let settled = settle(&*store, &order, &["8999000000000000011"])
+        .await
+        .unwrap();
+    let (read, esims) = store.order_and_esims(order.id).await.unwrap().unwrap();
     assert_eq!(read, settled);
     assert_eq!(esims, vec![esim(&order, "8999000000000000011")]);
     let mut refreshed = esims[0].clone();
     refreshed.profile = ProfileState::Installed;
-    store.put_esim(&refreshed).unwrap();
+    store.put_esim(&refreshed).await.unwrap();
     assert_eq!(
-        store.esim("8999000000000000011").unwrap(),
+        store.esim("8999000000000000011").await.unwrap(),
         Some(refreshed.clone())
     );
     assert_eq!(
-        store.order_and_esims(order.id).unwrap().unwrap().1,
+        store.order_and_esims(order.id).await.unwrap().unwrap().1,
         vec![refreshed]
     );
-    assert_eq!(store.order(OrderId::new()).unwrap(), None);
-    assert_eq!(store.esim("8999000000000000029").unwrap(), None);
+    assert_eq!(store.order(OrderId::new()).await.unwrap(), None);
+    assert_eq!(store.esim("8999000000000000029").await.unwrap(), None);
 
     let catalog = CachedCatalog {
         plugin: "p".into(),
@@ -197,11 +211,11 @@ pub async fn records_round_trip(backend: &dyn Backend) {
         fetched_at_ms: 3,
         products: Vec::new(),
     };
-    store.put_catalog(&catalog).unwrap();
-    assert_eq!(store.catalog("p").unwrap(), Some(catalog));
-    assert_eq!(store.catalog("q").unwrap(), None);
-    store.put_meta("k", b"v").unwrap();
-    assert_eq!(store.meta("k").unwrap(), Some(b"v".to_vec()));
+    store.put_catalog(&catalog).await.unwrap();
+    assert_eq!(store.catalog("p").await.unwrap(), Some(catalog));
+    assert_eq!(store.catalog("q").await.unwrap(), None);
+    store.put_meta("k", b"v").await.unwrap();
+    assert_eq!(store.meta("k").await.unwrap(), Some(b"v".to_vec()));
     store.durable().await.unwrap();
 }
 
@@ -210,25 +224,25 @@ pub async fn records_round_trip(backend: &dyn Backend) {
 pub async fn a_hold_the_balance_cannot_cover_writes_nothing(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller().id;
-    credit(&*store, r, 250);
+    credit(&*store, r, 250).await;
     let order = order_for(r, 100, 3);
     assert_eq!(
-        accept(&*store, &order),
-        Err(Refused::Insufficient {
+        accept(&*store, &order).await,
+        Err(Rejected::Refused(Refused::Insufficient {
             available: 250,
             needed: 300
-        })
+        }))
     );
-    assert_eq!(store.order(order.id).unwrap(), None);
-    assert_eq!(store.ledger_page(r, None, 10).unwrap().items.len(), 1);
+    assert_eq!(store.order(order.id).await.unwrap(), None);
+    assert_eq!(store.ledger_page(r, None, 10).await.unwrap().items.len(), 1);
     assert_eq!(
-        store.balance(r, "USD").unwrap(),
+        store.balance(r, "USD").await.unwrap(),
         Balance {
             available: 250,
             held: 0
         }
     );
-    assert!(store.open_orders().unwrap().is_empty());
+    assert!(store.open_orders().await.unwrap().is_empty());
 }
 
 /// An accepted order holds its price and is open; capturing charges it, releasing gives
@@ -236,42 +250,55 @@ pub async fn a_hold_the_balance_cannot_cover_writes_nothing(backend: &dyn Backen
 pub async fn settling_moves_money_and_closes_the_order(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller().id;
-    credit(&*store, r, 1_000);
+    credit(&*store, r, 1_000).await;
     let kept = order_for(r, 200, 1);
     let dropped = order_for(r, 300, 1);
-    accept(&*store, &kept).unwrap();
+    accept(&*store, &kept).await.unwrap();
     assert_eq!(
-        accept(&*store, &dropped).unwrap(),
+        accept(&*store, &dropped).await.unwrap(),
         Balance {
             available: 500,
             held: 500
         }
     );
-    let mut open: Vec<OrderId> = store.open_orders().unwrap().iter().map(|o| o.id).collect();
+    let mut open: Vec<OrderId> = store
+        .open_orders()
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
     open.sort();
     let mut expected = vec![kept.id, dropped.id];
     expected.sort();
     assert_eq!(open, expected);
-    settle(&*store, &kept, &["8999000000000000037"]).unwrap();
-    settle(&*store, &dropped, &[]).unwrap();
+    settle(&*store, &kept, &["8999000000000000037"])
+        .await
+        .unwrap();
+    settle(&*store, &dropped, &[]).await.unwrap();
     assert_eq!(
-        store.balance(r, "USD").unwrap(),
+        store.balance(r, "USD").await.unwrap(),
         Balance {
             available: 800,
             held: 0
         }
     );
-    assert!(store.open_orders().unwrap().is_empty());
+    assert!(store.open_orders().await.unwrap().is_empty());
     assert_eq!(
-        store.order(kept.id).unwrap().unwrap().status,
+        store.order(kept.id).await.unwrap().unwrap().status,
         OrderStatus::Fulfilled
     );
     assert_eq!(
-        store.esim("8999000000000000037").unwrap().unwrap().order,
+        store
+            .esim("8999000000000000037")
+            .await
+            .unwrap()
+            .unwrap()
+            .order,
         kept.id
     );
     assert_eq!(
-        store.order(dropped.id).unwrap().unwrap().status,
+        store.order(dropped.id).await.unwrap().unwrap().status,
         OrderStatus::Failed
     );
 }
@@ -281,25 +308,34 @@ pub async fn settling_moves_money_and_closes_the_order(backend: &dyn Backend) {
 pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
     let store = backend.open();
     let (a, b) = (reseller().id, reseller().id);
-    credit(&*store, a, 1_000);
-    credit(&*store, b, 1_000);
+    credit(&*store, a, 1_000).await;
+    credit(&*store, b, 1_000).await;
     let first = order_for(a, 100, 1);
-    accept(&*store, &first).unwrap();
-    let first_settled = settle(&*store, &first, &["8999000000000000045"]).unwrap();
+    accept(&*store, &first).await.unwrap();
+    let first_settled = settle(&*store, &first, &["8999000000000000045"])
+        .await
+        .unwrap();
     let second = order_for(b, 100, 1);
-    accept(&*store, &second).unwrap();
-    let taken = settle(&*store, &second, &["8999000000000000045"]).unwrap_err();
+    accept(&*store, &second).await.unwrap();
+    let taken = settle(&*store, &second, &["8999000000000000045"])
+        .await
+        .unwrap_err();
     assert_eq!(
         (taken.iccid.as_str(), taken.owner),
         ("8999000000000000045", first.id)
     );
     assert_eq!(
-        store.esim("8999000000000000045").unwrap().unwrap().reseller,
+        store
+            .esim("8999000000000000045")
+            .await
+            .unwrap()
+            .unwrap()
+            .reseller,
         a
     );
-    assert_eq!(store.order(second.id).unwrap(), Some(second.clone()));
+    assert_eq!(store.order(second.id).await.unwrap(), Some(second.clone()));
     assert_eq!(
-        store.balance(b, "USD").unwrap(),
+        store.balance(b, "USD").await.unwrap(),
         Balance {
             available: 900,
             held: 100
@@ -307,15 +343,25 @@ pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
     );
     let mut cancelled = first_settled.clone();
     cancelled.transition(OrderStatus::Cancelled, 30).unwrap();
-    let refund = cancelled.ledger_entry(EntryKind::Refund).unwrap();
     let mut deleted = esim(&first, "8999000000000000045");
     deleted.profile = ProfileState::Deleted;
     assert_eq!(
-        store.settle_order(&cancelled, &refund, &[deleted]).unwrap(),
-        Ok(())
+        store
+            .commit(&Commit::settle(cancelled, EntryKind::Refund, vec![deleted]).unwrap())
+            .await
+            .unwrap(),
+        Ok(Balance {
+            available: 1_000,
+            held: 0
+        })
     );
     assert_eq!(
-        store.esim("8999000000000000045").unwrap().unwrap().profile,
+        store
+            .esim("8999000000000000045")
+            .await
+            .unwrap()
+            .unwrap()
+            .profile,
         ProfileState::Deleted
     );
 }
@@ -325,30 +371,31 @@ pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
 pub async fn order_pages_come_newest_first_with_cursor_and_filter(backend: &dyn Backend) {
     let store = backend.open();
     let (r, other) = (reseller().id, reseller().id);
-    credit(&*store, r, 10_000);
-    credit(&*store, other, 10_000);
+    credit(&*store, r, 10_000).await;
+    credit(&*store, other, 10_000).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let o = order_for(r, 10, 1);
-        accept(&*store, &o).unwrap();
+        accept(&*store, &o).await.unwrap();
         if i % 2 == 0 {
-            settle(&*store, &o, &[]).unwrap();
+            settle(&*store, &o, &[]).await.unwrap();
         }
         ids.push(o.id);
-        accept(&*store, &order_for(other, 10, 1)).unwrap();
+        accept(&*store, &order_for(other, 10, 1)).await.unwrap();
     }
     // Newest first is by id, which sorts by time (to the millisecond).
     ids.sort_by(|a, b| b.cmp(a));
-    let first = store.orders_page(r, None, None, 2).unwrap();
+    let first = store.orders_page(r, None, None, 2).await.unwrap();
     assert!(first.has_more);
     let got: Vec<OrderId> = first.items.iter().map(|(o, _)| o.id).collect();
     assert_eq!(got, ids[..2]);
-    let rest = store.orders_page(r, Some(ids[1]), None, 10).unwrap();
+    let rest = store.orders_page(r, Some(ids[1]), None, 10).await.unwrap();
     assert!(!rest.has_more);
     let got: Vec<OrderId> = rest.items.iter().map(|(o, _)| o.id).collect();
     assert_eq!(got, ids[2..]);
     let failed = store
         .orders_page(r, None, Some(OrderStatus::Failed), 10)
+        .await
         .unwrap();
     assert_eq!(failed.items.len(), 3);
     assert!(
@@ -366,28 +413,31 @@ pub async fn ledger_pages_come_newest_first_and_entries_are_found_by_id(backend:
     let mut ids = Vec::new();
     for amount in 1..=5 {
         let e = LedgerEntry::new(r, EntryKind::Credit, amount, "USD", None, 1);
-        store.post_entry(&e).unwrap().unwrap();
+        post(&*store, e.clone()).await.unwrap();
         ids.push(e.id);
-        credit(&*store, reseller().id, 1);
+        credit(&*store, reseller().id, 1).await;
     }
     // Newest first is by id, which sorts by time (to the millisecond).
     ids.sort_by(|a, b| b.cmp(a));
-    let page = store.ledger_page(r, None, 3).unwrap();
+    let page = store.ledger_page(r, None, 3).await.unwrap();
     assert!(page.has_more);
     assert_eq!(
         page.items.iter().map(|e| e.id).collect::<Vec<_>>(),
         ids[..3]
     );
-    let rest = store.ledger_page(r, Some(ids[2]), 3).unwrap();
+    let rest = store.ledger_page(r, Some(ids[2]), 3).await.unwrap();
     assert!(!rest.has_more);
     assert_eq!(
         rest.items.iter().map(|e| e.id).collect::<Vec<_>>(),
         ids[3..]
     );
-    let found = store.ledger_entry(r, ids[4]).unwrap().unwrap();
+    let found = store.ledger_entry(r, ids[4]).await.unwrap().unwrap();
     assert_eq!((found.id, found.reseller), (ids[4], r));
-    assert_eq!(store.ledger_entry(r, Ulid::new()).unwrap(), None);
-    assert_eq!(store.ledger_entry(reseller().id, ids[4]).unwrap(), None);
+    assert_eq!(store.ledger_entry(r, Ulid::new()).await.unwrap(), None);
+    assert_eq!(
+        store.ledger_entry(reseller().id, ids[4]).await.unwrap(),
+        None
+    );
 }
 
 fn idem(reseller: ResellerId, key: &str) -> IdemKey {
@@ -404,26 +454,31 @@ fn idem(reseller: ResellerId, key: &str) -> IdemKey {
 pub async fn idempotency_claims_follow_the_rule(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller().id;
-    credit(&*store, r, 1_000);
+    credit(&*store, r, 1_000).await;
     let (fp, other) = ([1u8; 32], [2u8; 32]);
     let key = idem(r, "k");
     assert_eq!(
-        store.claim_idempotency(&key, &fp, 1_000).unwrap(),
+        store.claim_idempotency(&key, &fp, 1_000).await.unwrap(),
         Claim::New
     );
     assert_eq!(
-        store.claim_idempotency(&idem(r, "k"), &fp, 1_001).unwrap(),
+        store
+            .claim_idempotency(&idem(r, "k"), &fp, 1_001)
+            .await
+            .unwrap(),
         Claim::InProgress
     );
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "k"), &other, 1_001)
+            .await
             .unwrap(),
         Claim::Mismatch
     );
     assert_eq!(
         store
             .claim_idempotency(&idem(reseller().id, "k"), &fp, 1_001)
+            .await
             .unwrap(),
         Claim::New,
         "keys are per reseller"
@@ -431,22 +486,29 @@ pub async fn idempotency_claims_follow_the_rule(backend: &dyn Backend) {
     // The first request created its order: answered as that order, even long after.
     let mut order = order_for(r, 100, 1);
     order.id = key.order;
-    accept(&*store, &order).unwrap();
+    accept(&*store, &order).await.unwrap();
     for now in [1_002, 1_000 + LEASE_MS * 10] {
         assert_eq!(
-            store.claim_idempotency(&idem(r, "k"), &fp, now).unwrap(),
+            store
+                .claim_idempotency(&idem(r, "k"), &fp, now)
+                .await
+                .unwrap(),
             Claim::Replay(IdemState::Order { order: order.id })
         );
     }
     // A credit posted under its claim's id counts the same way.
     let credit_key = idem(r, "c");
-    store.claim_idempotency(&credit_key, &fp, 5_000).unwrap();
+    store
+        .claim_idempotency(&credit_key, &fp, 5_000)
+        .await
+        .unwrap();
     let mut entry = LedgerEntry::new(r, EntryKind::Credit, 5, "USD", None, 5_000);
     entry.id = credit_key.order.0;
-    store.post_entry(&entry).unwrap().unwrap();
+    post(&*store, entry).await.unwrap();
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "c"), &fp, 5_000 + LEASE_MS + 1)
+            .await
             .unwrap(),
         Claim::Replay(IdemState::Order {
             order: credit_key.order
@@ -454,32 +516,41 @@ pub async fn idempotency_claims_follow_the_rule(backend: &dyn Backend) {
     );
     // A request that created nothing and died: its key is free after the lease.
     let dead = idem(r, "dead");
-    store.claim_idempotency(&dead, &fp, 1_000).unwrap();
+    store.claim_idempotency(&dead, &fp, 1_000).await.unwrap();
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "dead"), &fp, 1_000 + LEASE_MS + 1)
+            .await
             .unwrap(),
         Claim::New
     );
     // A released key is free at once; a finished one replays.
     let released = idem(r, "released");
-    store.claim_idempotency(&released, &fp, 1_000).unwrap();
-    store.release_idempotency(&released).unwrap();
+    store
+        .claim_idempotency(&released, &fp, 1_000)
+        .await
+        .unwrap();
+    store.release_idempotency(&released).await.unwrap();
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "released"), &other, 1_001)
+            .await
             .unwrap(),
         Claim::New
     );
     let finished = idem(r, "finished");
-    store.claim_idempotency(&finished, &fp, 1_000).unwrap();
+    store
+        .claim_idempotency(&finished, &fp, 1_000)
+        .await
+        .unwrap();
     let done = IdemState::Order {
         order: OrderId::new(),
     };
-    store.finish_idempotency(&finished, &done).unwrap();
+    store.finish_idempotency(&finished, &done).await.unwrap();
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "finished"), &fp, 1_001)
+            .await
             .unwrap(),
         Claim::Replay(done)
     );
@@ -491,7 +562,10 @@ pub async fn finished_idempotency_records_expire(backend: &dyn Backend) {
     let r = reseller().id;
     let fp = [9u8; 32];
     let old_done = idem(r, "old-done");
-    store.claim_idempotency(&old_done, &fp, 1_000).unwrap();
+    store
+        .claim_idempotency(&old_done, &fp, 1_000)
+        .await
+        .unwrap();
     store
         .finish_idempotency(
             &old_done,
@@ -499,12 +573,17 @@ pub async fn finished_idempotency_records_expire(backend: &dyn Backend) {
                 order: OrderId::new(),
             },
         )
+        .await
         .unwrap();
     store
         .claim_idempotency(&idem(r, "old-running"), &fp, 1_000)
+        .await
         .unwrap();
     let new_done = idem(r, "new-done");
-    store.claim_idempotency(&new_done, &fp, 50_000).unwrap();
+    store
+        .claim_idempotency(&new_done, &fp, 50_000)
+        .await
+        .unwrap();
     store
         .finish_idempotency(
             &new_done,
@@ -512,17 +591,20 @@ pub async fn finished_idempotency_records_expire(backend: &dyn Backend) {
                 order: OrderId::new(),
             },
         )
+        .await
         .unwrap();
-    assert_eq!(store.expire_idempotency(10_000).unwrap(), 1);
+    assert_eq!(store.expire_idempotency(10_000).await.unwrap(), 1);
     assert_eq!(
         store
             .claim_idempotency(&idem(r, "old-done"), &[8; 32], 60_000)
+            .await
             .unwrap(),
         Claim::New
     );
     assert!(matches!(
         store
             .claim_idempotency(&idem(r, "new-done"), &fp, 60_000)
+            .await
             .unwrap(),
         Claim::Replay(_)
     ));
@@ -532,27 +614,33 @@ pub async fn finished_idempotency_records_expire(backend: &dyn Backend) {
 pub async fn a_subject_keeps_its_first_data_key(backend: &dyn Backend) {
     let store = backend.open();
     let lookup = SubjectLookup([5; 32]);
-    assert_eq!(store.subject_key(&lookup).unwrap(), None);
+    assert_eq!(store.subject_key(&lookup).await.unwrap(), None);
     assert_eq!(
-        store.create_subject_key(&lookup, b"first").unwrap(),
+        store.create_subject_key(&lookup, b"first").await.unwrap(),
         b"first"
     );
     assert_eq!(
-        store.create_subject_key(&lookup, b"second").unwrap(),
+        store.create_subject_key(&lookup, b"second").await.unwrap(),
         b"first"
     );
-    assert_eq!(store.subject_key(&lookup).unwrap(), Some(b"first".to_vec()));
+    assert_eq!(
+        store.subject_key(&lookup).await.unwrap(),
+        Some(b"first".to_vec())
+    );
 }
 
 /// Amounts that would take a balance out of range are refused, and nothing changes.
 pub async fn amounts_out_of_range_are_refused_not_wrapped(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller().id;
-    credit(&*store, r, i64::MAX);
+    credit(&*store, r, i64::MAX).await;
     let more = LedgerEntry::new(r, EntryKind::Credit, 1, "USD", None, 1);
-    assert_eq!(store.post_entry(&more).unwrap(), Err(Refused::OutOfRange));
-    assert_eq!(store.balance(r, "USD").unwrap().available, i64::MAX);
-    assert_eq!(store.ledger_page(r, None, 10).unwrap().items.len(), 1);
+    assert_eq!(
+        post(&*store, more).await,
+        Err(Rejected::Refused(Refused::OutOfRange))
+    );
+    assert_eq!(store.balance(r, "USD").await.unwrap().available, i64::MAX);
+    assert_eq!(store.ledger_page(r, None, 10).await.unwrap().items.len(), 1);
 }
 
 /// After any sequence of credits, accepted, fulfilled, failed and refused orders, every
@@ -573,11 +661,11 @@ pub async fn the_ledger_invariant_holds_through_a_random_walk(backend: &dyn Back
         let r = resellers[next(2) as usize];
         match next(4) {
             0 => {
-                credit(&*store, r, next(500) as i64 + 1);
+                credit(&*store, r, next(500) as i64 + 1).await;
             }
             1 => {
                 let order = order_for(r, next(300) as i64, next(3) as u32 + 1);
-                if accept(&*store, &order).is_ok() {
+                if accept(&*store, &order).await.is_ok() {
                     open.push(order);
                 }
             }
@@ -585,7 +673,7 @@ pub async fn the_ledger_invariant_holds_through_a_random_walk(backend: &dyn Back
                 let order = open.swap_remove(next(open.len() as u64) as usize);
                 let iccid = format!("89990{step:014}");
                 let iccids: &[&str] = if next(2) == 0 { &[] } else { &[&iccid] };
-                settle(&*store, &order, iccids).unwrap();
+                settle(&*store, &order, iccids).await.unwrap();
             }
             _ => {}
         }
@@ -594,7 +682,7 @@ pub async fn the_ledger_invariant_holds_through_a_random_walk(backend: &dyn Back
         let mut entries = Vec::new();
         let mut before = None;
         loop {
-            let page = store.ledger_page(r, before, 50).unwrap();
+            let page = store.ledger_page(r, before, 50).await.unwrap();
             before = page.items.last().map(|e| e.id);
             entries.extend(page.items);
             if !page.has_more {
@@ -602,12 +690,18 @@ pub async fn the_ledger_invariant_holds_through_a_random_walk(backend: &dyn Back
             }
         }
         assert_eq!(
-            store.balance(r, "USD").unwrap(),
+            store.balance(r, "USD").await.unwrap(),
             replay(&entries).unwrap(),
             "balance = credits - captures - open holds + refunds"
         );
     }
-    let mut still_open: Vec<OrderId> = store.open_orders().unwrap().iter().map(|o| o.id).collect();
+    let mut still_open: Vec<OrderId> = store
+        .open_orders()
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
     let mut expected: Vec<OrderId> = open.iter().map(|o| o.id).collect();
     still_open.sort();
     expected.sort();
@@ -619,26 +713,32 @@ pub async fn the_ledger_invariant_holds_through_a_random_walk(backend: &dyn Back
 pub async fn what_was_acknowledged_is_there_after_reopening(backend: &dyn Backend) {
     let store = backend.open();
     let r = reseller();
-    store.put_reseller(&r).unwrap();
-    credit(&*store, r.id, 1_000);
+    store.put_reseller(&r).await.unwrap();
+    credit(&*store, r.id, 1_000).await;
     let fulfilled = order_for(r.id, 100, 1);
     let open = order_for(r.id, 250, 1);
-    accept(&*store, &fulfilled).unwrap();
-    accept(&*store, &open).unwrap();
-    let settled = settle(&*store, &fulfilled, &["8999000000000000052"]).unwrap();
+    accept(&*store, &fulfilled).await.unwrap();
+    accept(&*store, &open).await.unwrap();
+    let settled = settle(&*store, &fulfilled, &["8999000000000000052"])
+        .await
+        .unwrap();
     let key = idem(r.id, "reopen");
-    store.claim_idempotency(&key, &[4; 32], 1_000).unwrap();
+    store
+        .claim_idempotency(&key, &[4; 32], 1_000)
+        .await
+        .unwrap();
     store
         .create_subject_key(&SubjectLookup([6; 32]), b"wrapped")
+        .await
         .unwrap();
     store.durable().await.unwrap();
-    let balance = store.balance(r.id, "USD").unwrap();
-    store.close().unwrap();
+    let balance = store.balance(r.id, "USD").await.unwrap();
+    store.close().await.unwrap();
     drop(store);
 
     let store = backend.open();
-    assert_eq!(store.reseller(r.id).unwrap(), Some(r.clone()));
-    assert_eq!(store.balance(r.id, "USD").unwrap(), balance);
+    assert_eq!(store.reseller(r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.balance(r.id, "USD").await.unwrap(), balance);
     assert_eq!(
         balance,
         Balance {
@@ -646,10 +746,11 @@ pub async fn what_was_acknowledged_is_there_after_reopening(backend: &dyn Backen
             held: 250
         }
     );
-    assert_eq!(store.order(fulfilled.id).unwrap(), Some(settled));
+    assert_eq!(store.order(fulfilled.id).await.unwrap(), Some(settled));
     assert_eq!(
         store
             .open_orders()
+            .await
             .unwrap()
             .iter()
             .map(|o| o.id)
@@ -657,23 +758,29 @@ pub async fn what_was_acknowledged_is_there_after_reopening(backend: &dyn Backen
         vec![open.id]
     );
     assert_eq!(
-        store.esim("8999000000000000052").unwrap().unwrap().order,
+        store
+            .esim("8999000000000000052")
+            .await
+            .unwrap()
+            .unwrap()
+            .order,
         fulfilled.id
     );
     assert_eq!(
         store
             .claim_idempotency(&idem(r.id, "reopen"), &[4; 32], 1_001)
+            .await
             .unwrap(),
         Claim::InProgress
     );
     assert_eq!(
-        store.subject_key(&SubjectLookup([6; 32])).unwrap(),
+        store.subject_key(&SubjectLookup([6; 32])).await.unwrap(),
         Some(b"wrapped".to_vec())
     );
     // And it still works: the open order settles.
-    settle(&*store, &open, &[]).unwrap();
+    settle(&*store, &open, &[]).await.unwrap();
     assert_eq!(
-        store.balance(r.id, "USD").unwrap(),
+        store.balance(r.id, "USD").await.unwrap(),
         Balance {
             available: 900,
             held: 0
@@ -690,49 +797,63 @@ pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn 
     let later = Job::new("later", JobKind::ExpireIdempotency, 5_000);
     let mut moved = now.clone();
     moved.due_ms = 9_999;
-    store.put_job(&moved).unwrap();
-    store.put_job(&now).unwrap();
-    store.put_job(&later).unwrap();
+    store.put_job(&moved).await.unwrap();
+    store.put_job(&now).await.unwrap();
+    store.put_job(&later).await.unwrap();
     assert_eq!(
-        store.job("now").unwrap(),
+        store.job("now").await.unwrap(),
         Some(now.clone()),
         "the last put wins"
     );
 
-    let claimed = store.claim_jobs(1_000, 100, 10).unwrap();
+    let claimed = store.claim_jobs(1_000, 100, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(
         (claimed[0].id.as_str(), claimed[0].lease_until_ms),
         ("now", 1_100)
     );
     assert!(
-        store.claim_jobs(1_050, 100, 10).unwrap().is_empty(),
+        store.claim_jobs(1_050, 100, 10).await.unwrap().is_empty(),
         "leased"
     );
     // The worker died: the lease runs out and the job is claimed again.
-    let again = store.claim_jobs(1_100, 100, 10).unwrap();
+    let again = store.claim_jobs(1_100, 100, 10).await.unwrap();
     assert_eq!(
         again.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
         ["now"]
     );
     let mut dead = again[0].clone();
     dead.dead = true;
-    store.put_job(&dead).unwrap();
-    assert!(store.claim_jobs(2_000, 100, 10).unwrap().is_empty(), "dead");
+    store.put_job(&dead).await.unwrap();
+    assert!(
+        store.claim_jobs(2_000, 100, 10).await.unwrap().is_empty(),
+        "dead"
+    );
     assert_eq!(
-        store.claim_jobs(5_000, 100, 10).unwrap().len(),
+        store.claim_jobs(5_000, 100, 10).await.unwrap().len(),
         1,
         "later is due"
     );
-    store.finish_job("later").unwrap();
-    assert_eq!(store.job("later").unwrap(), None);
+    store.finish_job("later").await.unwrap();
+    assert_eq!(store.job("later").await.unwrap(), None);
+    // Adding leaves a job in hand (perhaps leased elsewhere) as it is.
+    let leased = store.claim_jobs(9_999, 100, 10).await.unwrap();
+    assert!(leased.is_empty(), "`now` is dead");
+    assert!(store.add_job(&later).await.unwrap(), "a new job is added");
+    let claimed = store.claim_jobs(5_000, 100, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut fresh = later.clone();
+    fresh.due_ms = 1;
+    assert!(!store.add_job(&fresh).await.unwrap(), "one in hand stays");
+    assert_eq!(store.job("later").await.unwrap(), Some(claimed[0].clone()));
+    store.finish_job("later").await.unwrap();
 
-    store.close().unwrap();
+    store.close().await.unwrap();
     drop(store);
     let store = backend.open();
-    assert!(store.job("now").unwrap().is_some_and(|j| j.dead));
+    assert!(store.job("now").await.unwrap().is_some_and(|j| j.dead));
     assert_eq!(
-        store.job("later").unwrap(),
+        store.job("later").await.unwrap(),
         None,
         "a finished job stays gone"
     );

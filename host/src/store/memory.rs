@@ -17,8 +17,7 @@ use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
-use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
-use crate::domain::supplier::BoxFuture;
+use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 
 /// The in-memory store. Clones share the same records.
 #[derive(Clone, Default)]
@@ -95,25 +94,26 @@ fn page<T>(items: impl Iterator<Item = T>, limit: usize) -> Page<T> {
     Page { items, has_more }
 }
 
+#[async_trait::async_trait]
 impl Store for MemoryStore {
-    fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
+    async fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
         Ok(self.lock().resellers.get(&id).cloned())
     }
 
-    fn resellers(&self) -> StoreResult<Vec<Reseller>> {
+    async fn resellers(&self) -> StoreResult<Vec<Reseller>> {
         Ok(self.lock().resellers.values().cloned().collect())
     }
 
-    fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
+    async fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
         self.lock().resellers.insert(reseller.id, reseller.clone());
         Ok(())
     }
 
-    fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
+    async fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
         Ok(self.lock().api_keys.get(&hash.0).cloned())
     }
 
-    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
+    async fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
         let state = self.lock();
         Ok(state
             .api_key_ids
@@ -122,22 +122,22 @@ impl Store for MemoryStore {
             .cloned())
     }
 
-    fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+    async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         let mut state = self.lock();
         state.api_keys.insert(key.hash.0, key.clone());
         state.api_key_ids.insert(key.id, key.hash.0);
         Ok(())
     }
 
-    fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+    async fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
         Ok(self.lock().orders.get(&id).cloned())
     }
 
-    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+    async fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
         Ok(self.lock().order_and_esims(id))
     }
 
-    fn orders_page(
+    async fn orders_page(
         &self,
         reseller: ResellerId,
         before: Option<OrderId>,
@@ -156,7 +156,7 @@ impl Store for MemoryStore {
         Ok(page(orders, limit))
     }
 
-    fn open_orders(&self) -> StoreResult<Vec<Order>> {
+    async fn open_orders(&self) -> StoreResult<Vec<Order>> {
         let state = self.lock();
         Ok(state
             .books
@@ -167,73 +167,56 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn put_order(&self, order: &Order) -> StoreResult<()> {
+    async fn put_order(&self, order: &Order) -> StoreResult<()> {
         self.lock().orders.insert(order.id, order.clone());
         Ok(())
     }
 
-    fn accept_order(
-        &self,
-        order: &Order,
-        hold: &LedgerEntry,
-    ) -> StoreResult<Result<Balance, Refused>> {
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>> {
         let mut state = self.lock();
-        let posted = state.post(hold)?;
-        if posted.is_ok() {
-            state.orders.insert(order.id, order.clone());
-        }
-        Ok(posted)
-    }
-
-    fn settle_order(
-        &self,
-        order: &Order,
-        entry: &LedgerEntry,
-        esims: &[EsimRecord],
-    ) -> StoreResult<Result<(), IccidTaken>> {
-        let mut state = self.lock();
-        if let Some(taken) = esims.iter().find_map(|e| {
+        let order = commit.order();
+        if let Some(taken) = commit.esims().iter().find_map(|e| {
             state
                 .esims
                 .get(&e.iccid)
-                .filter(|held| held.order != order.id)
+                .filter(|held| Some(held.order) != order.map(|o| o.id))
                 .map(|held| IccidTaken {
                     iccid: e.iccid.clone(),
                     owner: held.order,
                 })
         }) {
-            return Ok(Err(taken));
+            return Ok(Err(taken.into()));
         }
-        state.post(entry)?.map_err(|refused| {
-            StoreError::Backend(format!(
-                "settling order {} would break the ledger: {refused}",
-                order.id
-            ))
-        })?;
-        state.orders.insert(order.id, order.clone());
-        for esim in esims {
+        let balance = match state.post(commit.entry())? {
+            Ok(balance) => balance,
+            Err(refused) => return Ok(Err(refused.into())),
+        };
+        if let Some(order) = order {
+            state.orders.insert(order.id, order.clone());
+        }
+        for esim in commit.esims() {
             state.esims.insert(esim.iccid.clone(), esim.clone());
         }
-        Ok(Ok(()))
+        Ok(Ok(balance))
     }
 
-    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
-        self.lock().post(entry)
-    }
-
-    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
+    async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
         Ok(self.lock().books.balance(reseller, currency))
     }
 
-    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
+    async fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
         Ok(self.lock().books.balances_of(reseller))
     }
 
-    fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {
+    async fn ledger_entry(
+        &self,
+        reseller: ResellerId,
+        id: Ulid,
+    ) -> StoreResult<Option<LedgerEntry>> {
         Ok(self.lock().ledger.get(&(reseller, id)).cloned())
     }
 
-    fn ledger_page(
+    async fn ledger_page(
         &self,
         reseller: ResellerId,
         before: Option<Ulid>,
@@ -249,16 +232,16 @@ impl Store for MemoryStore {
         Ok(page(entries, limit))
     }
 
-    fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
+    async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
         Ok(self.lock().esims.get(iccid).cloned())
     }
 
-    fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
+    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
         self.lock().esims.insert(esim.iccid.clone(), esim.clone());
         Ok(())
     }
 
-    fn claim_idempotency(
+    async fn claim_idempotency(
         &self,
         key: &IdemKey,
         fingerprint: &[u8; 32],
@@ -292,19 +275,19 @@ impl Store for MemoryStore {
         Ok(claim)
     }
 
-    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
+    async fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
         if let Some(rec) = self.lock().idempotency.get_mut(&key.storage_key()) {
             rec.state = state.clone();
         }
         Ok(())
     }
 
-    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
+    async fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
         self.lock().idempotency.remove(&key.storage_key());
         Ok(())
     }
 
-    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
         let mut state = self.lock();
         let expired: Vec<Vec<u8>> = state
             .idempotency
@@ -329,11 +312,15 @@ impl Store for MemoryStore {
         Ok(expired.len())
     }
 
-    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
+    async fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.lock().subject_keys.get(lookup).cloned())
     }
 
-    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>> {
+    async fn create_subject_key(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+    ) -> StoreResult<Vec<u8>> {
         Ok(self
             .lock()
             .subject_keys
@@ -342,16 +329,25 @@ impl Store for MemoryStore {
             .clone())
     }
 
-    fn put_job(&self, job: &Job) -> StoreResult<()> {
+    async fn put_job(&self, job: &Job) -> StoreResult<()> {
         self.lock().jobs.insert(job.id.clone(), job.clone());
         Ok(())
     }
 
-    fn job(&self, id: &str) -> StoreResult<Option<Job>> {
+    async fn add_job(&self, job: &Job) -> StoreResult<bool> {
+        let mut state = self.lock();
+        if state.jobs.contains_key(&job.id) {
+            return Ok(false);
+        }
+        state.jobs.insert(job.id.clone(), job.clone());
+        Ok(true)
+    }
+
+    async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         Ok(self.lock().jobs.get(id).cloned())
     }
 
-    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
         let mut state = self.lock();
         let mut claimed = Vec::new();
         for job in state.jobs.values_mut() {
@@ -366,36 +362,36 @@ impl Store for MemoryStore {
         Ok(claimed)
     }
 
-    fn finish_job(&self, id: &str) -> StoreResult<()> {
+    async fn finish_job(&self, id: &str) -> StoreResult<()> {
         self.lock().jobs.remove(id);
         Ok(())
     }
 
-    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
+    async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
         Ok(self.lock().catalogs.get(plugin).cloned())
     }
 
-    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
+    async fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
         self.lock()
             .catalogs
             .insert(catalog.plugin.clone(), catalog.clone());
         Ok(())
     }
 
-    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.lock().meta.get(key).cloned())
     }
 
-    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+    async fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
         self.lock().meta.insert(key.to_string(), value.to_vec());
         Ok(())
     }
 
-    fn durable(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async { Ok(()) })
+    async fn durable(&self) -> StoreResult<()> {
+        Ok(())
     }
 
-    fn close(&self) -> StoreResult<()> {
+    async fn close(&self) -> StoreResult<()> {
         self.lock().closed = true;
         Ok(())
     }

@@ -69,8 +69,7 @@ use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
-use crate::domain::store::{IccidTaken, Page, Store, StoreError, StoreResult};
-use crate::domain::supplier::BoxFuture;
+use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 
 use super::group_commit::GroupCommit;
 
@@ -619,7 +618,7 @@ impl SledStore {
     /// Whether a claim by `order` on `iccid` was left behind: its order is gone, or final
     /// without the ICCID (a crash cut its settlement short, and a retry delivered others).
     fn claim_is_stale(&self, order: OrderId, iccid: &str) -> StoreResult<bool> {
-        Ok(match self.order(order)? {
+        Ok(match self.read_order(order)? {
             None => true,
             Some(o) => o.status.is_final() && !o.iccids.iter().any(|i| i == iccid),
         })
@@ -666,14 +665,62 @@ impl SledStore {
             }
         }
         if outcome.is_err() {
-            for iccid in made {
-                self.esims
-                    .compare_and_swap(iccid.as_bytes(), Some(claim.as_slice()), None::<&[u8]>)
-                    .map_err(backend)?
-                    .ok();
-            }
+            self.withdraw_claims(order, made.into_iter())?;
         }
         Ok(outcome)
+    }
+
+    /// Withdraw the claims `order` holds on `iccids` (an eSIM stored in full or behind
+    /// a commit pointer is left as it is).
+    fn withdraw_claims<'a>(
+        &self,
+        order: OrderId,
+        iccids: impl Iterator<Item = &'a str>,
+    ) -> StoreResult<()> {
+        let claim = iccid_claim(order);
+        for iccid in iccids {
+            self.esims
+                .compare_and_swap(iccid.as_bytes(), Some(claim.as_slice()), None::<&[u8]>)
+                .map_err(backend)?
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// An order, written or still only in its hold's commit record.
+    fn read_order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        match self.orders.get(id.to_bytes()).map_err(backend)? {
+            Some(stored) => self.stored_order(&stored).map(Some),
+            None => Ok(self.lock_unwritten().get(&id).cloned()),
+        }
+    }
+
+    /// An order with its eSIMs (see [`Store::order_and_esims`]).
+    fn read_order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+        let Some(stored) = self.orders.get(id.to_bytes()).map_err(backend)? else {
+            return Ok(self
+                .lock_unwritten()
+                .get(&id)
+                .map(|o| (o.clone(), Vec::new())));
+        };
+        // An order settled with its eSIMs points at the commit record that holds them
+        // all: read it once.
+        let (order, mut committed) = self.stored_order_with_commit(&stored)?;
+        let mut esims = Vec::with_capacity(order.iccids.len());
+        for iccid in &order.iccids {
+            let Some(stored_esim) = self.esims.get(iccid).map_err(backend)? else {
+                continue;
+            };
+            let same_commit = stored_esim == stored;
+            match committed
+                .iter()
+                .position(|e| same_commit && e.iccid == *iccid)
+            {
+                Some(i) => esims.push(committed.swap_remove(i)),
+                None => esims.extend(self.stored_esim(iccid, &stored_esim)?),
+            }
+        }
+        Ok(Some((order, esims)))
     }
 
     fn lock_unwritten(&self) -> MutexGuard<'_, HashMap<OrderId, Order>> {
@@ -731,19 +778,20 @@ impl SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Store for SledStore {
-    fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
+    async fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
         read_through(&self.resellers_seen, id, &self.resellers, &id.to_bytes())
     }
 
-    fn resellers(&self) -> StoreResult<Vec<Reseller>> {
+    async fn resellers(&self) -> StoreResult<Vec<Reseller>> {
         self.resellers
             .iter()
             .map(|kv| decode(&kv.map_err(backend)?.1))
             .collect()
     }
 
-    fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
+    async fn put_reseller(&self, reseller: &Reseller) -> StoreResult<()> {
         write_through(
             &self.resellers_seen,
             reseller.id,
@@ -753,18 +801,18 @@ impl Store for SledStore {
         )
     }
 
-    fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
+    async fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
         read_through(&self.keys_seen, hash.0, &self.api_keys, &hash.0)
     }
 
-    fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
+    async fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
         match self.api_key_ids.get(id.to_bytes()).map_err(backend)? {
             Some(hash) => get(&self.api_keys, &hash),
             None => Ok(None),
         }
     }
 
-    fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+    async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         write_through(
             &self.keys_seen,
             key.hash.0,
@@ -778,41 +826,15 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
-        match self.orders.get(id.to_bytes()).map_err(backend)? {
-            Some(stored) => self.stored_order(&stored).map(Some),
-            None => Ok(self.lock_unwritten().get(&id).cloned()),
-        }
+    async fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        self.read_order(id)
     }
 
-    fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
-        let Some(stored) = self.orders.get(id.to_bytes()).map_err(backend)? else {
-            return Ok(self
-                .lock_unwritten()
-                .get(&id)
-                .map(|o| (o.clone(), Vec::new())));
-        };
-        // An order settled with its eSIMs points at the commit record that holds them
-        // all: read it once.
-        let (order, mut committed) = self.stored_order_with_commit(&stored)?;
-        let mut esims = Vec::with_capacity(order.iccids.len());
-        for iccid in &order.iccids {
-            let Some(stored_esim) = self.esims.get(iccid).map_err(backend)? else {
-                continue;
-            };
-            let same_commit = stored_esim == stored;
-            match committed
-                .iter()
-                .position(|e| same_commit && e.iccid == *iccid)
-            {
-                Some(i) => esims.push(committed.swap_remove(i)),
-                None => esims.extend(self.stored_esim(iccid, &stored_esim)?),
-            }
-        }
-        Ok(Some((order, esims)))
+    async fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+        self.read_order_and_esims(id)
     }
 
-    fn orders_page(
+    async fn orders_page(
         &self,
         reseller: ResellerId,
         before: Option<OrderId>,
@@ -830,82 +852,71 @@ impl Store for SledStore {
             else {
                 return Ok(None);
             };
-            let order = self.order_and_esims(id)?;
+            let order = self.read_order_and_esims(id)?;
             Ok(order.filter(|(o, _)| status.is_none_or(|s| s == o.status)))
         });
         take_page(orders, limit)
     }
 
-    fn open_orders(&self) -> StoreResult<Vec<Order>> {
+    async fn open_orders(&self) -> StoreResult<Vec<Order>> {
         let open: Vec<OrderId> = self.lock_books().open_orders().collect();
         let mut out = Vec::with_capacity(open.len());
         for id in open {
-            if let Some(o) = self.order(id)?.filter(|o| !o.status.is_final()) {
+            if let Some(o) = self.read_order(id)?.filter(|o| !o.status.is_final()) {
                 out.push(o);
             }
         }
         Ok(out)
     }
 
-    fn put_order(&self, order: &Order) -> StoreResult<()> {
+    async fn put_order(&self, order: &Order) -> StoreResult<()> {
         self.write_order(order)
     }
 
-    fn accept_order(
-        &self,
-        order: &Order,
-        hold: &LedgerEntry,
-    ) -> StoreResult<Result<Balance, Refused>> {
-        if hold.id != order.id.0 || hold.kind != EntryKind::Hold {
-            return Err(StoreError::Backend(format!(
-                "order {} must be accepted with a hold entry of the same id",
-                order.id
-            )));
-        }
-        // Visible before the hold: a replay that finds the claim's order must read it.
-        self.lock_unwritten().insert(order.id, order.clone());
-        match self.post(hold, Some(order), &[]) {
-            Ok(Ok(balance)) => Ok(Ok(balance)),
-            refused_or_failed => {
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>> {
+        let (entry, esims) = (commit.entry(), commit.esims());
+        let Some(order) = commit.order() else {
+            return Ok(self.post(entry, None, &[])?.map_err(Rejected::from));
+        };
+        if entry.kind == EntryKind::Hold {
+            // `Commit::accept`: the hold has the order's id, which lists the order.
+            debug_assert_eq!(entry.id, order.id.0);
+            // Visible before the hold: a replay that finds the claim's order must read it.
+            self.lock_unwritten().insert(order.id, order.clone());
+            let posted = self.post(entry, Some(order), &[]);
+            if !matches!(posted, Ok(Ok(_))) {
                 self.lock_unwritten().remove(&order.id);
-                refused_or_failed
             }
+            return Ok(posted?.map_err(Rejected::from));
         }
-    }
-
-    fn settle_order(
-        &self,
-        order: &Order,
-        entry: &LedgerEntry,
-        esims: &[EsimRecord],
-    ) -> StoreResult<Result<(), IccidTaken>> {
         if let Err(taken) = self.claim_iccids(order.id, esims)? {
-            return Ok(Err(taken));
+            return Ok(Err(taken.into()));
         }
-        self.post(entry, Some(order), esims)?.map_err(|i| {
-            StoreError::Backend(format!(
-                "settling order {} would break the ledger: {i}",
-                order.id
-            ))
-        })?;
+        let balance = match self.post(entry, Some(order), esims) {
+            Ok(Ok(balance)) => balance,
+            refused_or_failed => {
+                self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
+                return Ok(refused_or_failed?.map_err(Rejected::from));
+            }
+        };
         // The commit record now holds the order and its eSIMs as they are: point at it.
         self.point_at_commit(order, esims, &commit_pointer(&ledger_key(entry)))?;
-        Ok(Ok(()))
+        Ok(Ok(balance))
     }
 
-    fn post_entry(&self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
-        self.post(entry, None, &[])
-    }
-
-    fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
+    async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
         Ok(self.lock_books().balance(reseller, currency))
     }
 
-    fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
+    async fn balances(&self, reseller: ResellerId) -> StoreResult<Vec<(String, Balance)>> {
         Ok(self.lock_books().balances_of(reseller))
     }
 
-    fn ledger_entry(&self, reseller: ResellerId, id: Ulid) -> StoreResult<Option<LedgerEntry>> {
+    async fn ledger_entry(
+        &self,
+        reseller: ResellerId,
+        id: Ulid,
+    ) -> StoreResult<Option<LedgerEntry>> {
         self.ledger
             .get(cat(&reseller.to_bytes(), &id.to_bytes()))
             .map_err(backend)?
@@ -913,7 +924,7 @@ impl Store for SledStore {
             .transpose()
     }
 
-    fn ledger_page(
+    async fn ledger_page(
         &self,
         reseller: ResellerId,
         before: Option<Ulid>,
@@ -928,7 +939,7 @@ impl Store for SledStore {
         take_page(entries, limit)
     }
 
-    fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
+    async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
         self.esims
             .get(iccid.as_bytes())
             .map_err(backend)?
@@ -937,11 +948,11 @@ impl Store for SledStore {
             .map(Option::flatten)
     }
 
-    fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
+    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
         put(&self.esims, esim.iccid.as_bytes(), esim)
     }
 
-    fn claim_idempotency(
+    async fn claim_idempotency(
         &self,
         key: &IdemKey,
         fingerprint: &[u8; 32],
@@ -995,7 +1006,7 @@ impl Store for SledStore {
         }
     }
 
-    fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
+    async fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> StoreResult<()> {
         let k = key.storage_key();
         if let Some(stored) = self.idempotency.get(&k).map_err(backend)? {
             let mut rec = decode_idem(&stored)?;
@@ -1007,14 +1018,14 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
+    async fn release_idempotency(&self, key: &IdemKey) -> StoreResult<()> {
         self.idempotency
             .remove(key.storage_key())
             .map_err(backend)?;
         Ok(())
     }
 
-    fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_idempotency(&self, cutoff_ms: u64) -> StoreResult<usize> {
         let mut expired = 0;
         for kv in self.idempotency.iter() {
             let (k, v) = kv.map_err(backend)?;
@@ -1044,7 +1055,7 @@ impl Store for SledStore {
         Ok(expired)
     }
 
-    fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
+    async fn subject_key(&self, lookup: &SubjectLookup) -> StoreResult<Option<Vec<u8>>> {
         Ok(self
             .subject_keys
             .get(lookup.0)
@@ -1052,7 +1063,11 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
-    fn create_subject_key(&self, lookup: &SubjectLookup, wrapped: &[u8]) -> StoreResult<Vec<u8>> {
+    async fn create_subject_key(
+        &self,
+        lookup: &SubjectLookup,
+        wrapped: &[u8],
+    ) -> StoreResult<Vec<u8>> {
         match self
             .subject_keys
             .compare_and_swap(lookup.0, None::<&[u8]>, Some(wrapped))
@@ -1066,15 +1081,23 @@ impl Store for SledStore {
         }
     }
 
-    fn put_job(&self, job: &Job) -> StoreResult<()> {
+    async fn put_job(&self, job: &Job) -> StoreResult<()> {
         put(&self.jobs, job.id.as_bytes(), job)
     }
 
-    fn job(&self, id: &str) -> StoreResult<Option<Job>> {
+    async fn add_job(&self, job: &Job) -> StoreResult<bool> {
+        let added = self
+            .jobs
+            .compare_and_swap(job.id.as_bytes(), None::<&[u8]>, Some(encode(job)))
+            .map_err(backend)?;
+        Ok(added.is_ok())
+    }
+
+    async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         get(&self.jobs, id.as_bytes())
     }
 
-    fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
         let mut claimed = Vec::new();
         for kv in self.jobs.iter() {
             if claimed.len() == limit {
@@ -1099,33 +1122,33 @@ impl Store for SledStore {
         Ok(claimed)
     }
 
-    fn finish_job(&self, id: &str) -> StoreResult<()> {
+    async fn finish_job(&self, id: &str) -> StoreResult<()> {
         self.jobs.remove(id.as_bytes()).map_err(backend)?;
         Ok(())
     }
 
-    fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
+    async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
         get(&self.catalogs, plugin.as_bytes())
     }
 
-    fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
+    async fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
         put(&self.catalogs, catalog.plugin.as_bytes(), catalog)
     }
 
-    fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.meta.get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
-    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+    async fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
         self.meta.insert(key, value).map_err(backend)?;
         Ok(())
     }
 
-    fn durable(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move { self.commit.wait().await.map_err(StoreError::Backend) })
+    async fn durable(&self) -> StoreResult<()> {
+        self.commit.wait().await.map_err(StoreError::Backend)
     }
 
-    fn close(&self) -> StoreResult<()> {
+    async fn close(&self) -> StoreResult<()> {
         let mut closed = self.gate.write().unwrap_or_else(|p| p.into_inner());
         if *closed {
             return Ok(());
@@ -1179,11 +1202,11 @@ mod tests {
         };
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
-            s.put_reseller(&r).unwrap();
+            s.put_reseller(&r).await.unwrap();
             s.durable().await.unwrap();
         }
         let s = SledStore::open(dir.path(), 8).unwrap();
-        assert_eq!(s.reseller(r.id).unwrap(), Some(r));
+        assert_eq!(s.reseller(r.id).await.unwrap(), Some(r));
     }
 
     #[tokio::test]
@@ -1199,7 +1222,9 @@ mod tests {
         };
         let fp = [7u8; 32];
         assert_eq!(
-            s.claim_idempotency(&key("old-done"), &fp, 1_000).unwrap(),
+            s.claim_idempotency(&key("old-done"), &fp, 1_000)
+                .await
+                .unwrap(),
             Claim::New
         );
         s.finish_idempotency(
@@ -1208,14 +1233,18 @@ mod tests {
                 order: crate::domain::ids::OrderId::new(),
             },
         )
+        .await
         .unwrap();
         assert_eq!(
             s.claim_idempotency(&key("old-running"), &fp, 1_000)
+                .await
                 .unwrap(),
             Claim::New
         );
         assert_eq!(
-            s.claim_idempotency(&key("new-done"), &fp, 50_000).unwrap(),
+            s.claim_idempotency(&key("new-done"), &fp, 50_000)
+                .await
+                .unwrap(),
             Claim::New
         );
         s.finish_idempotency(
@@ -1224,22 +1253,27 @@ mod tests {
                 order: crate::domain::ids::OrderId::new(),
             },
         )
+        .await
         .unwrap();
 
-        assert_eq!(s.expire_idempotency(10_000).unwrap(), 1);
+        assert_eq!(s.expire_idempotency(10_000).await.unwrap(), 1);
         // The expired key is free again; the others still answer as before.
         assert_eq!(
             s.claim_idempotency(&key("old-done"), &[8u8; 32], 60_000)
+                .await
                 .unwrap(),
             Claim::New
         );
         assert_eq!(
             s.claim_idempotency(&key("old-running"), &[9u8; 32], 1_500)
+                .await
                 .unwrap(),
             Claim::Mismatch
         );
         assert!(matches!(
-            s.claim_idempotency(&key("new-done"), &fp, 60_000).unwrap(),
+            s.claim_idempotency(&key("new-done"), &fp, 60_000)
+                .await
+                .unwrap(),
             Claim::Replay(_)
         ));
     }
@@ -1269,9 +1303,9 @@ mod tests {
         }
     }
 
-    fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
+    async fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
         let e = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
-        s.post_entry(&e).unwrap().unwrap();
+        s.commit(&Commit::credit(e)).await.unwrap().unwrap();
     }
 
     fn esim_of(order: &Order) -> EsimRecord {
@@ -1300,12 +1334,10 @@ mod tests {
         fulfilled.iccids = vec![esim_of(&accepted).iccid];
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
-            credit(&s, r, 1000);
-            s.accept_order(&accepted, &entry(r, EntryKind::Hold, 300, &accepted))
-                .unwrap()
-                .unwrap();
+            credit(&s, r, 1000).await;
+            accept(&s, &accepted).await;
             // The process dies right after the capture's commit record: the order and
-            // eSIM records that follow it in `settle_order` are never written.
+            // eSIM records that follow it in `commit` are never written.
             s.post(
                 &entry(r, EntryKind::Capture, 300, &accepted),
                 Some(&fulfilled),
@@ -1314,26 +1346,26 @@ mod tests {
             .unwrap()
             .unwrap();
             assert_eq!(
-                s.order(accepted.id).unwrap().unwrap().status,
+                s.order(accepted.id).await.unwrap().unwrap().status,
                 OrderStatus::Accepted
             );
             s.durable().await.unwrap();
         }
         let s = SledStore::open(dir.path(), 8).unwrap();
-        assert_eq!(s.order(accepted.id).unwrap(), Some(fulfilled));
+        assert_eq!(s.order(accepted.id).await.unwrap(), Some(fulfilled));
         assert_eq!(
-            s.esim(&esim_of(&accepted).iccid).unwrap(),
+            s.esim(&esim_of(&accepted).iccid).await.unwrap(),
             Some(esim_of(&accepted))
         );
         assert_eq!(
-            s.balance(r, "USD").unwrap(),
+            s.balance(r, "USD").await.unwrap(),
             Balance {
                 available: 700,
                 held: 0
             }
         );
-        assert!(s.open_orders().unwrap().is_empty());
-        let listed = s.orders_page(r, None, None, 10).unwrap();
+        assert!(s.open_orders().await.unwrap().is_empty());
+        let listed = s.orders_page(r, None, None, 10).await.unwrap();
         assert_eq!(
             listed.items.len(),
             1,
@@ -1351,37 +1383,34 @@ mod tests {
         let mut fulfilled = accepted.clone();
         fulfilled.status = OrderStatus::Fulfilled;
         fulfilled.iccids = vec![esim.iccid.clone()];
-        let capture = entry(r, EntryKind::Capture, 300, &accepted);
+        let settle =
+            Commit::settle(fulfilled.clone(), EntryKind::Capture, vec![esim.clone()]).unwrap();
         let mut refreshed = esim.clone();
         refreshed.profile = ProfileState::Installed;
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
-            credit(&s, r, 1000);
-            s.accept_order(&accepted, &entry(r, EntryKind::Hold, 300, &accepted))
-                .unwrap()
-                .unwrap();
-            s.settle_order(&fulfilled, &capture, std::slice::from_ref(&esim))
-                .unwrap()
-                .unwrap();
+            credit(&s, r, 1000).await;
+            accept(&s, &accepted).await;
+            s.commit(&settle).await.unwrap().unwrap();
             // The order and the eSIM are pointers to the capture's commit record.
-            let pointer = commit_pointer(&ledger_key(&capture));
+            let pointer = commit_pointer(&ledger_key(settle.entry()));
             assert_eq!(
                 s.orders.get(accepted.id.to_bytes()).unwrap().unwrap(),
                 pointer
             );
             assert_eq!(s.esims.get(&esim.iccid).unwrap().unwrap(), pointer);
-            assert_eq!(s.order(accepted.id).unwrap(), Some(fulfilled.clone()));
-            assert_eq!(s.esim(&esim.iccid).unwrap(), Some(esim.clone()));
+            assert_eq!(s.order(accepted.id).await.unwrap(), Some(fulfilled.clone()));
+            assert_eq!(s.esim(&esim.iccid).await.unwrap(), Some(esim.clone()));
             assert_eq!(
-                s.order_and_esims(accepted.id).unwrap(),
+                s.order_and_esims(accepted.id).await.unwrap(),
                 Some((fulfilled.clone(), vec![esim.clone()]))
             );
             // A state refresh moves no money: it is stored in full, and read instead of
             // the commit record's older copy.
-            s.put_esim(&refreshed).unwrap();
-            assert_eq!(s.esim(&esim.iccid).unwrap(), Some(refreshed.clone()));
+            s.put_esim(&refreshed).await.unwrap();
+            assert_eq!(s.esim(&esim.iccid).await.unwrap(), Some(refreshed.clone()));
             assert_eq!(
-                s.order_and_esims(accepted.id).unwrap(),
+                s.order_and_esims(accepted.id).await.unwrap(),
                 Some((fulfilled.clone(), vec![refreshed.clone()]))
             );
             s.durable().await.unwrap();
@@ -1389,7 +1418,7 @@ mod tests {
         // Replaying the ledger after a crash keeps the newer record.
         let s = SledStore::open(dir.path(), 8).unwrap();
         assert_eq!(
-            s.order_and_esims(accepted.id).unwrap(),
+            s.order_and_esims(accepted.id).await.unwrap(),
             Some((fulfilled, vec![refreshed]))
         );
     }
@@ -1441,20 +1470,16 @@ mod tests {
         let open = order_for(r, 250);
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
-            credit(&s, r, 1000);
-            s.accept_order(&open, &entry(r, EntryKind::Hold, 250, &open))
-                .unwrap()
-                .unwrap();
-            s.close().unwrap();
+            credit(&s, r, 1000).await;
+            accept(&s, &open).await;
+            s.close().await.unwrap();
             assert!(
-                s.meta(CLEAN).unwrap().is_some(),
+                s.meta(CLEAN).await.unwrap().is_some(),
                 "the checkpoint is vouched for"
             );
             // Nothing moves money after the checkpoint.
-            assert!(
-                s.post_entry(&entry(r, EntryKind::Capture, 250, &open))
-                    .is_err()
-            );
+            let capture = Commit::settle(open.clone(), EntryKind::Capture, Vec::new()).unwrap();
+            assert!(s.commit(&capture).await.is_err());
         }
         let expected = Balance {
             available: 750,
@@ -1462,17 +1487,17 @@ mod tests {
         };
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
-            assert_eq!(s.balance(r, "USD").unwrap(), expected);
-            assert_eq!(s.open_orders().unwrap().len(), 1);
-            assert!(s.meta(CLEAN).unwrap().is_none());
+            assert_eq!(s.balance(r, "USD").await.unwrap(), expected);
+            assert_eq!(s.open_orders().await.unwrap().len(), 1);
+            assert!(s.meta(CLEAN).await.unwrap().is_none());
             // The checkpoint was loaded and forgotten: a crash from here is replayed,
             // including this credit the checkpoint does not know.
-            credit(&s, r, 50);
+            credit(&s, r, 50).await;
             s.durable().await.unwrap();
         }
         let s = SledStore::open(dir.path(), 8).unwrap();
         assert_eq!(
-            s.balance(r, "USD").unwrap(),
+            s.balance(r, "USD").await.unwrap(),
             Balance {
                 available: 800,
                 held: 250
@@ -1480,6 +1505,7 @@ mod tests {
         );
         assert_eq!(
             s.open_orders()
+                .await
                 .unwrap()
                 .iter()
                 .map(|o| o.id)
@@ -1489,7 +1515,7 @@ mod tests {
         let listed = s.ledger_entries(r).unwrap();
         assert_eq!(
             crate::domain::ledger::replay(&listed).unwrap(),
-            s.balance(r, "USD").unwrap()
+            s.balance(r, "USD").await.unwrap()
         );
     }
 
@@ -1499,55 +1525,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8).unwrap();
         let r = ResellerId::new();
-        credit(&s, r, 1000);
+        credit(&s, r, 1000).await;
         let key = IdemKey {
             reseller: r,
             key: "k1".into(),
             order: OrderId::new(),
         };
         let fp = [3u8; 32];
-        assert_eq!(s.claim_idempotency(&key, &fp, 1_000).unwrap(), Claim::New);
         assert_eq!(
-            s.claim_idempotency(&key, &fp, 1_001).unwrap(),
+            s.claim_idempotency(&key, &fp, 1_000).await.unwrap(),
+            Claim::New
+        );
+        assert_eq!(
+            s.claim_idempotency(&key, &fp, 1_001).await.unwrap(),
             Claim::InProgress
         );
         let mut order = order_for(r, 100);
         order.id = key.order;
-        s.accept_order(&order, &entry(r, EntryKind::Hold, 100, &order))
-            .unwrap()
-            .unwrap();
+        accept(&s, &order).await;
         assert_eq!(
-            s.claim_idempotency(&key, &fp, 1_002).unwrap(),
+            s.claim_idempotency(&key, &fp, 1_002).await.unwrap(),
             Claim::Replay(IdemState::Order { order: order.id })
         );
         // Long after the lease, still the same order (not a new claim)...
         assert_eq!(
-            s.claim_idempotency(&key, &fp, 10_000_000).unwrap(),
+            s.claim_idempotency(&key, &fp, 10_000_000).await.unwrap(),
             Claim::Replay(IdemState::Order { order: order.id })
         );
         // ...and the record expires like a finished one.
-        assert_eq!(s.expire_idempotency(5_000).unwrap(), 1);
+        assert_eq!(s.expire_idempotency(5_000).await.unwrap(), 1);
     }
 
     /// Accept `order` with a hold, then settle it (as fulfilled, with `esims`).
-    fn accept_and_settle(
+    async fn accept(s: &SledStore, order: &Order) {
+        s.commit(&Commit::accept(order.clone()).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn settle(
+        s: &SledStore,
+        order: &Order,
+        kind: EntryKind,
+        esims: &[EsimRecord],
+    ) -> Result<Balance, Rejected> {
+        let commit = Commit::settle(order.clone(), kind, esims.to_vec()).unwrap();
+        s.commit(&commit).await.unwrap()
+    }
+
+    async fn accept_and_settle(
         s: &SledStore,
         order: &Order,
         esims: &[EsimRecord],
     ) -> Result<(), IccidTaken> {
-        let total = order.total().unwrap().minor;
-        s.accept_order(order, &entry(order.reseller, EntryKind::Hold, total, order))
-            .unwrap()
-            .unwrap();
+        accept(s, order).await;
         let mut fulfilled = order.clone();
         fulfilled.status = OrderStatus::Fulfilled;
         fulfilled.iccids = esims.iter().map(|e| e.iccid.clone()).collect();
-        s.settle_order(
-            &fulfilled,
-            &entry(order.reseller, EntryKind::Capture, total, order),
-            esims,
-        )
-        .unwrap()
+        let settle = Commit::settle(fulfilled, EntryKind::Capture, esims.to_vec()).unwrap();
+        match s.commit(&settle).await.unwrap() {
+            Ok(_) => Ok(()),
+            Err(Rejected::IccidTaken(taken)) => Err(taken),
+            Err(refused) => panic!("settling was refused: {refused}"),
+        }
     }
 
     #[tokio::test]
@@ -1555,24 +1596,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8).unwrap();
         let (a, b) = (ResellerId::new(), ResellerId::new());
-        credit(&s, a, 1000);
-        credit(&s, b, 1000);
+        credit(&s, a, 1000).await;
+        credit(&s, b, 1000).await;
         let first = order_for(a, 100);
-        accept_and_settle(&s, &first, &[esim_of(&first)]).unwrap();
+        accept_and_settle(&s, &first, &[esim_of(&first)])
+            .await
+            .unwrap();
 
         let second = order_for(b, 100);
-        let taken = accept_and_settle(&s, &second, &[esim_of(&second)]).unwrap_err();
+        let taken = accept_and_settle(&s, &second, &[esim_of(&second)])
+            .await
+            .unwrap_err();
         assert_eq!(taken.owner, first.id);
         // The eSIM and the first order are as they were; the second order is still open
         // with its hold, for fulfilment to fail and release.
-        let esim = s.esim(&esim_of(&first).iccid).unwrap().unwrap();
+        let esim = s.esim(&esim_of(&first).iccid).await.unwrap().unwrap();
         assert_eq!((esim.order, esim.reseller), (first.id, a));
         assert_eq!(
-            s.order(second.id).unwrap().unwrap().status,
+            s.order(second.id).await.unwrap().unwrap().status,
             OrderStatus::Accepted
         );
         assert_eq!(
-            s.balance(b, "USD").unwrap(),
+            s.balance(b, "USD").await.unwrap(),
             Balance {
                 available: 900,
                 held: 100
@@ -1584,16 +1629,12 @@ mod tests {
             "credit and hold only"
         );
         // Settling the first order's own eSIM again (a cancel) is still allowed.
-        let mut cancelled = s.order(first.id).unwrap().unwrap();
+        let mut cancelled = s.order(first.id).await.unwrap().unwrap();
         cancelled.status = OrderStatus::Cancelled;
-        assert_eq!(
-            s.settle_order(
-                &cancelled,
-                &entry(a, EntryKind::Refund, 100, &first),
-                &[esim_of(&first)]
-            )
-            .unwrap(),
-            Ok(())
+        assert!(
+            settle(&s, &cancelled, EntryKind::Refund, &[esim_of(&first)])
+                .await
+                .is_ok()
         );
     }
 
@@ -1604,22 +1645,21 @@ mod tests {
         let mut racers = Vec::new();
         for _ in 0..8 {
             let r = ResellerId::new();
-            credit(&s, r, 1000);
+            credit(&s, r, 1000).await;
             let o = order_for(r, 10);
             let s = s.clone();
-            racers.push(std::thread::spawn(move || {
-                accept_and_settle(&s, &o, &[esim_of(&o)]).is_ok()
+            racers.push(tokio::spawn(async move {
+                accept_and_settle(&s, &o, &[esim_of(&o)]).await.is_ok()
             }));
         }
-        let winners = racers
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|won| *won)
-            .count();
+        let mut winners = 0;
+        for racer in racers {
+            winners += usize::from(racer.await.unwrap());
+        }
         assert_eq!(winners, 1);
-        let owner = s.esim("8999000000000000001").unwrap().unwrap().order;
+        let owner = s.esim("8999000000000000001").await.unwrap().unwrap().order;
         assert_eq!(
-            s.order(owner).unwrap().unwrap().status,
+            s.order(owner).await.unwrap().unwrap().status,
             OrderStatus::Fulfilled
         );
     }
@@ -1629,65 +1669,65 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8).unwrap();
         let (a, b) = (ResellerId::new(), ResellerId::new());
-        credit(&s, a, 1000);
-        credit(&s, b, 1000);
+        credit(&s, a, 1000).await;
+        credit(&s, b, 1000).await;
         let crashed = order_for(a, 100);
         let iccid = esim_of(&crashed).iccid;
         // A crash between the claim and the commit record leaves only the claim.
-        s.accept_order(&crashed, &entry(a, EntryKind::Hold, 100, &crashed))
-            .unwrap()
-            .unwrap();
+        accept(&s, &crashed).await;
         s.esims
             .insert(iccid.as_bytes(), iccid_claim(crashed.id))
             .unwrap();
-        assert_eq!(s.esim(&iccid).unwrap(), None, "a claim is no eSIM yet");
+        assert_eq!(
+            s.esim(&iccid).await.unwrap(),
+            None,
+            "a claim is no eSIM yet"
+        );
         // While its order is open, nobody else takes it.
         let other = order_for(b, 100);
         assert_eq!(
             accept_and_settle(&s, &other, &[esim_of(&other)])
+                .await
                 .unwrap_err()
                 .owner,
             crashed.id
         );
         // Once its order failed without it, the claim is stale and can be taken.
-        let mut failed = s.order(crashed.id).unwrap().unwrap();
+        let mut failed = s.order(crashed.id).await.unwrap().unwrap();
         failed.status = OrderStatus::Failed;
-        s.settle_order(&failed, &entry(a, EntryKind::Release, 100, &crashed), &[])
-            .unwrap()
-            .unwrap();
+        settle(&s, &failed, EntryKind::Release, &[]).await.unwrap();
         let mut fulfilled = other.clone();
         fulfilled.status = OrderStatus::Fulfilled;
         fulfilled.iccids = vec![iccid.clone()];
-        assert_eq!(
-            s.settle_order(
-                &fulfilled,
-                &entry(b, EntryKind::Capture, 100, &other),
-                &[esim_of(&other)]
-            )
-            .unwrap(),
-            Ok(())
+        assert!(
+            settle(&s, &fulfilled, EntryKind::Capture, &[esim_of(&other)])
+                .await
+                .is_ok()
         );
-        assert_eq!(s.esim(&iccid).unwrap().unwrap().reseller, b);
+        assert_eq!(s.esim(&iccid).await.unwrap().unwrap().reseller, b);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_subject_gets_one_data_key_even_when_two_orders_race_to_create_it() {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
         let lookup = SubjectLookup([9; 32]);
-        assert_eq!(s.subject_key(&lookup).unwrap(), None);
+        assert_eq!(s.subject_key(&lookup).await.unwrap(), None);
         let racers: Vec<_> = (0..8u8)
             .map(|i| {
                 let s = s.clone();
-                std::thread::spawn(move || s.create_subject_key(&lookup, &[i; 40]).unwrap())
+                tokio::spawn(async move { s.create_subject_key(&lookup, &[i; 40]).await.unwrap() })
             })
             .collect();
-        let kept: Vec<Vec<u8>> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        for racer in racers {
+            kept.push(racer.await.unwrap());
+        }
         assert!(
             kept.windows(2).all(|w| w[0] == w[1]),
             "every caller got the same key"
         );
-        assert_eq!(s.subject_key(&lookup).unwrap(), Some(kept[0].clone()));
+        assert_eq!(s.subject_key(&lookup).await.unwrap(), Some(kept[0].clone()));
     }
 
     #[tokio::test]
@@ -1702,12 +1742,18 @@ mod tests {
             order: OrderId::new(),
         };
         let fp = [5u8; 32];
-        assert_eq!(s.claim_idempotency(&key, &fp, 1_000).unwrap(), Claim::New);
+        assert_eq!(
+            s.claim_idempotency(&key, &fp, 1_000).await.unwrap(),
+            Claim::New
+        );
         // The credit is posted under the claim's id; then the process dies before
         // anything else is written.
         let mut credit = LedgerEntry::new(r, EntryKind::Credit, 700, "USD", None, 1_000);
         credit.id = key.order.0;
-        s.post_entry(&credit).unwrap().unwrap();
+        s.commit(&Commit::credit(credit.clone()))
+            .await
+            .unwrap()
+            .unwrap();
         // A retry long after the lease (a fresh claim id, as every request gets one)
         // finds the credit instead of a free key.
         let retry = IdemKey {
@@ -1716,10 +1762,11 @@ mod tests {
         };
         assert_eq!(
             s.claim_idempotency(&retry, &fp, 1_000 + LEASE_MS + 1)
+                .await
                 .unwrap(),
             Claim::Replay(IdemState::Order { order: key.order })
         );
-        assert_eq!(s.ledger_entry(r, key.order.0).unwrap(), Some(credit));
+        assert_eq!(s.ledger_entry(r, key.order.0).await.unwrap(), Some(credit));
     }
 
     /// A sled store in a temporary directory, opened on the same files each time.
@@ -1759,7 +1806,7 @@ mod tests {
         for i in 0..64u32 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.put_meta(&format!("k{i}"), b"v").unwrap();
+                s.put_meta(&format!("k{i}"), b"v").await.unwrap();
                 s.durable().await.unwrap();
             }));
         }
@@ -1767,7 +1814,7 @@ mod tests {
             t.await.unwrap();
         }
         for i in 0..64u32 {
-            assert!(s.meta(&format!("k{i}")).unwrap().is_some());
+            assert!(s.meta(&format!("k{i}")).await.unwrap().is_some());
         }
     }
 }

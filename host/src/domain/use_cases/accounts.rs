@@ -5,7 +5,7 @@ use crate::domain::accounts::{self, ApiKey, KeyMode, Reseller, Role};
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::ids::{KeyId, ResellerId};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry};
-use crate::domain::store::Page;
+use crate::domain::store::{Commit, Page, Rejected};
 
 /// Keys minted on first start, shown once.
 #[derive(Debug)]
@@ -22,31 +22,38 @@ impl Gateway {
     /// shown once.
     pub async fn bootstrap(&self, demo: bool) -> Result<Option<BootstrapKeys>, DomainError> {
         const MARKER: &str = "bootstrapped";
-        if self.store.meta(MARKER)?.is_some() {
+        if self.store.meta(MARKER).await?.is_some() {
             return Ok(None);
         }
-        let (admin, _) = self.create_key(None, Role::Admin, KeyMode::Live)?;
+        let (admin, _) = self.create_key(None, Role::Admin, KeyMode::Live).await?;
         let demo = if demo {
-            let reseller = self.create_reseller("Demo Reseller", 1500)?;
-            let (key, _) = self.create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)?;
+            let reseller = self.create_reseller("Demo Reseller", 1500).await?;
+            let (key, _) = self
+                .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
+                .await?;
             self.credit(
                 reseller.id,
                 self.tuning.demo_credit_minor,
                 "USD",
                 Some("demo credit".into()),
                 ulid::Ulid::new(),
-            )?;
+            )
+            .await?;
             Some((reseller.id, key))
         } else {
             None
         };
-        self.store.put_meta(MARKER, b"1")?;
+        self.store.put_meta(MARKER, b"1").await?;
         self.store.durable().await?;
         Ok(Some(BootstrapKeys { admin, demo }))
     }
 
     /// Create a reseller account.
-    pub fn create_reseller(&self, name: &str, markup_bps: u32) -> Result<Reseller, DomainError> {
+    pub async fn create_reseller(
+        &self,
+        name: &str,
+        markup_bps: u32,
+    ) -> Result<Reseller, DomainError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
             return Err(DomainError::Invalid {
@@ -66,12 +73,12 @@ impl Gateway {
             markup_bps,
             created_at_ms: self.clock.now_ms(),
         };
-        self.store.put_reseller(&reseller)?;
+        self.store.put_reseller(&reseller).await?;
         Ok(reseller)
     }
 
     /// Mint and store a key; returns the key string (shown once) and its record.
-    pub fn create_key(
+    pub async fn create_key(
         &self,
         reseller: Option<ResellerId>,
         role: Role,
@@ -85,7 +92,8 @@ impl Gateway {
         }
         if let Some(r) = reseller {
             self.store
-                .reseller(r)?
+                .reseller(r)
+                .await?
                 .ok_or(DomainError::NotFound("reseller"))?;
         }
         let key = accounts::mint_key(mode, &self.rng);
@@ -99,40 +107,42 @@ impl Gateway {
             created_at_ms: self.clock.now_ms(),
             expires_at_ms: None,
         };
-        self.store.put_api_key(&record)?;
+        self.store.put_api_key(&record).await?;
         Ok((key, record))
     }
 
     /// Revoke a key now.
-    pub fn revoke_key(&self, id: KeyId) -> Result<ApiKey, DomainError> {
+    pub async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, DomainError> {
         let mut key = self
             .store
-            .api_key_by_id(id)?
+            .api_key_by_id(id)
+            .await?
             .ok_or(DomainError::NotFound("key"))?;
         let now = self.clock.now_ms();
         key.expires_at_ms = Some(key.expires_at_ms.map_or(now, |t| t.min(now)));
-        self.store.put_api_key(&key)?;
+        self.store.put_api_key(&key).await?;
         Ok(key)
     }
 
     /// Replace the caller's key: a new key with the same role, the old one working for
     /// the grace period so deployments can switch without downtime.
-    pub fn rotate_key(&self, who: &Principal) -> Result<(String, ApiKey), DomainError> {
+    pub async fn rotate_key(&self, who: &Principal) -> Result<(String, ApiKey), DomainError> {
         let mut old = self
             .store
-            .api_key_by_id(who.key)?
+            .api_key_by_id(who.key)
+            .await?
             .ok_or(DomainError::Unauthenticated)?;
-        let (key, record) = self.create_key(old.reseller, old.role, old.mode)?;
+        let (key, record) = self.create_key(old.reseller, old.role, old.mode).await?;
         let grace_end = self.clock.now_ms() + self.tuning.rotation_grace.as_millis() as u64;
         old.expires_at_ms = Some(old.expires_at_ms.map_or(grace_end, |t| t.min(grace_end)));
-        self.store.put_api_key(&old)?;
+        self.store.put_api_key(&old).await?;
         Ok((key, record))
     }
 
     /// Add money to a reseller's prepaid balance, as ledger entry `entry_id` (under an
     /// idempotency key, the id the key was claimed with: a retry after a crash then finds
     /// the credit instead of posting it again).
-    pub fn credit(
+    pub async fn credit(
         &self,
         reseller: ResellerId,
         amount: i64,
@@ -153,7 +163,8 @@ impl Gateway {
             });
         }
         self.store
-            .reseller(reseller)?
+            .reseller(reseller)
+            .await?
             .ok_or(DomainError::NotFound("reseller"))?;
         let mut entry = LedgerEntry::new(
             reseller,
@@ -165,34 +176,40 @@ impl Gateway {
         );
         entry.id = entry_id;
         entry.note = note;
-        self.store
-            .post_entry(&entry)?
-            .map_err(|refused| DomainError::refused(refused, "/amount", currency.into()))
+        match self.store.commit(&Commit::credit(entry)).await? {
+            Ok(balance) => Ok(balance),
+            Err(Rejected::Refused(refused)) => {
+                Err(DomainError::refused(refused, "/amount", currency.into()))
+            }
+            Err(Rejected::IccidTaken(_)) => unreachable!("a credit delivers no eSIM"),
+        }
     }
 
     /// A credit posted earlier as ledger entry `entry_id` (replaying its idempotency key),
     /// with the balance of its currency as it is now.
-    pub fn posted_credit(
+    pub async fn posted_credit(
         &self,
         reseller: ResellerId,
         entry_id: ulid::Ulid,
     ) -> Result<(LedgerEntry, Balance), DomainError> {
         let entry = self
             .store
-            .ledger_entry(reseller, entry_id)?
+            .ledger_entry(reseller, entry_id)
+            .await?
             .filter(|e| e.kind == EntryKind::Credit)
             .ok_or(DomainError::NotFound("credit"))?;
-        let balance = self.store.balance(reseller, &entry.currency)?;
+        let balance = self.store.balance(reseller, &entry.currency).await?;
         Ok((entry, balance))
     }
 
     /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so
     /// the secret itself is never compared: only an equal hash finds a record.
-    pub fn authenticate(&self, key: &str) -> Result<Principal, DomainError> {
+    pub async fn authenticate(&self, key: &str) -> Result<Principal, DomainError> {
         accounts::check_key_format(key).ok_or(DomainError::Unauthenticated)?;
         let record = self
             .store
-            .api_key(&self.keyring.hash_key(key))?
+            .api_key(&self.keyring.hash_key(key))
+            .await?
             .filter(|k| k.is_active(self.clock.now_ms()))
             .ok_or(DomainError::Unauthenticated)?;
         Ok(Principal {
@@ -203,19 +220,19 @@ impl Gateway {
     }
 
     /// The caller's balances.
-    pub fn balances(&self, who: &Principal) -> Result<Vec<(String, Balance)>, DomainError> {
-        let reseller = self.reseller_of(who)?;
-        Ok(self.store.balances(reseller.id)?)
+    pub async fn balances(&self, who: &Principal) -> Result<Vec<(String, Balance)>, DomainError> {
+        let reseller = self.reseller_of(who).await?;
+        Ok(self.store.balances(reseller.id).await?)
     }
 
     /// The caller's ledger entries, newest first.
-    pub fn transactions(
+    pub async fn transactions(
         &self,
         who: &Principal,
         before: Option<ulid::Ulid>,
         limit: usize,
     ) -> Result<Page<LedgerEntry>, DomainError> {
-        let reseller = self.reseller_of(who)?;
-        Ok(self.store.ledger_page(reseller.id, before, limit)?)
+        let reseller = self.reseller_of(who).await?;
+        Ok(self.store.ledger_page(reseller.id, before, limit).await?)
     }
 }

@@ -23,13 +23,13 @@ impl Gateway {
         supplier: &Arc<dyn Supplier>,
     ) -> Result<Option<Arc<CachedCatalog>>, DomainError> {
         let info = supplier.info();
-        let (cached, usable) = self.cached_catalog(info)?;
+        let (cached, usable) = self.cached_catalog(info).await?;
         if usable {
             return Ok(cached);
         }
         let flight = self.catalogs.flight(&info.id);
         let _fetching = flight.lock().await;
-        let (cached, usable) = self.cached_catalog(info)?;
+        let (cached, usable) = self.cached_catalog(info).await?;
         if usable {
             return Ok(cached);
         }
@@ -38,7 +38,7 @@ impl Gateway {
 
     /// The catalog cached for a plugin, and whether it may be served as it is: fresh for
     /// this version, or the plugin's catalog is failing and backing off.
-    fn cached_catalog(
+    async fn cached_catalog(
         &self,
         info: &SupplierInfo,
     ) -> Result<(Option<Arc<CachedCatalog>>, bool), DomainError> {
@@ -47,7 +47,8 @@ impl Gateway {
             // First read since the start: the store's copy, if any.
             None => self
                 .store
-                .catalog(&info.id)?
+                .catalog(&info.id)
+                .await?
                 .map(|c| self.remember_catalog(c)),
         };
         let fresh = cached.as_ref().is_some_and(|c| {
@@ -149,7 +150,7 @@ impl Gateway {
             fetched_at_ms: self.clock.now_ms(),
             products: products.iter().map(CachedProduct::from).collect(),
         };
-        self.store.put_catalog(&catalog)?;
+        self.store.put_catalog(&catalog).await?;
         self.catalogs
             .failures
             .lock()
@@ -180,7 +181,7 @@ impl Gateway {
         who: &Principal,
         filter: &ProductFilter,
     ) -> Result<Vec<Product>, DomainError> {
-        let markup = self.reseller_of(who)?.markup_bps;
+        let markup = self.reseller_of(who).await?.markup_bps;
         let mut out = Vec::new();
         for supplier in self.suppliers.all() {
             if let Some(catalog) = self.plugin_catalog(&supplier).await? {
@@ -211,7 +212,7 @@ impl Gateway {
             // A plugin that exists (or served before) but is not loaded now is ours to
             // fix; a plugin nobody ever deployed is a product that does not exist.
             return Err(
-                if self.suppliers.known(plugin) || self.store.catalog(plugin)?.is_some() {
+                if self.suppliers.known(plugin) || self.store.catalog(plugin).await?.is_some() {
                     DomainError::SupplierNotLoaded(product_id.to_string())
                 } else {
                     DomainError::NotFound("product")

@@ -85,25 +85,26 @@ impl Gateway {
     }
 
     /// One eSIM, if the caller may see it.
-    pub fn esim(&self, who: &Principal, iccid: &str) -> Result<EsimView, DomainError> {
-        let rec = self.esim_record(who, iccid)?;
+    pub async fn esim(&self, who: &Principal, iccid: &str) -> Result<EsimView, DomainError> {
+        let rec = self.esim_record(who, iccid).await?;
         self.open_esim(&rec)
     }
 
-    pub(crate) fn esim_record(
+    pub(crate) async fn esim_record(
         &self,
         who: &Principal,
         iccid: &str,
     ) -> Result<EsimRecord, DomainError> {
         self.store
-            .esim(iccid)?
+            .esim(iccid)
+            .await?
             .filter(|e| self.visible(who, e.reseller))
             .ok_or(DomainError::NotFound("esim"))
     }
 
     /// Live usage of an eSIM from its supplier; the states seen are kept on the record.
     pub async fn usage(&self, who: &Principal, iccid: &str) -> Result<UsageView, DomainError> {
-        let mut rec = self.esim_record(who, iccid)?;
+        let mut rec = self.esim_record(who, iccid).await?;
         let supplier = self
             .suppliers
             .get(&rec.plugin)
@@ -116,7 +117,7 @@ impl Gateway {
             rec.profile = usage.profile;
             rec.plan = usage.plan;
             rec.raw_status = usage.raw_status.clone();
-            self.store.put_esim(&rec)?;
+            self.store.put_esim(&rec).await?;
         }
         Ok(UsageView {
             iccid: rec.iccid,

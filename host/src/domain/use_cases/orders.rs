@@ -9,7 +9,7 @@ use crate::domain::ids::{OrderId, ResellerId};
 use crate::domain::ledger::EntryKind;
 use crate::domain::orders::{EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::Personal;
-use crate::domain::store::{Page, StoreError};
+use crate::domain::store::{Commit, Page, Rejected, StoreError};
 use crate::domain::supplier::{Money, ProfileState};
 
 use super::catalog::unit_price;
@@ -81,7 +81,7 @@ impl Gateway {
         if !who.role.can_write() {
             return Err(DomainError::Forbidden);
         }
-        let reseller = self.reseller_of(who)?;
+        let reseller = self.reseller_of(who).await?;
         validate_new_order(&new)?;
         let (supplier, product) = self.find_product(&new.product_id, "/product_id").await?;
         if product.needs_kyc {
@@ -108,7 +108,7 @@ impl Gateway {
             subject_ref: new.subject_ref,
             metadata: new.metadata,
         };
-        let personal = self.seal_personal(id, &personal)?;
+        let personal = self.seal_personal(id, &personal).await?;
         let order = Order::accepted(spec, id, personal, self.clock.now_ms());
         self.accept(order).await
     }
@@ -119,11 +119,17 @@ impl Gateway {
             field: "/quantity",
             message: "the order's total is larger than the ledger can hold".into(),
         })?;
-        let hold = order.ledger_entry(EntryKind::Hold)?;
-        if let Err(refused) = self.store.accept_order(&order, &hold)? {
-            return Err(DomainError::refused(refused, "/quantity", total.currency));
+        let commit = Commit::accept(order)?;
+        match self.store.commit(&commit).await? {
+            Ok(_) => {}
+            Err(Rejected::Refused(refused)) => {
+                return Err(DomainError::refused(refused, "/quantity", total.currency));
+            }
+            Err(Rejected::IccidTaken(_)) => unreachable!("an accepted order has no eSIM yet"),
         }
         self.store.durable().await?;
+        let (_, order, _) = commit.into_parts();
+        let order = order.expect("an acceptance carries its order");
         self.fulfilment.counters.reached(OrderStatus::Accepted);
         let id = order.id;
         let settled = self.fulfilment.watch(id);
@@ -132,7 +138,7 @@ impl Gateway {
         if let Ok(done) = tokio::time::timeout_at(deadline, &mut first).await {
             if let Some(done) = done {
                 // Settled by this first step: answer from the records in hand.
-                return self.view(done.order, &done.esims);
+                return self.view(done.order, &done.esims).await;
             }
             // Waiting for a retry or a poll: wait for that too.
             let _ = tokio::time::timeout_at(deadline, settled).await;
@@ -140,12 +146,12 @@ impl Gateway {
             // The supplier is still working; let it finish in the background.
             tokio::spawn(first);
         }
-        self.stored_view(id, |_| true)
+        self.stored_view(id, |_| true).await
     }
 
     /// The API view of an order and its stored eSIMs (activation data opened).
-    fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
-        let personal = self.open_personal(&order)?;
+    async fn view(&self, order: Order, esims: &[EsimRecord]) -> Result<OrderView, DomainError> {
+        let personal = self.open_personal(&order).await?;
         Ok(OrderView {
             esims: esims
                 .iter()
@@ -167,21 +173,22 @@ impl Gateway {
     }
 
     /// The API view of a stored order, read together with its eSIMs, if `may_see` it.
-    fn stored_view(
+    async fn stored_view(
         &self,
         id: OrderId,
         may_see: impl FnOnce(&Order) -> bool,
     ) -> Result<OrderView, DomainError> {
         let (order, esims) = self
             .store
-            .order_and_esims(id)?
+            .order_and_esims(id)
+            .await?
             .filter(|(o, _)| may_see(o))
             .ok_or(DomainError::NotFound("order"))?;
-        self.order_view(order, esims)
+        self.order_view(order, esims).await
     }
 
     /// The API view of an order with the eSIMs stored under its ICCIDs.
-    fn order_view(
+    async fn order_view(
         &self,
         order: Order,
         mut esims: Vec<EsimRecord>,
@@ -190,29 +197,32 @@ impl Gateway {
             // A top-up names the eSIM it tops up, which an earlier order delivered.
             esims.clear();
         }
-        self.view(order, &esims)
+        self.view(order, &esims).await
     }
 
     /// One order, if the caller may see it.
-    pub fn order(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
+    pub async fn order(&self, who: &Principal, id: OrderId) -> Result<OrderView, DomainError> {
         self.stored_view(id, |o| self.visible(who, o.reseller))
+            .await
     }
 
     /// The caller's orders, newest first.
-    pub fn orders(
+    pub async fn orders(
         &self,
         who: &Principal,
         before: Option<OrderId>,
         status: Option<OrderStatus>,
         limit: usize,
     ) -> Result<Page<OrderView>, DomainError> {
-        let reseller = self.reseller_of(who)?;
-        let page = self.store.orders_page(reseller.id, before, status, limit)?;
-        let items = page
-            .items
-            .into_iter()
-            .map(|(o, esims)| self.order_view(o, esims))
-            .collect::<Result<_, _>>()?;
+        let reseller = self.reseller_of(who).await?;
+        let page = self
+            .store
+            .orders_page(reseller.id, before, status, limit)
+            .await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (order, esims) in page.items {
+            items.push(self.order_view(order, esims).await?);
+        }
         Ok(Page {
             items,
             has_more: page.has_more,
@@ -231,8 +241,8 @@ impl Gateway {
         if !who.role.can_write() {
             return Err(DomainError::Forbidden);
         }
-        let reseller = self.reseller_of(who)?;
-        let esim = self.esim_record(who, iccid)?;
+        let reseller = self.reseller_of(who).await?;
+        let esim = self.esim_record(who, iccid).await?;
         let (supplier, product) = self.find_product(product_id, "/product_id").await?;
         if supplier.info().id != esim.plugin || !product.top_up_able {
             return Err(DomainError::Invalid {
@@ -263,7 +273,8 @@ impl Gateway {
         }
         let mut order = self
             .store
-            .order(id)?
+            .order(id)
+            .await?
             .filter(|o| self.visible(who, o.reseller))
             .ok_or(DomainError::NotFound("order"))?;
         if order.status != OrderStatus::Fulfilled || order.kind != OrderKind::Esim {
@@ -303,25 +314,30 @@ impl Gateway {
                 code: "order_not_cancellable",
                 message: e.to_string(),
             })?;
-        let refund = order.ledger_entry(EntryKind::Refund)?;
         let mut esims = Vec::new();
         for iccid in &order.iccids {
-            if let Some(mut e) = self.store.esim(iccid)? {
+            if let Some(mut e) = self.store.esim(iccid).await? {
                 e.profile = ProfileState::Deleted;
                 esims.push(e);
             }
         }
         // The order's own eSIMs: they are claimed by this order already.
-        self.store
-            .settle_order(&order, &refund, &esims)?
-            .map_err(|taken| StoreError::Backend(taken.to_string()))?;
+        let commit = Commit::settle(order, EntryKind::Refund, esims)?;
+        if let Err(rejected) = self.store.commit(&commit).await? {
+            return Err(StoreError::Backend(format!(
+                "refunding a cancelled order was refused: {rejected}"
+            ))
+            .into());
+        }
         self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Cancelled);
-        self.order_view(order, esims)
+        let (_, order, esims) = commit.into_parts();
+        self.order_view(order.expect("a settlement carries its order"), esims)
+            .await
     }
 
     /// Claim an idempotency key for the caller (see `idempotency`).
-    pub fn claim_idempotency(
+    pub async fn claim_idempotency(
         &self,
         reseller: ResellerId,
         key: &str,
@@ -340,27 +356,32 @@ impl Gateway {
         };
         let claim = self
             .store
-            .claim_idempotency(&idem, fingerprint, self.clock.now_ms())?;
+            .claim_idempotency(&idem, fingerprint, self.clock.now_ms())
+            .await?;
         Ok((idem, claim))
     }
 
     /// Record the outcome of an idempotent request that did not create an order.
-    pub fn finish_idempotency(&self, key: &IdemKey, state: &IdemState) -> Result<(), DomainError> {
-        Ok(self.store.finish_idempotency(key, state)?)
+    pub async fn finish_idempotency(
+        &self,
+        key: &IdemKey,
+        state: &IdemState,
+    ) -> Result<(), DomainError> {
+        Ok(self.store.finish_idempotency(key, state).await?)
     }
 
     /// Forget idempotency keys older than the retention window; returns how many.
-    pub fn expire_idempotency_keys(&self) -> Result<usize, DomainError> {
+    pub async fn expire_idempotency_keys(&self) -> Result<usize, DomainError> {
         let cutoff = self
             .clock
             .now_ms()
             .saturating_sub(self.tuning.idempotency_retention.as_millis() as u64);
-        Ok(self.store.expire_idempotency(cutoff)?)
+        Ok(self.store.expire_idempotency(cutoff).await?)
     }
 
     /// Free a key whose request created nothing, so the client may retry with it.
-    pub fn release_idempotency(&self, key: &IdemKey) -> Result<(), DomainError> {
-        Ok(self.store.release_idempotency(key)?)
+    pub async fn release_idempotency(&self, key: &IdemKey) -> Result<(), DomainError> {
+        Ok(self.store.release_idempotency(key).await?)
     }
 }
 

@@ -12,7 +12,7 @@ impl Gateway {
     /// Seal the personal fields of order `id`: under the subject's data key (created on
     /// the subject's first order), or under the master key when there is no subject.
     /// Nothing to seal is `None`.
-    pub(crate) fn seal_personal(
+    pub(crate) async fn seal_personal(
         &self,
         id: OrderId,
         personal: &Personal,
@@ -29,11 +29,13 @@ impl Gateway {
             }));
         };
         let lookup = self.keyring.subject_lookup(subject_ref);
-        let wrapped = match self.store.subject_key(&lookup)? {
+        let wrapped = match self.store.subject_key(&lookup).await? {
             Some(wrapped) => wrapped,
-            None => self
-                .store
-                .create_subject_key(&lookup, &self.keyring.new_subject_key(&lookup))?,
+            None => {
+                self.store
+                    .create_subject_key(&lookup, &self.keyring.new_subject_key(&lookup))
+                    .await?
+            }
         };
         let sealed = self
             .keyring
@@ -47,14 +49,14 @@ impl Gateway {
 
     /// The personal fields of an order, opened. A subject whose data key is gone has none
     /// left anywhere.
-    pub(crate) fn open_personal(&self, order: &Order) -> Result<Personal, DomainError> {
+    pub(crate) async fn open_personal(&self, order: &Order) -> Result<Personal, DomainError> {
         let Some(personal) = &order.personal else {
             return Ok(Personal::default());
         };
         let context = order.id.to_bytes();
         let plaintext = match &personal.subject {
             None => self.keyring.open(&context, &personal.sealed),
-            Some(lookup) => match self.store.subject_key(lookup)? {
+            Some(lookup) => match self.store.subject_key(lookup).await? {
                 None => return Ok(Personal::default()),
                 Some(wrapped) => {
                     self.keyring

@@ -95,21 +95,25 @@ fn fixture() -> Fixture {
 #[tokio::test]
 async fn a_rotated_key_works_through_its_grace_period_and_not_after() {
     let f = fixture();
-    let reseller = f.gateway.create_reseller("R", 0).unwrap();
+    let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
     let (old, _) = f
         .gateway
         .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
+        .await
         .unwrap();
-    let who = f.gateway.authenticate(&old).unwrap();
-    let (new, _) = f.gateway.rotate_key(&who).unwrap();
+    let who = f.gateway.authenticate(&old).await.unwrap();
+    let (new, _) = f.gateway.rotate_key(&who).await.unwrap();
     f.clock.advance(3_600_000 - 1);
-    assert!(f.gateway.authenticate(&old).is_ok(), "still in its grace");
+    assert!(
+        f.gateway.authenticate(&old).await.is_ok(),
+        "still in its grace"
+    );
     f.clock.advance(1);
     assert!(matches!(
-        f.gateway.authenticate(&old),
+        f.gateway.authenticate(&old).await,
         Err(DomainError::Unauthenticated)
     ));
-    assert!(f.gateway.authenticate(&new).is_ok());
+    assert!(f.gateway.authenticate(&new).await.is_ok());
 }
 
 #[tokio::test]
@@ -141,28 +145,30 @@ async fn a_failing_catalog_is_asked_again_only_after_its_back_off_and_a_fresh_on
 #[tokio::test]
 async fn idempotency_keys_are_kept_for_their_retention_and_then_forgotten() {
     let f = fixture();
-    let reseller = f.gateway.create_reseller("R", 0).unwrap();
+    let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
     let fingerprint = [1u8; 32];
     let (key, claim) = f
         .gateway
         .claim_idempotency(reseller.id, "k-1", &fingerprint)
+        .await
         .unwrap();
     assert_eq!(claim, Claim::New);
     let done = IdemState::Order {
         order: OrderId::new(),
     };
-    f.gateway.finish_idempotency(&key, &done).unwrap();
+    f.gateway.finish_idempotency(&key, &done).await.unwrap();
     f.clock.advance(24 * 3_600_000);
     assert_eq!(
-        f.gateway.expire_idempotency_keys().unwrap(),
+        f.gateway.expire_idempotency_keys().await.unwrap(),
         0,
         "not before"
     );
     f.clock.advance(1);
-    assert_eq!(f.gateway.expire_idempotency_keys().unwrap(), 1);
+    assert_eq!(f.gateway.expire_idempotency_keys().await.unwrap(), 1);
     let (_, again) = f
         .gateway
         .claim_idempotency(reseller.id, "k-1", &[2u8; 32])
+        .await
         .unwrap();
     assert_eq!(again, Claim::New, "the key is free again");
 }
