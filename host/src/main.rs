@@ -273,9 +273,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             println!("demo reseller {reseller} API key (shown once): {key}");
         }
     }
+    // Unfinished orders' next steps, and housekeeping, run as durable jobs: the catalog
+    // refresh (so reads never wait on a supplier) and the idempotency sweep, each
+    // rescheduling itself.
     gateway.recover().await?;
-    // Housekeeping runs as durable jobs: the catalog refresh (so reads never wait on a
-    // supplier) and the idempotency sweep, each rescheduling itself.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let clock: Arc<dyn simgate::domain::clock::Clock> =
         Arc::new(simgate::domain::clock::SystemClock);
@@ -288,7 +289,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             catalog_every: std::time::Duration::from_secs(config.orders.catalog_ttl_secs.max(1)),
             idempotency_every: std::time::Duration::from_secs(3600),
         });
-        let worker = Worker::new(store.clone(), clock, handler, WorkerTuning::default());
+        let alarm = gateway.alarm();
+        let worker = Worker::new(
+            store.clone(),
+            clock,
+            handler,
+            WorkerTuning::default(),
+            alarm,
+        );
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move { worker.run_until(shutdown).await })
     };

@@ -1,4 +1,4 @@
-//! Fulfilment: the background worker that takes accepted orders to a final state.
+//! Fulfilment: the steps that take accepted orders to a final state.
 //!
 //! ```text
 //! accepted --provision--> submitted --delivered--> fulfilled  (capture the hold)
@@ -6,8 +6,11 @@
 //!                             \--final error or retries spent--> failed (release the hold)
 //! ```
 //!
+//! The first step runs in the request that accepted the order ([`Fulfilment::run`]), so a
+//! fast supplier settles it at once. Every later step (a retry, a poll) is a durable job
+//! (`domain::jobs`, one per order) that the job worker hands to [`Fulfilment::step`].
 //! Every step is persisted before the next supplier call, so after a crash
-//! [`Fulfilment::recover`] resumes each unfinished order where it stood. Provisioning is
+//! [`Fulfilment::recover`] makes sure each unfinished order has its job again. Provisioning is
 //! idempotent on the order reference (the WIT contract demands it), so a call repeated
 //! after a crash cannot buy twice. Money moves only in a `store::Commit`, atomically
 //! with the status change.
@@ -21,6 +24,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::clock::Clock;
 use super::esim;
 use super::ids::OrderId;
+use super::jobs::{Alarm, Job};
 use super::keyring::Keyring;
 use super::ledger::EntryKind;
 use super::orders::{
@@ -153,6 +157,7 @@ pub struct Fulfilment {
     keyring: Arc<dyn Keyring>,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
+    alarm: Arc<Alarm>,
     slots: Semaphore,
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
     /// Status counts for metrics.
@@ -183,19 +188,21 @@ enum Step {
 }
 
 impl Fulfilment {
-    /// A worker over the store and suppliers.
+    /// Fulfilment over the store and suppliers; `alarm` wakes the job worker.
     pub fn new(
         store: Arc<dyn Store>,
         suppliers: Arc<dyn Suppliers>,
         keyring: Arc<dyn Keyring>,
         clock: Arc<dyn Clock>,
         policy: RetryPolicy,
+        alarm: Arc<Alarm>,
     ) -> Arc<Fulfilment> {
         Arc::new(Fulfilment {
             store,
             suppliers,
             keyring,
             clock,
+            alarm,
             slots: Semaphore::new(policy.concurrency),
             policy,
             waiters: Mutex::new(HashMap::new()),
@@ -203,27 +210,21 @@ impl Fulfilment {
         })
     }
 
-    /// Resume every unfinished order (after a restart). Returns how many.
-    pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
+    /// Make sure every unfinished order has its fulfilment job (after a restart: a crash
+    /// may have come between accepting an order and scheduling its next step). Returns
+    /// how many orders are unfinished.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
         let open = self.store.open_orders().await?;
-        let n = open.len();
-        for order in open {
-            let delay =
-                Duration::from_millis(order.next_attempt_ms.saturating_sub(self.clock.now_ms()));
-            self.schedule(order.id, delay);
+        for order in &open {
+            self.schedule(order.id, order.next_attempt_ms).await?;
         }
-        if n > 0 {
-            tracing::info!(orders = n, "resuming unfinished orders");
+        if !open.is_empty() {
+            tracing::info!(orders = open.len(), "resuming unfinished orders");
         }
-        Ok(n)
+        Ok(open.len())
     }
 
-    /// Start working on an order now.
-    pub fn submit(self: &Arc<Self>, id: OrderId) {
-        self.schedule(id, Duration::ZERO);
-    }
-
-    /// Register interest in an order reaching a final state. Call before `submit`.
+    /// Register interest in an order reaching a final state. Call before `run`.
     pub fn watch(&self, id: OrderId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         self.waiters
@@ -246,61 +247,78 @@ impl Fulfilment {
         }
     }
 
-    fn schedule(self: &Arc<Self>, id: OrderId, delay: Duration) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let step = {
-                let _slot = this.slots.acquire().await.expect("semaphore never closed");
-                match this.store.order(id).await {
-                    Ok(Some(order)) => this.advance(order).await,
-                    Ok(None) => Ok(Step::Settled(None)),
-                    Err(e) => Err(e.into()),
-                }
-            };
-            this.after(id, step);
-        });
+    /// Make order `id`'s next step a durable job due at `due_ms` (a job in hand is kept).
+    async fn schedule(&self, id: OrderId, due_ms: u64) -> Result<(), StoreError> {
+        self.store.add_job(&Job::fulfil(id, due_ms)).await?;
+        self.alarm.set(due_ms);
+        Ok(())
     }
 
     /// Take the first step on an order just accepted, in the caller's task: a fast
-    /// supplier then settles it without a hand-off to another task. Later steps, if any,
-    /// are scheduled as usual. Dropping the future before it ends would abandon the
-    /// supplier call: callers that stop waiting hand it to `tokio::spawn` instead.
-    /// Returns the settled order and its eSIMs when this first step settled it.
+    /// supplier then settles it without a hand-off. Any later step is a job. Dropping the
+    /// future before it ends would abandon the supplier call: callers that stop waiting
+    /// hand it to `tokio::spawn` instead. Returns the settled order and its eSIMs when
+    /// this first step settled it.
     pub async fn run(self: Arc<Self>, order: Order) -> Option<Box<Settled>> {
         let id = order.id;
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
             self.advance(order).await
         };
-        self.after(id, step)
-    }
-
-    /// Act on what a step decided.
-    fn after(self: &Arc<Self>, id: OrderId, step: Result<Step, StepError>) -> Option<Box<Settled>> {
-        match step {
+        let again = match step {
             Ok(Step::Settled(settled)) => {
                 self.notify(id);
                 return settled;
             }
-            Ok(Step::Again(d)) => self.schedule(id, d),
+            Ok(Step::Again(delay)) => delay,
             Err(StepError::Store(e)) => {
                 // The store failed; try again later rather than lose the order.
                 tracing::error!(order = %id, error = %e, "fulfilment step failed; retrying");
-                self.schedule(id, self.policy.max_backoff);
+                self.policy.max_backoff
             }
-            Err(StepError::Total(e)) => {
-                tracing::error!(order = %id, error = %e, "fulfilment step refused; order left as it is");
-                self.notify(id);
+            Err(refused) => {
+                self.left_as_is(id, &refused);
+                return None;
             }
-            Err(StepError::Illegal(e)) => {
-                tracing::error!(order = %id, error = %e, "fulfilment step refused; order left as it is");
-                self.notify(id);
-            }
+        };
+        let due = self.clock.now_ms().saturating_add(again.as_millis() as u64);
+        if let Err(e) = self.schedule(id, due).await {
+            tracing::error!(order = %id, error = %e, "could not schedule the next fulfilment step; it runs after a restart");
         }
         None
+    }
+
+    /// The fulfilment job of order `id`: take its next step. `Ok(None)`: the order is
+    /// final (or gone); `Ok(Some(delay))`: step again after `delay`; `Err`: the store
+    /// failed, and the job is retried on the worker's schedule.
+    pub async fn step(&self, id: OrderId) -> Result<Option<Duration>, String> {
+        let step = {
+            let _slot = self.slots.acquire().await.expect("semaphore never closed");
+            match self.store.order(id).await {
+                Ok(Some(order)) => self.advance(order).await,
+                Ok(None) => Ok(Step::Settled(None)),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match step {
+            Ok(Step::Settled(_)) => {
+                self.notify(id);
+                Ok(None)
+            }
+            Ok(Step::Again(delay)) => Ok(Some(delay)),
+            Err(StepError::Store(e)) => Err(e.to_string()),
+            Err(refused) => {
+                self.left_as_is(id, &refused);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A step refused to change an order (a total out of range, an illegal transition):
+    /// the order stays as it is for the operator, and nobody waits for it any longer.
+    fn left_as_is(&self, id: OrderId, refused: &StepError) {
+        tracing::error!(order = %id, error = %refused, "fulfilment step refused; order left as it is");
+        self.notify(id);
     }
 
     /// Take one step on an order.
@@ -603,6 +621,7 @@ mod tests {
             keyring,
             clock,
             policy,
+            Arc::default(),
         );
         let reseller = Reseller {
             id: ResellerId::new(),
@@ -647,15 +666,33 @@ mod tests {
         (f, store, calls, order, dir)
     }
 
+    /// The due time of `order`'s fulfilment job, if it has one.
+    async fn job_due(store: &crate::store::MemoryStore, order: &Order) -> Option<u64> {
+        let job = store.job(&Job::fulfil(order.id, 0).id).await.unwrap()?;
+        assert_eq!(
+            job.kind,
+            crate::domain::jobs::JobKind::Fulfil { order: order.id }
+        );
+        Some(job.due_ms)
+    }
+
     #[tokio::test]
-    async fn an_unavailable_supplier_is_retried_until_it_delivers() {
+    async fn an_unavailable_supplier_is_retried_as_a_job_until_it_delivers() {
         let (f, store, calls, order, _dir) = setup(2, 5).await;
         let done = f.watch(order.id);
-        f.submit(order.id);
-        tokio::time::timeout(Duration::from_secs(5), done)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(
+            f.clone().run(order.clone()).await.is_none(),
+            "not delivered yet"
+        );
+        // The next step is a durable job, due after the first backoff.
+        assert_eq!(job_due(&store, &order).await, Some(CLOCK_START + 5));
+        assert_eq!(f.step(order.id).await, Ok(Some(Duration::from_millis(10))));
+        assert_eq!(
+            f.step(order.id).await,
+            Ok(None),
+            "delivered: the job is done"
+        );
+        done.await.expect("the waiter hears of it");
         let o = store.order(order.id).await.unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Fulfilled);
         assert_eq!(o.attempts, 3);
@@ -676,23 +713,41 @@ mod tests {
         assert_eq!(capture.created_at_ms, CLOCK_START);
         let esim = store.esim(&o.iccids[0]).await.unwrap().unwrap();
         assert_eq!(esim.created_at_ms, CLOCK_START);
+        // A step on a final order changes nothing and calls no supplier.
+        assert_eq!(f.step(order.id).await, Ok(None));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
     async fn an_order_fails_and_releases_its_hold_when_retries_are_spent() {
         let (f, store, calls, order, _dir) = setup(10, 3).await;
-        let done = f.watch(order.id);
-        f.submit(order.id);
-        tokio::time::timeout(Duration::from_secs(5), done)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(f.clone().run(order.clone()).await.is_none());
+        assert!(f.step(order.id).await.unwrap().is_some());
+        assert_eq!(f.step(order.id).await, Ok(None));
         let o = store.order(order.id).await.unwrap().unwrap();
         assert_eq!(o.status, OrderStatus::Failed);
         assert_eq!(o.failure.unwrap().code, "supplier_unavailable");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let b = store.balance(order.reseller, "USD").await.unwrap();
         assert_eq!((b.available, b.held), (1000, 0), "hold released");
+    }
+
+    #[tokio::test]
+    async fn recovery_gives_every_unfinished_order_its_job_and_keeps_one_in_hand() {
+        let (f, store, _calls, order, _dir) = setup(0, 3).await;
+        // A crash came between accepting the order and its first step.
+        assert_eq!(job_due(&store, &order).await, None);
+        assert_eq!(f.recover().await.unwrap(), 1);
+        assert_eq!(job_due(&store, &order).await, Some(order.next_attempt_ms));
+        // A job in hand (perhaps leased by a worker) is left as it is.
+        let leased = store.claim_jobs(CLOCK_START, 60_000, 10).await.unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(f.recover().await.unwrap(), 1);
+        let job = store.job(&leased[0].id).await.unwrap().unwrap();
+        assert_eq!(job.lease_until_ms, CLOCK_START + 60_000);
+        // Once the order is final, recovery has nothing to resume.
+        assert_eq!(f.step(order.id).await, Ok(None));
+        assert_eq!(f.recover().await.unwrap(), 0);
     }
 
     #[test]

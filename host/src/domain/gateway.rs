@@ -12,7 +12,8 @@ use super::accounts::{Reseller, Role};
 use super::catalog::CatalogCache;
 use super::clock::Clock;
 use super::fulfilment::{Fulfilment, RetryPolicy};
-use super::ids::{KeyId, ResellerId};
+use super::ids::{KeyId, OrderId, ResellerId};
+use super::jobs::Alarm;
 use super::keyring::Keyring;
 use super::ledger::Refused;
 use super::store::{Store, StoreError};
@@ -139,6 +140,8 @@ pub struct Gateway {
     pub(crate) keyring: Arc<dyn Keyring>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) fulfilment: Arc<Fulfilment>,
+    /// Wakes the job worker when a step is due sooner than it would look.
+    alarm: Arc<Alarm>,
     pub(crate) tuning: GatewayTuning,
     pub(crate) rng: ring::rand::SystemRandom,
     pub(crate) catalogs: CatalogCache,
@@ -154,12 +157,14 @@ impl Gateway {
         policy: RetryPolicy,
         tuning: GatewayTuning,
     ) -> Gateway {
+        let alarm = Arc::new(Alarm::default());
         let fulfilment = Fulfilment::new(
             store.clone(),
             suppliers.clone(),
             keyring.clone(),
             clock.clone(),
             policy,
+            alarm.clone(),
         );
         Gateway {
             store,
@@ -167,6 +172,7 @@ impl Gateway {
             keyring,
             clock,
             fulfilment,
+            alarm,
             tuning,
             rng: ring::rand::SystemRandom::new(),
             catalogs: CatalogCache::default(),
@@ -191,6 +197,17 @@ impl Gateway {
     /// Resume unfinished orders after a restart.
     pub async fn recover(&self) -> Result<usize, DomainError> {
         Ok(self.fulfilment.recover().await?)
+    }
+
+    /// Take unfinished order `id`'s next step (its fulfilment job): `Ok(None)` once it is
+    /// final, `Ok(Some(delay))` to step again after `delay`.
+    pub async fn fulfil(&self, id: OrderId) -> Result<Option<Duration>, String> {
+        self.fulfilment.step(id).await
+    }
+
+    /// What wakes the job worker for the jobs this gateway makes due.
+    pub fn alarm(&self) -> Arc<Alarm> {
+        self.alarm.clone()
     }
 
     /// The caller's reseller account (reseller keys only).

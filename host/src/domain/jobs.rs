@@ -5,12 +5,18 @@
 //! tried again on a [`RetrySchedule`]; one whose schedule is spent is kept, marked dead,
 //! with its last error, for the operator.
 //!
-//! The catalog refresh and the idempotency sweep run as jobs; fulfilment, the webhook
-//! outbox and the retention sweeps are to follow.
+//! Fulfilment (each unfinished order's next step), the catalog refresh and the
+//! idempotency sweep run as jobs; the webhook outbox and the retention sweeps are to
+//! follow. A worker looks for due jobs every so often; an [`Alarm`] wakes it sooner when
+//! this process makes a job due before then.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::ids::OrderId;
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +26,11 @@ pub enum JobKind {
     RefreshCatalogs,
     /// Forget idempotency keys past their retention.
     ExpireIdempotency,
+    /// Take an unfinished order's next step (a retry, or a poll of a pending supplier).
+    Fulfil {
+        /// The order.
+        order: OrderId,
+    },
 }
 
 /// One job, as stored.
@@ -56,9 +67,56 @@ impl Job {
         }
     }
 
+    /// The job that takes `order`'s next step at `due_ms`; one per order.
+    pub fn fulfil(order: OrderId, due_ms: u64) -> Job {
+        Job::new(format!("fulfil/{order}"), JobKind::Fulfil { order }, due_ms)
+    }
+
     /// Whether a worker may claim it at `now_ms`.
     pub fn claimable(&self, now_ms: u64) -> bool {
         !self.dead && self.due_ms <= now_ms && self.lease_until_ms <= now_ms
+    }
+}
+
+/// Wakes this process's worker when a job falls due before the worker would look again.
+/// (Other nodes find the job at their next look.)
+#[derive(Debug, Default)]
+pub struct Alarm {
+    /// Due times set and not yet reached, ms since the epoch (one per job made due here).
+    due: Mutex<BTreeSet<u64>>,
+    bell: tokio::sync::Notify,
+}
+
+impl Alarm {
+    /// A job falls due at `due_ms`.
+    pub fn set(&self, due_ms: u64) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = due.first().is_none_or(|&t| due_ms < t);
+        due.insert(due_ms);
+        if earliest {
+            self.bell.notify_one();
+        }
+    }
+
+    /// How long a worker that looks every `poll` may sleep at `now_ms`: until the
+    /// earliest due time set, if that comes sooner. Due times reached are forgotten.
+    pub fn sleep_for(&self, now_ms: u64, poll: Duration) -> Duration {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reached = false;
+        while due.first().is_some_and(|&t| t <= now_ms) {
+            due.pop_first();
+            reached = true;
+        }
+        match due.first() {
+            _ if reached => Duration::ZERO,
+            Some(&t) => poll.min(Duration::from_millis(t - now_ms)),
+            None => poll,
+        }
+    }
+
+    /// Resolves when a due time is set (or was set since the last call).
+    pub async fn rung(&self) {
+        self.bell.notified().await;
     }
 }
 
@@ -122,6 +180,35 @@ mod tests {
         );
         assert_eq!(s.wait(5, 1.0), Some(Duration::from_secs(10)));
         assert_eq!(s.wait(6, 0.0), None, "spent");
+    }
+
+    #[test]
+    fn the_alarm_shortens_a_sleep_to_the_earliest_due_time_then_forgets_it() {
+        let alarm = Alarm::default();
+        let poll = Duration::from_secs(1);
+        assert_eq!(alarm.sleep_for(1_000, poll), poll);
+        alarm.set(1_300);
+        alarm.set(1_900);
+        assert_eq!(alarm.sleep_for(1_000, poll), Duration::from_millis(300));
+        alarm.set(1_100);
+        assert_eq!(alarm.sleep_for(1_000, poll), Duration::from_millis(100));
+        assert_eq!(alarm.sleep_for(1_100, poll), Duration::ZERO);
+        assert_eq!(
+            alarm.sleep_for(1_100, poll),
+            Duration::from_millis(200),
+            "reached, then forgotten"
+        );
+        assert_eq!(alarm.sleep_for(1_950, poll), Duration::ZERO);
+        assert_eq!(alarm.sleep_for(1_950, poll), poll);
+    }
+
+    #[test]
+    fn each_order_has_one_fulfilment_job() {
+        let order = OrderId::new();
+        let job = Job::fulfil(order, 7);
+        assert_eq!(job.id, format!("fulfil/{order}"));
+        assert_eq!(Job::fulfil(order, 9).id, job.id);
+        assert_eq!(job.kind, JobKind::Fulfil { order });
     }
 
     #[test]

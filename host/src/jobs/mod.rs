@@ -1,19 +1,22 @@
 //! The job worker: claims the durable jobs that are due (`domain::jobs`), runs each with
 //! its handler, and records the outcome in one write: done (removed), again later (a
 //! periodic job rescheduled), or failed (retried on the schedule, or kept dead with its
-//! error). It stops at the shutdown signal, after the jobs of the round in hand.
+//! error). Jobs run concurrently, each as its own task, up to a batch at once. It stops
+//! at the shutdown signal, after the jobs in hand.
 //!
-//! Which jobs exist and what they do is [`GatewayJobs`]: the catalog refresh and the
-//! idempotency sweep, each a singleton re-scheduling itself.
+//! Which jobs exist and what they do is [`GatewayJobs`]: each unfinished order's next
+//! fulfilment step, the catalog refresh and the idempotency sweep (singletons
+//! re-scheduling themselves).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::domain::clock::Clock;
 use crate::domain::gateway::Gateway;
-use crate::domain::jobs::{Job, JobKind, RetrySchedule};
+use crate::domain::jobs::{Alarm, Job, JobKind, RetrySchedule};
 use crate::domain::store::{Store, StoreResult};
 use crate::domain::supplier::BoxFuture;
 
@@ -62,58 +65,104 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     handler: Arc<dyn JobHandler>,
     tuning: WorkerTuning,
+    alarm: Arc<Alarm>,
     rng: ring::rand::SystemRandom,
 }
 
+/// A job run that ended (or panicked: the job is claimed again when its lease runs out).
+type Ran = Result<(Job, Result<Outcome, String>), tokio::task::JoinError>;
+
 impl Worker {
-    /// A worker over the store's jobs.
+    /// A worker over the store's jobs; `alarm` wakes it for jobs due before its next look.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         handler: Arc<dyn JobHandler>,
         tuning: WorkerTuning,
+        alarm: Arc<Alarm>,
     ) -> Worker {
         Worker {
             store,
             clock,
             handler,
             tuning,
+            alarm,
             rng: ring::rand::SystemRandom::new(),
         }
     }
 
-    /// Run rounds every `poll` until `shutdown` turns true.
+    /// Run jobs until `shutdown` turns true, then finish the ones in hand. Up to `batch`
+    /// run at once; a slow one holds only its own slot. The worker looks for due jobs
+    /// every `poll`, when one of its own ends, and when the alarm rings.
     pub async fn run_until(&self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            if *shutdown.borrow() {
-                return;
+        let mut running = JoinSet::new();
+        while !*shutdown.borrow() {
+            let free = self.tuning.batch.saturating_sub(running.len());
+            if free > 0 {
+                match self.claim(free).await {
+                    Ok(jobs) => jobs
+                        .into_iter()
+                        .for_each(|job| self.start(&mut running, job)),
+                    Err(e) => tracing::error!(error = %e, "claiming jobs failed; trying again"),
+                }
             }
-            if let Err(e) = self.round().await {
-                tracing::error!(error = %e, "job round failed; trying again");
-            }
+            let sleep = self.alarm.sleep_for(self.clock.now_ms(), self.tuning.poll);
             tokio::select! {
+                Some(ran) = running.join_next(), if !running.is_empty() => self.ended(ran).await,
+                _ = self.alarm.rung() => {}
+                _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(self.tuning.poll) => {}
             }
+        }
+        while let Some(ran) = running.join_next().await {
+            self.ended(ran).await;
         }
     }
 
-    /// Claim the due jobs and run them; returns how many ran.
+    /// Claim the jobs that are due, run them all at once and record how each ended;
+    /// returns how many ran.
     pub async fn round(&self) -> StoreResult<usize> {
-        let now = self.clock.now_ms();
-        let jobs = self
-            .store
-            .claim_jobs(now, self.tuning.lease.as_millis() as u64, self.tuning.batch)
-            .await?;
-        let ran = jobs.len();
-        for job in jobs {
-            let outcome = self.handler.run(&job).await;
-            self.record(job, outcome).await?;
+        let mut running = JoinSet::new();
+        for job in self.claim(self.tuning.batch).await? {
+            self.start(&mut running, job);
         }
-        if ran > 0 {
-            self.store.durable().await?;
+        let ran = running.len();
+        while let Some(ran) = running.join_next().await {
+            self.ended(ran).await;
         }
         Ok(ran)
+    }
+
+    /// Claim up to `limit` due jobs.
+    async fn claim(&self, limit: usize) -> StoreResult<Vec<Job>> {
+        let lease_ms = self.tuning.lease.as_millis() as u64;
+        self.store
+            .claim_jobs(self.clock.now_ms(), lease_ms, limit)
+            .await
+    }
+
+    /// Run `job` as a task of its own.
+    fn start(&self, running: &mut JoinSet<(Job, Result<Outcome, String>)>, job: Job) {
+        let handler = self.handler.clone();
+        running.spawn(async move {
+            let outcome = handler.run(&job).await;
+            (job, outcome)
+        });
+    }
+
+    /// Record how a run ended.
+    async fn ended(&self, ran: Ran) {
+        match ran {
+            Ok((job, outcome)) => {
+                if let Err(e) = self.record(job, outcome).await {
+                    // The lease runs out and the job runs again.
+                    tracing::error!(error = %e, "recording a job's outcome failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a job panicked; it runs again when its lease ends")
+            }
+        }
     }
 
     /// Store what a run decided.
@@ -126,6 +175,7 @@ impl Worker {
                 job.attempts = 0;
                 job.last_error = None;
                 job.due_ms = now.saturating_add(after.as_millis() as u64);
+                self.alarm.set(job.due_ms);
             }
             Err(error) => {
                 job.attempts = job.attempts.saturating_add(1);
@@ -133,6 +183,7 @@ impl Worker {
                     Some(wait) => {
                         tracing::warn!(job = %job.id, attempt = job.attempts, %error, "job failed; will retry");
                         job.due_ms = now.saturating_add(wait.as_millis() as u64);
+                        self.alarm.set(job.due_ms);
                     }
                     None => {
                         tracing::error!(job = %job.id, attempts = job.attempts, %error, "job failed for good; kept for the operator");
@@ -191,11 +242,15 @@ impl GatewayJobs {
 impl JobHandler for GatewayJobs {
     fn run<'a>(&'a self, job: &'a Job) -> BoxFuture<'a, Result<Outcome, String>> {
         Box::pin(async move {
-            match job.kind {
+            match job.kind.clone() {
                 JobKind::RefreshCatalogs => {
                     self.gateway.refresh_catalogs().await;
                     Ok(Outcome::Again(self.catalog_every))
                 }
+                JobKind::Fulfil { order } => Ok(match self.gateway.fulfil(order).await? {
+                    Some(delay) => Outcome::Again(delay),
+                    None => Outcome::Done,
+                }),
                 JobKind::ExpireIdempotency => {
                     let n = self
                         .gateway
@@ -259,7 +314,13 @@ mod tests {
             },
             ..Default::default()
         };
-        let w = Worker::new(store.clone(), clock.clone(), handler.clone(), tuning);
+        let w = Worker::new(
+            store.clone(),
+            clock.clone(),
+            handler.clone(),
+            tuning,
+            Arc::default(),
+        );
         (w, store, clock, handler)
     }
 
