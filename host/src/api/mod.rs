@@ -8,6 +8,7 @@ pub mod problem;
 mod qr;
 pub mod ratelimit;
 pub mod routes;
+mod views;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

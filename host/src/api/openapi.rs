@@ -1,11 +1,26 @@
 //! `/openapi.json`, built from the route table ([`super::routes::ROUTES`]) so every route
-//! is in it, with the schemas of the bodies the handlers read and write.
+//! is in it, with the schemas of the bodies the handlers read and write derived from their
+//! Rust types (`schemars`), so the document cannot drift from what is sent.
 
 use std::sync::OnceLock;
 
+use schemars::generate::SchemaSettings;
+use schemars::transform::RecursiveTransform;
+use schemars::{Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-use super::routes::{Access, ROUTES};
+use crate::domain::catalog::Product;
+use crate::domain::use_cases::esims::{EsimView, UsageView};
+use crate::domain::use_cases::orders::OrderView;
+use crate::plugins::PluginStatus;
+
+use super::problem::ProblemBody;
+use super::routes::{
+    Access, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp, ROUTES,
+};
+use super::views::{
+    All, BalanceView, Health, KeyView, NewKeyView, Page, Ready, ResellerView, TransactionView,
+};
 
 /// The OpenAPI 3.1 document (built once).
 pub fn document() -> &'static Value {
@@ -137,131 +152,79 @@ fn error_statuses(r: &super::routes::Route) -> Vec<(u16, &'static str)> {
     out
 }
 
-/// An object with exactly these properties: a field the server sends that the document
-/// does not name fails the black-box suite's check of every response against it.
-fn object(props: Value, required: &[&str]) -> Value {
-    json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
-}
-
-fn list_of(item: &str) -> Value {
-    object(
-        json!({"data": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}}, "has_more": {"type": "boolean"}}),
-        &["data"],
-    )
-}
-
-fn schemas() -> Value {
-    let mut all = api_schemas();
-    let map = all.as_object_mut().expect("schemas are an object");
-    if let Value::Object(plugins) = plugin_schemas() {
-        map.extend(plugins);
+/// The components: the schema of every body, derived from the type the handlers write
+/// (described as serialised: a field that is always sent is required) or read (described as
+/// deserialised: a field with a default may be left out).
+fn schemas() -> serde_json::Map<String, Value> {
+    let mut sent = generator(SchemaSettings::draft2020_12().for_serialize());
+    // The JSON bodies the route table names, and every error's.
+    for add in [
+        SchemaGenerator::subschema_for::<ProblemBody>,
+        SchemaGenerator::subschema_for::<Health>,
+        SchemaGenerator::subschema_for::<Ready>,
+        SchemaGenerator::subschema_for::<Page<Product>>,
+        SchemaGenerator::subschema_for::<Page<OrderView>>,
+        SchemaGenerator::subschema_for::<OrderView>,
+        SchemaGenerator::subschema_for::<EsimView>,
+        SchemaGenerator::subschema_for::<UsageView>,
+        SchemaGenerator::subschema_for::<All<BalanceView>>,
+        SchemaGenerator::subschema_for::<BalanceView>,
+        SchemaGenerator::subschema_for::<Page<TransactionView>>,
+        SchemaGenerator::subschema_for::<NewKeyView>,
+        SchemaGenerator::subschema_for::<KeyView>,
+        SchemaGenerator::subschema_for::<All<PluginStatus>>,
+        SchemaGenerator::subschema_for::<All<ResellerView>>,
+        SchemaGenerator::subschema_for::<ResellerView>,
+    ] {
+        add(&mut sent);
     }
+    let mut read = generator(SchemaSettings::draft2020_12().for_deserialize());
+    for add in [
+        SchemaGenerator::subschema_for::<CreateOrder>,
+        SchemaGenerator::subschema_for::<CreateTopUp>,
+        SchemaGenerator::subschema_for::<CreateReseller>,
+        SchemaGenerator::subschema_for::<CreateKey>,
+        SchemaGenerator::subschema_for::<CreateCredit>,
+    ] {
+        add(&mut read);
+    }
+    let mut all = sent.take_definitions(true);
+    for (name, schema) in read.take_definitions(true) {
+        if let Some(sent) = all.get(&name) {
+            // A type both read and sent (an enum such as `Role`) must read as it is sent.
+            assert_eq!(sent, &schema, "{name} is read otherwise than it is sent");
+        }
+        all.insert(name, schema);
+    }
+    // Bodies that are no serialised Rust type: this document, images and metrics text.
+    all.extend([
+        ("OpenApi".to_string(), json!({"type": "object"})),
+        (
+            "QrImage".to_string(),
+            json!({"type": "string", "format": "binary"}),
+        ),
+        (
+            "MetricsText".to_string(),
+            json!({"type": "string", "description": "Prometheus text exposition format 0.0.4"}),
+        ),
+    ]);
     all
 }
 
-/// The schemas of the admin plugin status.
-fn plugin_schemas() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let opt = |t: &str| json!({"type": [t, "null"]});
-    json!({
-        "PluginList": list_of("Plugin"),
-        "Plugin": object(json!({"id": s("string"), "state": {"enum": ["serving", "failed_reload", "failed"]},
-            "version": opt("string"), "sha256": opt("string"),
-            "generation": opt("integer"), "loaded_at": opt("integer"), "load_ms": opt("integer"),
-            "capabilities": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/PluginCapabilities"}]},
-            "last_error": opt("string"), "last_error_at": opt("integer"),
-            "reloads": {"$ref": "#/components/schemas/ReloadCounts"},
-            "stats": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/PluginStats"}]}}), &["id", "state"]),
-        "PluginCapabilities": plugin_capabilities(),
-        "PluginStats": plugin_stats(),
-        "ReloadCounts": object(json!({"ok": s("integer"), "failed": s("integer")}), &["ok", "failed"]),
-    })
+/// A generator that files named schemas under `#/components/schemas` and closes every object
+/// with named properties: a field the server sends that its type's schema does not name
+/// fails the black-box suite's check of every response against this document.
+fn generator(settings: SchemaSettings) -> SchemaGenerator {
+    settings
+        .with(|s| s.definitions_path = "/components/schemas".into())
+        .with_transform(RecursiveTransform(close_object as fn(&mut Schema)))
+        .into_generator()
 }
 
-/// The schemas of the reseller and admin API bodies.
-fn api_schemas() -> Value {
-    let money = json!({"type": "object", "properties": {"minor": {"type": "integer"}, "currency": {"type": "string"}}, "required": ["minor", "currency"]});
-    let s = |t: &str| json!({"type": t});
-    let opt = |t: &str| json!({"type": [t, "null"]});
-    json!({
-        "Problem": object(json!({"type": s("string"), "title": s("string"), "status": s("integer"), "code": s("string"),
-            "detail": s("string"), "pointer": s("string"), "request_id": s("string"), "retry_after": s("integer")}), &["type", "title", "status", "code", "detail", "request_id"]),
-        "Health": object(json!({"status": {"enum": ["ok", "ready"]}, "plugins_serving": s("integer")}), &["status"]),
-        "OpenApi": s("object"),
-        "Money": money,
-        "Product": object(json!({"id": s("string"), "title": s("string"), "countries": {"type": "array", "items": s("string")},
-            "region": opt("string"), "data_bytes": opt("integer"), "unlimited": s("boolean"), "validity_days": s("integer"),
-            "price": {"$ref": "#/components/schemas/Money"}, "needs_kyc": s("boolean"), "top_up_able": s("boolean")}), &["id", "price"]),
-        "ProductList": list_of("Product"),
-        "NewOrder": object(json!({"product_id": s("string"), "quantity": {"type": "integer", "minimum": 1, "maximum": 100},
-            "subject_ref": {"type": "string", "maxLength": 128, "description": "opaque reference to your end user; never personal data; never sent to suppliers"},
-            "metadata": {"type": "object", "description": "yours; never sent to suppliers"}}), &["product_id"]),
-        "NewTopUp": object(json!({"product_id": s("string")}), &["product_id"]),
-        "Esim": object(json!({"iccid": s("string"), "order_id": s("string"), "activation_code": s("string"), "smdp_address": s("string"),
-            "matching_id": s("string"), "confirmation_code_required": s("boolean"), "apple_install_link": s("string"),
-            "profile_state": {"enum": ["released", "downloaded", "installed", "enabled", "disabled", "deleted", "error"]},
-            "plan_state": {"enum": ["allocating", "ready", "active", "depleted", "expired", "expired_unused"]},
-            "supplier_status": s("string")}), &["iccid", "activation_code"]),
-        "Order": object(json!({"id": s("string"), "product_id": s("string"), "quantity": s("integer"),
-            "status": {"enum": ["accepted", "awaiting_kyc", "submitted", "fulfilled", "failed", "cancelled"]},
-            "unit_price": {"$ref": "#/components/schemas/Money"}, "total": {"$ref": "#/components/schemas/Money"},
-            "kind": object(json!({"type": {"enum": ["esim", "top_up"]}, "iccid": s("string")}), &["type"]),
-            "subject_ref": opt("string"), "metadata": {"type": ["object", "null"]}, "failure": opt("object"),
-            "esims": {"type": "array", "items": {"$ref": "#/components/schemas/Esim"}},
-            "created_at_ms": s("integer"), "updated_at_ms": s("integer")}), &["id", "status"]),
-        "OrderList": list_of("Order"),
-        "QrImage": {"type": "string", "format": "binary"},
-        "MetricsText": {"type": "string", "description": "Prometheus text exposition format 0.0.4"},
-        "Usage": object(json!({"iccid": s("string"), "used_bytes": s("integer"), "total_bytes": opt("integer"),
-            "profile_state": s("string"), "plan_state": s("string"), "supplier_status": s("string"),
-            "expires_at_ms": opt("integer"), "observed_at_ms": s("integer")}), &["iccid", "observed_at_ms"]),
-        "Balance": object(json!({"currency": s("string"), "available": s("integer"), "held": s("integer")}), &["currency", "available", "held"]),
-        "BalanceList": list_of("Balance"),
-        "Transaction": object(json!({"id": s("string"), "type": {"enum": ["credit", "hold", "capture", "release", "refund"]},
-            "amount": s("integer"), "currency": s("string"), "order_id": opt("string"), "note": opt("string"), "created_at_ms": s("integer")}), &["id", "type", "amount"]),
-        "TransactionList": list_of("Transaction"),
-        "NewKey": object(json!({"key": s("string"), "id": s("string"), "role": s("string"), "mode": s("string"),
-            "reseller_id": opt("string"), "note": s("string")}), &["key", "id"]),
-        "Key": object(json!({"id": s("string"), "role": s("string"), "expires_at_ms": opt("integer")}), &["id"]),
-        "NewKeyRequest": object(json!({"role": {"enum": ["reseller", "reseller_readonly"]}, "mode": {"enum": ["live", "test"]}}), &[]),
-        "Reseller": object(json!({"id": s("string"), "name": s("string"), "markup_bps": s("integer"), "created_at_ms": s("integer")}), &["id", "name"]),
-        "ResellerList": list_of("Reseller"),
-        "NewReseller": object(json!({"name": s("string"), "markup_bps": {"type": "integer", "minimum": 0}}), &["name"]),
-        "NewCredit": object(json!({"amount": {"type": "integer", "minimum": 1}, "currency": s("string"), "note": s("string")}), &["amount"]),
-    })
-}
-
-/// What a plugin is effectively granted.
-fn plugin_capabilities() -> Value {
-    let strings = json!({"type": "array", "items": {"type": "string"}});
-    object(
-        json!({
-            "outbound": strings, "secrets": strings,
-            "secret_hosts": {"type": "object", "additionalProperties": strings},
-            "config": {"type": "object", "additionalProperties": {"type": "string"}},
-            "allow_private_addresses": {"type": "boolean"}, "denied": strings}),
-        &[
-            "outbound",
-            "secrets",
-            "config",
-            "allow_private_addresses",
-            "denied",
-        ],
-    )
-}
-
-/// A plugin's call counters (aggregate numbers only).
-fn plugin_stats() -> Value {
-    let int = json!({"type": "integer"});
-    object(
-        json!({
-            "calls": int, "in_flight": int,
-            "faults": {"type": "array", "items": {"type": "array", "prefixItems": [{"type": "string"}, int]}},
-            "latency_buckets": {"type": "array", "items": int},
-            "latency_sum_seconds": {"type": "number"},
-            "reloads": {"$ref": "#/components/schemas/ReloadCounts"}}),
-        &["calls", "in_flight", "faults"],
-    )
+fn close_object(schema: &mut Schema) {
+    if schema.get("properties").is_some() && schema.get("additionalProperties").is_none() {
+        schema.insert("additionalProperties".into(), false.into());
+    }
 }
 
 #[cfg(test)]
@@ -287,5 +250,44 @@ mod tests {
                 "missing schema {name}"
             );
         }
+    }
+
+    #[test]
+    fn every_body_the_route_table_names_has_a_schema() {
+        let schemas = &document()["components"]["schemas"];
+        for r in ROUTES {
+            for name in r.request.into_iter().chain([r.response.1]) {
+                assert!(
+                    schemas[name].is_object(),
+                    "{} {} names {name}, which has no schema",
+                    r.method,
+                    r.path
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_object_with_named_properties_is_closed() {
+        fn walk(schema: &Value, at: &str) {
+            match schema {
+                Value::Object(map) => {
+                    if map.contains_key("properties") {
+                        let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+                        assert!(closed, "{at} is open");
+                    }
+                    for (key, sub) in map {
+                        walk(sub, &format!("{at}/{key}"));
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, sub) in items.iter().enumerate() {
+                        walk(sub, &format!("{at}/{i}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(&document()["components"]["schemas"], "#/components/schemas");
     }
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::Full;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::domain::gateway::DomainError;
@@ -35,25 +36,44 @@ pub struct Problem {
 
 impl Serialize for Problem {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry(
-            "type",
-            &format!("https://simgate.dev/problems/{}", self.code),
-        )?;
-        m.serialize_entry("title", self.title)?;
-        m.serialize_entry("status", &self.status)?;
-        m.serialize_entry("code", self.code)?;
-        m.serialize_entry("detail", &self.detail)?;
-        if let Some(p) = &self.pointer {
-            m.serialize_entry("pointer", p)?;
+        ProblemBody {
+            kind: format!("https://simgate.dev/problems/{}", self.code),
+            title: self.title,
+            status: self.status,
+            code: self.code,
+            detail: &self.detail,
+            pointer: self.pointer.as_deref(),
+            request_id: &self.request_id,
+            retry_after: self.retry_after,
         }
-        m.serialize_entry("request_id", &self.request_id)?;
-        if let Some(r) = self.retry_after {
-            m.serialize_entry("retry_after", &r)?;
-        }
-        m.end()
+        .serialize(s)
     }
+}
+
+/// The body of every error the API answers (RFC 9457 problem details), as a [`Problem`]
+/// serialises.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "Problem")]
+pub(crate) struct ProblemBody<'a> {
+    /// A URI naming the problem type, derived from `code`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Short summary, fixed per code.
+    title: &'a str,
+    /// HTTP status.
+    status: u16,
+    /// Stable machine-readable code.
+    code: &'a str,
+    /// Explanation of this occurrence.
+    detail: &'a str,
+    /// JSON pointer of the offending field, for validation problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pointer: Option<&'a str>,
+    /// The request id (also in the `x-request-id` header and the server log).
+    request_id: &'a str,
+    /// Seconds to wait before retrying, when it applies (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u32>,
 }
 
 impl Problem {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -17,12 +18,15 @@ use crate::domain::catalog::ProductFilter;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
-use crate::domain::ledger::Balance;
 use crate::domain::orders::OrderStatus;
-use crate::domain::use_cases::orders::NewOrder;
+use crate::domain::use_cases::orders::{MAX_QUANTITY, MAX_SUBJECT_REF, NewOrder};
 
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
+use super::views::{
+    All, BalanceView, Health, KeyView, Live, NewKeyView, Page, Readiness, Ready, ResellerView,
+    TransactionView,
+};
 use super::{AppState, Response, qr};
 
 /// Who may call a route.
@@ -49,9 +53,9 @@ pub struct Route {
     pub summary: &'static str,
     /// Whether it requires `Idempotency-Key`.
     pub idempotent: bool,
-    /// Request body schema name, if any.
+    /// Request body schema name, if any (a component of `/openapi.json`).
     pub request: Option<&'static str>,
-    /// Success status and response schema name.
+    /// Success status and response schema name (likewise).
     pub response: (u16, &'static str),
     /// Query parameters: name and description.
     pub query: &'static [(&'static str, &'static str)],
@@ -80,7 +84,7 @@ macro_rules! route {
 /// Everything the API serves.
 pub static ROUTES: &[Route] = &[
     route!(GET "/healthz", Public, "Liveness", idem=false, req=None, resp=(200, "Health"), query=&[]),
-    route!(GET "/readyz", Public, "Readiness: the store answers and plugins are loaded", idem=false, req=None, resp=(200, "Health"), query=&[]),
+    route!(GET "/readyz", Public, "Readiness: the store answers and plugins are loaded", idem=false, req=None, resp=(200, "Ready"), query=&[]),
     route!(GET "/openapi.json", Public, "This document", idem=false, req=None, resp=(200, "OpenApi"), query=&[]),
     route!(GET "/v1/products", Key, "Catalog priced for the caller", idem=false, req=None, resp=(200, "ProductList"),
         query=&[("country", "ISO 3166-1 alpha-2 code"), ("region", "region name, e.g. europe")]),
@@ -195,7 +199,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
     let who_ref = who.as_ref();
     let who = || who_ref.ok_or_else(problems::unauthenticated);
     match (route.method.as_str(), route.path) {
-        ("GET", "/healthz") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        ("GET", "/healthz") => Ok(json(StatusCode::OK, &Health { status: Live::Ok })),
         ("GET", "/readyz") => readyz(state).await,
         ("GET", "/openapi.json") => Ok(json(StatusCode::OK, &super::openapi::document())),
         ("GET", "/v1/products") => list_products(state, who()?, &req).await,
@@ -222,12 +226,11 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
             StatusCode::OK,
-            &serde_json::json!({"data": state.registry.status()}),
+            &All {
+                data: state.registry.status(),
+            },
         )),
-        ("GET", "/v1/admin/resellers") => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({"data": state.gateway.store().resellers().await.map_err(DomainError::from)?}),
-        )),
+        ("GET", "/v1/admin/resellers") => resellers(state).await,
         ("POST", "/v1/admin/resellers") => create_reseller(state, req).await,
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
@@ -380,7 +383,10 @@ async fn readyz(state: &AppState) -> Result<Response, Problem> {
         .count();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"status": "ready", "plugins_serving": serving}),
+        &Ready {
+            status: Readiness::Ready,
+            plugins_serving: serving,
+        },
     ))
 }
 
@@ -414,9 +420,13 @@ async fn list_products(
         }
     }
     let products = state.gateway.catalog(who, &filter).await?;
+    // The catalog is answered whole, as one last page.
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"data": products, "has_more": false}),
+        &Page {
+            data: products,
+            has_more: false,
+        },
     ))
 }
 
@@ -506,14 +516,21 @@ fn own_scope(who: &Principal) -> Result<ResellerId, Problem> {
 }
 
 /// `POST /v1/orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateOrder {
+#[schemars(rename = "NewOrder")]
+pub(super) struct CreateOrder {
+    /// Gateway product id, from `GET /v1/products`.
     product_id: String,
+    /// eSIMs to order.
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = MAX_QUANTITY))]
     quantity: u32,
+    /// Opaque reference to your end user; never personal data; never sent to suppliers.
     #[serde(default)]
+    #[schemars(length(min = 1, max = MAX_SUBJECT_REF))]
     subject_ref: Option<String>,
+    /// Yours; never sent to suppliers.
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -598,7 +615,10 @@ async fn list_orders(
         .await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"data": page.items, "has_more": page.has_more}),
+        &Page {
+            data: page.items,
+            has_more: page.has_more,
+        },
     ))
 }
 
@@ -671,9 +691,11 @@ async fn esim_qr(
 }
 
 /// `POST /v1/esims/{iccid}/topups` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTopUp {
+#[schemars(rename = "NewTopUp")]
+pub(super) struct CreateTopUp {
+    /// A top-up-able product of the supplier that issued the eSIM.
     product_id: String,
 }
 
@@ -705,13 +727,14 @@ async fn create_top_up(
 }
 
 async fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem> {
-    let data: Vec<_> = state
+    let data = state
         .gateway
-        .balances(who).await?
+        .balances(who)
+        .await?
         .into_iter()
-        .map(|(currency, b)| serde_json::json!({"currency": currency, "available": b.available, "held": b.held}))
+        .map(|(currency, b)| BalanceView::new(&currency, b))
         .collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({"data": data})))
+    Ok(json(StatusCode::OK, &All { data }))
 }
 
 async fn transactions(
@@ -735,19 +758,12 @@ async fn transactions(
         .gateway
         .transactions(who, before, paging.limit)
         .await?;
-    let data: Vec<_> = page
-        .items
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "id": e.id.to_string().to_lowercase(), "type": e.kind, "amount": e.amount, "currency": e.currency,
-                "order_id": e.order, "note": e.note, "created_at_ms": e.created_at_ms,
-            })
-        })
-        .collect();
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"data": data, "has_more": page.has_more}),
+        &Page {
+            data: page.items.into_iter().map(TransactionView::from).collect(),
+            has_more: page.has_more,
+        },
     ))
 }
 
@@ -767,17 +783,10 @@ fn metrics(state: &AppState) -> Response {
     resp
 }
 
-fn key_json(key: &str, record: &crate::domain::accounts::ApiKey) -> serde_json::Value {
-    serde_json::json!({
-        "key": key, "id": record.id, "role": record.role, "mode": record.mode,
-        "reseller_id": record.reseller, "note": "shown once: store it now",
-    })
-}
-
 async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
     let (key, record) = state.gateway.rotate_key(who).await?;
     durable(state).await?;
-    Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
+    Ok(json(StatusCode::CREATED, &NewKeyView::new(key, &record)))
 }
 
 /// Wait until every write made so far is on disk: a 2xx is sent only after it.
@@ -790,10 +799,14 @@ async fn durable(state: &AppState) -> Result<(), Problem> {
         .map_err(|e| DomainError::from(e).into())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/admin/resellers` body.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateReseller {
+#[schemars(rename = "NewReseller")]
+pub(super) struct CreateReseller {
+    /// Display name (a company name, not a person's).
     name: String,
+    /// Markup over wholesale in basis points (1500 = 15%).
     #[serde(default)]
     markup_bps: u32,
 }
@@ -805,14 +818,33 @@ async fn create_reseller(state: &AppState, req: http::Request<Bytes>) -> Result<
         .create_reseller(&body.name, body.markup_bps)
         .await?;
     durable(state).await?;
-    Ok(json(StatusCode::CREATED, &reseller))
+    Ok(json(StatusCode::CREATED, &ResellerView::from(reseller)))
 }
 
-#[derive(Debug, Deserialize)]
+async fn resellers(state: &AppState) -> Result<Response, Problem> {
+    let resellers = state
+        .gateway
+        .store()
+        .resellers()
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(
+        StatusCode::OK,
+        &All {
+            data: resellers.into_iter().map(ResellerView::from).collect(),
+        },
+    ))
+}
+
+/// `POST /v1/admin/resellers/{id}/keys` body.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+#[schemars(rename = "NewKeyRequest")]
+pub(super) struct CreateKey {
+    /// `reseller` or `reseller_readonly`; `admin` is refused (an admin key has no reseller).
     #[serde(default = "reseller_role")]
     role: Role,
+    /// Live or test.
     #[serde(default = "live")]
     mode: KeyMode,
 }
@@ -848,15 +880,21 @@ async fn create_key(
         .create_key(Some(reseller), body.role, body.mode)
         .await?;
     durable(state).await?;
-    Ok(json(StatusCode::CREATED, &key_json(&key, &record)))
+    Ok(json(StatusCode::CREATED, &NewKeyView::new(key, &record)))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/admin/resellers/{id}/credits` body.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateCredit {
+#[schemars(rename = "NewCredit")]
+pub(super) struct CreateCredit {
+    /// Minor units to add.
+    #[schemars(range(min = 1))]
     amount: i64,
+    /// ISO 4217 currency.
     #[serde(default = "usd")]
     currency: String,
+    /// Your reference, shown on the transaction.
     #[serde(default)]
     note: Option<String>,
 }
@@ -873,7 +911,6 @@ async fn credit(
     let reseller = reseller_id(id)?;
     let path = req.uri().path().to_string();
     let (headers, bytes, body): (_, _, CreateCredit) = json_body(req)?;
-    let answer = |currency: &str, balance: Balance| serde_json::json!({"currency": currency, "available": balance.available, "held": balance.held});
     idempotent(
         state,
         reseller,
@@ -895,11 +932,11 @@ async fn credit(
                 )
                 .await?;
             state.gateway.store().durable().await?;
-            Ok(answer(&body.currency, balance))
+            Ok(BalanceView::new(&body.currency, balance))
         },
         |entry| async move {
             let (entry, balance) = state.gateway.posted_credit(reseller, entry.0).await?;
-            Ok(answer(&entry.currency, balance))
+            Ok(BalanceView::new(&entry.currency, balance))
         },
     )
     .await
@@ -911,10 +948,7 @@ async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
         .map_err(|_| Problem::from(DomainError::NotFound("key")))?;
     let key = state.gateway.revoke_key(id).await?;
     durable(state).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"id": key.id, "role": key.role, "expires_at_ms": key.expires_at_ms}),
-    ))
+    Ok(json(StatusCode::OK, &KeyView::from(key)))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{KeyId, ResellerId};
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Operator: every reseller, plugins, audit log.
@@ -29,7 +29,7 @@ impl Role {
 }
 
 /// Live or test mode, as the key's prefix says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyMode {
     /// `sgk_live_`.

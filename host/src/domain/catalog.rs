@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::supplier::{DataAllowance, Money, SupplierProduct};
 
 /// A product as a reseller sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Product {
     /// Gateway product id: `<plugin>:<sku>`.
     pub id: String,

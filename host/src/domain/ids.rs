@@ -64,6 +64,20 @@ macro_rules! prefixed_id {
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                // The prefix, then the ULID in Crockford base32, lowercase (as `Display` writes it).
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": concat!("^", $prefix, "_[0-9a-hjkmnp-tv-z]{26}$"),
+                })
+            }
+        }
     };
 }
 

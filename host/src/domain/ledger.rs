@@ -21,7 +21,7 @@ use ulid::Ulid;
 use super::ids::{OrderId, ResellerId};
 
 /// What an entry does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// Money added to the prepaid balance.

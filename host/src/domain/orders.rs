@@ -14,7 +14,7 @@ use super::supplier::{Money, PlanState, ProfileState, SupplierError};
 ///     \            \-----> failed
 ///      `-> awaiting_kyc -> submitted
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Taken and paid for (balance held); not yet sent to the supplier.
@@ -229,7 +229,7 @@ pub struct IllegalTransition {
 }
 
 /// What an order buys.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum OrderKind {
     /// New eSIMs.
@@ -243,7 +243,7 @@ pub enum OrderKind {
 }
 
 /// Why an order failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderFailure {
     /// Stable code, e.g. `out_of_stock`, `supplier_rejected`, `plugin_trap`.
     pub code: String,

@@ -20,7 +20,7 @@ pub fn is_currency(code: &str) -> bool {
 }
 
 /// Money in minor units of one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Money {
     /// Minor units.
     pub minor: i64,
@@ -94,7 +94,9 @@ pub enum ProvisionOutcome {
 }
 
 /// Profile state on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum ProfileState {
@@ -108,7 +110,9 @@ pub enum ProfileState {
 }
 
 /// Plan state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum PlanState {

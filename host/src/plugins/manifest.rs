@@ -171,7 +171,8 @@ impl Grants {
 }
 
 /// What a plugin actually gets: the intersection of its requests and its grant.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "PluginCapabilities")]
 pub struct Capabilities {
     /// Effective outbound rules.
     pub outbound: Vec<String>,

@@ -58,12 +58,13 @@ pub struct LoadFailure {
 }
 
 /// Status of one plugin, for the admin API and `plugin check`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Plugin")]
 pub struct PluginStatus {
     /// Plugin id.
     pub id: String,
-    /// `serving`, `failed_reload` (an older version still serves) or `failed`.
-    pub state: &'static str,
+    /// Whether it serves.
+    pub state: PluginState,
     /// The serving version, if any.
     pub version: Option<String>,
     /// Its digest.
@@ -84,6 +85,18 @@ pub struct PluginStatus {
     pub reloads: ReloadCounts,
     /// Call counters.
     pub stats: Option<StatsSnapshot>,
+}
+
+/// Whether a plugin id serves, after its latest load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginState {
+    /// The latest load serves.
+    Serving,
+    /// The latest load failed; an older version still serves.
+    FailedReload,
+    /// Nothing serves: the latest load failed and no older version is loaded.
+    Failed,
 }
 
 /// The plugin folders in `dir`, sorted: its subfolders with UTF-8 names, except those
@@ -282,9 +295,9 @@ impl Registry {
                 PluginStatus {
                     id: id.clone(),
                     state: match (g, failure) {
-                        (Some(_), None) => "serving",
-                        (Some(_), Some(_)) => "failed_reload",
-                        _ => "failed",
+                        (Some(_), None) => PluginState::Serving,
+                        (Some(_), Some(_)) => PluginState::FailedReload,
+                        _ => PluginState::Failed,
                     },
                     version: shared.map(|s| s.version.clone()),
                     sha256: shared.map(|s| s.sha256.clone()),

@@ -150,7 +150,8 @@ impl PluginStats {
 }
 
 /// A copy of [`PluginStats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "PluginStats")]
 pub struct StatsSnapshot {
     /// Calls made.
     pub calls: u64,
@@ -167,7 +168,7 @@ pub struct StatsSnapshot {
 }
 
 /// How many (re)loads of a plugin succeeded and failed since the process started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, schemars::JsonSchema)]
 pub struct ReloadCounts {
     /// Swapped in.
     pub ok: u64,

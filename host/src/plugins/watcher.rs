@@ -727,6 +727,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(registry.status()[0].state, "serving");
+        assert_eq!(
+            registry.status()[0].state,
+            crate::plugins::registry::PluginState::Serving
+        );
     }
 }

@@ -11,7 +11,8 @@ use crate::domain::store::StoreError;
 use crate::domain::supplier::{PlanState, ProfileState};
 
 /// An eSIM as a reseller sees it, activation data opened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Esim")]
 pub struct EsimView {
     /// ICCID.
     pub iccid: String,
@@ -36,7 +37,8 @@ pub struct EsimView {
 }
 
 /// Usage of an eSIM as observed now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Usage")]
 pub struct UsageView {
     /// ICCID.
     pub iccid: String,

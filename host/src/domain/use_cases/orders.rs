@@ -30,7 +30,8 @@ pub struct NewOrder {
 
 /// An order as a reseller sees it: its own type, not the stored record (which carries
 /// the plugin, the supplier's reference, retry bookkeeping and sealed fields).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Order")]
 pub struct OrderView {
     /// Id.
     pub id: OrderId,
@@ -51,6 +52,7 @@ pub struct OrderView {
     /// once the subject was erased.
     pub subject_ref: Option<String>,
     /// The reseller's metadata, likewise.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub metadata: Option<serde_json::Value>,
     /// Why it failed.
     pub failure: Option<OrderFailure>,

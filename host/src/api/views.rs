@@ -1,0 +1,201 @@
+//! What the API sends that the domain has no view of its own for: one type per response
+//! body, mapped from domain values, so a storage record (`Reseller`, `LedgerEntry`,
+//! `ApiKey`) is never serialised to a client as it is stored. `/openapi.json` derives its
+//! schemas from these types and from the domain's own views (`OrderView`, `EsimView`,
+//! `UsageView`, `Product`), so the document cannot drift from what is sent.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::domain::accounts::{ApiKey, KeyMode, Reseller, Role};
+use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ledger::{Balance, EntryKind, LedgerEntry};
+
+/// `GET /healthz`: the process answers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: Live,
+}
+
+/// The one answer of a live process.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum Live {
+    /// It answers.
+    Ok,
+}
+
+/// `GET /readyz`: the store answers and plugins are loaded.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    pub status: Readiness,
+    /// Plugins with a serving version.
+    pub plugins_serving: usize,
+}
+
+/// The one answer of a ready process.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(inline)]
+pub enum Readiness {
+    /// It can take requests.
+    Ready,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "{T}List")]
+pub struct Page<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Whether more follow: ask for them with `starting_after` set to the last id here.
+    pub has_more: bool,
+}
+
+/// A list answered whole.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "{T}List")]
+pub struct All<T> {
+    /// The items.
+    pub data: Vec<T>,
+}
+
+/// A prepaid balance in one currency.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Balance")]
+pub struct BalanceView {
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Spendable now, in minor units.
+    pub available: i64,
+    /// Reserved by orders still running, in minor units.
+    pub held: i64,
+}
+
+impl BalanceView {
+    /// The balance `balance` in `currency`.
+    pub fn new(currency: &str, balance: Balance) -> BalanceView {
+        BalanceView {
+            currency: currency.to_string(),
+            available: balance.available,
+            held: balance.held,
+        }
+    }
+}
+
+/// A ledger entry as its reseller sees it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Transaction")]
+pub struct TransactionView {
+    /// Entry id, a lowercase ULID (sorts by time).
+    pub id: String,
+    /// What it did to the balance.
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Amount in minor units, always positive.
+    pub amount: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// The order it belongs to (all but credits).
+    pub order_id: Option<OrderId>,
+    /// The operator's reference, on credits.
+    pub note: Option<String>,
+    /// When, ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+impl From<LedgerEntry> for TransactionView {
+    fn from(e: LedgerEntry) -> TransactionView {
+        TransactionView {
+            id: e.id.to_string().to_lowercase(),
+            kind: e.kind,
+            amount: e.amount,
+            currency: e.currency,
+            order_id: e.order,
+            note: e.note,
+            created_at_ms: e.created_at_ms,
+        }
+    }
+}
+
+/// A new API key, the one time its secret is shown.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "NewKey")]
+pub struct NewKeyView {
+    /// The key itself: send it as `Authorization: Bearer <key>`.
+    pub key: String,
+    /// Its public id.
+    pub id: KeyId,
+    /// What it may do.
+    pub role: Role,
+    /// Live or test.
+    pub mode: KeyMode,
+    /// Its reseller; `null` for admin keys.
+    pub reseller_id: Option<ResellerId>,
+    /// A reminder that the key is not shown again.
+    pub note: &'static str,
+}
+
+impl NewKeyView {
+    /// The view of `record`, whose secret is `key`.
+    pub fn new(key: String, record: &ApiKey) -> NewKeyView {
+        NewKeyView {
+            key,
+            id: record.id,
+            role: record.role,
+            mode: record.mode,
+            reseller_id: record.reseller,
+            note: "shown once: store it now",
+        }
+    }
+}
+
+/// An API key without its secret.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Key")]
+pub struct KeyView {
+    /// Its public id.
+    pub id: KeyId,
+    /// What it may do.
+    pub role: Role,
+    /// When it stops working, ms since the epoch; `null` while it has no end.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl From<ApiKey> for KeyView {
+    fn from(k: ApiKey) -> KeyView {
+        KeyView {
+            id: k.id,
+            role: k.role,
+            expires_at_ms: k.expires_at_ms,
+        }
+    }
+}
+
+/// A reseller account.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Reseller")]
+pub struct ResellerView {
+    /// Id.
+    pub id: ResellerId,
+    /// Display name.
+    pub name: String,
+    /// Markup over wholesale in basis points (1500 = 15%).
+    pub markup_bps: u32,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: u64,
+}
+
+impl From<Reseller> for ResellerView {
+    fn from(r: Reseller) -> ResellerView {
+        ResellerView {
+            id: r.id,
+            name: r.name,
+            markup_bps: r.markup_bps,
+            created_at_ms: r.created_at_ms,
+        }
+    }
+}
