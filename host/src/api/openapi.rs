@@ -19,7 +19,8 @@ use super::routes::{
     Access, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp, ROUTES,
 };
 use super::views::{
-    All, BalanceView, Health, KeyView, NewKeyView, Page, Ready, ResellerView, TransactionView,
+    All, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready, ResellerView,
+    TransactionView,
 };
 
 /// The OpenAPI 3.1 document (built once).
@@ -170,6 +171,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<All<BalanceView>>,
         SchemaGenerator::subschema_for::<BalanceView>,
         SchemaGenerator::subschema_for::<Page<TransactionView>>,
+        SchemaGenerator::subschema_for::<Page<EventView>>,
         SchemaGenerator::subschema_for::<NewKeyView>,
         SchemaGenerator::subschema_for::<KeyView>,
         SchemaGenerator::subschema_for::<All<PluginStatus>>,

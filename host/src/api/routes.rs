@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::catalog::ProductFilter;
+use crate::domain::events::EventType;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
@@ -24,8 +25,8 @@ use crate::domain::use_cases::orders::{MAX_QUANTITY, MAX_SUBJECT_REF, NewOrder};
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
-    All, BalanceView, Health, KeyView, Live, NewKeyView, Page, Readiness, Ready, ResellerView,
-    TransactionView,
+    All, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page, Readiness, Ready,
+    ResellerView, TransactionView,
 };
 use super::{AppState, Response, qr};
 
@@ -101,6 +102,11 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/esims/{iccid}/topups", Key, "Add a plan to an eSIM", idem=true, req=Some("NewTopUp"), resp=(201, "Order"), query=&[]),
     route!(GET "/v1/balance", Key, "Prepaid balances by currency", idem=false, req=None, resp=(200, "BalanceList"), query=&[]),
     route!(GET "/v1/balance/transactions", Key, "Ledger entries, newest first", idem=false, req=None, resp=(200, "TransactionList"), query=PAGING),
+    route!(GET "/v1/events", Key, "Events, newest first: what a webhook receiver that was down missed", idem=false, req=None, resp=(200, "EventList"), query=&[
+        ("limit", "page size, 1 to 100 (default 20)"),
+        ("starting_after", "id of the last event of the previous page"),
+        ("type", "only events of this type, e.g. order.fulfilled"),
+    ]),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
@@ -222,6 +228,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
         ("GET", "/v1/balance") => balance(state, who()?).await,
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req).await,
+        ("GET", "/v1/events") => events(state, who()?, &req).await,
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
@@ -735,6 +742,42 @@ async fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem>
         .map(|(currency, b)| BalanceView::new(&currency, b))
         .collect();
     Ok(json(StatusCode::OK, &All { data }))
+}
+
+async fn events(
+    state: &AppState,
+    who: &Principal,
+    req: &http::Request<Bytes>,
+) -> Result<Response, Problem> {
+    let mut kind = None;
+    let paging = paging(query_pairs(req), |k, v| match k {
+        "type" => {
+            kind = Some(EventType::named(&v).ok_or_else(|| {
+                problems::invalid_query(format!("type {v:?} is not an event type"))
+            })?);
+            Ok(())
+        }
+        _ => Err(problems::invalid_query(format!("unknown parameter {k:?}"))),
+    })?;
+    let before = paging
+        .starting_after
+        .as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| problems::invalid_query("starting_after must be an event id".into()))
+        })
+        .transpose()?;
+    let page = state
+        .gateway
+        .events(who, before, kind, paging.limit)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &Page {
+            data: page.items.into_iter().map(EventView::from).collect(),
+            has_more: page.has_more,
+        },
+    ))
 }
 
 async fn transactions(

@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::domain::accounts::{ApiKey, KeyMode, Reseller, Role};
-use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::events::{Event, EventData, EventType};
+use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry};
 
 /// `GET /healthz`: the process answers.
@@ -119,6 +120,45 @@ impl From<LedgerEntry> for TransactionView {
             created_at_ms: e.created_at_ms,
         }
     }
+}
+
+/// Something that happened to the reseller's records. A webhook delivery's body is this
+/// without `id`, which travels as its `webhook-id` header.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Event")]
+pub struct EventView {
+    /// Stable id: every delivery of this event carries it.
+    pub id: EventId,
+    /// What happened, e.g. `order.fulfilled`.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// When, RFC 3339 in UTC.
+    pub timestamp: String,
+    /// About what: ids and states only; read the record itself for more.
+    pub data: EventData,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> EventView {
+        EventView {
+            id: e.id,
+            kind: e.kind,
+            timestamp: rfc3339(e.created_at_ms),
+            data: e.data,
+        }
+    }
+}
+
+/// `ms` since the epoch as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// A new API key, the one time its secret is shown.

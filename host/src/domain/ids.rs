@@ -93,6 +93,10 @@ prefixed_id!(
     /// An API key (not the secret: its public identifier).
     KeyId, "key"
 );
+prefixed_id!(
+    /// An event told to a reseller (a webhook delivery's `webhook-id`).
+    EventId, "evt"
+);
 
 /// A string is not an id of the expected kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod clock;
 pub mod esim;
+pub mod events;
 pub mod fulfilment;
 pub mod gateway;
 pub mod idempotency;

@@ -11,8 +11,9 @@
 
 use super::accounts::{ApiKey, KeyHash, Reseller};
 use super::catalog::CachedCatalog;
+use super::events::{Event, EventType};
 use super::idempotency::{Claim, IdemKey, IdemState};
-use super::ids::{KeyId, OrderId, ResellerId};
+use super::ids::{EventId, KeyId, OrderId, ResellerId};
 use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
@@ -60,15 +61,17 @@ pub struct Page<T> {
 }
 
 /// Records that change together, all or nothing: a ledger entry, the order as it is
-/// once the entry is posted, and the eSIMs delivered or changed with it (outbox events and
-/// audit entries join it as those features land). The constructors keep the rules that
-/// tie them together: an order's hold has the order's id, so whatever an idempotent
-/// request created is found by that id, and settling entries name their order.
+/// once the entry is posted, the eSIMs delivered or changed with it, and the events that
+/// tell the reseller (audit entries join it with the audit log). The constructors keep
+/// the rules that tie them together: an order's hold has the order's id, so whatever an
+/// idempotent request created is found by that id; settling entries name their order;
+/// and a settled order raises its event in the same commit.
 #[derive(Debug, Clone)]
 pub struct Commit {
     entry: LedgerEntry,
     order: Option<Order>,
     esims: Vec<EsimRecord>,
+    events: Vec<Event>,
 }
 
 impl Commit {
@@ -78,6 +81,7 @@ impl Commit {
             entry: order.ledger_entry(EntryKind::Hold)?,
             order: Some(order),
             esims: Vec::new(),
+            events: Vec::new(),
         })
     }
 
@@ -95,6 +99,7 @@ impl Commit {
         ));
         Ok(Commit {
             entry: order.ledger_entry(kind)?,
+            events: Event::of_order(&order).into_iter().collect(),
             order: Some(order),
             esims,
         })
@@ -106,6 +111,7 @@ impl Commit {
             entry,
             order: None,
             esims: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -122,6 +128,11 @@ impl Commit {
     /// The eSIMs delivered or changed.
     pub fn esims(&self) -> &[EsimRecord] {
         &self.esims
+    }
+
+    /// The events it raises.
+    pub fn events(&self) -> &[Event] {
+        &self.events
     }
 
     /// The eSIMs and order, taken back (to answer from the records in hand).
@@ -175,10 +186,22 @@ pub trait Store: Send + Sync {
     /// Update an order that moves no money (submitted, pending, retry bookkeeping).
     async fn put_order(&self, order: &Order) -> StoreResult<()>;
     /// Apply `commit` all or nothing: post its entry (refused if a balance would not
-    /// cover it), store its order, and store its eSIMs, claiming each ICCID for the order.
+    /// cover it), store its order and its events, and store its eSIMs, claiming each ICCID
+    /// for the order.
     /// An ICCID another order owns refuses the whole commit and names the owner; of two
     /// commits racing for one ICCID, exactly one wins. Returns the balance after the entry.
     async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>>;
+
+    /// A reseller's events, newest first, older than `before`, optionally of one type.
+    async fn events_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<EventId>,
+        kind: Option<EventType>,
+        limit: usize,
+    ) -> StoreResult<Page<Event>>;
+    /// One event of a reseller, by id.
+    async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>>;
 
     /// A reseller's balance in a currency.
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;

@@ -17,6 +17,7 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, KeyMode, Reseller, Role};
 use crate::domain::catalog::CachedCatalog;
+use crate::domain::events::{EventData, EventType};
 use crate::domain::idempotency::{Claim, IdemKey, IdemState, LEASE_MS};
 use crate::domain::ids::{KeyId, OrderId, ResellerId};
 use crate::domain::jobs::{Job, JobKind};
@@ -52,6 +53,7 @@ macro_rules! store_conformance {
             the_ledger_invariant_holds_through_a_random_walk,
             what_was_acknowledged_is_there_after_reopening,
             jobs_are_claimed_once_while_leased_and_only_when_due,
+            events_are_committed_with_their_change_and_listed_newest_first,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -856,5 +858,91 @@ pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn 
         store.job("later").await.unwrap(),
         None,
         "a finished job stays gone"
+    );
+}
+
+/// A settlement's event is written with it (and not when it is refused), found by id by
+/// its reseller only, listed newest first with cursor and type filter, and kept across a
+/// reopen.
+pub async fn events_are_committed_with_their_change_and_listed_newest_first(backend: &dyn Backend) {
+    let store = backend.open();
+    let (r, other) = (reseller().id, reseller().id);
+    credit(&*store, r, 1_000).await;
+    credit(&*store, other, 1_000).await;
+    let fulfilled = order_for(r, 100, 1);
+    let failed = order_for(r, 100, 1);
+    let refused = order_for(other, 100, 1);
+    for o in [&fulfilled, &failed, &refused] {
+        accept(&*store, o).await.unwrap();
+    }
+    assert!(
+        store
+            .events_page(r, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "accepting raises no event"
+    );
+    settle(&*store, &fulfilled, &["8999000000000000060"])
+        .await
+        .unwrap();
+    settle(&*store, &failed, &[]).await.unwrap();
+    // Refused: the ICCID is taken. Nothing is written, its event included.
+    settle(&*store, &refused, &["8999000000000000060"])
+        .await
+        .unwrap_err();
+    assert!(
+        store
+            .events_page(other, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let page = store.events_page(r, None, None, 10).await.unwrap();
+    let kinds: Vec<EventType> = page.items.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventType::OrderFailed, EventType::OrderFulfilled]);
+    assert!(!page.has_more);
+    let EventData::Order(data) = &page.items[1].data;
+    assert_eq!(
+        (data.order_id, data.status),
+        (fulfilled.id, OrderStatus::Fulfilled)
+    );
+    let newest = page.items[0].clone();
+    let EventData::Order(data) = &newest.data;
+    assert_eq!(data.order_id, failed.id);
+    assert_eq!(data.failure_code, None, "settled without a failure record");
+
+    let first = store.events_page(r, None, None, 1).await.unwrap();
+    assert_eq!((first.items.len(), first.has_more), (1, true));
+    let rest = store
+        .events_page(r, Some(first.items[0].id), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.items, page.items[1..]);
+    let only = store
+        .events_page(r, None, Some(EventType::OrderFulfilled), 10)
+        .await
+        .unwrap();
+    assert_eq!(only.items, page.items[1..]);
+
+    assert_eq!(
+        store.event(r, newest.id).await.unwrap(),
+        Some(newest.clone())
+    );
+    assert_eq!(
+        store.event(other, newest.id).await.unwrap(),
+        None,
+        "not another's"
+    );
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(
+        store.events_page(r, None, None, 10).await.unwrap().items,
+        page.items
     );
 }

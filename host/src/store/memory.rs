@@ -11,8 +11,9 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
+use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
-use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
@@ -38,6 +39,7 @@ struct State {
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
+    events: BTreeMap<(ResellerId, EventId), Event>,
     meta: HashMap<String, Vec<u8>>,
     closed: bool,
 }
@@ -197,7 +199,35 @@ impl Store for MemoryStore {
         for esim in commit.esims() {
             state.esims.insert(esim.iccid.clone(), esim.clone());
         }
+        for event in commit.events() {
+            state
+                .events
+                .insert((event.reseller, event.id), event.clone());
+        }
         Ok(Ok(balance))
+    }
+
+    async fn events_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<EventId>,
+        kind: Option<EventType>,
+        limit: usize,
+    ) -> StoreResult<Page<Event>> {
+        let state = self.lock();
+        let end = before.unwrap_or(EventId(Ulid::from_bytes([0xff; 16])));
+        let events = state
+            .events
+            .range((reseller, EventId(Ulid::nil()))..(reseller, end))
+            .rev()
+            .map(|(_, e)| e)
+            .filter(|e| kind.is_none_or(|t| t == e.kind))
+            .cloned();
+        Ok(page(events, limit))
+    }
+
+    async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>> {
+        Ok(self.lock().events.get(&(reseller, id)).cloned())
     }
 
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {

@@ -11,7 +11,8 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
-//! | `jobs` | job id | JSON `Job` (a handful of housekeeping jobs: claims scan the tree) |
+//! | `jobs` | job id | JSON `Job` (housekeeping and each open order's next step: claims scan the tree) |
+//! | `events` | reseller id ++ event id (sorts by time) | a commit pointer to the entry that raised it |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
@@ -63,8 +64,9 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
+use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
-use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
@@ -91,6 +93,7 @@ pub struct SledStore {
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
     jobs: sled::Tree,
+    events: sled::Tree,
     meta: sled::Tree,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
@@ -164,6 +167,9 @@ struct LedgerRecord {
     /// eSIMs delivered (or changed) with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     commits_esims: Vec<EsimRecord>,
+    /// Events raised with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    commits_events: Vec<Event>,
 }
 
 /// The borrowed form of [`LedgerRecord`], for writing.
@@ -175,6 +181,8 @@ struct LedgerRecordRef<'a> {
     commits_order: Option<&'a Order>,
     #[serde(skip_serializing_if = "<[EsimRecord]>::is_empty")]
     commits_esims: &'a [EsimRecord],
+    #[serde(skip_serializing_if = "<[Event]>::is_empty")]
+    commits_events: &'a [Event],
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -213,6 +221,11 @@ fn ledger_key(entry: &LedgerEntry) -> Vec<u8> {
     cat(&entry.reseller.to_bytes(), &entry.id.to_bytes())
 }
 
+/// Where an event is indexed: reseller, then event id (sorts by time).
+fn event_key(event: &Event) -> Vec<u8> {
+    cat(&event.reseller.to_bytes(), &event.id.to_bytes())
+}
+
 /// Marks a commit pointer; JSON records start with `{`.
 const COMMITTED: u8 = b'@';
 
@@ -244,6 +257,8 @@ struct Commits {
     commits_order: Option<Order>,
     #[serde(default)]
     commits_esims: Vec<EsimRecord>,
+    #[serde(default)]
+    commits_events: Vec<Event>,
 }
 
 fn out_of_range(e: &LedgerEntry, r: Refused) -> StoreError {
@@ -409,6 +424,7 @@ impl SledStore {
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
             jobs: tree("jobs")?,
+            events: tree("events")?,
             meta: tree("meta")?,
             db,
             books: Mutex::new(Books::default()),
@@ -487,6 +503,7 @@ impl SledStore {
             if let Some(order) = &rec.commits_order {
                 repaired += self.redo(&k, order, &rec.commits_esims)?;
             }
+            repaired += self.redo_events(&k, &rec.commits_events)?;
         }
         if repaired > 0 {
             tracing::warn!(
@@ -535,6 +552,43 @@ impl SledStore {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Index every event of the commit record under `key` that a crash kept from being
+    /// indexed; returns how many.
+    fn redo_events(&self, key: &[u8], events: &[Event]) -> StoreResult<usize> {
+        let mut missing = Vec::new();
+        for event in events {
+            if !self
+                .events
+                .contains_key(event_key(event))
+                .map_err(backend)?
+            {
+                missing.push(event.clone());
+            }
+        }
+        self.point_events_at_commit(&missing, &commit_pointer(key))?;
+        Ok(missing.len())
+    }
+
+    /// Index `events` under the commit record behind `pointer`.
+    fn point_events_at_commit(&self, events: &[Event], pointer: &[u8]) -> StoreResult<()> {
+        for event in events {
+            self.events
+                .insert(event_key(event), pointer)
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// An event as indexed: the commit record it points at carries it.
+    fn stored_event(&self, id: EventId, stored: &[u8]) -> StoreResult<Event> {
+        let key = stored
+            .strip_prefix(&[COMMITTED])
+            .ok_or_else(|| dangling("an event"))?;
+        self.commits(key)?
+            .and_then(|c| c.commits_events.into_iter().find(|e| e.id == id))
+            .ok_or_else(|| dangling("an event"))
     }
 
     /// Store `order` and `esims` as the commit record behind `pointer` carries them.
@@ -753,11 +807,13 @@ impl SledStore {
         entry: &LedgerEntry,
         order: Option<&Order>,
         esims: &[EsimRecord],
+        events: &[Event],
     ) -> StoreResult<Result<Balance, Refused>> {
         let record = encode(&LedgerRecordRef {
             entry,
             commits_order: order,
             commits_esims: esims,
+            commits_events: events,
         });
         let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if *gate {
@@ -876,14 +932,14 @@ impl Store for SledStore {
     async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>> {
         let (entry, esims) = (commit.entry(), commit.esims());
         let Some(order) = commit.order() else {
-            return Ok(self.post(entry, None, &[])?.map_err(Rejected::from));
+            return Ok(self.post(entry, None, &[], &[])?.map_err(Rejected::from));
         };
         if entry.kind == EntryKind::Hold {
             // `Commit::accept`: the hold has the order's id, which lists the order.
             debug_assert_eq!(entry.id, order.id.0);
             // Visible before the hold: a replay that finds the claim's order must read it.
             self.lock_unwritten().insert(order.id, order.clone());
-            let posted = self.post(entry, Some(order), &[]);
+            let posted = self.post(entry, Some(order), &[], commit.events());
             if !matches!(posted, Ok(Ok(_))) {
                 self.lock_unwritten().remove(&order.id);
             }
@@ -892,16 +948,46 @@ impl Store for SledStore {
         if let Err(taken) = self.claim_iccids(order.id, esims)? {
             return Ok(Err(taken.into()));
         }
-        let balance = match self.post(entry, Some(order), esims) {
+        let balance = match self.post(entry, Some(order), esims, commit.events()) {
             Ok(Ok(balance)) => balance,
             refused_or_failed => {
                 self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
                 return Ok(refused_or_failed?.map_err(Rejected::from));
             }
         };
-        // The commit record now holds the order and its eSIMs as they are: point at it.
-        self.point_at_commit(order, esims, &commit_pointer(&ledger_key(entry)))?;
+        // The commit record now holds the order, its eSIMs and events: point at it.
+        let pointer = commit_pointer(&ledger_key(entry));
+        self.point_events_at_commit(commit.events(), &pointer)?;
+        self.point_at_commit(order, esims, &pointer)?;
         Ok(Ok(balance))
+    }
+
+    async fn events_page(
+        &self,
+        reseller: ResellerId,
+        before: Option<EventId>,
+        kind: Option<EventType>,
+        limit: usize,
+    ) -> StoreResult<Page<Event>> {
+        let (start, end) = newest_first_range(reseller, before.map(|b| b.to_bytes()));
+        let events = self.events.range(start..end).rev().map(|kv| {
+            let (k, stored) = kv.map_err(backend)?;
+            let id = EventId::from_bytes(k[16..].try_into().map_err(|_| dangling("an event"))?);
+            let event = self.stored_event(id, &stored)?;
+            Ok(Some(event).filter(|e| kind.is_none_or(|t| t == e.kind)))
+        });
+        take_page(events, limit)
+    }
+
+    async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>> {
+        match self
+            .events
+            .get(cat(&reseller.to_bytes(), &id.to_bytes()))
+            .map_err(backend)?
+        {
+            Some(stored) => self.stored_event(id, &stored).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {
@@ -1332,6 +1418,7 @@ mod tests {
         let mut fulfilled = accepted.clone();
         fulfilled.status = OrderStatus::Fulfilled;
         fulfilled.iccids = vec![esim_of(&accepted).iccid];
+        let event = Event::of_order(&fulfilled).unwrap();
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
             credit(&s, r, 1000).await;
@@ -1342,6 +1429,7 @@ mod tests {
                 &entry(r, EntryKind::Capture, 300, &accepted),
                 Some(&fulfilled),
                 &[esim_of(&accepted)],
+                std::slice::from_ref(&event),
             )
             .unwrap()
             .unwrap();
@@ -1365,6 +1453,11 @@ mod tests {
             }
         );
         assert!(s.open_orders().await.unwrap().is_empty());
+        assert_eq!(
+            s.event(r, event.id).await.unwrap(),
+            Some(event.clone()),
+            "the event the crash kept from being indexed is indexed"
+        );
         let listed = s.orders_page(r, None, None, 10).await.unwrap();
         assert_eq!(
             listed.items.len(),

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod catalog;
 pub mod esims;
+pub mod events;
 pub mod orders;
 pub mod subjects;
 

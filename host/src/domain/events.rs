@@ -1,0 +1,164 @@
+//! Events: what happened to a reseller's records, as the reseller hears of it (webhooks,
+//! `GET /v1/events`). An event is written in the same [`Commit`](super::store::Commit)
+//! as the state change that causes it, never after it: no change goes without its event
+//! and no event is told of a change that did not happen. Payloads are thin (ids and
+//! states; never personal data or activation codes): a receiver reads the record itself
+//! with its API key.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{EventId, OrderId, ResellerId};
+use super::orders::{Order, OrderStatus};
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum EventType {
+    /// An order's eSIMs were delivered (its hold captured).
+    #[serde(rename = "order.fulfilled")]
+    OrderFulfilled,
+    /// An order failed (its hold released).
+    #[serde(rename = "order.failed")]
+    OrderFailed,
+    /// A fulfilled order was cancelled and refunded.
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
+}
+
+impl EventType {
+    /// Every type, for validating a subscription or a filter.
+    pub const ALL: [EventType; 3] = [
+        EventType::OrderFulfilled,
+        EventType::OrderFailed,
+        EventType::OrderCancelled,
+    ];
+
+    /// The type's wire name, e.g. `order.fulfilled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::OrderFulfilled => "order.fulfilled",
+            EventType::OrderFailed => "order.failed",
+            EventType::OrderCancelled => "order.cancelled",
+        }
+    }
+
+    /// The type named `name`.
+    pub fn named(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The event an order's move to `status` raises, if any. (Moves that settle no money
+    /// raise none yet: they are not written as a `Commit`.)
+    fn of_order_status(status: OrderStatus) -> Option<EventType> {
+        match status {
+            OrderStatus::Fulfilled => Some(EventType::OrderFulfilled),
+            OrderStatus::Failed => Some(EventType::OrderFailed),
+            OrderStatus::Cancelled => Some(EventType::OrderCancelled),
+            OrderStatus::Accepted | OrderStatus::AwaitingKyc | OrderStatus::Submitted => None,
+        }
+    }
+}
+
+/// What an event is about: ids and states only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum EventData {
+    /// An order changed state.
+    Order(OrderEvent),
+}
+
+/// An order's change of state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderEvent {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its status now.
+    pub status: OrderStatus,
+    /// Why it failed (`order.failed` only): the code its `failure` carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<String>,
+}
+
+/// One event, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable id: every delivery of this event carries it (`webhook-id`).
+    pub id: EventId,
+    /// The reseller it concerns.
+    pub reseller: ResellerId,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// When, ms since the epoch.
+    pub created_at_ms: u64,
+    /// About what.
+    pub data: EventData,
+}
+
+impl Event {
+    /// The event of `order` having just moved to its current status, if that move raises
+    /// one.
+    pub fn of_order(order: &Order) -> Option<Event> {
+        let kind = EventType::of_order_status(order.status)?;
+        Some(Event {
+            id: next_id(),
+            reseller: order.reseller,
+            kind,
+            created_at_ms: order.updated_at_ms,
+            data: EventData::Order(OrderEvent {
+                order_id: order.id,
+                status: order.status,
+                failure_code: order.failure.as_ref().map(|f| f.code.clone()),
+            }),
+        })
+    }
+}
+
+/// A new event id, later than every one this process made before, so that events raised
+/// in one millisecond list in the order they were raised.
+fn next_id() -> EventId {
+    static IDS: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+    let generated = IDS.lock().unwrap_or_else(|p| p.into_inner()).generate();
+    // Only 2^80 ids in one millisecond exhaust it; a random one is then good enough.
+    EventId(generated.unwrap_or_else(|_| ulid::Ulid::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_round_trip_through_the_wire_form() {
+        for t in EventType::ALL {
+            let wire = serde_json::to_value(t).unwrap();
+            assert_eq!(wire, t.name());
+            assert_eq!(EventType::named(t.name()), Some(t));
+        }
+        assert_eq!(EventType::named("order.exploded"), None);
+    }
+
+    #[test]
+    fn events_raised_in_one_millisecond_keep_their_order() {
+        let ids: Vec<EventId> = (0..1000).map(|_| next_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn stored_events_read_back_as_written() {
+        let event = Event {
+            id: EventId::new(),
+            reseller: ResellerId::new(),
+            kind: EventType::OrderFailed,
+            created_at_ms: 5,
+            data: EventData::Order(OrderEvent {
+                order_id: OrderId::new(),
+                status: OrderStatus::Failed,
+                failure_code: Some("out_of_stock".into()),
+            }),
+        };
+        let bytes = serde_json::to_vec(&event).unwrap();
+        assert_eq!(serde_json::from_slice::<Event>(&bytes).unwrap(), event);
+    }
+}
