@@ -19,6 +19,8 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod jobs;
+pub mod net;
 pub mod plugins;
 pub mod privacy;
 pub mod store;
+pub mod webhooks;

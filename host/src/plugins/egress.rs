@@ -6,9 +6,10 @@
 //!    has left plugin memory, only for granted names, and only when the operator bound that
 //!    secret to this destination: secret values never enter the guest, and never reach a
 //!    granted host they were not meant for;
-//! 3. the host name is resolved and every address is checked again, so a granted name that
-//!    resolves to loopback, a private range or a cloud metadata address is refused (DNS
-//!    rebinding); the connection then goes to the checked address, not to a second lookup;
+//! 3. the host name is resolved and every address is checked again by the guard webhook
+//!    delivery shares ([`crate::net`]), so a granted name that resolves to loopback, a
+//!    private range or a cloud metadata address is refused (DNS rebinding); the connection
+//!    then goes to the checked address, not to a second lookup;
 //! 4. connect time, total time and response size are capped;
 //! 5. the response is read whole (within the cap and the call's deadline) and every secret
 //!    value of the plugin, in its common encodings, is scrubbed from its headers and body
@@ -25,7 +26,7 @@
 //! A denial is returned to the plugin as `HTTP-request-denied` and recorded in the call's
 //! [`EgressReport`] so the runtime can report the call as `egress_denied`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::secrets::{Scrubber, SecretValues};
 use crate::domain::supplier::BoxFuture;
+use crate::net::AddressError;
 
 /// The largest request body handed to an [`EgressTransport`]; supplier API requests are
 /// small, and the body is buffered whole.
@@ -156,60 +158,6 @@ impl OutboundRule {
                 .is_some_and(|prefix| prefix.ends_with('.') && prefix.len() > 1),
         };
         self.scheme == scheme && host_ok && self.port.is_none_or(|p| p == port)
-    }
-}
-
-/// Whether an address is on the public internet. Loopback, private, link-local (which
-/// includes cloud metadata at 169.254.169.254), shared (100.64/10), benchmarking
-/// (198.18/15), IETF protocol assignments (192.0.0/24), unspecified, multicast, broadcast,
-/// documentation, reserved and unique-local addresses are not. IPv6 forms that carry an
-/// IPv4 address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`,
-/// 6to4 `2002::/16`) are judged by that IPv4 address, so none of them is a way around
-/// the IPv4 rules.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            let embedded_v4 = |hi: u16, lo: u16| {
-                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
-            };
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            // IPv4-compatible (deprecated, ::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
-            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return s[6..] != [0, 0]
-                    && s[6..] != [0, 1]
-                    && is_public(IpAddr::V4(embedded_v4(s[6], s[7])));
-            }
-            // 6to4 (2002:a.b.c.d::/48) routes to the embedded IPv4 address.
-            if s[0] == 0x2002 {
-                return is_public(IpAddr::V4(embedded_v4(s[1], s[2])));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] & 0xffc0) == 0xfec0
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]))
-        }
     }
 }
 
@@ -519,27 +467,20 @@ fn fill_secrets(
 }
 
 /// Resolve `host` and return the first address the policy allows; refuse if any resolved
-/// address is not allowed (a mixed answer is a rebinding attempt or a misconfiguration).
+/// address is not allowed (the shared guard, [`crate::net::resolve_vetted`]).
 async fn resolve_checked(
     policy: &EgressPolicy,
     host: &str,
     port: u16,
 ) -> Result<SocketAddr, Denied> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+    let addrs = crate::net::resolve_vetted(host, port, policy.allow_private_addresses)
         .await
-        .map_err(|e| Denied(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(Denied(format!("{host} resolves to no address")));
-    }
-    if !policy.allow_private_addresses
-        && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
-    {
-        return Err(Denied(format!(
-            "{host} resolves to non-public address {}; grant allow_private_addresses to permit",
-            bad.ip()
-        )));
-    }
+        .map_err(|e| match e {
+            AddressError::NonPublic { .. } => {
+                Denied(format!("{e}; grant allow_private_addresses to permit"))
+            }
+            e => Denied(e.to_string()),
+        })?;
     Ok(addrs[0])
 }
 
@@ -713,45 +654,6 @@ mod tests {
             "https://u@x:1",
         ] {
             assert!(OutboundRule::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn non_public_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "198.18.0.1",
-            "198.19.255.255",
-            "192.0.0.8",
-            "64:ff9b::a9fe:a9fe",
-            "64:ff9b::7f00:1",
-            "2002:7f00:1::1",
-            "2002:a9fe:a9fe::",
-            "::127.0.0.1",
-            "::169.254.169.254",
-            "::ffff:10.0.0.1",
-            "fec0::1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "93.184.216.34",
-            "2606:4700::1111",
-            "64:ff9b::5db8:d822",
-            "2002:5db8:d822::1",
-            "198.20.0.1",
-        ] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }
 
