@@ -38,6 +38,8 @@ pub struct Config {
     pub orders: OrderTuning,
     /// Hot reload of the plugins folder.
     pub watch: WatchSettings,
+    /// Outbound webhooks to resellers.
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             store: StoreTuning::default(),
             orders: OrderTuning::default(),
             watch: WatchSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -298,6 +301,67 @@ impl Default for OrderTuning {
             key_rotation_grace_secs: 24 * 3600,
             demo_credit_minor: 100_000,
             idempotency_retention_secs: 24 * 3600,
+        }
+    }
+}
+
+/// Outbound webhooks: how deliveries to resellers' endpoints are made and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whether endpoints may be at loopback, private, link-local (cloud metadata) or other
+    /// non-public addresses. Off: a reseller's URL must never reach the operator's own
+    /// network. On only for receivers the operator runs itself (and tests).
+    pub allow_private_addresses: bool,
+    /// One attempt, from resolving the host to the last byte kept (Standard Webhooks: 15 s).
+    pub timeout_ms: u64,
+    /// Waits before each try; the default is Standard Webhooks' example schedule
+    /// (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h), +0-10% jitter.
+    pub schedule_ms: Vec<u64>,
+    /// An endpoint whose every delivery failed for this long is disabled (5 days, as Svix).
+    pub disable_after_secs: u64,
+    /// How often committed events are turned into deliveries: the delay before the first
+    /// try, at most.
+    pub dispatch_ms: u64,
+    /// How long a rotated secret keeps signing beside the new one.
+    pub rotation_grace_secs: u64,
+    /// Endpoints a reseller may register.
+    pub max_endpoints: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let tuning = crate::domain::webhooks::WebhookTuning::default();
+        WebhookSettings {
+            allow_private_addresses: false,
+            timeout_ms: 15_000,
+            schedule_ms: tuning
+                .schedule
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect(),
+            disable_after_secs: tuning.disable_after.as_secs(),
+            dispatch_ms: tuning.dispatch_every.as_millis() as u64,
+            rotation_grace_secs: tuning.rotation_grace.as_secs(),
+            max_endpoints: tuning.max_endpoints,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The domain's tuning.
+    pub fn tuning(&self) -> crate::domain::webhooks::WebhookTuning {
+        use std::time::Duration;
+        crate::domain::webhooks::WebhookTuning {
+            schedule: self
+                .schedule_ms
+                .iter()
+                .map(|&ms| Duration::from_millis(ms))
+                .collect(),
+            disable_after: Duration::from_secs(self.disable_after_secs),
+            dispatch_every: Duration::from_millis(self.dispatch_ms.max(1)),
+            rotation_grace: Duration::from_secs(self.rotation_grace_secs),
+            max_endpoints: self.max_endpoints,
         }
     }
 }

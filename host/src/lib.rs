@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: `api -> domain -> (store, plugins)`.
+//! Data flows one way: `api -> domain -> (store, plugins, webhooks)`.
 //!
 //! - [`api`]: HTTP only: routing, authentication, JSON, problem+json. No business rules.
 //! - [`domain`]: the rules. Declares the traits it needs from outside.
@@ -11,6 +11,8 @@
 //!   conformance suite both pass.
 //! - [`jobs`]: the worker that runs durable background jobs.
 //! - [`plugins`]: wasmtime: supplier plugins as sandboxed components.
+//! - [`webhooks`]: Standard Webhooks signing and delivery: the domain's `Webhooks` port.
+//! - [`net`]: the address guard and TLS client shared by plugin egress and webhooks.
 //! - [`config`]: one typed configuration with working defaults.
 
 #![deny(missing_docs)]

@@ -351,7 +351,13 @@ fn gateway(
         rotation_grace: Duration::from_secs(o.key_rotation_grace_secs),
         demo_credit_minor: o.demo_credit_minor,
         idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
+        webhooks: config.webhooks.tuning(),
     };
+    let webhooks = simgate::webhooks::HttpWebhooks::new(simgate::webhooks::DeliveryPolicy {
+        timeout: Duration::from_millis(config.webhooks.timeout_ms),
+        allow_private_addresses: config.webhooks.allow_private_addresses,
+        ..Default::default()
+    });
     Gateway::new(
         store,
         suppliers,
@@ -359,6 +365,7 @@ fn gateway(
         Arc::new(simgate::domain::clock::SystemClock),
         policy,
         tuning,
+        Arc::new(webhooks),
     )
 }
 

@@ -12,11 +12,11 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
     let plugins = root.join("plugins");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    let shared_target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|d| if d.is_absolute() { d } else { root.join(d) })
-        .unwrap_or_else(|| root.join("target"))
-        .join("wasm");
+        .unwrap_or_else(|| root.join("target"));
+    let target_dir = shared_target.join("wasm");
     for watched in ["plugins", "sdk/src", "sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
@@ -49,4 +49,9 @@ fn main() {
     let out = target_dir.join("wasm32-wasip2/release");
     println!("cargo:rustc-env=SIMGATE_WASM_DIR={}", out.display());
     println!("cargo:rustc-env=SIMGATE_PLUGINS_SRC={}", plugins.display());
+    // Where test tools that are no Rust crate (a Python virtualenv) are installed.
+    println!(
+        "cargo:rustc-env=SIMGATE_TARGET_DIR={}",
+        shared_target.display()
+    );
 }

@@ -9,6 +9,7 @@ mod qr;
 pub mod ratelimit;
 pub mod routes;
 mod views;
+mod webhooks;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -28,7 +28,7 @@ use super::views::{
     All, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page, Readiness, Ready,
     ResellerView, TransactionView,
 };
-use super::{AppState, Response, qr};
+use super::{AppState, Response, qr, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,14 @@ pub static ROUTES: &[Route] = &[
         ("starting_after", "id of the last event of the previous page"),
         ("type", "only events of this type, e.g. order.fulfilled"),
     ]),
+    route!(POST "/v1/events/{id}/redeliver", Key, "Deliver an event again, with its id, to every endpoint that wants it", idem=false, req=None, resp=(202, "Redelivery"), query=&[]),
+    route!(POST "/v1/webhook-endpoints", Key, "Register a webhook endpoint; its signing secret is shown once", idem=false, req=Some("NewWebhookEndpoint"), resp=(201, "WebhookEndpointWithSecret"), query=&[]),
+    route!(GET "/v1/webhook-endpoints", Key, "Webhook endpoints, oldest first", idem=false, req=None, resp=(200, "WebhookEndpointList"), query=&[]),
+    route!(GET "/v1/webhook-endpoints/{id}", Key, "One webhook endpoint", idem=false, req=None, resp=(200, "WebhookEndpoint"), query=&[]),
+    route!(DELETE "/v1/webhook-endpoints/{id}", Key, "Delete a webhook endpoint: nothing more is delivered to it", idem=false, req=None, resp=(204, "NoContent"), query=&[]),
+    route!(POST "/v1/webhook-endpoints/{id}/rotate-secret", Key, "A new signing secret, shown once; the old one also signs for 24 h", idem=false, req=None, resp=(200, "WebhookEndpointWithSecret"), query=&[]),
+    route!(POST "/v1/webhook-endpoints/{id}/test", Key, "Send a webhook.test message now; answers the attempt", idem=false, req=None, resp=(200, "WebhookAttempt"), query=&[]),
+    route!(GET "/v1/webhook-endpoints/{id}/attempts", Key, "Delivery attempts, newest first", idem=false, req=None, resp=(200, "WebhookAttemptList"), query=PAGING),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
@@ -229,6 +237,18 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/v1/balance") => balance(state, who()?).await,
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req).await,
         ("GET", "/v1/events") => events(state, who()?, &req).await,
+        ("POST", "/v1/events/{id}/redeliver") => webhooks::redeliver(state, who()?, p(0)).await,
+        ("POST", "/v1/webhook-endpoints") => webhooks::create(state, who()?, req).await,
+        ("GET", "/v1/webhook-endpoints") => webhooks::list(state, who()?).await,
+        ("GET", "/v1/webhook-endpoints/{id}") => webhooks::get(state, who()?, p(0)).await,
+        ("DELETE", "/v1/webhook-endpoints/{id}") => webhooks::delete(state, who()?, p(0)).await,
+        ("POST", "/v1/webhook-endpoints/{id}/rotate-secret") => {
+            webhooks::rotate_secret(state, who()?, p(0)).await
+        }
+        ("POST", "/v1/webhook-endpoints/{id}/test") => webhooks::test(state, who()?, p(0)).await,
+        ("GET", "/v1/webhook-endpoints/{id}/attempts") => {
+            webhooks::attempts(state, who()?, &req, p(0)).await
+        }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => Ok(metrics(state)),
         ("GET", "/v1/admin/plugins") => Ok(json(
@@ -294,7 +314,7 @@ async fn authenticate(state: &AppState, headers: &http::HeaderMap) -> Result<Pri
     Ok(state.gateway.authenticate(key.trim()).await?)
 }
 
-fn query_pairs<B>(req: &http::Request<B>) -> Vec<(String, String)> {
+pub(super) fn query_pairs<B>(req: &http::Request<B>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .map(|q| {
@@ -334,16 +354,16 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Paging parameters shared by list endpoints.
-struct Paging {
-    limit: usize,
-    starting_after: Option<String>,
+pub(super) struct Paging {
+    pub(super) limit: usize,
+    pub(super) starting_after: Option<String>,
 }
 
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 
 /// Parse `limit` and `starting_after`, handing every other parameter to `other`.
-fn paging(
+pub(super) fn paging(
     pairs: Vec<(String, String)>,
     mut other: impl FnMut(&str, String) -> Result<(), Problem>,
 ) -> Result<Paging, Problem> {
@@ -546,7 +566,7 @@ fn one() -> u32 {
     1
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     req: http::Request<Bytes>,
 ) -> Result<(http::HeaderMap, Bytes, T), Problem> {
     require_json(req.headers())?;
@@ -833,7 +853,7 @@ async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Probl
 }
 
 /// Wait until every write made so far is on disk: a 2xx is sent only after it.
-async fn durable(state: &AppState) -> Result<(), Problem> {
+pub(super) async fn durable(state: &AppState) -> Result<(), Problem> {
     state
         .gateway
         .store()

@@ -143,22 +143,10 @@ impl From<Event> for EventView {
         EventView {
             id: e.id,
             kind: e.kind,
-            timestamp: rfc3339(e.created_at_ms),
+            timestamp: crate::domain::clock::rfc3339(e.created_at_ms),
             data: e.data,
         }
     }
-}
-
-/// `ms` since the epoch as RFC 3339 in UTC, to the millisecond.
-pub fn rfc3339(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// A new API key, the one time its secret is shown.

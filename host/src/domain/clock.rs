@@ -23,6 +23,18 @@ impl Clock for SystemClock {
     }
 }
 
+/// `ms` since the epoch as RFC 3339 in UTC, to the millisecond (event payloads).
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// A clock that stands still until told to move (tests).
 #[derive(Debug, Default)]
 pub struct FixedClock(AtomicU64);

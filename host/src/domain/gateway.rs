@@ -18,6 +18,7 @@ use super::keyring::Keyring;
 use super::ledger::Refused;
 use super::store::{Store, StoreError};
 use super::supplier::{SupplierError, Suppliers};
+use super::webhooks::{WebhookTuning, Webhooks};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ impl DomainError {
 }
 
 /// Tunables of the use cases.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GatewayTuning {
     /// How long `POST /v1/orders` waits for fulfilment before answering with the order
     /// as it stands (clients then poll or take the webhook).
@@ -119,6 +120,8 @@ pub struct GatewayTuning {
     pub demo_credit_minor: i64,
     /// How long an idempotency key is honoured.
     pub idempotency_retention: Duration,
+    /// How webhooks are delivered.
+    pub webhooks: WebhookTuning,
 }
 
 impl Default for GatewayTuning {
@@ -129,6 +132,7 @@ impl Default for GatewayTuning {
             rotation_grace: Duration::from_secs(24 * 3600),
             demo_credit_minor: 100_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
+            webhooks: WebhookTuning::default(),
         }
     }
 }
@@ -141,7 +145,9 @@ pub struct Gateway {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) fulfilment: Arc<Fulfilment>,
     /// Wakes the job worker when a step is due sooner than it would look.
-    alarm: Arc<Alarm>,
+    pub(crate) alarm: Arc<Alarm>,
+    /// Delivers webhooks.
+    pub(crate) webhooks: Arc<dyn Webhooks>,
     pub(crate) tuning: GatewayTuning,
     pub(crate) rng: ring::rand::SystemRandom,
     pub(crate) catalogs: CatalogCache,
@@ -156,6 +162,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         policy: RetryPolicy,
         tuning: GatewayTuning,
+        webhooks: Arc<dyn Webhooks>,
     ) -> Gateway {
         let alarm = Arc::new(Alarm::default());
         let fulfilment = Fulfilment::new(
@@ -173,6 +180,7 @@ impl Gateway {
             clock,
             fulfilment,
             alarm,
+            webhooks,
             tuning,
             rng: ring::rand::SystemRandom::new(),
             catalogs: CatalogCache::default(),
@@ -203,6 +211,11 @@ impl Gateway {
     /// final, `Ok(Some(delay))` to step again after `delay`.
     pub async fn fulfil(&self, id: OrderId) -> Result<Option<Duration>, String> {
         self.fulfilment.step(id).await
+    }
+
+    /// How often the outbox is turned into webhook deliveries.
+    pub fn dispatch_every(&self) -> Duration {
+        self.tuning.webhooks.dispatch_every
     }
 
     /// What wakes the job worker for the jobs this gateway makes due.

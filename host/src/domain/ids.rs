@@ -7,6 +7,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use ulid::Ulid;
 
+/// A new ULID, later than every one this process made before (ids made in one
+/// millisecond sort in the order they were made, so newest-first lists hold to it).
+fn next_ulid() -> Ulid {
+    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    let generated = IDS.lock().unwrap_or_else(|p| p.into_inner()).generate();
+    // Only 2^80 ids in one millisecond exhaust it; a random one is then good enough.
+    generated.unwrap_or_else(|_| Ulid::new())
+}
+
 macro_rules! prefixed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -14,9 +23,9 @@ macro_rules! prefixed_id {
         pub struct $name(pub Ulid);
 
         impl $name {
-            /// A new id for now.
+            /// A new id for now, later than every id this process made before.
             pub fn new() -> $name {
-                $name(Ulid::new())
+                $name(next_ulid())
             }
 
             /// The 16 big-endian bytes; they sort like the ids.
@@ -97,6 +106,14 @@ prefixed_id!(
     /// An event told to a reseller (a webhook delivery's `webhook-id`).
     EventId, "evt"
 );
+prefixed_id!(
+    /// A reseller's webhook endpoint.
+    EndpointId, "we"
+);
+prefixed_id!(
+    /// One attempt to deliver an event to an endpoint.
+    AttemptId, "wa"
+);
 
 /// A string is not an id of the expected kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +123,12 @@ pub struct InvalidId;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_made_in_one_millisecond_keep_their_order() {
+        let ids: Vec<OrderId> = (0..1000).map(|_| OrderId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn ids_round_trip_with_their_prefix() {

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::OrderId;
+use super::events::Event;
+use super::ids::{EndpointId, EventId, OrderId, ResellerId};
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,19 @@ pub enum JobKind {
     Fulfil {
         /// The order.
         order: OrderId,
+    },
+    /// Turn the events waiting in the outbox into deliveries.
+    DispatchEvents,
+    /// Deliver an event to one webhook endpoint.
+    Deliver {
+        /// The event.
+        event: EventId,
+        /// Its reseller.
+        reseller: ResellerId,
+        /// The endpoint.
+        endpoint: EndpointId,
+        /// Which try this is, from 1.
+        number: u32,
     },
 }
 
@@ -70,6 +84,21 @@ impl Job {
     /// The job that takes `order`'s next step at `due_ms`; one per order.
     pub fn fulfil(order: OrderId, due_ms: u64) -> Job {
         Job::new(format!("fulfil/{order}"), JobKind::Fulfil { order }, due_ms)
+    }
+
+    /// The job that delivers `event` to `endpoint` (try `number`) at `due_ms`; one per
+    /// event and endpoint.
+    pub fn deliver(event: &Event, endpoint: EndpointId, number: u32, due_ms: u64) -> Job {
+        Job::new(
+            format!("deliver/{}/{endpoint}", event.id),
+            JobKind::Deliver {
+                event: event.id,
+                reseller: event.reseller,
+                endpoint,
+                number,
+            },
+            due_ms,
+        )
     }
 
     /// Whether a worker may claim it at `now_ms`.
@@ -118,6 +147,15 @@ impl Alarm {
     pub async fn rung(&self) {
         self.bell.notified().await;
     }
+}
+
+/// A random fraction in [0, 1), for jitter.
+pub fn random_fraction(rng: &ring::rand::SystemRandom) -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    rng.fill(&mut b).map_or(0.5, |()| {
+        f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+    })
 }
 
 /// How long to wait before each retry of a failed job: doubling from `first` up to

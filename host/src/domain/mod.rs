@@ -19,5 +19,6 @@ pub mod personal;
 pub mod store;
 pub mod supplier;
 pub mod use_cases;
+pub mod webhooks;
 
 pub use supplier::{FaultKind, Supplier, SupplierError, Suppliers};

@@ -13,11 +13,12 @@ use super::accounts::{ApiKey, KeyHash, Reseller};
 use super::catalog::CachedCatalog;
 use super::events::{Event, EventType};
 use super::idempotency::{Claim, IdemKey, IdemState};
-use super::ids::{EventId, KeyId, OrderId, ResellerId};
+use super::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
 use super::personal::SubjectLookup;
+use super::webhooks::{Attempt, Endpoint};
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +203,30 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Page<Event>>;
     /// One event of a reseller, by id.
     async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>>;
+    /// Up to `limit` committed events not yet taken out of the outbox, oldest first.
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<Event>>;
+    /// Take `events` out of the outbox: their deliveries are scheduled.
+    async fn dispatched(&self, events: &[Event]) -> StoreResult<()>;
+
+    /// Insert or replace a webhook endpoint.
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()>;
+    /// One of a reseller's endpoints.
+    async fn endpoint(&self, reseller: ResellerId, id: EndpointId)
+    -> StoreResult<Option<Endpoint>>;
+    /// A reseller's endpoints, oldest first.
+    async fn endpoints(&self, reseller: ResellerId) -> StoreResult<Vec<Endpoint>>;
+    /// Remove one of a reseller's endpoints; returns whether it existed.
+    async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool>;
+    /// Record a delivery attempt.
+    async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()>;
+    /// The attempts at one of a reseller's endpoints, newest first, older than `before`.
+    async fn attempts_page(
+        &self,
+        reseller: ResellerId,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: usize,
+    ) -> StoreResult<Page<Attempt>>;
 
     /// A reseller's balance in a currency.
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance>;

@@ -16,17 +16,19 @@ use tokio::task::JoinSet;
 
 use crate::domain::clock::Clock;
 use crate::domain::gateway::Gateway;
-use crate::domain::jobs::{Alarm, Job, JobKind, RetrySchedule};
+use crate::domain::jobs::{Alarm, Job, JobKind, RetrySchedule, random_fraction};
 use crate::domain::store::{Store, StoreResult};
 use crate::domain::supplier::BoxFuture;
 
 /// What a run decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Done for good: the job is removed.
     Done,
     /// Run again after this long (periodic work).
     Again(Duration),
+    /// Run again after this long, as this kind (a step that counts its tries).
+    AgainAs(Duration, JobKind),
 }
 
 /// Runs jobs of each kind.
@@ -171,6 +173,13 @@ impl Worker {
         job.lease_until_ms = 0;
         match outcome {
             Ok(Outcome::Done) => return self.store.finish_job(&job.id).await,
+            Ok(Outcome::AgainAs(after, kind)) => {
+                job.kind = kind;
+                job.attempts = 0;
+                job.last_error = None;
+                job.due_ms = now.saturating_add(after.as_millis() as u64);
+                self.alarm.set(job.due_ms);
+            }
             Ok(Outcome::Again(after)) => {
                 job.attempts = 0;
                 job.last_error = None;
@@ -179,7 +188,11 @@ impl Worker {
             }
             Err(error) => {
                 job.attempts = job.attempts.saturating_add(1);
-                match self.tuning.retry.wait(job.attempts, self.fraction()) {
+                match self
+                    .tuning
+                    .retry
+                    .wait(job.attempts, random_fraction(&self.rng))
+                {
                     Some(wait) => {
                         tracing::warn!(job = %job.id, attempt = job.attempts, %error, "job failed; will retry");
                         job.due_ms = now.saturating_add(wait.as_millis() as u64);
@@ -194,15 +207,6 @@ impl Worker {
             }
         }
         self.store.put_job(&job).await
-    }
-
-    /// A random fraction in [0, 1), for retry jitter.
-    fn fraction(&self) -> f64 {
-        use ring::rand::SecureRandom;
-        let mut b = [0u8; 4];
-        self.rng.fill(&mut b).map_or(0.5, |()| {
-            f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-        })
     }
 }
 
@@ -222,20 +226,15 @@ impl GatewayJobs {
     /// one node nothing else can hold it, and with several nodes a start only makes the
     /// next run come sooner.
     pub async fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
-        store
-            .put_job(&Job::new(
-                "refresh-catalogs",
-                JobKind::RefreshCatalogs,
-                now_ms,
-            ))
-            .await?;
-        store
-            .put_job(&Job::new(
-                "expire-idempotency",
-                JobKind::ExpireIdempotency,
-                now_ms,
-            ))
-            .await
+        let housekeeping = [
+            ("refresh-catalogs", JobKind::RefreshCatalogs),
+            ("expire-idempotency", JobKind::ExpireIdempotency),
+            ("dispatch-events", JobKind::DispatchEvents),
+        ];
+        for (id, kind) in housekeeping {
+            store.put_job(&Job::new(id, kind, now_ms)).await?;
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +250,37 @@ impl JobHandler for GatewayJobs {
                     Some(delay) => Outcome::Again(delay),
                     None => Outcome::Done,
                 }),
+                JobKind::DispatchEvents => {
+                    self.gateway
+                        .dispatch_events()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Outcome::Again(self.gateway.dispatch_every()))
+                }
+                JobKind::Deliver {
+                    event,
+                    reseller,
+                    endpoint,
+                    number,
+                } => {
+                    let next = self
+                        .gateway
+                        .deliver(reseller, endpoint, event, number)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(match next {
+                        Some(wait) => Outcome::AgainAs(
+                            wait,
+                            JobKind::Deliver {
+                                event,
+                                reseller,
+                                endpoint,
+                                number: number + 1,
+                            },
+                        ),
+                        None => Outcome::Done,
+                    })
+                }
                 JobKind::ExpireIdempotency => {
                     let n = self
                         .gateway
@@ -289,7 +319,7 @@ mod tests {
                 *failures -= 1;
                 Err("supplier down".to_string())
             } else {
-                Ok(self.outcome)
+                Ok(self.outcome.clone())
             };
             Box::pin(async move { result })
         }
@@ -405,7 +435,7 @@ mod schedule_tests {
         let store = MemoryStore::new();
         GatewayJobs::schedule(&store, 1_000).await.unwrap();
         // The previous process claimed both (10-minute leases) and was killed.
-        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 2);
+        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 3);
         assert!(
             store
                 .claim_jobs(2_000, 600_000, 10)
@@ -421,6 +451,9 @@ mod schedule_tests {
             .into_iter()
             .map(|j| j.id)
             .collect();
-        assert_eq!(due, ["expire-idempotency", "refresh-catalogs"]);
+        assert_eq!(
+            due,
+            ["dispatch-events", "expire-idempotency", "refresh-catalogs"]
+        );
     }
 }

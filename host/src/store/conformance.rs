@@ -19,13 +19,14 @@ use crate::domain::accounts::{ApiKey, KeyHash, KeyMode, Reseller, Role};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::events::{EventData, EventType};
 use crate::domain::idempotency::{Claim, IdemKey, IdemState, LEASE_MS};
-use crate::domain::ids::{KeyId, OrderId, ResellerId};
+use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::{Job, JobKind};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, replay};
 use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{Commit, Rejected, Store};
 use crate::domain::supplier::{Money, PlanState, ProfileState};
+use crate::domain::webhooks::{Attempt, AttemptOutcome, Endpoint};
 
 /// A backend under test: a place where a store's data lives.
 pub trait Backend {
@@ -54,6 +55,7 @@ macro_rules! store_conformance {
             what_was_acknowledged_is_there_after_reopening,
             jobs_are_claimed_once_while_leased_and_only_when_due,
             events_are_committed_with_their_change_and_listed_newest_first,
+            webhook_endpoints_and_attempts_belong_to_their_reseller,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -938,6 +940,13 @@ pub async fn events_are_committed_with_their_change_and_listed_newest_first(back
         "not another's"
     );
 
+    // Both wait in the outbox, oldest first, until their deliveries are scheduled.
+    let oldest_first: Vec<_> = page.items.iter().rev().cloned().collect();
+    assert_eq!(store.outbox(10).await.unwrap(), oldest_first);
+    assert_eq!(store.outbox(1).await.unwrap(), oldest_first[..1]);
+    store.dispatched(&oldest_first[..1]).await.unwrap();
+    assert_eq!(store.outbox(10).await.unwrap(), oldest_first[1..]);
+
     store.close().await.unwrap();
     drop(store);
     let store = backend.open();
@@ -945,4 +954,90 @@ pub async fn events_are_committed_with_their_change_and_listed_newest_first(back
         store.events_page(r, None, None, 10).await.unwrap().items,
         page.items
     );
+    assert_eq!(
+        store.outbox(10).await.unwrap(),
+        oldest_first[1..],
+        "what was not dispatched still waits"
+    );
+}
+
+/// Endpoints and their attempts are a reseller's own; attempts page newest first.
+pub async fn webhook_endpoints_and_attempts_belong_to_their_reseller(backend: &dyn Backend) {
+    let store = backend.open();
+    let (r, other) = (reseller().id, reseller().id);
+    let endpoint = |reseller: ResellerId, n: u8| Endpoint {
+        id: EndpointId::new(),
+        reseller,
+        url: format!("https://hooks.example.com/{n}"),
+        event_types: EventType::ALL.to_vec(),
+        description: Some(format!("endpoint {n}")),
+        enabled: true,
+        disabled_reason: None,
+        sealed_secret: vec![n; 40],
+        previous: None,
+        failing_since_ms: None,
+        created_at_ms: u64::from(n),
+    };
+    let (a, b, c) = (endpoint(r, 1), endpoint(r, 2), endpoint(other, 3));
+    for e in [&a, &b, &c] {
+        store.put_endpoint(e).await.unwrap();
+    }
+    assert_eq!(store.endpoints(r).await.unwrap(), [a.clone(), b.clone()]);
+    assert_eq!(store.endpoint(r, a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        store.endpoint(other, a.id).await.unwrap(),
+        None,
+        "not another's"
+    );
+    let mut disabled = b.clone();
+    disabled.enabled = false;
+    disabled.disabled_reason = Some("answered 410 Gone".into());
+    store.put_endpoint(&disabled).await.unwrap();
+    assert_eq!(store.endpoint(r, b.id).await.unwrap(), Some(disabled));
+    assert!(
+        !store.delete_endpoint(other, b.id).await.unwrap(),
+        "not another's"
+    );
+    assert!(store.delete_endpoint(r, b.id).await.unwrap());
+    assert_eq!(store.endpoints(r).await.unwrap(), std::slice::from_ref(&a));
+
+    let event = EventId::new();
+    let attempt = |number: u32, status: u16| Attempt {
+        id: AttemptId::new(),
+        endpoint: a.id,
+        reseller: r,
+        event,
+        number,
+        at_ms: u64::from(number),
+        status: Some(status),
+        latency_ms: 3,
+        answer: "ok".into(),
+        error: None,
+        outcome: if status == 200 {
+            AttemptOutcome::Delivered
+        } else {
+            AttemptOutcome::Failed
+        },
+    };
+    let tries = [attempt(1, 500), attempt(2, 503), attempt(3, 200)];
+    for t in &tries {
+        store.put_attempt(t).await.unwrap();
+    }
+    let newest_first: Vec<Attempt> = tries.iter().rev().cloned().collect();
+    let page = store.attempts_page(r, a.id, None, 2).await.unwrap();
+    assert_eq!((&page.items[..], page.has_more), (&newest_first[..2], true));
+    let rest = store
+        .attempts_page(r, a.id, Some(page.items[1].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.items, newest_first[2..]);
+    let others = store.attempts_page(other, a.id, None, 10).await.unwrap();
+    assert!(others.items.is_empty(), "not another's");
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.endpoints(r).await.unwrap(), std::slice::from_ref(&a));
+    let kept = store.attempts_page(r, a.id, None, 10).await.unwrap();
+    assert_eq!(kept.items, newest_first);
 }

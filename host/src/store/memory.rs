@@ -13,12 +13,13 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
-use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
+use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
+use crate::domain::webhooks::{Attempt, Endpoint};
 
 /// The in-memory store. Clones share the same records.
 #[derive(Clone, Default)]
@@ -40,6 +41,9 @@ struct State {
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
     events: BTreeMap<(ResellerId, EventId), Event>,
+    outbox: BTreeMap<EventId, ResellerId>,
+    endpoints: BTreeMap<(ResellerId, EndpointId), Endpoint>,
+    attempts: BTreeMap<(EndpointId, AttemptId), Attempt>,
     meta: HashMap<String, Vec<u8>>,
     closed: bool,
 }
@@ -203,6 +207,7 @@ impl Store for MemoryStore {
             state
                 .events
                 .insert((event.reseller, event.id), event.clone());
+            state.outbox.insert(event.id, event.reseller);
         }
         Ok(Ok(balance))
     }
@@ -228,6 +233,79 @@ impl Store for MemoryStore {
 
     async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>> {
         Ok(self.lock().events.get(&(reseller, id)).cloned())
+    }
+
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<Event>> {
+        let state = self.lock();
+        Ok(state
+            .outbox
+            .iter()
+            .filter_map(|(id, reseller)| state.events.get(&(*reseller, *id)).cloned())
+            .take(limit)
+            .collect())
+    }
+
+    async fn dispatched(&self, events: &[Event]) -> StoreResult<()> {
+        let mut state = self.lock();
+        for event in events {
+            state.outbox.remove(&event.id);
+        }
+        Ok(())
+    }
+
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
+        self.lock()
+            .endpoints
+            .insert((endpoint.reseller, endpoint.id), endpoint.clone());
+        Ok(())
+    }
+
+    async fn endpoint(
+        &self,
+        reseller: ResellerId,
+        id: EndpointId,
+    ) -> StoreResult<Option<Endpoint>> {
+        Ok(self.lock().endpoints.get(&(reseller, id)).cloned())
+    }
+
+    async fn endpoints(&self, reseller: ResellerId) -> StoreResult<Vec<Endpoint>> {
+        Ok(self
+            .lock()
+            .endpoints
+            .values()
+            .filter(|e| e.reseller == reseller)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool> {
+        Ok(self.lock().endpoints.remove(&(reseller, id)).is_some())
+    }
+
+    async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()> {
+        self.lock()
+            .attempts
+            .insert((attempt.endpoint, attempt.id), attempt.clone());
+        Ok(())
+    }
+
+    async fn attempts_page(
+        &self,
+        reseller: ResellerId,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: usize,
+    ) -> StoreResult<Page<Attempt>> {
+        let state = self.lock();
+        let end = before.unwrap_or(AttemptId(Ulid::from_bytes([0xff; 16])));
+        let attempts = state
+            .attempts
+            .range((endpoint, AttemptId(Ulid::nil()))..(endpoint, end))
+            .rev()
+            .map(|(_, a)| a)
+            .filter(|a| a.reseller == reseller)
+            .cloned();
+        Ok(page(attempts, limit))
     }
 
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {

@@ -13,6 +13,9 @@
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
 //! | `jobs` | job id | JSON `Job` (housekeeping and each open order's next step: claims scan the tree) |
 //! | `events` | reseller id ++ event id (sorts by time) | a commit pointer to the entry that raised it |
+//! | `outbox` | event id | reseller id: events whose deliveries are not scheduled yet |
+//! | `webhook_endpoints` | reseller id ++ endpoint id | JSON `Endpoint` (secrets sealed) |
+//! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
@@ -66,12 +69,13 @@ use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
-use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
+use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::SubjectLookup;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
+use crate::domain::webhooks::{Attempt, Endpoint};
 
 use super::group_commit::GroupCommit;
 
@@ -94,6 +98,9 @@ pub struct SledStore {
     subject_keys: sled::Tree,
     jobs: sled::Tree,
     events: sled::Tree,
+    outbox: sled::Tree,
+    endpoints: sled::Tree,
+    attempts: sled::Tree,
     meta: sled::Tree,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
@@ -425,6 +432,9 @@ impl SledStore {
             subject_keys: tree("subject_keys")?,
             jobs: tree("jobs")?,
             events: tree("events")?,
+            outbox: tree("outbox")?,
+            endpoints: tree("webhook_endpoints")?,
+            attempts: tree("webhook_attempts")?,
             meta: tree("meta")?,
             db,
             books: Mutex::new(Books::default()),
@@ -571,9 +581,14 @@ impl SledStore {
         Ok(missing.len())
     }
 
-    /// Index `events` under the commit record behind `pointer`.
+    /// Put `events` in the outbox and index them under the commit record behind
+    /// `pointer`. The outbox entry comes first: an indexed event is never left out of it
+    /// (replay re-indexes an event whose index entry is missing, outbox entry and all).
     fn point_events_at_commit(&self, events: &[Event], pointer: &[u8]) -> StoreResult<()> {
         for event in events {
+            self.outbox
+                .insert(event.id.to_bytes(), &event.reseller.to_bytes())
+                .map_err(backend)?;
             self.events
                 .insert(event_key(event), pointer)
                 .map_err(backend)?;
@@ -988,6 +1003,86 @@ impl Store for SledStore {
             Some(stored) => self.stored_event(id, &stored).map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn outbox(&self, limit: usize) -> StoreResult<Vec<Event>> {
+        let mut out = Vec::new();
+        for kv in self.outbox.iter() {
+            if out.len() == limit {
+                break;
+            }
+            let (id, reseller) = kv.map_err(backend)?;
+            let key = cat(&reseller, &id);
+            // Indexed right after its outbox entry: one not indexed yet is taken next time.
+            if let Some(stored) = self.events.get(&key).map_err(backend)? {
+                let id =
+                    EventId::from_bytes(id.as_ref().try_into().map_err(|_| dangling("an event"))?);
+                out.push(self.stored_event(id, &stored)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dispatched(&self, events: &[Event]) -> StoreResult<()> {
+        for event in events {
+            self.outbox.remove(event.id.to_bytes()).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
+        put(
+            &self.endpoints,
+            &cat(&endpoint.reseller.to_bytes(), &endpoint.id.to_bytes()),
+            endpoint,
+        )
+    }
+
+    async fn endpoint(
+        &self,
+        reseller: ResellerId,
+        id: EndpointId,
+    ) -> StoreResult<Option<Endpoint>> {
+        get(&self.endpoints, &cat(&reseller.to_bytes(), &id.to_bytes()))
+    }
+
+    async fn endpoints(&self, reseller: ResellerId) -> StoreResult<Vec<Endpoint>> {
+        self.endpoints
+            .scan_prefix(reseller.to_bytes())
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
+    }
+
+    async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool> {
+        let removed = self
+            .endpoints
+            .remove(cat(&reseller.to_bytes(), &id.to_bytes()))
+            .map_err(backend)?;
+        Ok(removed.is_some())
+    }
+
+    async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()> {
+        put(
+            &self.attempts,
+            &cat(&attempt.endpoint.to_bytes(), &attempt.id.to_bytes()),
+            attempt,
+        )
+    }
+
+    async fn attempts_page(
+        &self,
+        reseller: ResellerId,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: usize,
+    ) -> StoreResult<Page<Attempt>> {
+        let prefix = endpoint.to_bytes();
+        let end = cat(&prefix, &before.map_or([0xff; 16], |b| b.to_bytes()));
+        let attempts = self.attempts.range(prefix.to_vec()..end).rev().map(|kv| {
+            let attempt: Attempt = decode(&kv.map_err(backend)?.1)?;
+            Ok(Some(attempt).filter(|a| a.reseller == reseller))
+        });
+        take_page(attempts, limit)
     }
 
     async fn balance(&self, reseller: ResellerId, currency: &str) -> StoreResult<Balance> {

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`signing`] | endpoint secrets, signatures, the receiver-side [`Verifier`] | where secrets are stored |
 //! | [`delivery`] | one HTTP attempt: URL rules, the address guard, timeout, capped answer | which events, retries, backoff, disabling endpoints |
+//! | [`http`] | the domain's `Webhooks` port over the two above | anything the domain decides |
 //!
 //! Which events are sent, the outbox they wait in and the retry schedule are the domain's
 //! and the jobs worker's: [`signing`] and [`delivery`] are handed a body, an id, a
@@ -47,9 +48,11 @@
 //! In Rust, [`Verifier`] does the same: `Verifier::new(secret)?.verify(headers, body, now)`.
 
 pub mod delivery;
+pub mod http;
 pub mod signing;
 
 pub use delivery::{Attempt, Delivery, DeliveryPolicy, Outcome, check_url, deliver};
+pub use http::HttpWebhooks;
 pub use signing::{
     SecretError, Verifier, VerifyError, WebhookHeaders, WebhookSecret, sign, signature_header,
 };

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+mod receiver;
+pub use receiver::{Received, Receiver, standardwebhooks_python, verify_with_standardwebhooks};
+
 /// Where the plugins' `.wasm` files were built.
 pub fn wasm_dir() -> PathBuf {
     PathBuf::from(env!("SIMGATE_WASM_DIR"))

@@ -8,6 +8,7 @@ pub mod esims;
 pub mod events;
 pub mod orders;
 pub mod subjects;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,14 @@ use crate::domain::fulfilment::RetryPolicy;
 use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
 use crate::domain::idempotency::{Claim, IdemState};
 use crate::domain::ids::OrderId;
+use crate::domain::ledger::{EntryKind, LedgerEntry};
+use crate::domain::orders::{Order, OrderKind, OrderSpec, OrderStatus};
+use crate::domain::store::Commit;
 use crate::domain::supplier::{
     DataAllowance, FakeSupplier, Money, OnlySupplier, Supplier, SupplierError, SupplierProduct,
 };
+use crate::domain::use_cases::webhooks::NewEndpoint;
+use crate::domain::webhooks::{AttemptOutcome, FakeWebhooks};
 use crate::store::MemoryStore;
 
 /// A supplier with one product whose catalog fails while `failing` is set; counts its
@@ -63,6 +68,7 @@ struct Fixture {
     gateway: Gateway,
     clock: Arc<FixedClock>,
     native: Native,
+    webhooks: Arc<FakeWebhooks>,
     _keys: tempfile::TempDir,
 }
 
@@ -76,6 +82,7 @@ fn fixture() -> Fixture {
         idempotency_retention: Duration::from_secs(24 * 3600),
         ..Default::default()
     };
+    let webhooks = Arc::new(FakeWebhooks::default());
     let gateway = Gateway::new(
         Arc::new(MemoryStore::new()),
         Arc::new(OnlySupplier(native.supplier.clone())),
@@ -83,11 +90,13 @@ fn fixture() -> Fixture {
         clock.clone(),
         RetryPolicy::default(),
         tuning,
+        webhooks.clone(),
     );
     Fixture {
         gateway,
         clock,
         native,
+        webhooks,
         _keys: keys,
     }
 }
@@ -171,4 +180,138 @@ async fn idempotency_keys_are_kept_for_their_retention_and_then_forgotten() {
         .await
         .unwrap();
     assert_eq!(again, Claim::New, "the key is free again");
+}
+
+/// A reseller's key, an endpoint of it, and one fulfilled order's event in the outbox.
+async fn subscribed_with_an_event(
+    f: &Fixture,
+) -> (
+    crate::domain::gateway::Principal,
+    crate::domain::webhooks::Endpoint,
+    crate::domain::events::Event,
+) {
+    let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
+    let (key, _) = f
+        .gateway
+        .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
+        .await
+        .unwrap();
+    let who = f.gateway.authenticate(&key).await.unwrap();
+    let new = NewEndpoint {
+        url: "https://hooks.example.com/simgate".into(),
+        event_types: None,
+        description: None,
+    };
+    let (endpoint, _) = f.gateway.create_endpoint(&who, new).await.unwrap();
+    let store = f.gateway.store();
+    let credit = LedgerEntry::new(reseller.id, EntryKind::Credit, 1_000, "USD", None, START);
+    store
+        .commit(&Commit::credit(credit))
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = OrderSpec {
+        reseller: reseller.id,
+        product_id: "native:SKU-1".into(),
+        plugin: "native".into(),
+        sku: "SKU-1".into(),
+        quantity: 1,
+        unit_price: Money {
+            minor: 100,
+            currency: "USD".into(),
+        },
+        kind: OrderKind::Esim,
+    };
+    let mut order = Order::accepted(spec, OrderId::new(), None, START);
+    store
+        .commit(&Commit::accept(order.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    order.transition(OrderStatus::Submitted, START).unwrap();
+    order.transition(OrderStatus::Failed, START).unwrap();
+    let settle = Commit::settle(order, EntryKind::Release, Vec::new()).unwrap();
+    store.commit(&settle).await.unwrap().unwrap();
+    let event = settle.events()[0].clone();
+    (who, endpoint, event)
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between_clears_the_mark() {
+    let f = fixture();
+    let (who, endpoint, event) = subscribed_with_an_event(&f).await;
+    assert_eq!(f.gateway.dispatch_events().await.unwrap(), 1);
+    assert_eq!(f.gateway.dispatch_events().await.unwrap(), 0, "taken out");
+    let due = f.gateway.store().claim_jobs(START, 1, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "one delivery job for one endpoint");
+    let deliver = |n| f.gateway.deliver(event.reseller, endpoint.id, event.id, n);
+    let state = || f.gateway.endpoint(&who, endpoint.id);
+
+    *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Failed;
+    let wait = deliver(1).await.unwrap().expect("tried again");
+    assert!(
+        (5_000..5_500).contains(&wait.as_millis()),
+        "the schedule's 5 s: {wait:?}"
+    );
+    assert_eq!(state().await.unwrap().failing_since_ms, Some(START));
+    // A success in between clears the mark.
+    *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Delivered;
+    f.clock.advance(5_000);
+    assert_eq!(deliver(2).await.unwrap(), None);
+    assert_eq!(state().await.unwrap().failing_since_ms, None);
+
+    // Failing from now on: still enabled a moment before five days, disabled at five.
+    *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Failed;
+    let since = START + 5_000;
+    assert!(deliver(1).await.unwrap().is_some());
+    f.clock.advance(5 * 24 * 3_600_000 - 1);
+    assert!(deliver(2).await.unwrap().is_some());
+    assert!(state().await.unwrap().enabled);
+    f.clock.advance(1);
+    assert_eq!(deliver(3).await.unwrap(), None, "given up");
+    let disabled = state().await.unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.failing_since_ms, Some(since));
+    assert!(disabled.disabled_reason.unwrap().contains("120 hours"));
+    let sent = f.webhooks.sent.lock().unwrap().len();
+    assert_eq!(
+        deliver(4).await.unwrap(),
+        None,
+        "a disabled endpoint gets nothing"
+    );
+    assert_eq!(f.webhooks.sent.lock().unwrap().len(), sent);
+    // Every try was logged, with the event's id each time.
+    let log = f
+        .gateway
+        .attempts(&who, endpoint.id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(log.items.len(), 5);
+    assert!(log.items.iter().all(|a| a.event == event.id));
+}
+
+#[tokio::test]
+async fn a_410_disables_at_once_and_the_payload_is_thin() {
+    let f = fixture();
+    let (who, endpoint, event) = subscribed_with_an_event(&f).await;
+    *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Gone;
+    assert_eq!(
+        f.gateway
+            .deliver(event.reseller, endpoint.id, event.id, 1)
+            .await
+            .unwrap(),
+        None
+    );
+    let state = f.gateway.endpoint(&who, endpoint.id).await.unwrap();
+    assert!(!state.enabled);
+    let sent = f.webhooks.sent.lock().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(body["type"], "order.failed");
+    assert_eq!(
+        body["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["order_id", "status"],
+        "ids and states only"
+    );
+    assert_eq!(sent[0].msg_id, event.id.to_string());
+    assert_eq!(sent[0].secrets.len(), 1);
 }

@@ -1,0 +1,381 @@
+//! Webhook endpoints and deliveries (see `domain::webhooks` for the design): a reseller
+//! registers, lists, rotates, tests and deletes its endpoints and reads every attempt; the
+//! job worker runs [`Gateway::dispatch_events`] and [`Gateway::deliver`].
+
+use std::time::Duration;
+
+use crate::domain::clock::rfc3339;
+use crate::domain::events::{Event, EventType};
+use crate::domain::gateway::{DomainError, Gateway, Principal};
+use crate::domain::ids::{AttemptId, EndpointId, EventId, ResellerId};
+use crate::domain::jobs::{Job, random_fraction};
+use crate::domain::store::Page;
+use crate::domain::webhooks::{
+    Attempt, AttemptOutcome, Endpoint, Outbound, Payload, PreviousSecret, Sent,
+};
+
+/// Longest endpoint URL accepted.
+pub const MAX_URL: usize = 2048;
+/// Longest endpoint description accepted.
+pub const MAX_DESCRIPTION: usize = 256;
+/// Outbox events turned into deliveries per dispatch run.
+const DISPATCH_BATCH: usize = 256;
+
+/// What a reseller asks for when registering an endpoint.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    /// Where deliveries go.
+    pub url: String,
+    /// The event types wanted; every type when not given.
+    pub event_types: Option<Vec<EventType>>,
+    /// The reseller's note.
+    pub description: Option<String>,
+}
+
+impl Gateway {
+    /// Register an endpoint; returns it with its signing secret, shown this once.
+    pub async fn create_endpoint(
+        &self,
+        who: &Principal,
+        new: NewEndpoint,
+    ) -> Result<(Endpoint, String), DomainError> {
+        let reseller = self.writer_of(who).await?;
+        let invalid = |field, message: String| DomainError::Invalid { field, message };
+        if new.url.len() > MAX_URL {
+            return Err(invalid("/url", format!("at most {MAX_URL} bytes")));
+        }
+        if new
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+        {
+            return Err(invalid(
+                "/description",
+                format!("at most {MAX_DESCRIPTION} bytes"),
+            ));
+        }
+        let mut event_types = new.event_types.unwrap_or_else(|| EventType::ALL.to_vec());
+        event_types.sort_by_key(|t| t.name());
+        event_types.dedup();
+        if event_types.is_empty() {
+            return Err(invalid(
+                "/event_types",
+                "name at least one event type, or leave it out for all".into(),
+            ));
+        }
+        self.webhooks
+            .check_url(&new.url)
+            .await
+            .map_err(|why| invalid("/url", why))?;
+        if self.store.endpoints(reseller).await?.len() >= self.tuning.webhooks.max_endpoints {
+            return Err(DomainError::Conflict {
+                code: "too_many_endpoints",
+                message: format!(
+                    "a reseller may have {} webhook endpoints; delete one first",
+                    self.tuning.webhooks.max_endpoints
+                ),
+            });
+        }
+        let id = EndpointId::new();
+        let secret = self.new_secret()?;
+        let endpoint = Endpoint {
+            id,
+            reseller,
+            url: new.url,
+            event_types,
+            description: new.description,
+            enabled: true,
+            disabled_reason: None,
+            sealed_secret: self.keyring.seal(&id.to_bytes(), secret.as_bytes()),
+            previous: None,
+            failing_since_ms: None,
+            created_at_ms: self.clock.now_ms(),
+        };
+        self.store.put_endpoint(&endpoint).await?;
+        Ok((endpoint, secret))
+    }
+
+    /// The caller's endpoints, oldest first.
+    pub async fn endpoints(&self, who: &Principal) -> Result<Vec<Endpoint>, DomainError> {
+        let reseller = self.reseller_of(who).await?;
+        Ok(self.store.endpoints(reseller.id).await?)
+    }
+
+    /// One of the caller's endpoints.
+    pub async fn endpoint(&self, who: &Principal, id: EndpointId) -> Result<Endpoint, DomainError> {
+        let reseller = self.reseller_of(who).await?;
+        self.store
+            .endpoint(reseller.id, id)
+            .await?
+            .ok_or(DomainError::NotFound("webhook endpoint"))
+    }
+
+    /// Remove one of the caller's endpoints: nothing more is delivered to it.
+    pub async fn delete_endpoint(
+        &self,
+        who: &Principal,
+        id: EndpointId,
+    ) -> Result<(), DomainError> {
+        let reseller = self.writer_of(who).await?;
+        if self.store.delete_endpoint(reseller, id).await? {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound("webhook endpoint"))
+        }
+    }
+
+    /// Give an endpoint a new secret, shown this once. Until the grace period ends,
+    /// deliveries carry a signature by each, so the receiver can switch at leisure.
+    pub async fn rotate_endpoint_secret(
+        &self,
+        who: &Principal,
+        id: EndpointId,
+    ) -> Result<(Endpoint, String), DomainError> {
+        self.writer_of(who).await?;
+        let mut endpoint = self.endpoint(who, id).await?;
+        let secret = self.new_secret()?;
+        let grace = self.tuning.webhooks.rotation_grace.as_millis() as u64;
+        endpoint.previous = Some(PreviousSecret {
+            sealed: std::mem::replace(
+                &mut endpoint.sealed_secret,
+                self.keyring.seal(&id.to_bytes(), secret.as_bytes()),
+            ),
+            until_ms: self.clock.now_ms().saturating_add(grace),
+        });
+        self.store.put_endpoint(&endpoint).await?;
+        Ok((endpoint, secret))
+    }
+
+    /// Send the endpoint a `webhook.test` message now and record the attempt; the
+    /// endpoint's state is not changed by how it went.
+    pub async fn test_endpoint(
+        &self,
+        who: &Principal,
+        id: EndpointId,
+    ) -> Result<Attempt, DomainError> {
+        self.writer_of(who).await?;
+        let endpoint = self.endpoint(who, id).await?;
+        let message = EventId::new();
+        let now = self.clock.now_ms();
+        let body = serde_json::json!({
+            "type": "webhook.test",
+            "timestamp": rfc3339(now),
+            "data": {"endpoint_id": endpoint.id},
+        });
+        let sent = self
+            .send(&endpoint, message, serde_json::to_vec(&body).expect("JSON"))
+            .await?;
+        self.record_attempt(&endpoint, message, 1, sent).await
+    }
+
+    /// The attempts at one of the caller's endpoints, newest first.
+    pub async fn attempts(
+        &self,
+        who: &Principal,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: usize,
+    ) -> Result<Page<Attempt>, DomainError> {
+        let endpoint = self.endpoint(who, endpoint).await?;
+        Ok(self
+            .store
+            .attempts_page(endpoint.reseller, endpoint.id, before, limit)
+            .await?)
+    }
+
+    /// Deliver one of the caller's events again, with its original id, to every enabled
+    /// endpoint that wants it; returns how many deliveries were scheduled (one already
+    /// scheduled is left to run).
+    pub async fn redeliver(&self, who: &Principal, id: EventId) -> Result<usize, DomainError> {
+        let reseller = self.writer_of(who).await?;
+        let event = self
+            .store
+            .event(reseller, id)
+            .await?
+            .ok_or(DomainError::NotFound("event"))?;
+        self.schedule_deliveries(&event).await
+    }
+
+    /// Turn what waits in the outbox into one delivery job per subscribed endpoint, then
+    /// take it out. A crash in between schedules again: delivery is at least once.
+    pub async fn dispatch_events(&self) -> Result<usize, DomainError> {
+        let events = self.store.outbox(DISPATCH_BATCH).await?;
+        for event in &events {
+            self.schedule_deliveries(event).await?;
+        }
+        self.store.dispatched(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Schedule `event`'s delivery to each of its reseller's endpoints that wants it.
+    async fn schedule_deliveries(&self, event: &Event) -> Result<usize, DomainError> {
+        let now = self.clock.now_ms();
+        let first = self
+            .tuning
+            .webhooks
+            .wait_before(1, 0.0, None)
+            .unwrap_or_default();
+        let due = now.saturating_add(first.as_millis() as u64);
+        let mut scheduled = 0;
+        for endpoint in self.store.endpoints(event.reseller).await? {
+            if endpoint.wants(event.kind)
+                && self
+                    .store
+                    .add_job(&Job::deliver(event, endpoint.id, 1, due))
+                    .await?
+            {
+                scheduled += 1;
+            }
+        }
+        if scheduled > 0 {
+            self.alarm.set(due);
+        }
+        Ok(scheduled)
+    }
+
+    /// Try number `number` of delivering event `event` to endpoint `endpoint`: `Ok(None)`
+    /// when done (delivered, or given up: the endpoint is gone, disabled or the schedule
+    /// spent), `Ok(Some(wait))` to try again after `wait`.
+    pub async fn deliver(
+        &self,
+        reseller: ResellerId,
+        endpoint: EndpointId,
+        event: EventId,
+        number: u32,
+    ) -> Result<Option<Duration>, DomainError> {
+        let Some(mut endpoint) = self.store.endpoint(reseller, endpoint).await? else {
+            return Ok(None);
+        };
+        let Some(event) = self.store.event(reseller, event).await? else {
+            return Ok(None);
+        };
+        if !endpoint.wants(event.kind) {
+            return Ok(None);
+        }
+        let body = Payload::of(&event, rfc3339(event.created_at_ms));
+        let body = serde_json::to_vec(&body).expect("payloads serialise");
+        let sent = self.send(&endpoint, event.id, body).await?;
+        let retry_after = sent.retry_after;
+        let attempt = self
+            .record_attempt(&endpoint, event.id, number, sent)
+            .await?;
+        let now = attempt.at_ms;
+        let next = match attempt.outcome {
+            AttemptOutcome::Delivered => {
+                if endpoint.failing_since_ms.take().is_some() {
+                    self.store.put_endpoint(&endpoint).await?;
+                }
+                return Ok(None);
+            }
+            AttemptOutcome::Gone => {
+                self.disable(&mut endpoint, "the endpoint answered 410 Gone".into())
+                    .await?;
+                return Ok(None);
+            }
+            AttemptOutcome::Failed => {
+                let fraction = random_fraction(&self.rng);
+                self.tuning
+                    .webhooks
+                    .wait_before(number + 1, fraction, retry_after)
+            }
+        };
+        let since = *endpoint.failing_since_ms.get_or_insert(now);
+        let failing_for = Duration::from_millis(now.saturating_sub(since));
+        if failing_for >= self.tuning.webhooks.disable_after {
+            let why = format!(
+                "every delivery failed for {} hours",
+                failing_for.as_secs() / 3600
+            );
+            self.disable(&mut endpoint, why).await?;
+            return Ok(None);
+        }
+        if since == now {
+            self.store.put_endpoint(&endpoint).await?;
+        }
+        Ok(next)
+    }
+
+    /// Sign with the endpoint's secrets (the previous one too, during its grace period)
+    /// and send.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        message: EventId,
+        body: Vec<u8>,
+    ) -> Result<Sent, DomainError> {
+        let now = self.clock.now_ms();
+        let context = endpoint.id.to_bytes();
+        let open = |sealed: &[u8]| {
+            self.keyring
+                .open(&context, sealed)
+                .and_then(|s| String::from_utf8(s).ok())
+                .ok_or_else(|| {
+                    crate::domain::store::StoreError::Decode(format!(
+                        "the secret of webhook endpoint {} does not open",
+                        endpoint.id
+                    ))
+                })
+        };
+        let mut secrets = vec![open(&endpoint.sealed_secret)?];
+        if let Some(previous) = endpoint.previous.as_ref().filter(|p| p.until_ms > now) {
+            secrets.push(open(&previous.sealed)?);
+        }
+        Ok(self
+            .webhooks
+            .send(Outbound {
+                url: endpoint.url.clone(),
+                msg_id: message.to_string(),
+                timestamp_secs: now / 1000,
+                body,
+                secrets,
+            })
+            .await)
+    }
+
+    async fn record_attempt(
+        &self,
+        endpoint: &Endpoint,
+        event: EventId,
+        number: u32,
+        sent: Sent,
+    ) -> Result<Attempt, DomainError> {
+        let attempt = Attempt {
+            id: AttemptId::new(),
+            endpoint: endpoint.id,
+            reseller: endpoint.reseller,
+            event,
+            number,
+            at_ms: self.clock.now_ms(),
+            status: sent.status,
+            latency_ms: sent.latency.as_millis() as u64,
+            answer: sent.answer,
+            error: sent.error,
+            outcome: sent.outcome,
+        };
+        self.store.put_attempt(&attempt).await?;
+        Ok(attempt)
+    }
+
+    async fn disable(&self, endpoint: &mut Endpoint, why: String) -> Result<(), DomainError> {
+        tracing::warn!(endpoint = %endpoint.id, reseller = %endpoint.reseller, reason = %why, "webhook endpoint disabled");
+        endpoint.enabled = false;
+        endpoint.disabled_reason = Some(why);
+        Ok(self.store.put_endpoint(endpoint).await?)
+    }
+
+    fn new_secret(&self) -> Result<String, DomainError> {
+        self.webhooks.new_secret().map_err(|e| {
+            DomainError::Store(crate::domain::store::StoreError::Backend(format!(
+                "no webhook secret could be made: {e}"
+            )))
+        })
+    }
+
+    /// The reseller of a key that may change things.
+    async fn writer_of(&self, who: &Principal) -> Result<ResellerId, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        Ok(self.reseller_of(who).await?.id)
+    }
+}
