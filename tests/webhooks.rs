@@ -101,6 +101,14 @@ fn an_orders_events_arrive_signed_and_the_standard_webhooks_library_verifies_eve
         assert!(r.header("webhook-signature").starts_with("v1,"));
         assert!(r.json()["timestamp"].as_str().unwrap().ends_with('Z'));
     }
+    // Operators see the deliveries in the metrics.
+    let metrics = gw.call("GET", "/metrics", Some(&gw.admin_key), None);
+    let text = String::from_utf8_lossy(&metrics.bytes);
+    assert!(
+        text.contains("simgate_webhook_attempts_total{outcome=\"delivered\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("simgate_webhook_queue{stage=\"outbox\"} 0"));
     // A wrong secret is refused by the same library.
     let wrong = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let refused = std::panic::catch_unwind(|| verify_with_standardwebhooks(wrong, &got[..1]));
@@ -337,4 +345,39 @@ fn no_event_is_lost_when_the_gateway_is_killed_between_the_state_change_and_the_
         .collect();
     assert_eq!(ids.len(), 20);
     assert!(got.iter().all(|r| ids.contains(r.header("webhook-id"))));
+}
+
+#[test]
+fn a_dead_endpoint_never_delays_another_resellers_deliveries() {
+    // A receiver that takes connections and never answers: each delivery to it holds on
+    // until the 5 s timeout.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/dead", dead.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in dead.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let config = "[webhooks]\nallow_private_addresses = true\ndispatch_ms = 50\n\
+        timeout_ms = 5000\nschedule_ms = [0]\n";
+    let gw = gateway(config);
+    let (slow_key, slow_endpoint, _) = subscribed(&gw, &dead_url);
+    // More deliveries than the job worker runs at once (64): without a per-endpoint
+    // share they would take every slot.
+    for _ in 0..80 {
+        order(&gw, &slow_key, "sandbox:SBX-US-5GB-30D");
+    }
+    let receiver = Receiver::start();
+    let (key, _, secret) = subscribed(&gw, &receiver.url("/alive"));
+    order(&gw, &key, "sandbox:SBX-US-5GB-30D");
+    let got = receiver.wait_for(1, Duration::from_secs(20));
+    verify_with_standardwebhooks(&secret, &got);
+    // Every delivery to the dead endpoint was still hanging when the other arrived.
+    let slow = attempts(&gw, &slow_key, slow_endpoint["id"].as_str().unwrap());
+    assert_eq!(
+        slow.len(),
+        0,
+        "none of the dead endpoint's tries has ended yet"
+    );
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::domain::webhooks::WebhookStats;
 use crate::plugins::stats::{HistogramSnapshot, LATENCY_BUCKETS, LatencyHistogram};
 use crate::plugins::{PluginStatus, Registry};
 
@@ -72,6 +73,7 @@ pub fn render(
     http: &HttpMetrics,
     orders: &[(&str, u64)],
     iccid_conflicts: u64,
+    webhooks: &WebhookStats,
 ) -> String {
     let mut out = Exposition::default();
     out.family(
@@ -100,7 +102,42 @@ pub fn render(
         "Deliveries refused because a plugin handed out an ICCID another order owns.",
     );
     out.sample("simgate_iccid_conflicts_total", &[], iccid_conflicts);
+    render_webhooks(&mut out, webhooks);
     out.text
+}
+
+fn render_webhooks(out: &mut Exposition, w: &WebhookStats) {
+    out.family(
+        "simgate_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts since the gateway started, by outcome.",
+    );
+    for (outcome, n) in w.attempts {
+        out.sample("simgate_webhook_attempts_total", &[("outcome", outcome)], n);
+    }
+    out.family(
+        "simgate_webhook_deferred_total",
+        "counter",
+        "Deliveries put off because their endpoint already had its share in flight.",
+    );
+    out.sample("simgate_webhook_deferred_total", &[], w.deferred);
+    out.family(
+        "simgate_webhook_queue",
+        "gauge",
+        "Events waiting in the outbox, and deliveries scheduled and not finished.",
+    );
+    out.sample("simgate_webhook_queue", &[("stage", "outbox")], w.outbox);
+    out.sample("simgate_webhook_queue", &[("stage", "delivery")], w.queued);
+    out.family(
+        "simgate_webhook_oldest_undelivered_seconds",
+        "gauge",
+        "Age of the oldest event still waiting to be delivered (0 when none waits).",
+    );
+    out.sample(
+        "simgate_webhook_oldest_undelivered_seconds",
+        &[],
+        w.oldest_undelivered_ms / 1000,
+    );
 }
 
 fn render_http(out: &mut Exposition, http: &HttpMetrics) {

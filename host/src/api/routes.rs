@@ -250,7 +250,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
             webhooks::attempts(state, who()?, &req, p(0)).await
         }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
-        ("GET", "/metrics") => Ok(metrics(state)),
+        ("GET", "/metrics") => metrics(state).await,
         ("GET", "/v1/admin/plugins") => Ok(json(
             StatusCode::OK,
             &All {
@@ -831,19 +831,21 @@ async fn transactions(
 }
 
 /// Prometheus metrics (admin keys only; why: see `api::metrics`).
-fn metrics(state: &AppState) -> Response {
+async fn metrics(state: &AppState) -> Result<Response, Problem> {
+    let webhooks = state.gateway.webhook_stats().await?;
     let text = super::metrics::render(
         &state.registry,
         &state.http_metrics,
         &state.gateway.order_counts(),
         state.gateway.iccid_conflicts(),
+        &webhooks,
     );
     let mut resp = http::Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(super::metrics::CONTENT_TYPE),
     );
-    resp
+    Ok(resp)
 }
 
 async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {

@@ -18,7 +18,7 @@ use super::keyring::Keyring;
 use super::ledger::Refused;
 use super::store::{Store, StoreError};
 use super::supplier::{SupplierError, Suppliers};
-use super::webhooks::{WebhookTuning, Webhooks};
+use super::webhooks::{DeliveryBook, WebhookTuning, Webhooks};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +148,8 @@ pub struct Gateway {
     pub(crate) alarm: Arc<Alarm>,
     /// Delivers webhooks.
     pub(crate) webhooks: Arc<dyn Webhooks>,
+    /// Webhook deliveries in flight per endpoint, and their outcomes.
+    pub(crate) deliveries: DeliveryBook,
     pub(crate) tuning: GatewayTuning,
     pub(crate) rng: ring::rand::SystemRandom,
     pub(crate) catalogs: CatalogCache,
@@ -181,6 +183,7 @@ impl Gateway {
             fulfilment,
             alarm,
             webhooks,
+            deliveries: DeliveryBook::default(),
             tuning,
             rng: ring::rand::SystemRandom::new(),
             catalogs: CatalogCache::default(),

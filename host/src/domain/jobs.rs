@@ -86,11 +86,14 @@ impl Job {
         Job::new(format!("fulfil/{order}"), JobKind::Fulfil { order }, due_ms)
     }
 
+    /// What the id of every delivery job starts with.
+    pub const DELIVER_PREFIX: &'static str = "deliver/";
+
     /// The job that delivers `event` to `endpoint` (try `number`) at `due_ms`; one per
     /// event and endpoint.
     pub fn deliver(event: &Event, endpoint: EndpointId, number: u32, due_ms: u64) -> Job {
         Job::new(
-            format!("deliver/{}/{endpoint}", event.id),
+            format!("{}{}/{endpoint}", Job::DELIVER_PREFIX, event.id),
             JobKind::Deliver {
                 event: event.id,
                 reseller: event.reseller,

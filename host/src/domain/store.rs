@@ -285,6 +285,8 @@ pub trait Store: Send + Sync {
     async fn add_job(&self, job: &Job) -> StoreResult<bool>;
     /// A job by id.
     async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+    /// Every job whose id starts with `prefix` (metrics: what waits of one kind).
+    async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>>;
     /// Claim up to `limit` jobs claimable at `now_ms` (due, live, not leased), leasing each
     /// until `now_ms + lease_ms`: of two workers claiming at once, each job goes to one
     /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`).

@@ -204,6 +204,113 @@ impl WebhookTuning {
     }
 }
 
+/// What a delivery job does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextTry {
+    /// Nothing: delivered, or given up (endpoint gone or disabled, schedule spent).
+    Done,
+    /// Try again after this wait (the try counts).
+    After(Duration),
+    /// The endpoint has its share of deliveries in flight: run this one a little later
+    /// (no try was made, none is counted).
+    Busy(Duration),
+}
+
+/// Deliveries in flight per endpoint, and counts of how attempts ended, for fairness and
+/// metrics. A slow or dead endpoint holds at most [`DeliveryBook::PER_ENDPOINT`] of the
+/// worker's slots, so it never delays other resellers' deliveries.
+#[derive(Debug, Default)]
+pub struct DeliveryBook {
+    in_flight: std::sync::Mutex<std::collections::HashMap<EndpointId, usize>>,
+    delivered: std::sync::atomic::AtomicU64,
+    gone: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    deferred: std::sync::atomic::AtomicU64,
+}
+
+/// A delivery slot of one endpoint, given back when dropped.
+pub struct Slot<'a> {
+    book: &'a DeliveryBook,
+    endpoint: EndpointId,
+}
+
+impl DeliveryBook {
+    /// Deliveries one endpoint may have in flight at once.
+    pub const PER_ENDPOINT: usize = 2;
+    /// How long a delivery waits for a busy endpoint before it is run again.
+    pub const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+    /// A slot for a delivery to `endpoint`, unless it has its share in flight.
+    pub fn slot(&self, endpoint: EndpointId) -> Option<Slot<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = in_flight.entry(endpoint).or_default();
+        if *n >= Self::PER_ENDPOINT {
+            self.deferred
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            book: self,
+            endpoint,
+        })
+    }
+
+    /// Count how an attempt ended.
+    pub fn ended(&self, outcome: AttemptOutcome) {
+        let counter = match outcome {
+            AttemptOutcome::Delivered => &self.delivered,
+            AttemptOutcome::Gone => &self.gone,
+            AttemptOutcome::Failed => &self.failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `(outcome, attempts)` since start, and deliveries deferred for a busy endpoint.
+    pub fn counts(&self) -> ([(&'static str, u64); 3], u64) {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        (
+            [
+                ("delivered", get(&self.delivered)),
+                ("gone", get(&self.gone)),
+                ("failed", get(&self.failed)),
+            ],
+            get(&self.deferred),
+        )
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .book
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.endpoint);
+            }
+        }
+    }
+}
+
+/// Webhook figures for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookStats {
+    /// Attempts by outcome since start.
+    pub attempts: [(&'static str, u64); 3],
+    /// Deliveries put off because their endpoint had its share in flight.
+    pub deferred: u64,
+    /// Events waiting in the outbox.
+    pub outbox: usize,
+    /// Deliveries scheduled and not finished.
+    pub queued: usize,
+    /// Age of the oldest event waiting in the outbox or for a delivery, ms.
+    pub oldest_undelivered_ms: u64,
+}
+
 /// The body of a delivery: `{type, timestamp, data}` (Standard Webhooks' shape); the id
 /// travels as `webhook-id`.
 #[derive(Debug, Serialize)]
@@ -282,6 +389,22 @@ impl Webhooks for FakeWebhooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_gets_its_share_of_slots_and_no_more_until_one_is_given_back() {
+        let book = DeliveryBook::default();
+        let (slow, other) = (EndpointId::new(), EndpointId::new());
+        let a = book.slot(slow).unwrap();
+        let _b = book.slot(slow).unwrap();
+        assert!(book.slot(slow).is_none(), "its share is in flight");
+        assert!(
+            book.slot(other).is_some(),
+            "another endpoint is not held up"
+        );
+        drop(a);
+        assert!(book.slot(slow).is_some());
+        assert_eq!(book.counts().1, 1, "one deferral counted");
+    }
 
     #[test]
     fn the_default_schedule_is_the_standard_webhooks_example_and_then_stops() {

@@ -19,6 +19,7 @@ use crate::domain::gateway::Gateway;
 use crate::domain::jobs::{Alarm, Job, JobKind, RetrySchedule, random_fraction};
 use crate::domain::store::{Store, StoreResult};
 use crate::domain::supplier::BoxFuture;
+use crate::domain::webhooks::NextTry;
 
 /// What a run decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,9 @@ impl Default for WorkerTuning {
         WorkerTuning {
             poll: Duration::from_secs(1),
             lease: Duration::from_secs(600),
-            batch: 16,
+            // Each job holds a task, not a thread: a batch as large as fulfilment's
+            // concurrency keeps slow suppliers and receivers from queueing the rest.
+            batch: 64,
             retry: RetrySchedule::default(),
         }
     }
@@ -269,7 +272,9 @@ impl JobHandler for GatewayJobs {
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(match next {
-                        Some(wait) => Outcome::AgainAs(
+                        NextTry::Done => Outcome::Done,
+                        NextTry::Busy(wait) => Outcome::Again(wait),
+                        NextTry::After(wait) => Outcome::AgainAs(
                             wait,
                             JobKind::Deliver {
                                 event,
@@ -278,7 +283,6 @@ impl JobHandler for GatewayJobs {
                                 number: number + 1,
                             },
                         ),
-                        None => Outcome::Done,
                     })
                 }
                 JobKind::ExpireIdempotency => {

@@ -451,6 +451,16 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {
+        Ok(self
+            .lock()
+            .jobs
+            .range(prefix.to_string()..)
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .map(|(_, j)| j.clone())
+            .collect())
+    }
+
     async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         Ok(self.lock().jobs.get(id).cloned())
     }

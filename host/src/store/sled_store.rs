@@ -1274,6 +1274,13 @@ impl Store for SledStore {
         Ok(added.is_ok())
     }
 
+    async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {
+        self.jobs
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
+    }
+
     async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         get(&self.jobs, id.as_bytes())
     }

@@ -19,7 +19,7 @@ use crate::domain::supplier::{
     DataAllowance, FakeSupplier, Money, OnlySupplier, Supplier, SupplierError, SupplierProduct,
 };
 use crate::domain::use_cases::webhooks::NewEndpoint;
-use crate::domain::webhooks::{AttemptOutcome, FakeWebhooks};
+use crate::domain::webhooks::{AttemptOutcome, FakeWebhooks, NextTry};
 use crate::store::MemoryStore;
 
 /// A supplier with one product whose catalog fails while `failing` is set; counts its
@@ -248,7 +248,9 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
     let state = || f.gateway.endpoint(&who, endpoint.id);
 
     *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Failed;
-    let wait = deliver(1).await.unwrap().expect("tried again");
+    let NextTry::After(wait) = deliver(1).await.unwrap() else {
+        panic!("tried again")
+    };
     assert!(
         (5_000..5_500).contains(&wait.as_millis()),
         "the schedule's 5 s: {wait:?}"
@@ -257,18 +259,18 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
     // A success in between clears the mark.
     *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Delivered;
     f.clock.advance(5_000);
-    assert_eq!(deliver(2).await.unwrap(), None);
+    assert_eq!(deliver(2).await.unwrap(), NextTry::Done);
     assert_eq!(state().await.unwrap().failing_since_ms, None);
 
     // Failing from now on: still enabled a moment before five days, disabled at five.
     *f.webhooks.outcome.lock().unwrap() = AttemptOutcome::Failed;
     let since = START + 5_000;
-    assert!(deliver(1).await.unwrap().is_some());
+    assert!(matches!(deliver(1).await.unwrap(), NextTry::After(_)));
     f.clock.advance(5 * 24 * 3_600_000 - 1);
-    assert!(deliver(2).await.unwrap().is_some());
+    assert!(matches!(deliver(2).await.unwrap(), NextTry::After(_)));
     assert!(state().await.unwrap().enabled);
     f.clock.advance(1);
-    assert_eq!(deliver(3).await.unwrap(), None, "given up");
+    assert_eq!(deliver(3).await.unwrap(), NextTry::Done, "given up");
     let disabled = state().await.unwrap();
     assert!(!disabled.enabled);
     assert_eq!(disabled.failing_since_ms, Some(since));
@@ -276,7 +278,7 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
     let sent = f.webhooks.sent.lock().unwrap().len();
     assert_eq!(
         deliver(4).await.unwrap(),
-        None,
+        NextTry::Done,
         "a disabled endpoint gets nothing"
     );
     assert_eq!(f.webhooks.sent.lock().unwrap().len(), sent);
@@ -300,7 +302,7 @@ async fn a_410_disables_at_once_and_the_payload_is_thin() {
             .deliver(event.reseller, endpoint.id, event.id, 1)
             .await
             .unwrap(),
-        None
+        NextTry::Done
     );
     let state = f.gateway.endpoint(&who, endpoint.id).await.unwrap();
     assert!(!state.enabled);

@@ -11,7 +11,8 @@ use crate::domain::ids::{AttemptId, EndpointId, EventId, ResellerId};
 use crate::domain::jobs::{Job, random_fraction};
 use crate::domain::store::Page;
 use crate::domain::webhooks::{
-    Attempt, AttemptOutcome, Endpoint, Outbound, Payload, PreviousSecret, Sent,
+    Attempt, AttemptOutcome, DeliveryBook, Endpoint, NextTry, Outbound, Payload, PreviousSecret,
+    Sent, WebhookStats,
 };
 
 /// Longest endpoint URL accepted.
@@ -233,24 +234,26 @@ impl Gateway {
         Ok(scheduled)
     }
 
-    /// Try number `number` of delivering event `event` to endpoint `endpoint`: `Ok(None)`
-    /// when done (delivered, or given up: the endpoint is gone, disabled or the schedule
-    /// spent), `Ok(Some(wait))` to try again after `wait`.
+    /// Try number `number` of delivering event `event` to endpoint `endpoint`, and what
+    /// follows it.
     pub async fn deliver(
         &self,
         reseller: ResellerId,
         endpoint: EndpointId,
         event: EventId,
         number: u32,
-    ) -> Result<Option<Duration>, DomainError> {
+    ) -> Result<NextTry, DomainError> {
+        let Some(_slot) = self.deliveries.slot(endpoint) else {
+            return Ok(NextTry::Busy(DeliveryBook::BUSY_WAIT));
+        };
         let Some(mut endpoint) = self.store.endpoint(reseller, endpoint).await? else {
-            return Ok(None);
+            return Ok(NextTry::Done);
         };
         let Some(event) = self.store.event(reseller, event).await? else {
-            return Ok(None);
+            return Ok(NextTry::Done);
         };
         if !endpoint.wants(event.kind) {
-            return Ok(None);
+            return Ok(NextTry::Done);
         }
         let body = Payload::of(&event, rfc3339(event.created_at_ms));
         let body = serde_json::to_vec(&body).expect("payloads serialise");
@@ -259,18 +262,19 @@ impl Gateway {
         let attempt = self
             .record_attempt(&endpoint, event.id, number, sent)
             .await?;
+        self.deliveries.ended(attempt.outcome);
         let now = attempt.at_ms;
         let next = match attempt.outcome {
             AttemptOutcome::Delivered => {
                 if endpoint.failing_since_ms.take().is_some() {
                     self.store.put_endpoint(&endpoint).await?;
                 }
-                return Ok(None);
+                return Ok(NextTry::Done);
             }
             AttemptOutcome::Gone => {
                 self.disable(&mut endpoint, "the endpoint answered 410 Gone".into())
                     .await?;
-                return Ok(None);
+                return Ok(NextTry::Done);
             }
             AttemptOutcome::Failed => {
                 let fraction = random_fraction(&self.rng);
@@ -287,12 +291,37 @@ impl Gateway {
                 failing_for.as_secs() / 3600
             );
             self.disable(&mut endpoint, why).await?;
-            return Ok(None);
+            return Ok(NextTry::Done);
         }
         if since == now {
             self.store.put_endpoint(&endpoint).await?;
         }
-        Ok(next)
+        Ok(next.map_or(NextTry::Done, NextTry::After))
+    }
+
+    /// Webhook figures for metrics: attempts by outcome, what waits, and for how long.
+    pub async fn webhook_stats(&self) -> Result<WebhookStats, DomainError> {
+        let now = self.clock.now_ms();
+        let age = |id: EventId| now.saturating_sub(id.0.timestamp_ms());
+        let outbox = self.store.outbox(usize::MAX).await?;
+        let queued = self.store.jobs_with_prefix(Job::DELIVER_PREFIX).await?;
+        let oldest = outbox
+            .iter()
+            .map(|e| age(e.id))
+            .chain(queued.iter().filter_map(|j| match j.kind {
+                crate::domain::jobs::JobKind::Deliver { event, .. } => Some(age(event)),
+                _ => None,
+            }))
+            .max()
+            .unwrap_or(0);
+        let (attempts, deferred) = self.deliveries.counts();
+        Ok(WebhookStats {
+            attempts,
+            deferred,
+            outbox: outbox.len(),
+            queued: queued.len(),
+            oldest_undelivered_ms: oldest,
+        })
     }
 
     /// Sign with the endpoint's secrets (the previous one too, during its grace period)
