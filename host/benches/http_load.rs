@@ -14,6 +14,11 @@
 //! `BENCH_BASE_BIN=/path/to/simgate` adds a second gateway, another build (an earlier
 //! commit's release binary, say), measured in the same rounds right after this build:
 //! before and after a change, side by side, under the same machine conditions.
+//!
+//! `BENCH_WEBHOOKS=1` adds instead a second gateway of this build whose reseller has one
+//! webhook endpoint (another hello-world process on loopback as the receiver): the cost
+//! of the outbox beside the same build without one, and the deliveries per second it then
+//! makes (every order's event, from the start of the load to the last delivery).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -68,17 +73,34 @@ fn main() {
         .ok()
         .filter(|v| !v.is_empty());
     let this_build = env!("CARGO_BIN_EXE_simgate").to_string();
-    let mut builds = vec![("this build", this_build.clone())];
-    if let Some(base) = std::env::var("BENCH_BASE_BIN")
+    let mut builds = vec![("this build", this_build.clone(), None)];
+    let mut receiver = None;
+    if std::env::var("BENCH_WEBHOOKS").is_ok_and(|v| v == "1") {
+        let mut hooks = Command::new(std::env::current_exe().unwrap())
+            .arg("hello")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the webhook receiver");
+        let addr = read_addr(hooks.stdout.take().unwrap(), "listening on http://");
+        receiver = Some(hooks);
+        builds.push((
+            "this build, one webhook endpoint",
+            this_build.clone(),
+            Some(addr),
+        ));
+    } else if let Some(base) = std::env::var("BENCH_BASE_BIN")
         .ok()
         .filter(|b| !b.is_empty())
     {
-        builds.push(("baseline", base));
+        builds.push(("baseline", base, None));
     }
     let gateways: Vec<Gateway> = builds
         .into_iter()
-        .map(|(label, bin)| Gateway::start(label, &bin, &this_build, sync_wait.as_deref()))
+        .map(|(label, bin, hooks)| {
+            Gateway::start(label, &bin, &this_build, sync_wait.as_deref(), hooks)
+        })
         .collect();
+    let mut deliveries: Vec<(u64, Duration)> = Vec::new();
     let body = Bytes::from_static(br#"{"product_id":"sandbox:SBX-US-5GB-30D","quantity":1}"#);
 
     // Per round: hello world, then per gateway its POST run and GET run.
@@ -94,6 +116,8 @@ fn main() {
             let body = body.clone();
             // An idempotency key is printable ASCII without spaces.
             let label = gw.label.replace(' ', "-");
+            let post_started = Instant::now();
+            let delivered_before = gw.metrics().delivered;
             let post_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
                 Req::post(
                     "/v1/orders".into(),
@@ -108,13 +132,25 @@ fn main() {
             // the load stops (zero when orders are answered only once fulfilled).
             let drain_started = Instant::now();
             (accepted, settled) = loop {
-                let (accepted, settled) = order_counts(gw.addr, &gw.admin);
-                if settled >= accepted || drain_started.elapsed() > Duration::from_secs(300) {
-                    break (accepted, settled);
+                let m = gw.metrics();
+                if m.settled >= m.accepted || drain_started.elapsed() > Duration::from_secs(300) {
+                    break (m.accepted, m.settled);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };
             drain = drain.max(drain_started.elapsed());
+            if gw.webhooks {
+                // Every settled order raised one event: wait for each to be delivered.
+                let delivered = loop {
+                    let m = gw.metrics();
+                    if m.delivered >= m.settled || post_started.elapsed() > Duration::from_secs(600)
+                    {
+                        break m.delivered - delivered_before;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                deliveries.push((delivered, post_started.elapsed()));
+            }
             let get_auth = gw.auth.clone();
             let get_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
                 Req::get(
@@ -130,6 +166,10 @@ fn main() {
     drop(gateways);
     let _ = hello.kill();
     let _ = hello.wait();
+    if let Some(mut hooks) = receiver {
+        let _ = hooks.kill();
+        let _ = hooks.wait();
+    }
 
     let mode = match sync_wait.as_deref() {
         Some("0") => "answered on acceptance",
@@ -213,6 +253,14 @@ fn main() {
         "fulfilment: {settled} of {accepted} accepted orders settled (last gateway); the worker needed at most {:.1} s after a round's load stopped",
         drain.as_secs_f64(),
     );
+    for (round, (delivered, took)) in deliveries.iter().enumerate() {
+        println!(
+            "webhooks, round {}: {delivered} events delivered {:.1} s after the load began: {:.0} deliveries/s",
+            round + 1,
+            took.as_secs_f64(),
+            *delivered as f64 / took.as_secs_f64()
+        );
+    }
 }
 
 /// One gateway under test: its own process and data directory, killed when dropped.
@@ -222,12 +270,21 @@ struct Gateway {
     addr: SocketAddr,
     auth: String,
     admin: String,
+    /// Whether its reseller has a webhook endpoint.
+    webhooks: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     /// Start `bin` on a fresh data dir with the sandbox plugin (packed by `packer`).
-    fn start(label: &'static str, bin: &str, packer: &str, sync_wait: Option<&str>) -> Gateway {
+    /// With `hooks`, the demo reseller gets a webhook endpoint at that receiver.
+    fn start(
+        label: &'static str,
+        bin: &str,
+        packer: &str,
+        sync_wait: Option<&str>,
+        hooks: Option<SocketAddr>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         simgate_test_support::pack(
             std::path::Path::new(packer),
@@ -238,8 +295,9 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n",
-                sync_wait.map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default()
+                "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n{}",
+                sync_wait.map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default(),
+                if hooks.is_some() { "[webhooks]\nallow_private_addresses = true\n" } else { "" }
             ),
         )
         .unwrap();
@@ -253,15 +311,78 @@ impl Gateway {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let (addr, key, admin) = read_gateway(process.stdout.take().unwrap());
-        Gateway {
+        let gw = Gateway {
             label,
             process,
             addr,
             auth: format!("Bearer {key}"),
             admin,
+            webhooks: hooks.is_some(),
             _dir: dir,
+        };
+        if let Some(hooks) = hooks {
+            let body = format!(r#"{{"url":"http://{hooks}/hooks"}}"#);
+            let (status, _) = gw.call("POST", "/v1/webhook-endpoints", &gw.auth, body);
+            assert_eq!(status, 201, "registering the webhook endpoint");
+        }
+        gw
+    }
+
+    /// Send one request; returns its status and body.
+    fn call(&self, method: &str, path: &str, auth: &str, body: String) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "bench")
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    /// Orders accepted and settled, and webhooks delivered, so far (from `/metrics`).
+    fn metrics(&self) -> Counts {
+        let (_, text) = self.call(
+            "GET",
+            "/metrics",
+            &format!("Bearer {}", self.admin),
+            String::new(),
+        );
+        let value = |series: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let orders = |status: &str| value(&format!("simgate_orders_total{{status=\"{status}\"}} "));
+        Counts {
+            accepted: orders("accepted"),
+            settled: orders("fulfilled") + orders("failed"),
+            delivered: value("simgate_webhook_attempts_total{outcome=\"delivered\"} "),
         }
     }
+}
+
+/// Figures read from a gateway's `/metrics`.
+struct Counts {
+    accepted: u64,
+    settled: u64,
+    delivered: u64,
 }
 
 impl Drop for Gateway {
@@ -269,37 +390,6 @@ impl Drop for Gateway {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-/// Orders accepted and orders settled (fulfilled or failed) so far, from `/metrics`.
-fn order_counts(addr: SocketAddr, admin: &str) -> (u64, u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let text = rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::get("/metrics")
-            .header("host", "bench")
-            .header("authorization", format!("Bearer {admin}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
-    });
-    let count = |status: &str| -> u64 {
-        let prefix = format!("simgate_orders_total{{status=\"{status}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (count("accepted"), count("fulfilled") + count("failed"))
 }
 
 /// One request to send.
