@@ -105,3 +105,31 @@ fn settled_orders_raise_events_their_reseller_alone_reads_back_even_after_a_rest
         "kept across a restart"
     );
 }
+
+#[test]
+fn an_order_left_waiting_for_its_supplier_raises_order_submitted_before_it_is_fulfilled() {
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .config("[orders]\npoll_interval_ms = 100\nsync_wait_ms = 0\n")
+        .start();
+    let (_, key) = gw.new_reseller(0, Some(50_000));
+    let body = json!({"product_id": "sandbox:SBX-ASYNC-1GB-7D"});
+    let r = gw.post_idem_as(&key, "/v1/orders", &body, &unique_key());
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let page = loop {
+        let page = events(&gw, &key, "");
+        if page["data"].as_array().unwrap().len() >= 2 || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        types_and_orders(&page),
+        [
+            ("order.fulfilled".to_string(), id.clone()),
+            ("order.submitted".to_string(), id)
+        ]
+    );
+    assert_eq!(page["data"][1]["data"]["status"], "submitted");
+}

@@ -8,11 +8,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{EventId, OrderId, ResellerId};
-use super::orders::{Order, OrderStatus};
+use super::orders::{EsimRecord, Order, OrderStatus};
+use super::supplier::{PlanState, ProfileState};
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EventType {
+    /// An order is waiting for its supplier (raised when its first step did not settle it).
+    #[serde(rename = "order.submitted")]
+    OrderSubmitted,
     /// An order's eSIMs were delivered (its hold captured).
     #[serde(rename = "order.fulfilled")]
     OrderFulfilled,
@@ -22,22 +26,34 @@ pub enum EventType {
     /// A fulfilled order was cancelled and refunded.
     #[serde(rename = "order.cancelled")]
     OrderCancelled,
+    /// An eSIM's profile changed state (downloaded, installed, enabled, deleted, ...).
+    #[serde(rename = "esim.profile_state_changed")]
+    EsimProfileStateChanged,
+    /// An eSIM's plan changed state (active, depleted, expired, ...).
+    #[serde(rename = "esim.plan_state_changed")]
+    EsimPlanStateChanged,
 }
 
 impl EventType {
     /// Every type, for validating a subscription or a filter.
-    pub const ALL: [EventType; 3] = [
+    pub const ALL: [EventType; 6] = [
+        EventType::OrderSubmitted,
         EventType::OrderFulfilled,
         EventType::OrderFailed,
         EventType::OrderCancelled,
+        EventType::EsimProfileStateChanged,
+        EventType::EsimPlanStateChanged,
     ];
 
     /// The type's wire name, e.g. `order.fulfilled`.
     pub fn name(self) -> &'static str {
         match self {
+            EventType::OrderSubmitted => "order.submitted",
             EventType::OrderFulfilled => "order.fulfilled",
             EventType::OrderFailed => "order.failed",
             EventType::OrderCancelled => "order.cancelled",
+            EventType::EsimProfileStateChanged => "esim.profile_state_changed",
+            EventType::EsimPlanStateChanged => "esim.plan_state_changed",
         }
     }
 
@@ -46,14 +62,14 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// The event an order's move to `status` raises, if any. (Moves that settle no money
-    /// raise none yet: they are not written as a `Commit`.)
+    /// The event an order's move to `status` raises, if any.
     fn of_order_status(status: OrderStatus) -> Option<EventType> {
         match status {
+            OrderStatus::Submitted => Some(EventType::OrderSubmitted),
             OrderStatus::Fulfilled => Some(EventType::OrderFulfilled),
             OrderStatus::Failed => Some(EventType::OrderFailed),
             OrderStatus::Cancelled => Some(EventType::OrderCancelled),
-            OrderStatus::Accepted | OrderStatus::AwaitingKyc | OrderStatus::Submitted => None,
+            OrderStatus::Accepted | OrderStatus::AwaitingKyc => None,
         }
     }
 }
@@ -64,6 +80,22 @@ impl EventType {
 pub enum EventData {
     /// An order changed state.
     Order(OrderEvent),
+    /// An eSIM changed state.
+    Esim(EsimEvent),
+}
+
+/// An eSIM's change of state: both axes as they are now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EsimEvent {
+    /// The eSIM.
+    pub iccid: String,
+    /// The order that delivered it.
+    pub order_id: OrderId,
+    /// Its profile's state now.
+    pub profile_state: ProfileState,
+    /// Its plan's state now.
+    pub plan_state: PlanState,
 }
 
 /// An order's change of state.
@@ -96,6 +128,32 @@ pub struct Event {
 }
 
 impl Event {
+    /// The events of `esim` having changed from `before` (profile, plan) to its states
+    /// now: one per axis that moved.
+    pub fn of_esim(esim: &EsimRecord, before: (ProfileState, PlanState), at_ms: u64) -> Vec<Event> {
+        let data = EventData::Esim(EsimEvent {
+            iccid: esim.iccid.clone(),
+            order_id: esim.order,
+            profile_state: esim.profile,
+            plan_state: esim.plan,
+        });
+        let moved = [
+            (before.0 != esim.profile, EventType::EsimProfileStateChanged),
+            (before.1 != esim.plan, EventType::EsimPlanStateChanged),
+        ];
+        moved
+            .into_iter()
+            .filter(|(changed, _)| *changed)
+            .map(|(_, kind)| Event {
+                id: EventId::new(),
+                reseller: esim.reseller,
+                kind,
+                created_at_ms: at_ms,
+                data: data.clone(),
+            })
+            .collect()
+    }
+
     /// The event of `order` having just moved to its current status, if that move raises
     /// one.
     pub fn of_order(order: &Order) -> Option<Event> {

@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::clock::Clock;
 use super::esim;
+use super::events::Event;
 use super::ids::OrderId;
 use super::jobs::{Alarm, Job};
 use super::keyring::Keyring;
@@ -438,7 +439,19 @@ impl Fulfilment {
         let now = self.clock.now_ms();
         order.next_attempt_ms = now.saturating_add(delay.as_millis() as u64);
         order.updated_at_ms = now;
-        self.store.put_order(&order).await?;
+        if order.attempts == 1 {
+            // Its first step did not settle it: the reseller hears it is with the supplier.
+            let submitted = Commit::change(
+                Some(order.clone()),
+                Vec::new(),
+                Event::of_order(&order).into_iter().collect(),
+            );
+            if let Err(rejected) = self.store.commit(&submitted).await? {
+                return Err(unbalanced(order.id, rejected).into());
+            }
+        } else {
+            self.store.put_order(&order).await?;
+        }
         Ok(Step::Again(delay))
     }
 

@@ -61,15 +61,15 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-/// Records that change together, all or nothing: a ledger entry, the order as it is
-/// once the entry is posted, the eSIMs delivered or changed with it, and the events that
+/// Records that change together, all or nothing: a ledger entry (when money moves), the
+/// order as it is afterwards, the eSIMs delivered or changed with it, and the events that
 /// tell the reseller (audit entries join it with the audit log). The constructors keep
 /// the rules that tie them together: an order's hold has the order's id, so whatever an
 /// idempotent request created is found by that id; settling entries name their order;
 /// and a settled order raises its event in the same commit.
 #[derive(Debug, Clone)]
 pub struct Commit {
-    entry: LedgerEntry,
+    entry: Option<LedgerEntry>,
     order: Option<Order>,
     esims: Vec<EsimRecord>,
     events: Vec<Event>,
@@ -79,7 +79,7 @@ impl Commit {
     /// Accept a new order: hold its total.
     pub fn accept(order: Order) -> Result<Commit, TotalOutOfRange> {
         Ok(Commit {
-            entry: order.ledger_entry(EntryKind::Hold)?,
+            entry: Some(order.ledger_entry(EntryKind::Hold)?),
             order: Some(order),
             esims: Vec::new(),
             events: Vec::new(),
@@ -99,7 +99,7 @@ impl Commit {
             EntryKind::Capture | EntryKind::Release | EntryKind::Refund
         ));
         Ok(Commit {
-            entry: order.ledger_entry(kind)?,
+            entry: Some(order.ledger_entry(kind)?),
             events: Event::of_order(&order).into_iter().collect(),
             order: Some(order),
             esims,
@@ -109,16 +109,28 @@ impl Commit {
     /// Post an entry that belongs to no order (a credit).
     pub fn credit(entry: LedgerEntry) -> Commit {
         Commit {
-            entry,
+            entry: Some(entry),
             order: None,
             esims: Vec::new(),
             events: Vec::new(),
         }
     }
 
-    /// The ledger entry.
-    pub fn entry(&self) -> &LedgerEntry {
-        &self.entry
+    /// A change that moves no money: an order's new state (submitted, say) or eSIMs'
+    /// new states, with the events they raise. Its eSIMs must be ones their order already
+    /// owns (a change delivers nothing).
+    pub fn change(order: Option<Order>, esims: Vec<EsimRecord>, events: Vec<Event>) -> Commit {
+        Commit {
+            entry: None,
+            order,
+            esims,
+            events,
+        }
+    }
+
+    /// The ledger entry, when money moves.
+    pub fn entry(&self) -> Option<&LedgerEntry> {
+        self.entry.as_ref()
     }
 
     /// The order as it is once the entry is posted.
@@ -137,7 +149,7 @@ impl Commit {
     }
 
     /// The eSIMs and order, taken back (to answer from the records in hand).
-    pub fn into_parts(self) -> (LedgerEntry, Option<Order>, Vec<EsimRecord>) {
+    pub fn into_parts(self) -> (Option<LedgerEntry>, Option<Order>, Vec<EsimRecord>) {
         (self.entry, self.order, self.esims)
     }
 }
@@ -188,10 +200,11 @@ pub trait Store: Send + Sync {
     async fn put_order(&self, order: &Order) -> StoreResult<()>;
     /// Apply `commit` all or nothing: post its entry (refused if a balance would not
     /// cover it), store its order and its events, and store its eSIMs, claiming each ICCID
-    /// for the order.
-    /// An ICCID another order owns refuses the whole commit and names the owner; of two
-    /// commits racing for one ICCID, exactly one wins. Returns the balance after the entry.
-    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>>;
+    /// for the order. An ICCID another order owns refuses the whole commit and names the
+    /// owner; of two commits racing for one ICCID, exactly one wins (a change that moves no
+    /// money claims nothing: its eSIMs must be its order's already). Returns the balance
+    /// after the entry, if money moved.
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Option<Balance>, Rejected>>;
 
     /// A reseller's events, newest first, older than `before`, optionally of one type.
     async fn events_page(
@@ -248,8 +261,6 @@ pub trait Store: Send + Sync {
 
     /// An eSIM by ICCID.
     async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>>;
-    /// Replace the record of an eSIM whose ICCID its order already owns (a state refresh).
-    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()>;
 
     /// Claim an idempotency key for a request with `fingerprint` (see `idempotency::judge`).
     /// A running claim whose creation (`IdemKey::order`: an order, or a ledger entry of

@@ -366,6 +366,8 @@ pub(crate) struct FakeSupplier {
     pub catalog: Box<dyn Fn() -> SupplierResult<Vec<SupplierProduct>> + Send + Sync>,
     /// Answers `provision`.
     pub provision: Box<dyn Fn(ProvisionRequest) -> SupplierResult<ProvisionOutcome> + Send + Sync>,
+    /// Answers `usage`.
+    pub usage: Box<dyn Fn(String) -> SupplierResult<Usage> + Send + Sync>,
 }
 
 #[cfg(test)]
@@ -381,6 +383,7 @@ impl FakeSupplier {
             },
             catalog: Box::new(|| Ok(Vec::new())),
             provision: Box::new(|_| Err(SupplierError::NotSupported)),
+            usage: Box::new(|_| Err(SupplierError::NotSupported)),
         }
     }
 }
@@ -401,8 +404,9 @@ impl Supplier for FakeSupplier {
     fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
         Box::pin(async { Err(SupplierError::NotSupported) })
     }
-    fn usage(&self, _: String) -> BoxFuture<'_, SupplierResult<Usage>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
+    fn usage(&self, iccid: String) -> BoxFuture<'_, SupplierResult<Usage>> {
+        let answer = (self.usage)(iccid);
+        Box::pin(async move { answer })
     }
     fn top_up(&self, _: String, _: String, _: String) -> BoxFuture<'_, SupplierResult<String>> {
         Box::pin(async { Err(SupplierError::NotSupported) })

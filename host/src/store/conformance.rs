@@ -17,14 +17,14 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, KeyMode, Reseller, Role};
 use crate::domain::catalog::CachedCatalog;
-use crate::domain::events::{EventData, EventType};
+use crate::domain::events::{Event, EventData, EventType};
 use crate::domain::idempotency::{Claim, IdemKey, IdemState, LEASE_MS};
 use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::{Job, JobKind};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry, Refused, replay};
 use crate::domain::orders::{EsimRecord, Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::SubjectLookup;
-use crate::domain::store::{Commit, Rejected, Store};
+use crate::domain::store::{Commit, IccidTaken, Rejected, Store};
 use crate::domain::supplier::{Money, PlanState, ProfileState};
 use crate::domain::webhooks::{Attempt, AttemptOutcome, Endpoint};
 
@@ -56,6 +56,7 @@ macro_rules! store_conformance {
             jobs_are_claimed_once_while_leased_and_only_when_due,
             events_are_committed_with_their_change_and_listed_newest_first,
             webhook_endpoints_and_attempts_belong_to_their_reseller,
+            a_change_that_moves_no_money_writes_its_records_and_events_together,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -84,7 +85,8 @@ async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance
 
 /// Post an entry that belongs to no order.
 async fn post(store: &dyn Store, entry: LedgerEntry) -> Result<Balance, Rejected> {
-    store.commit(&Commit::credit(entry)).await.unwrap()
+    let posted = store.commit(&Commit::credit(entry)).await.unwrap();
+    posted.map(|b| b.expect("a credit moves money"))
 }
 
 fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
@@ -104,10 +106,11 @@ fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
 }
 
 async fn accept(store: &dyn Store, order: &Order) -> Result<Balance, Rejected> {
-    store
+    let accepted = store
         .commit(&Commit::accept(order.clone()).unwrap())
         .await
-        .unwrap()
+        .unwrap();
+    accepted.map(|b| b.expect("a hold moves money"))
 }
 
 fn esim(order: &Order, iccid: &str) -> EsimRecord {
@@ -197,7 +200,11 @@ pub async fn records_round_trip(backend: &dyn Backend) {
     assert_eq!(esims, vec![esim(&order, "8999000000000000011")]);
     let mut refreshed = esims[0].clone();
     refreshed.profile = ProfileState::Installed;
-    store.put_esim(&refreshed).await.unwrap();
+    store
+        .commit(&Commit::change(None, vec![refreshed.clone()], Vec::new()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.esim("8999000000000000011").await.unwrap(),
         Some(refreshed.clone())
@@ -354,10 +361,10 @@ pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
             .commit(&Commit::settle(cancelled, EntryKind::Refund, vec![deleted]).unwrap())
             .await
             .unwrap(),
-        Ok(Balance {
+        Ok(Some(Balance {
             available: 1_000,
             held: 0
-        })
+        }))
     );
     assert_eq!(
         store
@@ -907,13 +914,17 @@ pub async fn events_are_committed_with_their_change_and_listed_newest_first(back
     let kinds: Vec<EventType> = page.items.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventType::OrderFailed, EventType::OrderFulfilled]);
     assert!(!page.has_more);
-    let EventData::Order(data) = &page.items[1].data;
+    let EventData::Order(data) = &page.items[1].data else {
+        panic!("an order's event")
+    };
     assert_eq!(
         (data.order_id, data.status),
         (fulfilled.id, OrderStatus::Fulfilled)
     );
     let newest = page.items[0].clone();
-    let EventData::Order(data) = &newest.data;
+    let EventData::Order(data) = &newest.data else {
+        panic!("an order's event")
+    };
     assert_eq!(data.order_id, failed.id);
     assert_eq!(data.failure_code, None, "settled without a failure record");
 
@@ -1040,4 +1051,91 @@ pub async fn webhook_endpoints_and_attempts_belong_to_their_reseller(backend: &d
     assert_eq!(store.endpoints(r).await.unwrap(), std::slice::from_ref(&a));
     let kept = store.attempts_page(r, a.id, None, 10).await.unwrap();
     assert_eq!(kept.items, newest_first);
+}
+
+/// A change that moves no money stores its order, its eSIMs' new states and its events
+/// together; one naming an eSIM of another order writes nothing.
+pub async fn a_change_that_moves_no_money_writes_its_records_and_events_together(
+    backend: &dyn Backend,
+) {
+    let store = backend.open();
+    let (r, other) = (reseller().id, reseller().id);
+    credit(&*store, r, 1_000).await;
+    credit(&*store, other, 1_000).await;
+    let (mine, theirs) = (order_for(r, 100, 1), order_for(other, 100, 1));
+    accept(&*store, &mine).await.unwrap();
+    accept(&*store, &theirs).await.unwrap();
+    let mine = settle(&*store, &mine, &["8999000000000000078"])
+        .await
+        .unwrap();
+    let theirs = settle(&*store, &theirs, &["8999000000000000086"])
+        .await
+        .unwrap();
+    store
+        .dispatched(&store.outbox(10).await.unwrap())
+        .await
+        .unwrap();
+
+    // An order left waiting raises its event with its new state.
+    let mut waiting = order_for(r, 100, 1);
+    accept(&*store, &waiting).await.unwrap();
+    waiting.transition(OrderStatus::Submitted, 20).unwrap();
+    let raised = Event::of_order(&waiting).unwrap();
+    let change = Commit::change(Some(waiting.clone()), Vec::new(), vec![raised.clone()]);
+    assert_eq!(
+        store.commit(&change).await.unwrap(),
+        Ok(None),
+        "no money moved"
+    );
+    assert_eq!(
+        store.order(waiting.id).await.unwrap(),
+        Some(waiting.clone())
+    );
+    assert_eq!(
+        store.event(r, raised.id).await.unwrap(),
+        Some(raised.clone())
+    );
+
+    // An eSIM's new state, with its event.
+    let mut installed = store.esim("8999000000000000078").await.unwrap().unwrap();
+    let before = (installed.profile, installed.plan);
+    installed.profile = ProfileState::Installed;
+    let events = Event::of_esim(&installed, before, 30);
+    assert_eq!(events.len(), 1, "one axis moved");
+    let change = Commit::change(None, vec![installed.clone()], events.clone());
+    assert_eq!(store.commit(&change).await.unwrap(), Ok(None));
+    assert_eq!(
+        store.esim(&installed.iccid).await.unwrap(),
+        Some(installed.clone())
+    );
+    assert_eq!(
+        store.outbox(10).await.unwrap(),
+        [raised.clone(), events[0].clone()],
+        "both wait to be delivered"
+    );
+
+    // Naming another order's eSIM as one's own writes nothing, its event included.
+    let mut forged = store.esim("8999000000000000086").await.unwrap().unwrap();
+    forged.order = mine.id;
+    forged.reseller = r;
+    forged.profile = ProfileState::Deleted;
+    let sneaky = Event::of_esim(&forged, (ProfileState::Released, PlanState::Ready), 40);
+    let change = Commit::change(None, vec![forged], sneaky.clone());
+    assert!(matches!(
+        store.commit(&change).await.unwrap(),
+        Err(Rejected::IccidTaken(IccidTaken { owner, .. })) if owner == theirs.id
+    ));
+    let kept = store.esim("8999000000000000086").await.unwrap().unwrap();
+    assert_eq!(
+        (kept.order, kept.profile),
+        (theirs.id, ProfileState::Released)
+    );
+    assert_eq!(store.event(r, sneaky[0].id).await.unwrap(), None);
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.order(waiting.id).await.unwrap(), Some(waiting));
+    assert_eq!(store.esim(&installed.iccid).await.unwrap(), Some(installed));
+    assert_eq!(store.outbox(10).await.unwrap(), [raised, events[0].clone()]);
 }

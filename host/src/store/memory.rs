@@ -178,24 +178,39 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>> {
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Option<Balance>, Rejected>> {
         let mut state = self.lock();
-        let order = commit.order();
-        if let Some(taken) = commit.esims().iter().find_map(|e| {
-            state
-                .esims
-                .get(&e.iccid)
-                .filter(|held| Some(held.order) != order.map(|o| o.id))
-                .map(|held| IccidTaken {
-                    iccid: e.iccid.clone(),
-                    owner: held.order,
-                })
-        }) {
-            return Ok(Err(taken.into()));
+        if state.closed {
+            return Err(StoreError::Backend("the store is closed".into()));
         }
-        let balance = match state.post(commit.entry())? {
-            Ok(balance) => balance,
-            Err(refused) => return Ok(Err(refused.into())),
+        let order = commit.order();
+        for e in commit.esims() {
+            let owner = match state.esims.get(&e.iccid) {
+                Some(held) => held.order,
+                // A change delivers nothing: its eSIMs must exist.
+                None if commit.entry().is_none() => {
+                    return Err(StoreError::Backend(format!(
+                        "a change may only update an eSIM already delivered; {} is not",
+                        e.iccid
+                    )));
+                }
+                None => continue,
+            };
+            let claimant = order.map_or(e.order, |o| o.id);
+            if owner != claimant || owner != e.order {
+                return Ok(Err(IccidTaken {
+                    iccid: e.iccid.clone(),
+                    owner,
+                }
+                .into()));
+            }
+        }
+        let balance = match commit.entry() {
+            Some(entry) => match state.post(entry)? {
+                Ok(balance) => Some(balance),
+                Err(refused) => return Ok(Err(refused.into())),
+            },
+            None => None,
         };
         if let Some(order) = order {
             state.orders.insert(order.id, order.clone());
@@ -342,11 +357,6 @@ impl Store for MemoryStore {
 
     async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
         Ok(self.lock().esims.get(iccid).cloned())
-    }
-
-    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
-        self.lock().esims.insert(esim.iccid.clone(), esim.clone());
-        Ok(())
     }
 
     async fn claim_idempotency(

@@ -11,8 +11,10 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
-//! | `jobs` | job id | JSON `Job` (housekeeping and each open order's next step: claims scan the tree) |
-//! | `events` | reseller id ++ event id (sorts by time) | a commit pointer to the entry that raised it |
+//! | `jobs` | job id | JSON `Job` (housekeeping, each open order's next step, each delivery) |
+//! | `jobs_due` | due time (8 B, big-endian) ++ job id | empty: live jobs by when they may next be taken; rebuilt on open |
+//! | `events` | reseller id ++ event id (sorts by time) | a commit pointer to the entry that raised it, or the event in full |
+//! | `journal` | a ULID | a commit that moves no money, until it is applied |
 //! | `outbox` | event id | reseller id: events whose deliveries are not scheduled yet |
 //! | `webhook_endpoints` | reseller id ++ endpoint id | JSON `Endpoint` (secrets sealed) |
 //! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
@@ -41,6 +43,11 @@
 //! from `orders` and `esims` follow as plain inserts. If the process dies in between,
 //! opening the store replays the ledger and points every record that is older than the
 //! entry that committed it (or missing) at that entry.
+//!
+//! A commit that moves no money (an order left waiting at its supplier, an eSIM's new
+//! state, with their events) has no ledger entry to carry it: it is written first as one
+//! record in `journal`, then applied (each record in full), then its journal record is
+//! removed. Opening the store applies any journal record a crash left behind.
 //!
 //! An ICCID belongs to one order for good. Settling an order first *claims* each ICCID it
 //! delivers with a compare-and-swap on `esims` (`#` followed by the order id), so of two
@@ -97,8 +104,10 @@ pub struct SledStore {
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
     jobs: sled::Tree,
+    jobs_due: sled::Tree,
     events: sled::Tree,
     outbox: sled::Tree,
+    journal: sled::Tree,
     endpoints: sled::Tree,
     attempts: sled::Tree,
     meta: sled::Tree,
@@ -161,6 +170,28 @@ where
     put(tree, key, value)?;
     seen.insert(id, value.clone());
     Ok(())
+}
+
+/// A commit that moves no money, journaled until it is applied.
+#[derive(Deserialize)]
+struct Journaled {
+    #[serde(default)]
+    order: Option<Order>,
+    #[serde(default)]
+    esims: Vec<EsimRecord>,
+    #[serde(default)]
+    events: Vec<Event>,
+}
+
+/// The borrowed form of [`Journaled`], for writing.
+#[derive(Serialize)]
+struct JournalRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'a Order>,
+    #[serde(skip_serializing_if = "<[EsimRecord]>::is_empty")]
+    esims: &'a [EsimRecord],
+    #[serde(skip_serializing_if = "<[Event]>::is_empty")]
+    events: &'a [Event],
 }
 
 /// A ledger entry as stored, with the records it commits.
@@ -231,6 +262,18 @@ fn ledger_key(entry: &LedgerEntry) -> Vec<u8> {
 /// Where an event is indexed: reseller, then event id (sorts by time).
 fn event_key(event: &Event) -> Vec<u8> {
     cat(&event.reseller.to_bytes(), &event.id.to_bytes())
+}
+
+/// Where a live job is found by the time a worker may next take it: its due time or, while
+/// leased, its lease's end (big-endian, so entries sort by time), then its id. Dead jobs
+/// are not indexed.
+fn due_entry(job: &Job) -> Option<Vec<u8>> {
+    (!job.dead).then(|| {
+        cat(
+            &job.due_ms.max(job.lease_until_ms).to_be_bytes(),
+            job.id.as_bytes(),
+        )
+    })
 }
 
 /// Marks a commit pointer; JSON records start with `{`.
@@ -431,8 +474,10 @@ impl SledStore {
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
             jobs: tree("jobs")?,
+            jobs_due: tree("jobs_due")?,
             events: tree("events")?,
             outbox: tree("outbox")?,
+            journal: tree("journal")?,
             endpoints: tree("webhook_endpoints")?,
             attempts: tree("webhook_attempts")?,
             meta: tree("meta")?,
@@ -450,6 +495,11 @@ impl SledStore {
             store.replay_ledger()?
         };
         *store.lock_books() = books;
+        let replayed = store.replay_journal()?;
+        if replayed > 0 {
+            tracing::warn!(changes = replayed, "applied changes a crash left journaled");
+        }
+        store.reindex_jobs()?;
         // From here on the checkpoint goes stale: forget it before anything else is written.
         store.meta.remove(CLEAN).map_err(backend)?;
         store.db.flush().map_err(backend)?;
@@ -564,6 +614,76 @@ impl SledStore {
         Ok(n)
     }
 
+    /// Move a job's `jobs_due` entry from where `old` had it to where `new` has it. The
+    /// index is rebuilt from `jobs` on open, so an entry a crash left missing or stale is
+    /// mended then (and a stale one is dropped by the claim that meets it).
+    fn index_job(&self, old: Option<&Job>, new: Option<&Job>) -> StoreResult<()> {
+        let (old, new) = (old.and_then(due_entry), new.and_then(due_entry));
+        if old != new {
+            if let Some(old) = old {
+                self.jobs_due.remove(old).map_err(backend)?;
+            }
+            if let Some(new) = new {
+                self.jobs_due.insert(new, &[]).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild `jobs_due` from `jobs`.
+    fn reindex_jobs(&self) -> StoreResult<()> {
+        self.jobs_due.clear().map_err(backend)?;
+        for kv in self.jobs.iter() {
+            let job: Job = decode(&kv.map_err(backend)?.1)?;
+            self.index_job(None, Some(&job))?;
+        }
+        Ok(())
+    }
+
+    /// Write what a change carries, each record in full: the order (unless the stored one
+    /// is further along), the eSIMs, and the events (outbox entry, then index).
+    fn apply_change(
+        &self,
+        order: Option<&Order>,
+        esims: &[EsimRecord],
+        events: &[Event],
+    ) -> StoreResult<()> {
+        if let Some(order) = order {
+            let behind = match self.orders.get(order.id.to_bytes()).map_err(backend)? {
+                None => true,
+                Some(stored) => {
+                    progress(self.stored_order(&stored)?.status) <= progress(order.status)
+                }
+            };
+            if behind {
+                self.write_order(order)?;
+            }
+        }
+        for esim in esims {
+            put(&self.esims, esim.iccid.as_bytes(), esim)?;
+        }
+        for event in events {
+            self.outbox
+                .insert(event.id.to_bytes(), &event.reseller.to_bytes())
+                .map_err(backend)?;
+            put(&self.events, &event_key(event), event)?;
+        }
+        Ok(())
+    }
+
+    /// Apply every change a crash left journaled; returns how many.
+    fn replay_journal(&self) -> StoreResult<usize> {
+        let mut n = 0;
+        for kv in self.journal.iter() {
+            let (key, record) = kv.map_err(backend)?;
+            let change: Journaled = decode(&record)?;
+            self.apply_change(change.order.as_ref(), &change.esims, &change.events)?;
+            self.journal.remove(key).map_err(backend)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Index every event of the commit record under `key` that a crash kept from being
     /// indexed; returns how many.
     fn redo_events(&self, key: &[u8], events: &[Event]) -> StoreResult<usize> {
@@ -596,11 +716,12 @@ impl SledStore {
         Ok(())
     }
 
-    /// An event as indexed: the commit record it points at carries it.
+    /// An event as indexed: in full (raised by a change), or in the commit record it
+    /// points at.
     fn stored_event(&self, id: EventId, stored: &[u8]) -> StoreResult<Event> {
-        let key = stored
-            .strip_prefix(&[COMMITTED])
-            .ok_or_else(|| dangling("an event"))?;
+        let Some(key) = stored.strip_prefix(&[COMMITTED]) else {
+            return decode(stored);
+        };
         self.commits(key)?
             .and_then(|c| c.commits_events.into_iter().find(|e| e.id == id))
             .ok_or_else(|| dangling("an event"))
@@ -792,6 +913,82 @@ impl SledStore {
         Ok(Some((order, esims)))
     }
 
+    /// A commit that moves money: its ledger entry's record carries everything else.
+    fn commit_money(
+        &self,
+        entry: &LedgerEntry,
+        commit: &Commit,
+    ) -> StoreResult<Result<Balance, Rejected>> {
+        let esims = commit.esims();
+        let Some(order) = commit.order() else {
+            return Ok(self.post(entry, None, &[], &[])?.map_err(Rejected::from));
+        };
+        if entry.kind == EntryKind::Hold {
+            // `Commit::accept`: the hold has the order's id, which lists the order.
+            debug_assert_eq!(entry.id, order.id.0);
+            // Visible before the hold: a replay that finds the claim's order must read it.
+            self.lock_unwritten().insert(order.id, order.clone());
+            let posted = self.post(entry, Some(order), &[], commit.events());
+            if !matches!(posted, Ok(Ok(_))) {
+                self.lock_unwritten().remove(&order.id);
+            }
+            return Ok(posted?.map_err(Rejected::from));
+        }
+        if let Err(taken) = self.claim_iccids(order.id, esims)? {
+            return Ok(Err(taken.into()));
+        }
+        let balance = match self.post(entry, Some(order), esims, commit.events()) {
+            Ok(Ok(balance)) => balance,
+            refused_or_failed => {
+                self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
+                return Ok(refused_or_failed?.map_err(Rejected::from));
+            }
+        };
+        // The commit record now holds the order, its eSIMs and events: point at it.
+        let pointer = commit_pointer(&ledger_key(entry));
+        self.point_events_at_commit(commit.events(), &pointer)?;
+        self.point_at_commit(order, esims, &pointer)?;
+        Ok(Ok(balance))
+    }
+
+    /// A commit that moves no money: journaled as one record, applied, then forgotten; a
+    /// journal record a crash left behind is applied again on open.
+    fn commit_change(&self, commit: &Commit) -> StoreResult<Result<(), Rejected>> {
+        for esim in commit.esims() {
+            let owner = match self.esims.get(&esim.iccid).map_err(backend)? {
+                Some(stored) => self.owner_of(&esim.iccid, &stored)?.0,
+                None => {
+                    return Err(StoreError::Backend(format!(
+                        "a change may only update an eSIM already delivered; {} is not",
+                        esim.iccid
+                    )));
+                }
+            };
+            if owner != esim.order {
+                return Ok(Err(IccidTaken {
+                    iccid: esim.iccid.clone(),
+                    owner,
+                }
+                .into()));
+            }
+        }
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if *gate {
+            return Err(StoreError::Backend("the store is closed".into()));
+        }
+        let key = Ulid::new().to_bytes();
+        let record = encode(&JournalRef {
+            order: commit.order(),
+            esims: commit.esims(),
+            events: commit.events(),
+        });
+        self.journal.insert(key, record).map_err(backend)?;
+        self.apply_change(commit.order(), commit.esims(), commit.events())?;
+        self.journal.remove(key).map_err(backend)?;
+        drop(gate);
+        Ok(Ok(()))
+    }
+
     fn lock_unwritten(&self) -> MutexGuard<'_, HashMap<OrderId, Order>> {
         self.unwritten.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -944,37 +1141,11 @@ impl Store for SledStore {
         self.write_order(order)
     }
 
-    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Balance, Rejected>> {
-        let (entry, esims) = (commit.entry(), commit.esims());
-        let Some(order) = commit.order() else {
-            return Ok(self.post(entry, None, &[], &[])?.map_err(Rejected::from));
-        };
-        if entry.kind == EntryKind::Hold {
-            // `Commit::accept`: the hold has the order's id, which lists the order.
-            debug_assert_eq!(entry.id, order.id.0);
-            // Visible before the hold: a replay that finds the claim's order must read it.
-            self.lock_unwritten().insert(order.id, order.clone());
-            let posted = self.post(entry, Some(order), &[], commit.events());
-            if !matches!(posted, Ok(Ok(_))) {
-                self.lock_unwritten().remove(&order.id);
-            }
-            return Ok(posted?.map_err(Rejected::from));
+    async fn commit(&self, commit: &Commit) -> StoreResult<Result<Option<Balance>, Rejected>> {
+        match commit.entry() {
+            Some(entry) => Ok(self.commit_money(entry, commit)?.map(Some)),
+            None => Ok(self.commit_change(commit)?.map(|()| None)),
         }
-        if let Err(taken) = self.claim_iccids(order.id, esims)? {
-            return Ok(Err(taken.into()));
-        }
-        let balance = match self.post(entry, Some(order), esims, commit.events()) {
-            Ok(Ok(balance)) => balance,
-            refused_or_failed => {
-                self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
-                return Ok(refused_or_failed?.map_err(Rejected::from));
-            }
-        };
-        // The commit record now holds the order, its eSIMs and events: point at it.
-        let pointer = commit_pointer(&ledger_key(entry));
-        self.point_events_at_commit(commit.events(), &pointer)?;
-        self.point_at_commit(order, esims, &pointer)?;
-        Ok(Ok(balance))
     }
 
     async fn events_page(
@@ -1129,10 +1300,6 @@ impl Store for SledStore {
             .map(Option::flatten)
     }
 
-    async fn put_esim(&self, esim: &EsimRecord) -> StoreResult<()> {
-        put(&self.esims, esim.iccid.as_bytes(), esim)
-    }
-
     async fn claim_idempotency(
         &self,
         key: &IdemKey,
@@ -1263,15 +1430,24 @@ impl Store for SledStore {
     }
 
     async fn put_job(&self, job: &Job) -> StoreResult<()> {
-        put(&self.jobs, job.id.as_bytes(), job)
+        let old = self
+            .jobs
+            .insert(job.id.as_bytes(), encode(job))
+            .map_err(backend)?;
+        let old: Option<Job> = old.map(|v| decode(&v)).transpose()?;
+        self.index_job(old.as_ref(), Some(job))
     }
 
     async fn add_job(&self, job: &Job) -> StoreResult<bool> {
         let added = self
             .jobs
             .compare_and_swap(job.id.as_bytes(), None::<&[u8]>, Some(encode(job)))
-            .map_err(backend)?;
-        Ok(added.is_ok())
+            .map_err(backend)?
+            .is_ok();
+        if added {
+            self.index_job(None, Some(job))?;
+        }
+        Ok(added)
     }
 
     async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {
@@ -1287,23 +1463,37 @@ impl Store for SledStore {
 
     async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
         let mut claimed = Vec::new();
-        for kv in self.jobs.iter() {
+        // Only entries due by now: later jobs are never read.
+        let upto = now_ms.saturating_add(1).to_be_bytes();
+        for kv in self.jobs_due.range(..upto.as_slice()) {
             if claimed.len() == limit {
                 break;
             }
-            let (k, v) = kv.map_err(backend)?;
+            let (entry, _) = kv.map_err(backend)?;
+            let Some(v) = self.jobs.get(&entry[8..]).map_err(backend)? else {
+                // Its job was finished; the crash came before the entry went.
+                self.jobs_due.remove(&entry).map_err(backend)?;
+                continue;
+            };
             let mut job: Job = decode(&v)?;
+            if due_entry(&job).as_deref() != Some(&entry[..]) {
+                // Stale: the job was rescheduled and indexed anew.
+                self.jobs_due.remove(&entry).map_err(backend)?;
+                continue;
+            }
             if !job.claimable(now_ms) {
                 continue;
             }
+            let before = job.clone();
             job.lease_until_ms = now_ms.saturating_add(lease_ms);
             // Compare-and-swap: of two claimers, one leases the job.
             if self
                 .jobs
-                .compare_and_swap(&k, Some(&v), Some(encode(&job)))
+                .compare_and_swap(job.id.as_bytes(), Some(&v), Some(encode(&job)))
                 .map_err(backend)?
                 .is_ok()
             {
+                self.index_job(Some(&before), Some(&job))?;
                 claimed.push(job);
             }
         }
@@ -1311,8 +1501,9 @@ impl Store for SledStore {
     }
 
     async fn finish_job(&self, id: &str) -> StoreResult<()> {
-        self.jobs.remove(id.as_bytes()).map_err(backend)?;
-        Ok(())
+        let old = self.jobs.remove(id.as_bytes()).map_err(backend)?;
+        let old: Option<Job> = old.map(|v| decode(&v)).transpose()?;
+        self.index_job(old.as_ref(), None)
     }
 
     async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
@@ -1588,7 +1779,7 @@ mod tests {
             accept(&s, &accepted).await;
             s.commit(&settle).await.unwrap().unwrap();
             // The order and the eSIM are pointers to the capture's commit record.
-            let pointer = commit_pointer(&ledger_key(settle.entry()));
+            let pointer = commit_pointer(&ledger_key(settle.entry().unwrap()));
             assert_eq!(
                 s.orders.get(accepted.id.to_bytes()).unwrap().unwrap(),
                 pointer
@@ -1602,7 +1793,10 @@ mod tests {
             );
             // A state refresh moves no money: it is stored in full, and read instead of
             // the commit record's older copy.
-            s.put_esim(&refreshed).await.unwrap();
+            s.commit(&Commit::change(None, vec![refreshed.clone()], Vec::new()))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(s.esim(&esim.iccid).await.unwrap(), Some(refreshed.clone()));
             assert_eq!(
                 s.order_and_esims(accepted.id).await.unwrap(),
@@ -1766,7 +1960,8 @@ mod tests {
         esims: &[EsimRecord],
     ) -> Result<Balance, Rejected> {
         let commit = Commit::settle(order.clone(), kind, esims.to_vec()).unwrap();
-        s.commit(&commit).await.unwrap()
+        let settled = s.commit(&commit).await.unwrap();
+        settled.map(|b| b.expect("a settlement moves money"))
     }
 
     async fn accept_and_settle(
@@ -1900,6 +2095,55 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(s.esim(&iccid).await.unwrap().unwrap().reseller, b);
+    }
+
+    #[tokio::test]
+    async fn jobs_are_found_by_due_time_and_an_index_a_crash_left_behind_is_rebuilt() {
+        use crate::domain::jobs::JobKind;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 8).unwrap();
+            for n in 0..500u64 {
+                let job = Job::new(format!("later-{n}"), JobKind::RefreshCatalogs, 10_000 + n);
+                s.put_job(&job).await.unwrap();
+            }
+            s.put_job(&Job::new("now", JobKind::ExpireIdempotency, 5))
+                .await
+                .unwrap();
+            assert_eq!(s.jobs_due.len(), 501, "one entry per live job");
+            let claimed = s.claim_jobs(100, 50, 10).await.unwrap();
+            assert_eq!(
+                claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+                ["now"]
+            );
+            // Leased: indexed at its lease's end, claimable again only then.
+            assert!(s.claim_jobs(149, 50, 10).await.unwrap().is_empty());
+            assert_eq!(s.claim_jobs(150, 50, 10).await.unwrap().len(), 1);
+            s.finish_job("now").await.unwrap();
+            let mut dead = s.job("later-0").await.unwrap().unwrap();
+            dead.dead = true;
+            s.put_job(&dead).await.unwrap();
+            s.finish_job("later-1").await.unwrap();
+            assert_eq!(
+                s.jobs_due.len(),
+                498,
+                "dead and finished jobs leave the index"
+            );
+            // A crash between a job's write and its index entry loses the entry...
+            let later = Job::new("later-2", JobKind::RefreshCatalogs, 10_002);
+            s.jobs_due.remove(due_entry(&later).unwrap()).unwrap();
+            s.durable().await.unwrap();
+        }
+        // ...and opening the store rebuilds it.
+        let s = SledStore::open(dir.path(), 8).unwrap();
+        let due: Vec<String> = s
+            .claim_jobs(10_002, 50, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(due, ["later-2"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -177,7 +177,7 @@ impl Gateway {
         entry.id = entry_id;
         entry.note = note;
         match self.store.commit(&Commit::credit(entry)).await? {
-            Ok(balance) => Ok(balance),
+            Ok(balance) => Ok(balance.expect("a credit moves money")),
             Err(Rejected::Refused(refused)) => {
                 Err(DomainError::refused(refused, "/amount", currency.into()))
             }

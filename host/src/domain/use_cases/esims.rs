@@ -4,9 +4,11 @@
 use serde::Serialize;
 
 use crate::domain::esim;
+use crate::domain::events::Event;
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::ids::OrderId;
 use crate::domain::orders::{ActivationData, EsimRecord};
+use crate::domain::store::Commit;
 use crate::domain::store::StoreError;
 use crate::domain::supplier::{PlanState, ProfileState};
 
@@ -116,10 +118,20 @@ impl Gateway {
         if (rec.profile, rec.plan, rec.raw_status.as_str())
             != (usage.profile, usage.plan, usage.raw_status.as_str())
         {
+            let before = (rec.profile, rec.plan);
             rec.profile = usage.profile;
             rec.plan = usage.plan;
             rec.raw_status = usage.raw_status.clone();
-            self.store.put_esim(&rec).await?;
+            // The new states and the events they raise, together.
+            let events = Event::of_esim(&rec, before, observed_at_ms);
+            let change = Commit::change(None, vec![rec.clone()], events);
+            if let Err(rejected) = self.store.commit(&change).await? {
+                return Err(StoreError::Backend(format!(
+                    "eSIM {} could not be updated: {rejected}",
+                    rec.iccid
+                ))
+                .into());
+            }
         }
         Ok(UsageView {
             iccid: rec.iccid,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::clock::FixedClock;
+use crate::domain::events::EventType;
 use crate::domain::fulfilment::RetryPolicy;
 use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
 use crate::domain::idempotency::{Claim, IdemState};
@@ -16,7 +17,8 @@ use crate::domain::ledger::{EntryKind, LedgerEntry};
 use crate::domain::orders::{Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::store::Commit;
 use crate::domain::supplier::{
-    DataAllowance, FakeSupplier, Money, OnlySupplier, Supplier, SupplierError, SupplierProduct,
+    DataAllowance, FakeSupplier, Money, OnlySupplier, PlanState, ProfileState, Supplier,
+    SupplierError, SupplierProduct, Usage,
 };
 use crate::domain::use_cases::webhooks::NewEndpoint;
 use crate::domain::webhooks::{AttemptOutcome, FakeWebhooks, NextTry};
@@ -26,6 +28,8 @@ use crate::store::MemoryStore;
 /// catalog calls.
 struct Native {
     supplier: Arc<FakeSupplier>,
+    /// The profile and plan states its `usage` reports.
+    states: Arc<std::sync::Mutex<(ProfileState, PlanState)>>,
     failing: Arc<AtomicBool>,
     catalog_calls: Arc<AtomicU32>,
 }
@@ -34,6 +38,22 @@ fn native() -> Native {
     let failing = Arc::new(AtomicBool::new(false));
     let catalog_calls = Arc::new(AtomicU32::new(0));
     let mut supplier = FakeSupplier::new("native");
+    let states = Arc::new(std::sync::Mutex::new((
+        ProfileState::Released,
+        PlanState::Ready,
+    )));
+    let reported = states.clone();
+    supplier.usage = Box::new(move |_| {
+        let (profile, plan) = *reported.lock().unwrap();
+        Ok(Usage {
+            used_bytes: 0,
+            total_bytes: Some(1),
+            profile,
+            plan,
+            raw_status: format!("{profile:?}/{plan:?}"),
+            expires_at_ms: None,
+        })
+    });
     let (fails, calls) = (failing.clone(), catalog_calls.clone());
     supplier.catalog = Box::new(move || {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -57,6 +77,7 @@ fn native() -> Native {
     });
     Native {
         supplier: Arc::new(supplier),
+        states,
         failing,
         catalog_calls,
     }
@@ -316,4 +337,90 @@ async fn a_410_disables_at_once_and_the_payload_is_thin() {
     );
     assert_eq!(sent[0].msg_id, event.id.to_string());
     assert_eq!(sent[0].secrets.len(), 1);
+}
+
+#[tokio::test]
+async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
+    let f = fixture();
+    let (who, _, _) = subscribed_with_an_event(&f).await;
+    let reseller = who.reseller.unwrap();
+    let store = f.gateway.store();
+    store
+        .dispatched(&store.outbox(10).await.unwrap())
+        .await
+        .unwrap();
+    // An eSIM of a fulfilled order of this reseller.
+    let spec = OrderSpec {
+        reseller,
+        product_id: "native:SKU-1".into(),
+        plugin: "native".into(),
+        sku: "SKU-1".into(),
+        quantity: 1,
+        unit_price: Money {
+            minor: 100,
+            currency: "USD".into(),
+        },
+        kind: OrderKind::Esim,
+    };
+    let mut order = Order::accepted(spec, OrderId::new(), None, START);
+    store
+        .commit(&Commit::accept(order.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let esim = crate::domain::orders::EsimRecord {
+        iccid: "8999000000000000094".into(),
+        order: order.id,
+        reseller,
+        plugin: "native".into(),
+        sealed_activation: vec![1; 24],
+        confirmation_code_required: false,
+        luhn_valid: true,
+        profile: ProfileState::Released,
+        plan: PlanState::Ready,
+        raw_status: String::new(),
+        created_at_ms: START,
+    };
+    order.transition(OrderStatus::Submitted, START).unwrap();
+    order.transition(OrderStatus::Fulfilled, START).unwrap();
+    order.iccids = vec![esim.iccid.clone()];
+    let settle = Commit::settle(order, EntryKind::Capture, vec![esim.clone()]).unwrap();
+    store.commit(&settle).await.unwrap().unwrap();
+    store
+        .dispatched(&store.outbox(10).await.unwrap())
+        .await
+        .unwrap();
+    let kinds = || async {
+        let waiting = store.outbox(10).await.unwrap();
+        store.dispatched(&waiting).await.unwrap();
+        waiting.into_iter().map(|e| e.kind).collect::<Vec<_>>()
+    };
+
+    *f.native.states.lock().unwrap() = (ProfileState::Installed, PlanState::Active);
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    assert_eq!(
+        kinds().await,
+        [
+            EventType::EsimProfileStateChanged,
+            EventType::EsimPlanStateChanged
+        ]
+    );
+    let kept = store.esim(&esim.iccid).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.profile, kept.plan),
+        (ProfileState::Installed, PlanState::Active)
+    );
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    assert!(kinds().await.is_empty(), "nothing moved, nothing raised");
+    *f.native.states.lock().unwrap() = (ProfileState::Installed, PlanState::Depleted);
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    assert_eq!(kinds().await, [EventType::EsimPlanStateChanged]);
+    let page = f.gateway.events(&who, None, None, 1).await.unwrap();
+    let crate::domain::events::EventData::Esim(data) = &page.items[0].data else {
+        panic!("an eSIM's event")
+    };
+    assert_eq!(
+        (data.iccid.as_str(), data.plan_state),
+        (esim.iccid.as_str(), PlanState::Depleted)
+    );
 }

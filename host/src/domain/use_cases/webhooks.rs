@@ -19,8 +19,10 @@ use crate::domain::webhooks::{
 pub const MAX_URL: usize = 2048;
 /// Longest endpoint description accepted.
 pub const MAX_DESCRIPTION: usize = 256;
-/// Outbox events turned into deliveries per dispatch run.
+/// Outbox events read at once.
 const DISPATCH_BATCH: usize = 256;
+/// Outbox events one dispatch run turns into deliveries at most.
+const DISPATCH_RUN: usize = 16 * DISPATCH_BATCH;
 
 /// What a reseller asks for when registering an endpoint.
 #[derive(Debug, Clone)]
@@ -198,14 +200,23 @@ impl Gateway {
     }
 
     /// Turn what waits in the outbox into one delivery job per subscribed endpoint, then
-    /// take it out. A crash in between schedules again: delivery is at least once.
+    /// take it out, batch by batch until the outbox is empty (or a run's share is done,
+    /// so other jobs get the slot). A crash in between schedules again: delivery is at
+    /// least once. Returns how many events were dispatched.
     pub async fn dispatch_events(&self) -> Result<usize, DomainError> {
-        let events = self.store.outbox(DISPATCH_BATCH).await?;
-        for event in &events {
-            self.schedule_deliveries(event).await?;
+        let mut dispatched = 0;
+        while dispatched < DISPATCH_RUN {
+            let events = self.store.outbox(DISPATCH_BATCH).await?;
+            if events.is_empty() {
+                break;
+            }
+            for event in &events {
+                self.schedule_deliveries(event).await?;
+            }
+            self.store.dispatched(&events).await?;
+            dispatched += events.len();
         }
-        self.store.dispatched(&events).await?;
-        Ok(events.len())
+        Ok(dispatched)
     }
 
     /// Schedule `event`'s delivery to each of its reseller's endpoints that wants it.
