@@ -219,6 +219,16 @@ fn an_endpoint_that_answers_410_is_disabled_and_gets_nothing_more() {
             .unwrap()
             .contains("410")
     );
+    // The reseller is told, in its events.
+    let told = gw.call(
+        "GET",
+        "/v1/events?type=webhook_endpoint.disabled",
+        Some(&key),
+        None,
+    );
+    assert_eq!(told.json["data"][0]["data"]["endpoint_id"], endpoint);
+    let reason = told.json["data"][0]["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains("410"), "{reason}");
     order(&gw, &key, "sandbox:SBX-US-5GB-30D");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(receiver.received().len(), 1, "nothing more after 410");

@@ -327,6 +327,8 @@ pub struct WebhookSettings {
     pub rotation_grace_secs: u64,
     /// Endpoints a reseller may register.
     pub max_endpoints: usize,
+    /// How long the delivery log keeps each attempt (30 days).
+    pub attempt_retention_days: u64,
 }
 
 impl Default for WebhookSettings {
@@ -344,6 +346,7 @@ impl Default for WebhookSettings {
             dispatch_ms: tuning.dispatch_every.as_millis() as u64,
             rotation_grace_secs: tuning.rotation_grace.as_secs(),
             max_endpoints: tuning.max_endpoints,
+            attempt_retention_days: tuning.attempt_retention.as_secs() / (24 * 3600),
         }
     }
 }
@@ -362,6 +365,7 @@ impl WebhookSettings {
             dispatch_every: Duration::from_millis(self.dispatch_ms.max(1)),
             rotation_grace: Duration::from_secs(self.rotation_grace_secs),
             max_endpoints: self.max_endpoints,
+            attempt_retention: Duration::from_secs(self.attempt_retention_days * 24 * 3600),
         }
     }
 }

@@ -287,7 +287,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let handler = Arc::new(GatewayJobs {
             gateway: gateway.clone(),
             catalog_every: std::time::Duration::from_secs(config.orders.catalog_ttl_secs.max(1)),
-            idempotency_every: std::time::Duration::from_secs(3600),
+            sweep_every: std::time::Duration::from_secs(3600),
         });
         let alarm = gateway.alarm();
         let worker = Worker::new(

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{EventId, OrderId, ResellerId};
+use super::ids::{EndpointId, EventId, OrderId, ResellerId};
 use super::orders::{EsimRecord, Order, OrderStatus};
 use super::supplier::{PlanState, ProfileState};
 
@@ -32,17 +32,22 @@ pub enum EventType {
     /// An eSIM's plan changed state (active, depleted, expired, ...).
     #[serde(rename = "esim.plan_state_changed")]
     EsimPlanStateChanged,
+    /// The gateway disabled one of the reseller's webhook endpoints (it answered 410, or
+    /// failed for days): told to its other endpoints and listed by `GET /v1/events`.
+    #[serde(rename = "webhook_endpoint.disabled")]
+    WebhookEndpointDisabled,
 }
 
 impl EventType {
     /// Every type, for validating a subscription or a filter.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::OrderSubmitted,
         EventType::OrderFulfilled,
         EventType::OrderFailed,
         EventType::OrderCancelled,
         EventType::EsimProfileStateChanged,
         EventType::EsimPlanStateChanged,
+        EventType::WebhookEndpointDisabled,
     ];
 
     /// The type's wire name, e.g. `order.fulfilled`.
@@ -54,6 +59,7 @@ impl EventType {
             EventType::OrderCancelled => "order.cancelled",
             EventType::EsimProfileStateChanged => "esim.profile_state_changed",
             EventType::EsimPlanStateChanged => "esim.plan_state_changed",
+            EventType::WebhookEndpointDisabled => "webhook_endpoint.disabled",
         }
     }
 
@@ -82,6 +88,18 @@ pub enum EventData {
     Order(OrderEvent),
     /// An eSIM changed state.
     Esim(EsimEvent),
+    /// A webhook endpoint was disabled.
+    Endpoint(EndpointEvent),
+}
+
+/// A webhook endpoint the gateway disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointEvent {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Why.
+    pub reason: String,
 }
 
 /// An eSIM's change of state: both axes as they are now.
@@ -128,6 +146,25 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event of a reseller's endpoint `endpoint` having been disabled for `reason`.
+    pub fn endpoint_disabled(
+        reseller: ResellerId,
+        endpoint: EndpointId,
+        reason: String,
+        at_ms: u64,
+    ) -> Event {
+        Event {
+            id: EventId::new(),
+            reseller,
+            kind: EventType::WebhookEndpointDisabled,
+            created_at_ms: at_ms,
+            data: EventData::Endpoint(EndpointEvent {
+                endpoint_id: endpoint,
+                reason,
+            }),
+        }
+    }
+
     /// The events of `esim` having changed from `before` (profile, plan) to its states
     /// now: one per axis that moved.
     pub fn of_esim(esim: &EsimRecord, before: (ProfileState, PlanState), at_ms: u64) -> Vec<Event> {

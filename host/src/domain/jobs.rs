@@ -34,6 +34,8 @@ pub enum JobKind {
     },
     /// Turn the events waiting in the outbox into deliveries.
     DispatchEvents,
+    /// Forget webhook delivery attempts past their retention.
+    ExpireAttempts,
     /// Deliver an event to one webhook endpoint.
     Deliver {
         /// The event.

@@ -73,6 +73,7 @@ pub struct Commit {
     order: Option<Order>,
     esims: Vec<EsimRecord>,
     events: Vec<Event>,
+    endpoints: Vec<Endpoint>,
 }
 
 impl Commit {
@@ -83,6 +84,7 @@ impl Commit {
             order: Some(order),
             esims: Vec::new(),
             events: Vec::new(),
+            endpoints: Vec::new(),
         })
     }
 
@@ -103,6 +105,7 @@ impl Commit {
             events: Event::of_order(&order).into_iter().collect(),
             order: Some(order),
             esims,
+            endpoints: Vec::new(),
         })
     }
 
@@ -113,6 +116,7 @@ impl Commit {
             order: None,
             esims: Vec::new(),
             events: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 
@@ -125,7 +129,20 @@ impl Commit {
             order,
             esims,
             events,
+            endpoints: Vec::new(),
         }
+    }
+
+    /// A change that also stores `endpoint` (disabled, say) with its events.
+    pub fn with_endpoint(mut self, endpoint: Endpoint) -> Commit {
+        debug_assert!(self.entry.is_none(), "endpoints change without money");
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// The webhook endpoints it stores (changes only).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
     /// The ledger entry, when money moves.
@@ -232,6 +249,8 @@ pub trait Store: Send + Sync {
     async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool>;
     /// Record a delivery attempt.
     async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()>;
+    /// Forget delivery attempts made before `cutoff_ms`; returns how many.
+    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize>;
     /// The attempts at one of a reseller's endpoints, newest first, older than `before`.
     async fn attempts_page(
         &self,

@@ -219,8 +219,8 @@ pub struct GatewayJobs {
     pub gateway: Arc<Gateway>,
     /// How often catalogs are refreshed.
     pub catalog_every: Duration,
-    /// How often expired idempotency keys are swept.
-    pub idempotency_every: Duration,
+    /// How often idempotency keys and delivery attempts past their retention are swept.
+    pub sweep_every: Duration,
 }
 
 impl GatewayJobs {
@@ -233,6 +233,7 @@ impl GatewayJobs {
             ("refresh-catalogs", JobKind::RefreshCatalogs),
             ("expire-idempotency", JobKind::ExpireIdempotency),
             ("dispatch-events", JobKind::DispatchEvents),
+            ("expire-webhook-attempts", JobKind::ExpireAttempts),
         ];
         for (id, kind) in housekeeping {
             store.put_job(&Job::new(id, kind, now_ms)).await?;
@@ -285,6 +286,17 @@ impl JobHandler for GatewayJobs {
                         ),
                     })
                 }
+                JobKind::ExpireAttempts => {
+                    let n = self
+                        .gateway
+                        .expire_attempts()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if n > 0 {
+                        tracing::info!(expired = n, "webhook delivery attempts expired");
+                    }
+                    Ok(Outcome::Again(self.sweep_every))
+                }
                 JobKind::ExpireIdempotency => {
                     let n = self
                         .gateway
@@ -294,7 +306,7 @@ impl JobHandler for GatewayJobs {
                     if n > 0 {
                         tracing::info!(expired = n, "idempotency keys expired");
                     }
-                    Ok(Outcome::Again(self.idempotency_every))
+                    Ok(Outcome::Again(self.sweep_every))
                 }
             }
         })
@@ -439,7 +451,7 @@ mod schedule_tests {
         let store = MemoryStore::new();
         GatewayJobs::schedule(&store, 1_000).await.unwrap();
         // The previous process claimed both (10-minute leases) and was killed.
-        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 3);
+        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 4);
         assert!(
             store
                 .claim_jobs(2_000, 600_000, 10)
@@ -457,7 +469,12 @@ mod schedule_tests {
             .collect();
         assert_eq!(
             due,
-            ["dispatch-events", "expire-idempotency", "refresh-catalogs"]
+            [
+                "dispatch-events",
+                "expire-idempotency",
+                "expire-webhook-attempts",
+                "refresh-catalogs"
+            ]
         );
     }
 }

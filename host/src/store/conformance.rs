@@ -1044,6 +1044,12 @@ pub async fn webhook_endpoints_and_attempts_belong_to_their_reseller(backend: &d
     assert_eq!(rest.items, newest_first[2..]);
     let others = store.attempts_page(other, a.id, None, 10).await.unwrap();
     assert!(others.items.is_empty(), "not another's");
+    // Attempts past their retention are forgotten; later ones stay.
+    let old = attempt(0, 500);
+    let old = Attempt { at_ms: 0, ..old };
+    store.put_attempt(&old).await.unwrap();
+    assert_eq!(store.expire_attempts(1).await.unwrap(), 1);
+    assert_eq!(store.expire_attempts(1).await.unwrap(), 0);
 
     store.close().await.unwrap();
     drop(store);
@@ -1132,10 +1138,43 @@ pub async fn a_change_that_moves_no_money_writes_its_records_and_events_together
     );
     assert_eq!(store.event(r, sneaky[0].id).await.unwrap(), None);
 
+    // An endpoint changes with the event that tells of it.
+    let endpoint = Endpoint {
+        id: EndpointId::new(),
+        reseller: r,
+        url: "https://hooks.example.com/gone".into(),
+        event_types: EventType::ALL.to_vec(),
+        description: None,
+        enabled: false,
+        disabled_reason: Some("answered 410 Gone".into()),
+        sealed_secret: vec![1; 40],
+        previous: None,
+        failing_since_ms: None,
+        created_at_ms: 50,
+    };
+    let told = Event::endpoint_disabled(r, endpoint.id, "answered 410 Gone".into(), 50);
+    let change =
+        Commit::change(None, Vec::new(), vec![told.clone()]).with_endpoint(endpoint.clone());
+    assert_eq!(store.commit(&change).await.unwrap(), Ok(None));
+    assert_eq!(
+        store.endpoint(r, endpoint.id).await.unwrap(),
+        Some(endpoint.clone())
+    );
+    assert_eq!(store.event(r, told.id).await.unwrap(), Some(told));
+
     store.close().await.unwrap();
     drop(store);
     let store = backend.open();
+    assert_eq!(
+        store.endpoint(r, endpoint.id).await.unwrap(),
+        Some(endpoint)
+    );
     assert_eq!(store.order(waiting.id).await.unwrap(), Some(waiting));
     assert_eq!(store.esim(&installed.iccid).await.unwrap(), Some(installed));
-    assert_eq!(store.outbox(10).await.unwrap(), [raised, events[0].clone()]);
+    assert_eq!(
+        store.outbox(10).await.unwrap().len(),
+        3,
+        "all three still wait"
+    );
+    assert_eq!(store.outbox(2).await.unwrap(), [raised, events[0].clone()]);
 }

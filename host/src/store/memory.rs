@@ -218,6 +218,11 @@ impl Store for MemoryStore {
         for esim in commit.esims() {
             state.esims.insert(esim.iccid.clone(), esim.clone());
         }
+        for endpoint in commit.endpoints() {
+            state
+                .endpoints
+                .insert((endpoint.reseller, endpoint.id), endpoint.clone());
+        }
         for event in commit.events() {
             state
                 .events
@@ -302,6 +307,13 @@ impl Store for MemoryStore {
             .attempts
             .insert((attempt.endpoint, attempt.id), attempt.clone());
         Ok(())
+    }
+
+    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let before = state.attempts.len();
+        state.attempts.retain(|_, a| a.at_ms >= cutoff_ms);
+        Ok(before - state.attempts.len())
     }
 
     async fn attempts_page(

@@ -181,6 +181,8 @@ struct Journaled {
     esims: Vec<EsimRecord>,
     #[serde(default)]
     events: Vec<Event>,
+    #[serde(default)]
+    endpoints: Vec<Endpoint>,
 }
 
 /// The borrowed form of [`Journaled`], for writing.
@@ -192,6 +194,8 @@ struct JournalRef<'a> {
     esims: &'a [EsimRecord],
     #[serde(skip_serializing_if = "<[Event]>::is_empty")]
     events: &'a [Event],
+    #[serde(skip_serializing_if = "<[Endpoint]>::is_empty")]
+    endpoints: &'a [Endpoint],
 }
 
 /// A ledger entry as stored, with the records it commits.
@@ -641,14 +645,10 @@ impl SledStore {
     }
 
     /// Write what a change carries, each record in full: the order (unless the stored one
-    /// is further along), the eSIMs, and the events (outbox entry, then index).
-    fn apply_change(
-        &self,
-        order: Option<&Order>,
-        esims: &[EsimRecord],
-        events: &[Event],
-    ) -> StoreResult<()> {
-        if let Some(order) = order {
+    /// is further along), the eSIMs, the endpoints, and the events (outbox entry, then
+    /// index).
+    fn apply_change(&self, change: &Journaled) -> StoreResult<()> {
+        if let Some(order) = &change.order {
             let behind = match self.orders.get(order.id.to_bytes()).map_err(backend)? {
                 None => true,
                 Some(stored) => {
@@ -659,10 +659,17 @@ impl SledStore {
                 self.write_order(order)?;
             }
         }
-        for esim in esims {
+        for esim in &change.esims {
             put(&self.esims, esim.iccid.as_bytes(), esim)?;
         }
-        for event in events {
+        for endpoint in &change.endpoints {
+            put(
+                &self.endpoints,
+                &cat(&endpoint.reseller.to_bytes(), &endpoint.id.to_bytes()),
+                endpoint,
+            )?;
+        }
+        for event in &change.events {
             self.outbox
                 .insert(event.id.to_bytes(), &event.reseller.to_bytes())
                 .map_err(backend)?;
@@ -677,7 +684,7 @@ impl SledStore {
         for kv in self.journal.iter() {
             let (key, record) = kv.map_err(backend)?;
             let change: Journaled = decode(&record)?;
-            self.apply_change(change.order.as_ref(), &change.esims, &change.events)?;
+            self.apply_change(&change)?;
             self.journal.remove(key).map_err(backend)?;
             n += 1;
         }
@@ -981,9 +988,16 @@ impl SledStore {
             order: commit.order(),
             esims: commit.esims(),
             events: commit.events(),
+            endpoints: commit.endpoints(),
         });
         self.journal.insert(key, record).map_err(backend)?;
-        self.apply_change(commit.order(), commit.esims(), commit.events())?;
+        let change = Journaled {
+            order: commit.order().cloned(),
+            esims: commit.esims().to_vec(),
+            events: commit.events().to_vec(),
+            endpoints: commit.endpoints().to_vec(),
+        };
+        self.apply_change(&change)?;
         self.journal.remove(key).map_err(backend)?;
         drop(gate);
         Ok(Ok(()))
@@ -1238,6 +1252,19 @@ impl Store for SledStore {
             &cat(&attempt.endpoint.to_bytes(), &attempt.id.to_bytes()),
             attempt,
         )
+    }
+
+    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut n = 0;
+        for kv in self.attempts.iter() {
+            let (key, record) = kv.map_err(backend)?;
+            let attempt: Attempt = decode(&record)?;
+            if attempt.at_ms < cutoff_ms {
+                self.attempts.remove(key).map_err(backend)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn attempts_page(

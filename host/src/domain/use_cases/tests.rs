@@ -311,6 +311,17 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
         .unwrap();
     assert_eq!(log.items.len(), 5);
     assert!(log.items.iter().all(|a| a.event == event.id));
+    // The log keeps each attempt 30 days.
+    f.clock.advance(30 * 24 * 3_600_000);
+    assert_eq!(
+        f.gateway.expire_attempts().await.unwrap(),
+        4,
+        "the older four"
+    );
+    f.clock.advance(1);
+    assert_eq!(f.gateway.expire_attempts().await.unwrap(), 1);
+    let log = f.gateway.attempts(&who, endpoint.id, None, 10).await;
+    assert!(log.unwrap().items.is_empty());
 }
 
 #[tokio::test]
@@ -327,6 +338,20 @@ async fn a_410_disables_at_once_and_the_payload_is_thin() {
     );
     let state = f.gateway.endpoint(&who, endpoint.id).await.unwrap();
     assert!(!state.enabled);
+    // Disabled and told in one commit: the event waits in the outbox.
+    let told: Vec<EventType> = f
+        .gateway
+        .store()
+        .outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        told.contains(&EventType::WebhookEndpointDisabled),
+        "{told:?}"
+    );
     let sent = f.webhooks.sent.lock().unwrap();
     let body: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
     assert_eq!(body["type"], "order.failed");

@@ -9,7 +9,7 @@ use crate::domain::events::{Event, EventType};
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::ids::{AttemptId, EndpointId, EventId, ResellerId};
 use crate::domain::jobs::{Job, random_fraction};
-use crate::domain::store::Page;
+use crate::domain::store::{Commit, Page, StoreError};
 use crate::domain::webhooks::{
     Attempt, AttemptOutcome, DeliveryBook, Endpoint, NextTry, Outbound, Payload, PreviousSecret,
     Sent, WebhookStats,
@@ -310,6 +310,13 @@ impl Gateway {
         Ok(next.map_or(NextTry::Done, NextTry::After))
     }
 
+    /// Forget delivery attempts past their retention; returns how many.
+    pub async fn expire_attempts(&self) -> Result<usize, DomainError> {
+        let keep = self.tuning.webhooks.attempt_retention.as_millis() as u64;
+        let cutoff = self.clock.now_ms().saturating_sub(keep);
+        Ok(self.store.expire_attempts(cutoff).await?)
+    }
+
     /// Webhook figures for metrics: attempts by outcome, what waits, and for how long.
     pub async fn webhook_stats(&self) -> Result<WebhookStats, DomainError> {
         let now = self.clock.now_ms();
@@ -396,11 +403,22 @@ impl Gateway {
         Ok(attempt)
     }
 
+    /// Disable `endpoint`, and tell its reseller in the same commit.
     async fn disable(&self, endpoint: &mut Endpoint, why: String) -> Result<(), DomainError> {
         tracing::warn!(endpoint = %endpoint.id, reseller = %endpoint.reseller, reason = %why, "webhook endpoint disabled");
         endpoint.enabled = false;
-        endpoint.disabled_reason = Some(why);
-        Ok(self.store.put_endpoint(endpoint).await?)
+        endpoint.disabled_reason = Some(why.clone());
+        let told =
+            Event::endpoint_disabled(endpoint.reseller, endpoint.id, why, self.clock.now_ms());
+        let change = Commit::change(None, Vec::new(), vec![told]).with_endpoint(endpoint.clone());
+        if let Err(rejected) = self.store.commit(&change).await? {
+            return Err(StoreError::Backend(format!(
+                "disabling webhook endpoint {} was refused: {rejected}",
+                endpoint.id
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     fn new_secret(&self) -> Result<String, DomainError> {
