@@ -133,3 +133,44 @@ fn an_order_left_waiting_for_its_supplier_raises_order_submitted_before_it_is_fu
     );
     assert_eq!(page["data"][1]["data"]["status"], "submitted");
 }
+
+#[test]
+fn a_reseller_is_told_when_an_order_takes_its_balance_below_its_alert() {
+    let gw = start(None);
+    let (_, key) = gw.new_reseller(0, Some(10_000));
+    let alert = |method: &str, path: &str, body: Option<Value>| {
+        gw.call(method, path, Some(&key), body.as_ref())
+    };
+    let set = alert(
+        "PUT",
+        "/v1/balance/alerts/usd",
+        Some(json!({"below_minor": 9_500})),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.json);
+    assert_eq!(set.json, json!({"currency": "USD", "below_minor": 9_500}));
+    for (path, body, status) in [
+        ("/v1/balance/alerts/XYZ", json!({"below_minor": 1}), 404),
+        ("/v1/balance/alerts/USD", json!({"below_minor": 0}), 422),
+        ("/v1/balance/alerts/USD", json!({"below": 5}), 400),
+    ] {
+        let r = alert("PUT", path, Some(body));
+        assert_eq!(r.status, status, "{path}: {:?}", r.json);
+    }
+    let order = gw.post_idem_as(
+        &key,
+        "/v1/orders",
+        &json!({"product_id": "sandbox:SBX-US-5GB-30D"}),
+        &unique_key(),
+    );
+    assert_eq!(order.status, 201, "{:?}", order.json);
+    let low = events(&gw, &key, "?type=balance.low");
+    let data = &low["data"][0]["data"];
+    assert_eq!(data["currency"], "USD");
+    assert_eq!(data["threshold_minor"], 9_500);
+    assert_eq!(
+        data["available_minor"].as_i64().unwrap(),
+        gw.balance_of(&key).0,
+        "the balance the hold left"
+    );
+    assert_eq!(alert("DELETE", "/v1/balance/alerts/USD", None).status, 204);
+}

@@ -16,11 +16,12 @@ use crate::plugins::PluginStatus;
 
 use super::problem::ProblemBody;
 use super::routes::{
-    Access, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp, ROUTES,
+    Access, CreateBalanceAlert, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp,
+    ROUTES,
 };
 use super::views::{
-    All, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready, ResellerView,
-    TransactionView,
+    All, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready,
+    ResellerView, TransactionView,
 };
 use super::webhooks::{
     AttemptView, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
@@ -184,6 +185,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<AttemptView>,
         SchemaGenerator::subschema_for::<Page<AttemptView>>,
         SchemaGenerator::subschema_for::<RedeliveryView>,
+        SchemaGenerator::subschema_for::<BalanceAlertView>,
         SchemaGenerator::subschema_for::<NewKeyView>,
         SchemaGenerator::subschema_for::<KeyView>,
         SchemaGenerator::subschema_for::<All<PluginStatus>>,
@@ -200,6 +202,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<CreateKey>,
         SchemaGenerator::subschema_for::<CreateCredit>,
         SchemaGenerator::subschema_for::<CreateEndpoint>,
+        SchemaGenerator::subschema_for::<CreateBalanceAlert>,
     ] {
         add(&mut read);
     }

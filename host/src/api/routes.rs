@@ -25,8 +25,8 @@ use crate::domain::use_cases::orders::{MAX_QUANTITY, MAX_SUBJECT_REF, NewOrder};
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
-    All, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page, Readiness, Ready,
-    ResellerView, TransactionView,
+    All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
+    Readiness, Ready, ResellerView, TransactionView,
 };
 use super::{AppState, Response, qr, webhooks};
 
@@ -102,6 +102,8 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/esims/{iccid}/topups", Key, "Add a plan to an eSIM", idem=true, req=Some("NewTopUp"), resp=(201, "Order"), query=&[]),
     route!(GET "/v1/balance", Key, "Prepaid balances by currency", idem=false, req=None, resp=(200, "BalanceList"), query=&[]),
     route!(GET "/v1/balance/transactions", Key, "Ledger entries, newest first", idem=false, req=None, resp=(200, "TransactionList"), query=PAGING),
+    route!(PUT "/v1/balance/alerts/{currency}", Key, "Raise balance.low when an order takes the available balance below this", idem=false, req=Some("NewBalanceAlert"), resp=(200, "BalanceAlert"), query=&[]),
+    route!(DELETE "/v1/balance/alerts/{currency}", Key, "Stop raising balance.low in this currency", idem=false, req=None, resp=(204, "NoContent"), query=&[]),
     route!(GET "/v1/events", Key, "Events, newest first: what a webhook receiver that was down missed", idem=false, req=None, resp=(200, "EventList"), query=&[
         ("limit", "page size, 1 to 100 (default 20)"),
         ("starting_after", "id of the last event of the previous page"),
@@ -236,6 +238,12 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
         ("GET", "/v1/balance") => balance(state, who()?).await,
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req).await,
+        ("PUT", "/v1/balance/alerts/{currency}") => {
+            set_balance_alert(state, who()?, req, p(0)).await
+        }
+        ("DELETE", "/v1/balance/alerts/{currency}") => {
+            remove_balance_alert(state, who()?, p(0)).await
+        }
         ("GET", "/v1/events") => events(state, who()?, &req).await,
         ("POST", "/v1/events/{id}/redeliver") => webhooks::redeliver(state, who()?, p(0)).await,
         ("POST", "/v1/webhook-endpoints") => webhooks::create(state, who()?, req).await,
@@ -361,6 +369,20 @@ pub(super) struct Paging {
 
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
+
+impl Paging {
+    /// The cursor, parsed as the id of a `what` (a bad one is the client's mistake).
+    pub(super) fn cursor<T: std::str::FromStr>(&self, what: &str) -> Result<Option<T>, Problem> {
+        self.starting_after
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    problems::invalid_query(format!("starting_after must be {what} id"))
+                })
+            })
+            .transpose()
+    }
+}
 
 /// Parse `limit` and `starting_after`, handing every other parameter to `other`.
 pub(super) fn paging(
@@ -628,14 +650,7 @@ async fn list_orders(
             "unknown parameter {other:?}"
         ))),
     })?;
-    let before = paging
-        .starting_after
-        .as_deref()
-        .map(|s| {
-            s.parse::<OrderId>()
-                .map_err(|_| problems::invalid_query("starting_after must be an order id".into()))
-        })
-        .transpose()?;
+    let before: Option<OrderId> = paging.cursor("an order")?;
     let page = state
         .gateway
         .orders(who, before, status, paging.limit)
@@ -764,6 +779,59 @@ async fn balance(state: &AppState, who: &Principal) -> Result<Response, Problem>
     Ok(json(StatusCode::OK, &All { data }))
 }
 
+/// `PUT /v1/balance/alerts/{currency}` body.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NewBalanceAlert")]
+pub(super) struct CreateBalanceAlert {
+    /// Raise `balance.low` when an order's hold takes the available balance below this
+    /// many minor units.
+    below_minor: i64,
+}
+
+async fn set_balance_alert(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Bytes>,
+    currency: &str,
+) -> Result<Response, Problem> {
+    let (_, _, body): (_, _, CreateBalanceAlert) = json_body(req)?;
+    let currency = currency.to_ascii_uppercase();
+    state
+        .gateway
+        .set_low_balance_alert(who, &currency, Some(body.below_minor))
+        .await?;
+    durable(state).await?;
+    Ok(json(
+        StatusCode::OK,
+        &BalanceAlertView {
+            currency,
+            below_minor: body.below_minor,
+        },
+    ))
+}
+
+async fn remove_balance_alert(
+    state: &AppState,
+    who: &Principal,
+    currency: &str,
+) -> Result<Response, Problem> {
+    let currency = currency.to_ascii_uppercase();
+    state
+        .gateway
+        .set_low_balance_alert(who, &currency, None)
+        .await?;
+    durable(state).await?;
+    Ok(no_content())
+}
+
+/// An answer without a body.
+pub(super) fn no_content() -> Response {
+    let mut resp = http::Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
 async fn events(
     state: &AppState,
     who: &Principal,
@@ -779,14 +847,7 @@ async fn events(
         }
         _ => Err(problems::invalid_query(format!("unknown parameter {k:?}"))),
     })?;
-    let before = paging
-        .starting_after
-        .as_deref()
-        .map(|s| {
-            s.parse()
-                .map_err(|_| problems::invalid_query("starting_after must be an event id".into()))
-        })
-        .transpose()?;
+    let before = paging.cursor("an event")?;
     let page = state
         .gateway
         .events(who, before, kind, paging.limit)
@@ -808,15 +869,8 @@ async fn transactions(
     let paging = paging(query_pairs(req), |k, _| {
         Err(problems::invalid_query(format!("unknown parameter {k:?}")))
     })?;
-    let before = paging
-        .starting_after
-        .as_deref()
-        .map(|s| {
-            ulid::Ulid::from_string(&s.to_uppercase()).map_err(|_| {
-                problems::invalid_query("starting_after must be a transaction id".into())
-            })
-        })
-        .transpose()?;
+    // Transaction ids are lowercase ULIDs; `Ulid` parses either case.
+    let before: Option<ulid::Ulid> = paging.cursor("a transaction")?;
     let page = state
         .gateway
         .transactions(who, before, paging.limit)

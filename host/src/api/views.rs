@@ -87,6 +87,17 @@ impl BalanceView {
     }
 }
 
+/// A `balance.low` threshold.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "BalanceAlert")]
+pub struct BalanceAlertView {
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// An order's hold that takes the available balance below this (minor units) raises
+    /// `balance.low`.
+    pub below_minor: i64,
+}
+
 /// A ledger entry as its reseller sees it.
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "Transaction")]

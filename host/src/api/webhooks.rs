@@ -12,7 +12,7 @@ use crate::domain::use_cases::webhooks::NewEndpoint;
 use crate::domain::webhooks::{Attempt, AttemptOutcome, Endpoint};
 
 use super::problem::{Problem, problems};
-use super::routes::{durable, json, json_body, paging, query_pairs};
+use super::routes::{durable, json, json_body, no_content, paging, query_pairs};
 use super::views::{All, Page};
 use super::{AppState, Response};
 
@@ -178,9 +178,7 @@ pub(super) async fn delete(
 ) -> Result<Response, Problem> {
     state.gateway.delete_endpoint(who, endpoint_id(id)?).await?;
     durable(state).await?;
-    let mut resp = http::Response::new(http_body_util::Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    Ok(resp)
+    Ok(no_content())
 }
 
 pub(super) async fn rotate_secret(
@@ -211,14 +209,7 @@ pub(super) async fn attempts(
     let paging = paging(query_pairs(req), |k, _| {
         Err(problems::invalid_query(format!("unknown parameter {k:?}")))
     })?;
-    let before = paging
-        .starting_after
-        .as_deref()
-        .map(|s| {
-            s.parse()
-                .map_err(|_| problems::invalid_query("starting_after must be an attempt id".into()))
-        })
-        .transpose()?;
+    let before = paging.cursor("an attempt")?;
     let page = state
         .gateway
         .attempts(who, id, before, paging.limit)

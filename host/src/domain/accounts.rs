@@ -49,6 +49,10 @@ pub struct Reseller {
     pub markup_bps: u32,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
+    /// Per currency, the available balance (minor units) below which an order's hold
+    /// raises `balance.low`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub low_balance_alerts: std::collections::BTreeMap<String, i64>,
 }
 
 /// The stored form of an API key: never the key itself.

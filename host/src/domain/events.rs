@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ids::{EndpointId, EventId, OrderId, ResellerId};
+use super::ledger::{Balance, LedgerEntry};
 use super::orders::{EsimRecord, Order, OrderStatus};
 use super::supplier::{PlanState, ProfileState};
 
@@ -32,6 +33,9 @@ pub enum EventType {
     /// An eSIM's plan changed state (active, depleted, expired, ...).
     #[serde(rename = "esim.plan_state_changed")]
     EsimPlanStateChanged,
+    /// An order's hold took the prepaid balance below the reseller's alert threshold.
+    #[serde(rename = "balance.low")]
+    BalanceLow,
     /// The gateway disabled one of the reseller's webhook endpoints (it answered 410, or
     /// failed for days): told to its other endpoints and listed by `GET /v1/events`.
     #[serde(rename = "webhook_endpoint.disabled")]
@@ -40,13 +44,14 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, for validating a subscription or a filter.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::OrderSubmitted,
         EventType::OrderFulfilled,
         EventType::OrderFailed,
         EventType::OrderCancelled,
         EventType::EsimProfileStateChanged,
         EventType::EsimPlanStateChanged,
+        EventType::BalanceLow,
         EventType::WebhookEndpointDisabled,
     ];
 
@@ -59,6 +64,7 @@ impl EventType {
             EventType::OrderCancelled => "order.cancelled",
             EventType::EsimProfileStateChanged => "esim.profile_state_changed",
             EventType::EsimPlanStateChanged => "esim.plan_state_changed",
+            EventType::BalanceLow => "balance.low",
             EventType::WebhookEndpointDisabled => "webhook_endpoint.disabled",
         }
     }
@@ -90,6 +96,20 @@ pub enum EventData {
     Esim(EsimEvent),
     /// A webhook endpoint was disabled.
     Endpoint(EndpointEvent),
+    /// A balance fell below its alert threshold.
+    Balance(BalanceEvent),
+}
+
+/// A prepaid balance below its alert threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceEvent {
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Available now, minor units.
+    pub available_minor: i64,
+    /// The threshold it fell below, minor units.
+    pub threshold_minor: i64,
 }
 
 /// A webhook endpoint the gateway disabled.
@@ -146,6 +166,21 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event of `entry` leaving its balance at `after`, below `threshold`.
+    pub fn balance_low(entry: &LedgerEntry, after: Balance, threshold: i64) -> Event {
+        Event {
+            id: EventId::new(),
+            reseller: entry.reseller,
+            kind: EventType::BalanceLow,
+            created_at_ms: entry.created_at_ms,
+            data: EventData::Balance(BalanceEvent {
+                currency: entry.currency.clone(),
+                available_minor: after.available,
+                threshold_minor: threshold,
+            }),
+        }
+    }
+
     /// The event of a reseller's endpoint `endpoint` having been disabled for `reason`.
     pub fn endpoint_disabled(
         reseller: ResellerId,

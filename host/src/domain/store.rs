@@ -74,6 +74,8 @@ pub struct Commit {
     esims: Vec<EsimRecord>,
     events: Vec<Event>,
     endpoints: Vec<Endpoint>,
+    /// Raise `balance.low` if the entry takes the available balance below this.
+    low_balance: Option<i64>,
 }
 
 impl Commit {
@@ -85,6 +87,7 @@ impl Commit {
             esims: Vec::new(),
             events: Vec::new(),
             endpoints: Vec::new(),
+            low_balance: None,
         })
     }
 
@@ -106,6 +109,7 @@ impl Commit {
             order: Some(order),
             esims,
             endpoints: Vec::new(),
+            low_balance: None,
         })
     }
 
@@ -117,6 +121,7 @@ impl Commit {
             esims: Vec::new(),
             events: Vec::new(),
             endpoints: Vec::new(),
+            low_balance: None,
         }
     }
 
@@ -130,7 +135,29 @@ impl Commit {
             esims,
             events,
             endpoints: Vec::new(),
+            low_balance: None,
         }
+    }
+
+    /// Raise `balance.low` in this commit if its entry takes the available balance from
+    /// `threshold` or more to below it (the reseller's alert for the entry's currency).
+    pub fn alert_below(mut self, threshold: Option<i64>) -> Commit {
+        self.low_balance = threshold;
+        self
+    }
+
+    /// The events this commit writes, once the store has posted its entry and knows the
+    /// balance `before` and `after` it: its own, and `balance.low` if the entry crossed
+    /// the alert threshold.
+    pub fn events_posted(&self, before: Balance, after: Balance) -> Vec<Event> {
+        let mut events = self.events.clone();
+        if let (Some(threshold), Some(entry)) = (self.low_balance, &self.entry)
+            && before.available >= threshold
+            && after.available < threshold
+        {
+            events.push(Event::balance_low(entry, after, threshold));
+        }
+        events
     }
 
     /// A change that also stores `endpoint` (disabled, say) with its events.

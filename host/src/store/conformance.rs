@@ -57,6 +57,7 @@ macro_rules! store_conformance {
             events_are_committed_with_their_change_and_listed_newest_first,
             webhook_endpoints_and_attempts_belong_to_their_reseller,
             a_change_that_moves_no_money_writes_its_records_and_events_together,
+            a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -75,6 +76,7 @@ fn reseller() -> Reseller {
         name: "Conformance Travel".into(),
         markup_bps: 250,
         created_at_ms: 1,
+        low_balance_alerts: Default::default(),
     }
 }
 
@@ -1177,4 +1179,73 @@ pub async fn a_change_that_moves_no_money_writes_its_records_and_events_together
         "all three still wait"
     );
     assert_eq!(store.outbox(2).await.unwrap(), [raised, events[0].clone()]);
+}
+
+/// `balance.low` is raised in the commit of the hold that takes the available balance from
+/// the threshold or above to below it, and only then.
+pub async fn a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it(
+    backend: &dyn Backend,
+) {
+    let store = backend.open();
+    let r = reseller().id;
+    credit(&*store, r, 1_000).await;
+    let hold = |price: i64| {
+        let order = order_for(r, price, 1);
+        Commit::accept(order).unwrap().alert_below(Some(800))
+    };
+    let low = |store: &Arc<dyn Store>| {
+        let store = store.clone();
+        async move {
+            store
+                .events_page(r, None, Some(EventType::BalanceLow), 10)
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    // 1000 -> 700: crosses 800.
+    let first = hold(300);
+    assert!(store.commit(&first).await.unwrap().is_ok());
+    let raised = low(&store).await;
+    assert_eq!(raised.len(), 1);
+    let EventData::Balance(data) = &raised[0].data else {
+        panic!("a balance event")
+    };
+    assert_eq!(
+        (
+            data.currency.as_str(),
+            data.available_minor,
+            data.threshold_minor
+        ),
+        ("USD", 700, 800)
+    );
+    assert_eq!(
+        store.outbox(10).await.unwrap(),
+        raised,
+        "waiting to be delivered"
+    );
+    // 700 -> 600: already below, nothing new.
+    assert!(store.commit(&hold(100)).await.unwrap().is_ok());
+    assert_eq!(low(&store).await.len(), 1);
+    // A hold the balance cannot cover raises nothing (and writes nothing).
+    assert!(store.commit(&hold(5_000)).await.unwrap().is_err());
+    assert_eq!(low(&store).await.len(), 1);
+    // Back above, then below again: raised again.
+    credit(&*store, r, 600).await;
+    assert!(store.commit(&hold(500)).await.unwrap().is_ok());
+    assert_eq!(low(&store).await.len(), 2);
+    // Without a threshold nothing is raised.
+    credit(&*store, r, 10_000).await;
+    let plain = Commit::accept(order_for(r, 10_000, 1)).unwrap();
+    assert!(store.commit(&plain).await.unwrap().is_ok());
+    assert_eq!(low(&store).await.len(), 2);
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(
+        low(&store).await.len(),
+        2,
+        "kept with the holds that raised them"
+    );
 }

@@ -61,17 +61,18 @@ impl MemoryStore {
 
 impl State {
     /// Apply `entry` to its balance and the open orders, or refuse it (nothing changes).
-    fn post(&mut self, entry: &LedgerEntry) -> StoreResult<Result<Balance, Refused>> {
+    /// Returns the balance before and after the entry.
+    fn post(&mut self, entry: &LedgerEntry) -> StoreResult<Result<(Balance, Balance), Refused>> {
         if self.closed {
             return Err(StoreError::Backend("the store is closed".into()));
         }
-        let after = match self.books.post(entry) {
-            Ok((_, after)) => after,
+        let (before, after) = match self.books.post(entry) {
+            Ok(counted) => counted,
             Err(refused) => return Ok(Err(refused)),
         };
         self.ledger
             .insert((entry.reseller, entry.id), entry.clone());
-        Ok(Ok(after))
+        Ok(Ok((before, after)))
     }
 
     /// An order with the stored eSIMs of its ICCIDs.
@@ -205,12 +206,12 @@ impl Store for MemoryStore {
                 .into()));
             }
         }
-        let balance = match commit.entry() {
+        let (balance, events) = match commit.entry() {
             Some(entry) => match state.post(entry)? {
-                Ok(balance) => Some(balance),
+                Ok((before, after)) => (Some(after), commit.events_posted(before, after)),
                 Err(refused) => return Ok(Err(refused.into())),
             },
-            None => None,
+            None => (None, commit.events().to_vec()),
         };
         if let Some(order) = order {
             state.orders.insert(order.id, order.clone());
@@ -223,7 +224,7 @@ impl Store for MemoryStore {
                 .endpoints
                 .insert((endpoint.reseller, endpoint.id), endpoint.clone());
         }
-        for event in commit.events() {
+        for event in &events {
             state
                 .events
                 .insert((event.reseller, event.id), event.clone());

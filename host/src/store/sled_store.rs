@@ -927,33 +927,44 @@ impl SledStore {
         commit: &Commit,
     ) -> StoreResult<Result<Balance, Rejected>> {
         let esims = commit.esims();
+        let pointer = commit_pointer(&ledger_key(entry));
         let Some(order) = commit.order() else {
-            return Ok(self.post(entry, None, &[], &[])?.map_err(Rejected::from));
+            let (balance, events) = match self.post(entry, None, &[], commit)? {
+                Ok(posted) => posted,
+                Err(refused) => return Ok(Err(refused.into())),
+            };
+            self.point_events_at_commit(&events, &pointer)?;
+            return Ok(Ok(balance));
         };
         if entry.kind == EntryKind::Hold {
             // `Commit::accept`: the hold has the order's id, which lists the order.
             debug_assert_eq!(entry.id, order.id.0);
             // Visible before the hold: a replay that finds the claim's order must read it.
             self.lock_unwritten().insert(order.id, order.clone());
-            let posted = self.post(entry, Some(order), &[], commit.events());
+            let posted = self.post(entry, Some(order), &[], commit);
             if !matches!(posted, Ok(Ok(_))) {
                 self.lock_unwritten().remove(&order.id);
             }
-            return Ok(posted?.map_err(Rejected::from));
+            let (balance, events) = match posted? {
+                Ok(posted) => posted,
+                Err(refused) => return Ok(Err(refused.into())),
+            };
+            self.point_events_at_commit(&events, &pointer)?;
+            return Ok(Ok(balance));
         }
         if let Err(taken) = self.claim_iccids(order.id, esims)? {
             return Ok(Err(taken.into()));
         }
-        let balance = match self.post(entry, Some(order), esims, commit.events()) {
-            Ok(Ok(balance)) => balance,
-            refused_or_failed => {
-                self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
-                return Ok(refused_or_failed?.map_err(Rejected::from));
-            }
+        let posted = self.post(entry, Some(order), esims, commit);
+        if !matches!(posted, Ok(Ok(_))) {
+            self.withdraw_claims(order.id, esims.iter().map(|e| e.iccid.as_str()))?;
+        }
+        let (balance, events) = match posted? {
+            Ok(posted) => posted,
+            Err(refused) => return Ok(Err(refused.into())),
         };
         // The commit record now holds the order, its eSIMs and events: point at it.
-        let pointer = commit_pointer(&ledger_key(entry));
-        self.point_events_at_commit(commit.events(), &pointer)?;
+        self.point_events_at_commit(&events, &pointer)?;
         self.point_at_commit(order, esims, &pointer)?;
         Ok(Ok(balance))
     }
@@ -1033,14 +1044,8 @@ impl SledStore {
         entry: &LedgerEntry,
         order: Option<&Order>,
         esims: &[EsimRecord],
-        events: &[Event],
-    ) -> StoreResult<Result<Balance, Refused>> {
-        let record = encode(&LedgerRecordRef {
-            entry,
-            commits_order: order,
-            commits_esims: esims,
-            commits_events: events,
-        });
+        commit: &Commit,
+    ) -> StoreResult<Result<(Balance, Vec<Event>), Refused>> {
         let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if *gate {
             return Err(StoreError::Backend("the store is closed".into()));
@@ -1049,6 +1054,15 @@ impl SledStore {
             Ok(counted) => counted,
             Err(refused) => return Ok(Err(refused)),
         };
+        // The balance this entry leaves decides whether it raises `balance.low`; the
+        // record is encoded once that is known (outside the books lock).
+        let events = commit.events_posted(before, after);
+        let record = encode(&LedgerRecordRef {
+            entry,
+            commits_order: order,
+            commits_esims: esims,
+            commits_events: &events,
+        });
         let written = self.ledger.insert(ledger_key(entry), record);
         if let Err(e) = written {
             // Nothing was written: take the entry back out of the books.
@@ -1056,7 +1070,7 @@ impl SledStore {
             return Err(backend(e));
         }
         drop(gate);
-        Ok(Ok(after))
+        Ok(Ok((after, events)))
     }
 }
 
@@ -1605,6 +1619,7 @@ mod tests {
             name: "Acme Travel".into(),
             markup_bps: 100,
             created_at_ms: 1,
+            low_balance_alerts: Default::default(),
         };
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
@@ -1702,13 +1717,6 @@ mod tests {
         Order::accepted(spec, OrderId::new(), None, 1)
     }
 
-    fn entry(reseller: ResellerId, kind: EntryKind, amount: i64, order: &Order) -> LedgerEntry {
-        match kind {
-            EntryKind::Hold => LedgerEntry::hold_for(reseller, order.id, amount, "USD", 1),
-            _ => LedgerEntry::new(reseller, kind, amount, "USD", Some(order.id), 1),
-        }
-    }
-
     async fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
         let e = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
         s.commit(&Commit::credit(e)).await.unwrap().unwrap();
@@ -1738,7 +1746,13 @@ mod tests {
         let mut fulfilled = accepted.clone();
         fulfilled.status = OrderStatus::Fulfilled;
         fulfilled.iccids = vec![esim_of(&accepted).iccid];
-        let event = Event::of_order(&fulfilled).unwrap();
+        let settle = Commit::settle(
+            fulfilled.clone(),
+            EntryKind::Capture,
+            vec![esim_of(&accepted)],
+        )
+        .unwrap();
+        let event = settle.events()[0].clone();
         {
             let s = SledStore::open(dir.path(), 8).unwrap();
             credit(&s, r, 1000).await;
@@ -1746,10 +1760,10 @@ mod tests {
             // The process dies right after the capture's commit record: the order and
             // eSIM records that follow it in `commit` are never written.
             s.post(
-                &entry(r, EntryKind::Capture, 300, &accepted),
+                settle.entry().unwrap(),
                 Some(&fulfilled),
                 &[esim_of(&accepted)],
-                std::slice::from_ref(&event),
+                &settle,
             )
             .unwrap()
             .unwrap();

@@ -16,6 +16,9 @@ pub struct BootstrapKeys {
     pub demo: Option<(ResellerId, String)>,
 }
 
+/// The largest `balance.low` threshold accepted: as large as any price the catalog takes.
+const MAX_ALERT_MINOR: i64 = 1_000_000_000_000;
+
 impl Gateway {
     /// On the first start of an empty store, mint an admin key and (in demo mode) a demo
     /// reseller with a test key and some credit. Later starts return `None`: keys are
@@ -72,6 +75,7 @@ impl Gateway {
             name: name.to_string(),
             markup_bps,
             created_at_ms: self.clock.now_ms(),
+            low_balance_alerts: Default::default(),
         };
         self.store.put_reseller(&reseller).await?;
         Ok(reseller)
@@ -137,6 +141,36 @@ impl Gateway {
         old.expires_at_ms = Some(old.expires_at_ms.map_or(grace_end, |t| t.min(grace_end)));
         self.store.put_api_key(&old).await?;
         Ok((key, record))
+    }
+
+    /// Set (or, with `None`, remove) the caller's `balance.low` threshold in `currency`:
+    /// an order whose hold takes the available balance from it or above to below it
+    /// raises the event, in the same commit as the hold.
+    pub async fn set_low_balance_alert(
+        &self,
+        who: &Principal,
+        currency: &str,
+        below_minor: Option<i64>,
+    ) -> Result<Reseller, DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        if !crate::domain::supplier::is_currency(currency) {
+            return Err(DomainError::NotFound("currency"));
+        }
+        if below_minor.is_some_and(|b| !(1..=MAX_ALERT_MINOR).contains(&b)) {
+            return Err(DomainError::Invalid {
+                field: "/below_minor",
+                message: format!("must be 1 to {MAX_ALERT_MINOR} minor units"),
+            });
+        }
+        let mut reseller = self.reseller_of(who).await?;
+        match below_minor {
+            Some(b) => reseller.low_balance_alerts.insert(currency.to_string(), b),
+            None => reseller.low_balance_alerts.remove(currency),
+        };
+        self.store.put_reseller(&reseller).await?;
+        Ok(reseller)
     }
 
     /// Add money to a reseller's prepaid balance, as ledger entry `entry_id` (under an

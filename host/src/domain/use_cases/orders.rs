@@ -112,16 +112,25 @@ impl Gateway {
         };
         let personal = self.seal_personal(id, &personal).await?;
         let order = Order::accepted(spec, id, personal, self.clock.now_ms());
-        self.accept(order).await
+        let alert = reseller
+            .low_balance_alerts
+            .get(&order.unit_price.currency)
+            .copied();
+        self.accept(order, alert).await
     }
 
     /// Hold, persist durably, submit, and wait briefly for the outcome.
-    pub(crate) async fn accept(&self, order: Order) -> Result<OrderView, DomainError> {
+    /// `alert`: the reseller's `balance.low` threshold in the order's currency.
+    pub(crate) async fn accept(
+        &self,
+        order: Order,
+        alert: Option<i64>,
+    ) -> Result<OrderView, DomainError> {
         let total = order.total().ok_or(DomainError::Invalid {
             field: "/quantity",
             message: "the order's total is larger than the ledger can hold".into(),
         })?;
-        let commit = Commit::accept(order)?;
+        let commit = Commit::accept(order)?.alert_below(alert);
         match self.store.commit(&commit).await? {
             Ok(_) => {}
             Err(Rejected::Refused(refused)) => {
@@ -263,8 +272,12 @@ impl Gateway {
             kind: OrderKind::TopUp { iccid: esim.iccid },
         };
         let id = idem.map_or_else(OrderId::new, |key| key.order);
-        self.accept(Order::accepted(spec, id, None, self.clock.now_ms()))
-            .await
+        let order = Order::accepted(spec, id, None, self.clock.now_ms());
+        let alert = reseller
+            .low_balance_alerts
+            .get(&order.unit_price.currency)
+            .copied();
+        self.accept(order, alert).await
     }
 
     /// Cancel a fulfilled order whose eSIMs were never installed, through the supplier,

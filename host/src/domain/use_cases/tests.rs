@@ -12,7 +12,7 @@ use crate::domain::events::EventType;
 use crate::domain::fulfilment::RetryPolicy;
 use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
 use crate::domain::idempotency::{Claim, IdemState};
-use crate::domain::ids::OrderId;
+use crate::domain::ids::{OrderId, ResellerId};
 use crate::domain::ledger::{EntryKind, LedgerEntry};
 use crate::domain::orders::{Order, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::store::Commit;
@@ -203,7 +203,30 @@ async fn idempotency_keys_are_kept_for_their_retention_and_then_forgotten() {
     assert_eq!(again, Claim::New, "the key is free again");
 }
 
-/// A reseller's key, an endpoint of it, and one fulfilled order's event in the outbox.
+/// A new order of one `native:SKU-1` for `reseller`, accepted (its price held).
+async fn accepted_order(store: &dyn crate::domain::store::Store, reseller: ResellerId) -> Order {
+    let spec = OrderSpec {
+        reseller,
+        product_id: "native:SKU-1".into(),
+        plugin: "native".into(),
+        sku: "SKU-1".into(),
+        quantity: 1,
+        unit_price: Money {
+            minor: 100,
+            currency: "USD".into(),
+        },
+        kind: OrderKind::Esim,
+    };
+    let order = Order::accepted(spec, OrderId::new(), None, START);
+    store
+        .commit(&Commit::accept(order.clone()).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    order
+}
+
+/// A reseller's key, an endpoint of it, and one failed order's event in the outbox.
 async fn subscribed_with_an_event(
     f: &Fixture,
 ) -> (
@@ -231,24 +254,7 @@ async fn subscribed_with_an_event(
         .await
         .unwrap()
         .unwrap();
-    let spec = OrderSpec {
-        reseller: reseller.id,
-        product_id: "native:SKU-1".into(),
-        plugin: "native".into(),
-        sku: "SKU-1".into(),
-        quantity: 1,
-        unit_price: Money {
-            minor: 100,
-            currency: "USD".into(),
-        },
-        kind: OrderKind::Esim,
-    };
-    let mut order = Order::accepted(spec, OrderId::new(), None, START);
-    store
-        .commit(&Commit::accept(order.clone()).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut order = accepted_order(store.as_ref(), reseller.id).await;
     order.transition(OrderStatus::Submitted, START).unwrap();
     order.transition(OrderStatus::Failed, START).unwrap();
     let settle = Commit::settle(order, EntryKind::Release, Vec::new()).unwrap();
@@ -375,24 +381,7 @@ async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
         .await
         .unwrap();
     // An eSIM of a fulfilled order of this reseller.
-    let spec = OrderSpec {
-        reseller,
-        product_id: "native:SKU-1".into(),
-        plugin: "native".into(),
-        sku: "SKU-1".into(),
-        quantity: 1,
-        unit_price: Money {
-            minor: 100,
-            currency: "USD".into(),
-        },
-        kind: OrderKind::Esim,
-    };
-    let mut order = Order::accepted(spec, OrderId::new(), None, START);
-    store
-        .commit(&Commit::accept(order.clone()).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut order = accepted_order(store.as_ref(), reseller).await;
     let esim = crate::domain::orders::EsimRecord {
         iccid: "8999000000000000094".into(),
         order: order.id,
