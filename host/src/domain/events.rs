@@ -33,6 +33,9 @@ pub enum EventType {
     /// An eSIM's plan changed state (active, depleted, expired, ...).
     #[serde(rename = "esim.plan_state_changed")]
     EsimPlanStateChanged,
+    /// An eSIM used 80% (then 100%) of its plan's data.
+    #[serde(rename = "esim.usage_threshold")]
+    EsimUsageThreshold,
     /// An order's hold took the prepaid balance below the reseller's alert threshold.
     #[serde(rename = "balance.low")]
     BalanceLow,
@@ -44,13 +47,14 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, for validating a subscription or a filter.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::OrderSubmitted,
         EventType::OrderFulfilled,
         EventType::OrderFailed,
         EventType::OrderCancelled,
         EventType::EsimProfileStateChanged,
         EventType::EsimPlanStateChanged,
+        EventType::EsimUsageThreshold,
         EventType::BalanceLow,
         EventType::WebhookEndpointDisabled,
     ];
@@ -64,6 +68,7 @@ impl EventType {
             EventType::OrderCancelled => "order.cancelled",
             EventType::EsimProfileStateChanged => "esim.profile_state_changed",
             EventType::EsimPlanStateChanged => "esim.plan_state_changed",
+            EventType::EsimUsageThreshold => "esim.usage_threshold",
             EventType::BalanceLow => "balance.low",
             EventType::WebhookEndpointDisabled => "webhook_endpoint.disabled",
         }
@@ -98,7 +103,28 @@ pub enum EventData {
     Endpoint(EndpointEvent),
     /// A balance fell below its alert threshold.
     Balance(BalanceEvent),
+    /// An eSIM reached a share of its plan's data.
+    Usage(UsageEvent),
 }
+
+/// An eSIM that used a share of its plan's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    /// The eSIM.
+    pub iccid: String,
+    /// The order that delivered it.
+    pub order_id: OrderId,
+    /// The threshold reached: 80 or 100 (percent).
+    pub percent: u8,
+    /// Bytes used when it was seen.
+    pub used_bytes: u64,
+    /// Bytes the plan includes.
+    pub total_bytes: u64,
+}
+
+/// The usage thresholds told, in percent of a plan's data.
+pub const USAGE_THRESHOLDS: [u8; 2] = [80, 100];
 
 /// A prepaid balance below its alert threshold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -166,6 +192,35 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event of `esim` having used `used` of `total` bytes, if that reaches a
+    /// threshold above the one it was last told of; with the threshold reached.
+    pub fn of_usage(esim: &EsimRecord, used: u64, total: u64, at_ms: u64) -> Option<(u8, Event)> {
+        if total == 0 {
+            return None;
+        }
+        let percent = (u128::from(used) * 100 / u128::from(total)).min(100) as u8;
+        let reached = USAGE_THRESHOLDS
+            .into_iter()
+            .filter(|t| *t <= percent && *t > esim.usage_told_pct)
+            .max()?;
+        Some((
+            reached,
+            Event {
+                id: EventId::new(),
+                reseller: esim.reseller,
+                kind: EventType::EsimUsageThreshold,
+                created_at_ms: at_ms,
+                data: EventData::Usage(UsageEvent {
+                    iccid: esim.iccid.clone(),
+                    order_id: esim.order,
+                    percent: reached,
+                    used_bytes: used,
+                    total_bytes: total,
+                }),
+            },
+        ))
+    }
+
     /// The event of `entry` leaving its balance at `after`, below `threshold`.
     pub fn balance_low(entry: &LedgerEntry, after: Balance, threshold: i64) -> Event {
         Event {
@@ -256,6 +311,54 @@ mod tests {
             assert_eq!(EventType::named(t.name()), Some(t));
         }
         assert_eq!(EventType::named("order.exploded"), None);
+    }
+
+    #[test]
+    fn usage_is_told_at_80_then_100_percent_and_each_once() {
+        let mut esim = EsimRecord {
+            iccid: "8999000000000000102".into(),
+            order: OrderId::new(),
+            reseller: ResellerId::new(),
+            plugin: "p".into(),
+            sealed_activation: Vec::new(),
+            confirmation_code_required: false,
+            luhn_valid: true,
+            profile: ProfileState::Enabled,
+            plan: PlanState::Active,
+            raw_status: String::new(),
+            created_at_ms: 0,
+            usage_told_pct: 0,
+        };
+        let told = |esim: &EsimRecord, used| Event::of_usage(esim, used, 1_000, 5).map(|(p, _)| p);
+        assert_eq!(told(&esim, 799), None);
+        assert_eq!(told(&esim, 800), Some(80));
+        assert_eq!(
+            told(&esim, 1_000),
+            Some(100),
+            "a jump past both tells the higher"
+        );
+        esim.usage_told_pct = 80;
+        assert_eq!(told(&esim, 950), None, "80 was told already");
+        assert_eq!(told(&esim, 5_000), Some(100), "over the plan counts as 100");
+        esim.usage_told_pct = 100;
+        assert_eq!(told(&esim, 5_000), None);
+        assert_eq!(
+            Event::of_usage(&esim, 5, 0, 5).map(|(p, _)| p),
+            None,
+            "no plan size"
+        );
+        let (_, event) = Event::of_usage(
+            &EsimRecord {
+                usage_told_pct: 0,
+                ..esim.clone()
+            },
+            900,
+            1_000,
+            7,
+        )
+        .unwrap();
+        assert_eq!(event.kind, EventType::EsimUsageThreshold);
+        assert_eq!(event.created_at_ms, 7);
     }
 
     #[test]

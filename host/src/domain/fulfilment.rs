@@ -546,6 +546,7 @@ impl Fulfilment {
             plan: PlanState::Ready,
             raw_status: String::new(),
             created_at_ms: order.updated_at_ms,
+            usage_told_pct: 0,
         }
     }
 }

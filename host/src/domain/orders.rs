@@ -289,6 +289,14 @@ pub struct EsimRecord {
     pub raw_status: String,
     /// Created.
     pub created_at_ms: u64,
+    /// The highest usage threshold (percent of the plan's data) already told with
+    /// `esim.usage_threshold`; 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub usage_told_pct: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// What is sealed inside an [`EsimRecord`].

@@ -128,6 +128,7 @@ fn esim(order: &Order, iccid: &str) -> EsimRecord {
         plan: PlanState::Ready,
         raw_status: String::new(),
         created_at_ms: 11,
+        usage_told_pct: 0,
     }
 }
 

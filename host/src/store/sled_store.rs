@@ -1735,6 +1735,7 @@ mod tests {
             plan: crate::domain::supplier::PlanState::Ready,
             raw_status: String::new(),
             created_at_ms: 2,
+            usage_told_pct: 0,
         }
     }
 

@@ -115,15 +115,22 @@ impl Gateway {
             .ok_or_else(|| DomainError::SupplierNotLoaded(rec.plugin.clone()))?;
         let usage = supplier.usage(rec.iccid.clone()).await?;
         let observed_at_ms = self.clock.now_ms();
-        if (rec.profile, rec.plan, rec.raw_status.as_str())
-            != (usage.profile, usage.plan, usage.raw_status.as_str())
-        {
+        let moved = (rec.profile, rec.plan, rec.raw_status.as_str())
+            != (usage.profile, usage.plan, usage.raw_status.as_str());
+        let threshold = usage
+            .total_bytes
+            .and_then(|total| Event::of_usage(&rec, usage.used_bytes, total, observed_at_ms));
+        if moved || threshold.is_some() {
             let before = (rec.profile, rec.plan);
             rec.profile = usage.profile;
             rec.plan = usage.plan;
             rec.raw_status = usage.raw_status.clone();
             // The new states and the events they raise, together.
-            let events = Event::of_esim(&rec, before, observed_at_ms);
+            let mut events = Event::of_esim(&rec, before, observed_at_ms);
+            if let Some((percent, event)) = threshold {
+                rec.usage_told_pct = percent;
+                events.push(event);
+            }
             let change = Commit::change(None, vec![rec.clone()], events);
             if let Err(rejected) = self.store.commit(&change).await? {
                 return Err(StoreError::Backend(format!(

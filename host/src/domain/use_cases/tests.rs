@@ -30,6 +30,8 @@ struct Native {
     supplier: Arc<FakeSupplier>,
     /// The profile and plan states its `usage` reports.
     states: Arc<std::sync::Mutex<(ProfileState, PlanState)>>,
+    /// The bytes its `usage` reports used, of 1000.
+    used: Arc<std::sync::atomic::AtomicU64>,
     failing: Arc<AtomicBool>,
     catalog_calls: Arc<AtomicU32>,
 }
@@ -43,11 +45,13 @@ fn native() -> Native {
         PlanState::Ready,
     )));
     let reported = states.clone();
+    let used = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let used_reported = used.clone();
     supplier.usage = Box::new(move |_| {
         let (profile, plan) = *reported.lock().unwrap();
         Ok(Usage {
-            used_bytes: 0,
-            total_bytes: Some(1),
+            used_bytes: used_reported.load(Ordering::SeqCst),
+            total_bytes: Some(1_000),
             profile,
             plan,
             raw_status: format!("{profile:?}/{plan:?}"),
@@ -78,6 +82,7 @@ fn native() -> Native {
     Native {
         supplier: Arc::new(supplier),
         states,
+        used,
         failing,
         catalog_calls,
     }
@@ -394,6 +399,7 @@ async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
         plan: PlanState::Ready,
         raw_status: String::new(),
         created_at_ms: START,
+        usage_told_pct: 0,
     };
     order.transition(OrderStatus::Submitted, START).unwrap();
     order.transition(OrderStatus::Fulfilled, START).unwrap();
@@ -426,9 +432,33 @@ async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
     );
     f.gateway.usage(&who, &esim.iccid).await.unwrap();
     assert!(kinds().await.is_empty(), "nothing moved, nothing raised");
+    // 85% of the data: told once, with the record.
+    f.native.used.store(850, Ordering::SeqCst);
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    assert_eq!(kinds().await, [EventType::EsimUsageThreshold]);
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    assert!(kinds().await.is_empty(), "80% is not told twice");
+    assert_eq!(
+        store
+            .esim(&esim.iccid)
+            .await
+            .unwrap()
+            .unwrap()
+            .usage_told_pct,
+        80
+    );
+    f.native.used.store(1_000, Ordering::SeqCst);
     *f.native.states.lock().unwrap() = (ProfileState::Installed, PlanState::Depleted);
     f.gateway.usage(&who, &esim.iccid).await.unwrap();
-    assert_eq!(kinds().await, [EventType::EsimPlanStateChanged]);
+    let mut both = kinds().await;
+    both.sort_by_key(|k| k.name());
+    assert_eq!(
+        both,
+        [
+            EventType::EsimPlanStateChanged,
+            EventType::EsimUsageThreshold
+        ]
+    );
     let page = f.gateway.events(&who, None, None, 1).await.unwrap();
     let crate::domain::events::EventData::Esim(data) = &page.items[0].data else {
         panic!("an eSIM's event")
