@@ -232,6 +232,25 @@ fn an_endpoint_that_answers_410_is_disabled_and_gets_nothing_more() {
     order(&gw, &key, "sandbox:SBX-US-5GB-30D");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(receiver.received().len(), 1, "nothing more after 410");
+
+    // The reseller fixes its receiver and enables the endpoint again.
+    receiver.answer(204);
+    let path = format!("/v1/webhook-endpoints/{endpoint}");
+    let enabled = gw.call("PATCH", &path, Some(&key), Some(&json!({"enabled": true})));
+    assert_eq!(enabled.status, 200, "{:?}", enabled.json);
+    assert_eq!(
+        (&enabled.json["enabled"], &enabled.json["disabled_reason"]),
+        (&json!(true), &Value::Null)
+    );
+    let bad = gw.call(
+        "PATCH",
+        &path,
+        Some(&key),
+        Some(&json!({"url": "https://user:pw@hooks.example.com/"})),
+    );
+    assert_eq!((bad.status, &bad.json["pointer"]), (422, &json!("/url")));
+    order(&gw, &key, "sandbox:SBX-US-5GB-30D");
+    receiver.wait_for(2, Duration::from_secs(20));
 }
 
 #[test]

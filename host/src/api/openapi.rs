@@ -24,7 +24,7 @@ use super::views::{
     ResellerView, TransactionView,
 };
 use super::webhooks::{
-    AttemptView, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
+    AttemptView, ChangeEndpoint, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
 };
 
 /// The OpenAPI 3.1 document (built once).
@@ -202,6 +202,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<CreateKey>,
         SchemaGenerator::subschema_for::<CreateCredit>,
         SchemaGenerator::subschema_for::<CreateEndpoint>,
+        SchemaGenerator::subschema_for::<ChangeEndpoint>,
         SchemaGenerator::subschema_for::<CreateBalanceAlert>,
     ] {
         add(&mut read);

@@ -113,6 +113,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/webhook-endpoints", Key, "Register a webhook endpoint; its signing secret is shown once", idem=false, req=Some("NewWebhookEndpoint"), resp=(201, "WebhookEndpointWithSecret"), query=&[]),
     route!(GET "/v1/webhook-endpoints", Key, "Webhook endpoints, oldest first", idem=false, req=None, resp=(200, "WebhookEndpointList"), query=&[]),
     route!(GET "/v1/webhook-endpoints/{id}", Key, "One webhook endpoint", idem=false, req=None, resp=(200, "WebhookEndpoint"), query=&[]),
+    route!(PATCH "/v1/webhook-endpoints/{id}", Key, "Change a webhook endpoint: url, event types, description, enabled", idem=false, req=Some("WebhookEndpointChange"), resp=(200, "WebhookEndpoint"), query=&[]),
     route!(DELETE "/v1/webhook-endpoints/{id}", Key, "Delete a webhook endpoint: nothing more is delivered to it", idem=false, req=None, resp=(204, "NoContent"), query=&[]),
     route!(POST "/v1/webhook-endpoints/{id}/rotate-secret", Key, "A new signing secret, shown once; the old one also signs for 24 h", idem=false, req=None, resp=(200, "WebhookEndpointWithSecret"), query=&[]),
     route!(POST "/v1/webhook-endpoints/{id}/test", Key, "Send a webhook.test message now; answers the attempt", idem=false, req=None, resp=(200, "WebhookAttempt"), query=&[]),
@@ -249,6 +250,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/webhook-endpoints") => webhooks::create(state, who()?, req).await,
         ("GET", "/v1/webhook-endpoints") => webhooks::list(state, who()?).await,
         ("GET", "/v1/webhook-endpoints/{id}") => webhooks::get(state, who()?, p(0)).await,
+        ("PATCH", "/v1/webhook-endpoints/{id}") => webhooks::update(state, who()?, req, p(0)).await,
         ("DELETE", "/v1/webhook-endpoints/{id}") => webhooks::delete(state, who()?, p(0)).await,
         ("POST", "/v1/webhook-endpoints/{id}/rotate-secret") => {
             webhooks::rotate_secret(state, who()?, p(0)).await

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::events::EventType;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::ids::{EndpointId, EventId};
-use crate::domain::use_cases::webhooks::NewEndpoint;
+use crate::domain::use_cases::webhooks::{EndpointChange, NewEndpoint};
 use crate::domain::webhooks::{Attempt, AttemptOutcome, Endpoint};
 
 use super::problem::{Problem, problems};
@@ -29,6 +29,25 @@ pub(super) struct CreateEndpoint {
     /// Your note.
     #[serde(default)]
     description: Option<String>,
+}
+
+/// `PATCH /v1/webhook-endpoints/{id}` body: what to change; the rest stays.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "WebhookEndpointChange")]
+pub(super) struct ChangeEndpoint {
+    /// A new URL (checked like a new endpoint's).
+    #[serde(default)]
+    url: Option<String>,
+    /// New event types.
+    #[serde(default)]
+    event_types: Option<Vec<EventType>>,
+    /// A new note.
+    #[serde(default)]
+    description: Option<String>,
+    /// `true` enables it again after the gateway disabled it (and clears why).
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 /// A webhook endpoint (never its secret).
@@ -168,6 +187,25 @@ pub(super) async fn list(state: &AppState, who: &Principal) -> Result<Response, 
 
 pub(super) async fn get(state: &AppState, who: &Principal, id: &str) -> Result<Response, Problem> {
     let endpoint = state.gateway.endpoint(who, endpoint_id(id)?).await?;
+    Ok(json(StatusCode::OK, &EndpointView::from(endpoint)))
+}
+
+pub(super) async fn update(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Bytes>,
+    id: &str,
+) -> Result<Response, Problem> {
+    let id = endpoint_id(id)?;
+    let (_, _, body): (_, _, ChangeEndpoint) = json_body(req)?;
+    let change = EndpointChange {
+        url: body.url,
+        event_types: body.event_types,
+        description: body.description,
+        enabled: body.enabled,
+    };
+    let endpoint = state.gateway.update_endpoint(who, id, change).await?;
+    durable(state).await?;
     Ok(json(StatusCode::OK, &EndpointView::from(endpoint)))
 }
 

@@ -35,6 +35,43 @@ pub struct NewEndpoint {
     pub description: Option<String>,
 }
 
+/// What a reseller changes on an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChange {
+    /// A new URL.
+    pub url: Option<String>,
+    /// New event types.
+    pub event_types: Option<Vec<EventType>>,
+    /// A new description.
+    pub description: Option<String>,
+    /// Enable or disable it.
+    pub enabled: Option<bool>,
+}
+
+/// The event types asked for, sorted and without repeats; every type when not given.
+fn event_types(asked: Option<Vec<EventType>>) -> Result<Vec<EventType>, DomainError> {
+    let mut types = asked.unwrap_or_else(|| EventType::ALL.to_vec());
+    types.sort_by_key(|t| t.name());
+    types.dedup();
+    if types.is_empty() {
+        return Err(DomainError::Invalid {
+            field: "/event_types",
+            message: "name at least one event type, or leave it out for all".into(),
+        });
+    }
+    Ok(types)
+}
+
+fn check_description(description: &str) -> Result<(), DomainError> {
+    if description.len() > MAX_DESCRIPTION {
+        return Err(DomainError::Invalid {
+            field: "/description",
+            message: format!("at most {MAX_DESCRIPTION} bytes"),
+        });
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Register an endpoint; returns it with its signing secret, shown this once.
     pub async fn create_endpoint(
@@ -43,33 +80,11 @@ impl Gateway {
         new: NewEndpoint,
     ) -> Result<(Endpoint, String), DomainError> {
         let reseller = self.writer_of(who).await?;
-        let invalid = |field, message: String| DomainError::Invalid { field, message };
-        if new.url.len() > MAX_URL {
-            return Err(invalid("/url", format!("at most {MAX_URL} bytes")));
+        if let Some(description) = &new.description {
+            check_description(description)?;
         }
-        if new
-            .description
-            .as_ref()
-            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
-        {
-            return Err(invalid(
-                "/description",
-                format!("at most {MAX_DESCRIPTION} bytes"),
-            ));
-        }
-        let mut event_types = new.event_types.unwrap_or_else(|| EventType::ALL.to_vec());
-        event_types.sort_by_key(|t| t.name());
-        event_types.dedup();
-        if event_types.is_empty() {
-            return Err(invalid(
-                "/event_types",
-                "name at least one event type, or leave it out for all".into(),
-            ));
-        }
-        self.webhooks
-            .check_url(&new.url)
-            .await
-            .map_err(|why| invalid("/url", why))?;
+        let event_types = event_types(new.event_types)?;
+        self.check_endpoint_url(&new.url).await?;
         if self.store.endpoints(reseller).await?.len() >= self.tuning.webhooks.max_endpoints {
             return Err(DomainError::Conflict {
                 code: "too_many_endpoints",
@@ -111,6 +126,40 @@ impl Gateway {
             .endpoint(reseller.id, id)
             .await?
             .ok_or(DomainError::NotFound("webhook endpoint"))
+    }
+
+    /// Change one of the caller's endpoints: its URL (checked like a new one), event types,
+    /// description, or whether it is enabled. Enabling one the gateway disabled clears why
+    /// and its failing mark: deliveries resume with the next event (redeliver the missed
+    /// ones from `GET /v1/events`).
+    pub async fn update_endpoint(
+        &self,
+        who: &Principal,
+        id: EndpointId,
+        change: EndpointChange,
+    ) -> Result<Endpoint, DomainError> {
+        self.writer_of(who).await?;
+        let mut endpoint = self.endpoint(who, id).await?;
+        if let Some(url) = change.url {
+            self.check_endpoint_url(&url).await?;
+            endpoint.url = url;
+        }
+        if let Some(types) = change.event_types {
+            endpoint.event_types = event_types(Some(types))?;
+        }
+        if let Some(description) = change.description {
+            check_description(&description)?;
+            endpoint.description = Some(description);
+        }
+        if let Some(enabled) = change.enabled {
+            endpoint.enabled = enabled;
+            if enabled {
+                endpoint.disabled_reason = None;
+                endpoint.failing_since_ms = None;
+            }
+        }
+        self.store.put_endpoint(&endpoint).await?;
+        Ok(endpoint)
     }
 
     /// Remove one of the caller's endpoints: nothing more is delivered to it.
@@ -427,6 +476,23 @@ impl Gateway {
                 "no webhook secret could be made: {e}"
             )))
         })
+    }
+
+    /// Whether deliveries may go to `url` (a 422 on `/url` when not).
+    async fn check_endpoint_url(&self, url: &str) -> Result<(), DomainError> {
+        if url.len() > MAX_URL {
+            return Err(DomainError::Invalid {
+                field: "/url",
+                message: format!("at most {MAX_URL} bytes"),
+            });
+        }
+        self.webhooks
+            .check_url(url)
+            .await
+            .map_err(|message| DomainError::Invalid {
+                field: "/url",
+                message,
+            })
     }
 
     /// The reseller of a key that may change things.
