@@ -1,4 +1,5 @@
-//! Outbound webhooks over HTTP, to a real receiver on loopback: every settled order's
+//! P8 (webhook signature verification for data integrity; webhook delivery logs), over
+//! HTTP to a real receiver on loopback: every settled order's
 //! event arrives signed per the Standard Webhooks spec (checked with the spec's own Python
 //! library), failures are retried on the schedule, 410 disables an endpoint, a receiver
 //! that was down catches up with the same ids, and endpoint URLs may not reach private
@@ -58,7 +59,7 @@ fn attempts(gw: &Gateway, key: &str, endpoint: &str) -> Vec<Value> {
 }
 
 #[test]
-fn an_orders_events_arrive_signed_and_the_standard_webhooks_library_verifies_every_delivery() {
+fn p8_an_orders_events_arrive_signed_and_the_standard_webhooks_library_verifies_every_delivery() {
     let gw = gateway(CONFIG);
     let receiver = Receiver::start();
     let (key, _, secret) = subscribed(&gw, &receiver.url("/hooks"));
@@ -116,7 +117,7 @@ fn an_orders_events_arrive_signed_and_the_standard_webhooks_library_verifies_eve
 }
 
 #[test]
-fn failed_deliveries_follow_the_schedule_and_a_receiver_that_was_down_catches_up_with_the_same_ids()
+fn p8_every_attempt_is_logged_retries_follow_the_schedule_and_a_receiver_that_was_down_catches_up()
 {
     let gw = gateway(CONFIG);
     let receiver = Receiver::start();
