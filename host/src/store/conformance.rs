@@ -85,6 +85,14 @@ async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance
     post(store, entry).await.unwrap()
 }
 
+/// Two resellers, each credited `amount` USD.
+async fn two_funded(store: &dyn Store, amount: i64) -> (ResellerId, ResellerId) {
+    let (a, b) = (reseller().id, reseller().id);
+    credit(store, a, amount).await;
+    credit(store, b, amount).await;
+    (a, b)
+}
+
 /// Post an entry that belongs to no order.
 async fn post(store: &dyn Store, entry: LedgerEntry) -> Result<Balance, Rejected> {
     let posted = store.commit(&Commit::credit(entry)).await.unwrap();
@@ -321,9 +329,7 @@ pub async fn settling_moves_money_and_closes_the_order(backend: &dyn Backend) {
 /// settlement writes nothing; the owner may settle its own eSIM again (a cancel).
 pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
     let store = backend.open();
-    let (a, b) = (reseller().id, reseller().id);
-    credit(&*store, a, 1_000).await;
-    credit(&*store, b, 1_000).await;
+    let (a, b) = two_funded(&*store, 1_000).await;
     let first = order_for(a, 100, 1);
     accept(&*store, &first).await.unwrap();
     let first_settled = settle(&*store, &first, &["8999000000000000045"])
@@ -384,9 +390,7 @@ pub async fn an_iccid_belongs_to_one_order_for_good(backend: &dyn Backend) {
 /// a status filter applies, and `has_more` says whether older ones follow.
 pub async fn order_pages_come_newest_first_with_cursor_and_filter(backend: &dyn Backend) {
     let store = backend.open();
-    let (r, other) = (reseller().id, reseller().id);
-    credit(&*store, r, 10_000).await;
-    credit(&*store, other, 10_000).await;
+    let (r, other) = two_funded(&*store, 10_000).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let o = order_for(r, 10, 1);
@@ -878,9 +882,7 @@ pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn 
 /// reopen.
 pub async fn events_are_committed_with_their_change_and_listed_newest_first(backend: &dyn Backend) {
     let store = backend.open();
-    let (r, other) = (reseller().id, reseller().id);
-    credit(&*store, r, 1_000).await;
-    credit(&*store, other, 1_000).await;
+    let (r, other) = two_funded(&*store, 1_000).await;
     let fulfilled = order_for(r, 100, 1);
     let failed = order_for(r, 100, 1);
     let refused = order_for(other, 100, 1);
@@ -1068,9 +1070,7 @@ pub async fn a_change_that_moves_no_money_writes_its_records_and_events_together
     backend: &dyn Backend,
 ) {
     let store = backend.open();
-    let (r, other) = (reseller().id, reseller().id);
-    credit(&*store, r, 1_000).await;
-    credit(&*store, other, 1_000).await;
+    let (r, other) = two_funded(&*store, 1_000).await;
     let (mine, theirs) = (order_for(r, 100, 1), order_for(other, 100, 1));
     accept(&*store, &mine).await.unwrap();
     accept(&*store, &theirs).await.unwrap();
