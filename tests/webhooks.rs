@@ -297,7 +297,7 @@ fn endpoints_are_their_resellers_own_secrets_are_shown_once_and_rotation_signs_w
     let one = gw.call("GET", &path, Some(&key), None);
     assert!(!String::from_utf8_lossy(&one.bytes).contains(&old_secret));
 
-    let (_, other) = gw.new_reseller(0, None);
+    let (_, other) = gw.new_reseller(0, Some(10_000));
     for (method, p) in [
         ("GET", path.clone()),
         ("DELETE", path.clone()),
@@ -308,6 +308,13 @@ fn endpoints_are_their_resellers_own_secrets_are_shown_once_and_rotation_signs_w
         let r = gw.call(method, &p, Some(&other), None);
         assert_eq!(r.status, 404, "{method} {p}: {:?}", r.json);
     }
+    let patch = gw.call(
+        "PATCH",
+        &path,
+        Some(&other),
+        Some(&json!({"url": receiver.url("/stolen")})),
+    );
+    assert_eq!(patch.status, 404, "{:?}", patch.json);
 
     let rotated = gw.call("POST", &format!("{path}/rotate-secret"), Some(&key), None);
     assert_eq!(rotated.status, 200, "{:?}", rotated.json);
@@ -327,6 +334,17 @@ fn endpoints_are_their_resellers_own_secrets_are_shown_once_and_rotation_signs_w
     let deleted = gw.call("DELETE", &path, Some(&key), None);
     assert_eq!(deleted.status, 204);
     assert_eq!(gw.call("GET", &path, Some(&key), None).status, 404);
+    // Nor can another reseller have this reseller's events redelivered anywhere.
+    order(&gw, &key, "sandbox:SBX-US-5GB-30D");
+    let mine = gw.call("GET", "/v1/events", Some(&key), None).json;
+    let event = mine["data"][0]["id"].as_str().unwrap();
+    let r = gw.call(
+        "POST",
+        &format!("/v1/events/{event}/redeliver"),
+        Some(&other),
+        None,
+    );
+    assert_eq!(r.status, 404, "{:?}", r.json);
 }
 
 #[test]
@@ -411,4 +429,72 @@ fn a_dead_endpoint_never_delays_another_resellers_deliveries() {
         0,
         "none of the dead endpoint's tries has ended yet"
     );
+}
+
+#[test]
+fn hostile_endpoint_registrations_get_clear_problems_and_change_nothing() {
+    let gw = gateway(CONFIG);
+    let (_, key) = gw.new_reseller(0, None);
+    let create = |body: Value| gw.call("POST", "/v1/webhook-endpoints", Some(&key), Some(&body));
+    let long_url = format!("https://hooks.example.com/{}", "a".repeat(3_000));
+    for (body, status, pointer) in [
+        (json!({"url": long_url}), 422, "/url"),
+        (
+            json!({"url": "https://hooks.example.com/", "description": "d".repeat(300)}),
+            422,
+            "/description",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/", "event_types": []}),
+            422,
+            "/event_types",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/", "event_types": ["order.exploded"]}),
+            400,
+            "/event_types/0",
+        ),
+        (
+            json!({"url": "https://hooks.example.com/", "secret": "mine"}),
+            400,
+            "",
+        ),
+    ] {
+        let r = create(body.clone());
+        assert_eq!(r.status, status, "{body}: {:?}", r.json);
+        if !pointer.is_empty() {
+            assert_eq!(r.json["pointer"], pointer, "{body}");
+        }
+    }
+    assert_eq!(
+        gw.call("GET", "/v1/webhook-endpoints", Some(&key), None)
+            .json["data"],
+        json!([])
+    );
+    // At most 16 endpoints a reseller.
+    for n in 0..16 {
+        let r = create(json!({"url": format!("http://127.0.0.1:9/{n}")}));
+        assert_eq!(r.status, 201, "{n}: {:?}", r.json);
+    }
+    let r = create(json!({"url": "http://127.0.0.1:9/17"}));
+    assert_eq!(
+        (r.status, &r.json["code"]),
+        (409, &json!("too_many_endpoints"))
+    );
+    // A read-only key reads but changes nothing.
+    let (id, _) = gw.new_reseller(0, None);
+    let readonly = gw.call(
+        "POST",
+        &format!("/v1/admin/resellers/{id}/keys"),
+        Some(&gw.admin_key),
+        Some(&json!({"role": "reseller_readonly", "mode": "test"})),
+    );
+    let readonly = readonly.json["key"].as_str().unwrap();
+    let r = gw.call(
+        "POST",
+        "/v1/webhook-endpoints",
+        Some(readonly),
+        Some(&json!({"url": "http://127.0.0.1:9/ro"})),
+    );
+    assert_eq!(r.status, 403, "{:?}", r.json);
 }
