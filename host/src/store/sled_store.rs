@@ -185,7 +185,18 @@ struct Journaled {
     endpoints: Vec<Endpoint>,
 }
 
-/// The borrowed form of [`Journaled`], for writing.
+impl Journaled {
+    fn borrowed(&self) -> JournalRef<'_> {
+        JournalRef {
+            order: self.order.as_ref(),
+            esims: &self.esims,
+            events: &self.events,
+            endpoints: &self.endpoints,
+        }
+    }
+}
+
+/// The borrowed form of [`Journaled`], for writing and applying.
 #[derive(Serialize)]
 struct JournalRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -647,8 +658,8 @@ impl SledStore {
     /// Write what a change carries, each record in full: the order (unless the stored one
     /// is further along), the eSIMs, the endpoints, and the events (outbox entry, then
     /// index).
-    fn apply_change(&self, change: &Journaled) -> StoreResult<()> {
-        if let Some(order) = &change.order {
+    fn apply_change(&self, change: &JournalRef<'_>) -> StoreResult<()> {
+        if let Some(order) = change.order {
             let behind = match self.orders.get(order.id.to_bytes()).map_err(backend)? {
                 None => true,
                 Some(stored) => {
@@ -659,17 +670,17 @@ impl SledStore {
                 self.write_order(order)?;
             }
         }
-        for esim in &change.esims {
+        for esim in change.esims {
             put(&self.esims, esim.iccid.as_bytes(), esim)?;
         }
-        for endpoint in &change.endpoints {
+        for endpoint in change.endpoints {
             put(
                 &self.endpoints,
                 &cat(&endpoint.reseller.to_bytes(), &endpoint.id.to_bytes()),
                 endpoint,
             )?;
         }
-        for event in &change.events {
+        for event in change.events {
             self.outbox
                 .insert(event.id.to_bytes(), &event.reseller.to_bytes())
                 .map_err(backend)?;
@@ -684,7 +695,7 @@ impl SledStore {
         for kv in self.journal.iter() {
             let (key, record) = kv.map_err(backend)?;
             let change: Journaled = decode(&record)?;
-            self.apply_change(&change)?;
+            self.apply_change(&change.borrowed())?;
             self.journal.remove(key).map_err(backend)?;
             n += 1;
         }
@@ -995,19 +1006,13 @@ impl SledStore {
             return Err(StoreError::Backend("the store is closed".into()));
         }
         let key = Ulid::new().to_bytes();
-        let record = encode(&JournalRef {
+        let change = JournalRef {
             order: commit.order(),
             esims: commit.esims(),
             events: commit.events(),
             endpoints: commit.endpoints(),
-        });
-        self.journal.insert(key, record).map_err(backend)?;
-        let change = Journaled {
-            order: commit.order().cloned(),
-            esims: commit.esims().to_vec(),
-            events: commit.events().to_vec(),
-            endpoints: commit.endpoints().to_vec(),
         };
+        self.journal.insert(key, encode(&change)).map_err(backend)?;
         self.apply_change(&change)?;
         self.journal.remove(key).map_err(backend)?;
         drop(gate);
