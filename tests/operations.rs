@@ -436,8 +436,20 @@ fn plugin_check_says_what_is_requested_granted_and_whether_it_links() {
         stdout.contains("granted (no --grants FILE given: nothing)"),
         "{stdout}"
     );
+    let not_granted = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("not granted:"))
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(
-        stdout.contains("not granted: secret SANDBOX_WEBHOOK_SECRET"),
+        not_granted(&stdout).contains("secret SANDBOX_WEBHOOK_SECRET"),
+        "{stdout}"
+    );
+    // Requested egress links even ungranted: the policy refuses every host not granted.
+    assert!(
+        not_granted(&stdout).contains("outbound http://127.0.0.1:*"),
         "{stdout}"
     );
     assert!(stdout.contains("links: yes"), "{stdout}");
@@ -460,7 +472,10 @@ fn plugin_check_says_what_is_requested_granted_and_whether_it_links() {
     );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(!stdout.contains("not granted"), "{stdout}");
+    assert!(
+        !not_granted(&stdout).contains("SANDBOX_WEBHOOK_SECRET"),
+        "{stdout}"
+    );
     let effective = stdout.split("effective").nth(1).unwrap();
     assert!(
         effective.contains("secrets   SANDBOX_WEBHOOK_SECRET"),

@@ -756,23 +756,18 @@ fn operators_manage_resellers_and_keys_from_the_cli() {
 }
 
 #[test]
-fn a_product_that_needs_ekyc_is_refused_and_nothing_is_held() {
+fn a_product_that_needs_ekyc_is_accepted_with_its_price_held_and_waits_for_verification() {
     let gw = gateway();
     let (_, key) = gw.new_reseller(0, Some(10_000));
     let r = order_as(
         &gw,
         &key,
-        &json!({"product_id": "sandbox:SBX-CN-3GB-15D"}),
+        &json!({"product_id": "sandbox:SBX-CN-3GB-15D", "subject_ref": "traveller"}),
         &unique_key(),
     );
-    assert_eq!(r.status, 409, "{:?}", r.json);
-    assert_eq!(r.json["code"], "ekyc_required");
-    assert_eq!(gw.balance_of(&key), (10_000, 0));
-    assert_eq!(
-        gw.call("GET", "/v1/orders", Some(&key), None).json["data"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "awaiting_kyc");
+    assert!(r.json["ekyc"].is_null(), "no session until one is opened");
+    let total = r.json["total"]["minor"].as_i64().unwrap();
+    assert_eq!(gw.balance_of(&key), (10_000 - total, total));
 }

@@ -286,6 +286,9 @@ pub struct OrderTuning {
     /// How long an Idempotency-Key is honoured (and its record kept). 24 h covers any
     /// sane client retry schedule; older keys are swept hourly.
     pub idempotency_retention_secs: u64,
+    /// How long an order for a product that needs eKYC waits for its verification
+    /// session to open before it fails and its hold is released (7 days).
+    pub ekyc_wait_secs: u64,
 }
 
 impl Default for OrderTuning {
@@ -301,6 +304,7 @@ impl Default for OrderTuning {
             key_rotation_grace_secs: 24 * 3600,
             demo_credit_minor: 100_000,
             idempotency_retention_secs: 24 * 3600,
+            ekyc_wait_secs: 7 * 24 * 3600,
         }
     }
 }

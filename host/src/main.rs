@@ -352,6 +352,7 @@ fn gateway(
         demo_credit_minor: o.demo_credit_minor,
         idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
         webhooks: config.webhooks.tuning(),
+        ekyc_wait: Duration::from_secs(o.ekyc_wait_secs),
     };
     let webhooks = simgate::webhooks::HttpWebhooks::new(simgate::webhooks::DeliveryPolicy {
         timeout: Duration::from_millis(config.webhooks.timeout_ms),

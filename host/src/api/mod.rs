@@ -2,6 +2,7 @@
 //! rules live here: each handler parses, calls one `Gateway` use case, and renders.
 
 mod body;
+mod ekyc;
 pub mod metrics;
 mod openapi;
 pub mod problem;

@@ -10,10 +10,13 @@ use schemars::{Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use crate::domain::catalog::Product;
+use crate::domain::ekyc::EkycSessionView;
+use crate::domain::use_cases::consents::{ConsentView, SubjectConsents};
 use crate::domain::use_cases::esims::{EsimView, UsageView};
 use crate::domain::use_cases::orders::OrderView;
 use crate::plugins::PluginStatus;
 
+use super::ekyc::{CreateConsent, CreateSession, InboundAck};
 use super::problem::ProblemBody;
 use super::routes::{
     Access, CreateBalanceAlert, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp,
@@ -76,6 +79,9 @@ fn build() -> Value {
             success["content"] = content;
         }
         let mut responses = json!({ status.to_string(): success });
+        if let Some(also) = r.also {
+            responses[also.to_string()] = responses[status.to_string()].clone();
+        }
         for (code, why) in error_statuses(r) {
             responses[code.to_string()] = json!({
                 "description": why,
@@ -191,6 +197,10 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<All<PluginStatus>>,
         SchemaGenerator::subschema_for::<All<ResellerView>>,
         SchemaGenerator::subschema_for::<ResellerView>,
+        SchemaGenerator::subschema_for::<EkycSessionView>,
+        SchemaGenerator::subschema_for::<InboundAck>,
+        SchemaGenerator::subschema_for::<ConsentView>,
+        SchemaGenerator::subschema_for::<SubjectConsents>,
     ] {
         add(&mut sent);
     }
@@ -204,6 +214,8 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<CreateEndpoint>,
         SchemaGenerator::subschema_for::<ChangeEndpoint>,
         SchemaGenerator::subschema_for::<CreateBalanceAlert>,
+        SchemaGenerator::subschema_for::<CreateSession>,
+        SchemaGenerator::subschema_for::<CreateConsent>,
     ] {
         add(&mut read);
     }

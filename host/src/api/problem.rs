@@ -258,6 +258,14 @@ impl From<DomainError> for Problem {
                 p
             }
             DomainError::Supplier(ref s) => supplier_problem(s),
+            // The plugin's reason is for the operator's log only: the caller is not
+            // authenticated, and a reason could help forge the next attempt.
+            DomainError::InboundRefused(_) => Problem::new(
+                S::BAD_REQUEST,
+                "inbound_rejected",
+                "Inbound request rejected",
+                "the plugin for this route refused the request (its signature, source or content)",
+            ),
             DomainError::Store(ref s) => {
                 tracing::error!(error = %s, "store failure");
                 Problem::new(

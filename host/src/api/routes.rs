@@ -28,7 +28,7 @@ use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
     Readiness, Ready, ResellerView, TransactionView,
 };
-use super::{AppState, Response, qr, webhooks};
+use super::{AppState, Response, ekyc, qr, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,9 @@ pub struct Route {
     pub request: Option<&'static str>,
     /// Success status and response schema name (likewise).
     pub response: (u16, &'static str),
+    /// Another success status with the same body (200 for a POST that found what it
+    /// would have created).
+    pub also: Option<u16>,
     /// Query parameters: name and description.
     pub query: &'static [(&'static str, &'static str)],
 }
@@ -69,6 +72,9 @@ const PAGING: &[(&str, &str)] = &[
 
 macro_rules! route {
     ($m:ident $p:literal, $a:ident, $s:literal, idem=$i:literal, req=$req:expr, resp=($st:literal, $rs:literal), query=$q:expr) => {
+        route!($m $p, $a, $s, idem=$i, req=$req, resp=($st, $rs), also=None, query=$q)
+    };
+    ($m:ident $p:literal, $a:ident, $s:literal, idem=$i:literal, req=$req:expr, resp=($st:literal, $rs:literal), also=$also:expr, query=$q:expr) => {
         Route {
             method: Method::$m,
             path: $p,
@@ -77,6 +83,7 @@ macro_rules! route {
             idempotent: $i,
             request: $req,
             response: ($st, $rs),
+            also: $also,
             query: $q,
         }
     };
@@ -92,7 +99,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/orders", Key, "Buy eSIMs; answers once fulfilled or after a short wait", idem=true, req=Some("NewOrder"), resp=(201, "Order"), query=&[]),
     route!(GET "/v1/orders", Key, "The caller's orders, newest first", idem=false, req=None, resp=(200, "OrderList"),
         query=&[("limit", "page size, 1 to 100 (default 20)"), ("starting_after", "id of the last item of the previous page"),
-                ("status", "accepted, submitted, fulfilled, failed or cancelled")]),
+                ("status", "accepted, awaiting_kyc, submitted, fulfilled, failed or cancelled")]),
     route!(GET "/v1/orders/{id}", Key, "One order with its eSIMs", idem=false, req=None, resp=(200, "Order"), query=&[]),
     route!(POST "/v1/orders/{id}/cancel", Key, "Cancel a never-installed order and refund it", idem=true, req=None, resp=(200, "Order"), query=&[]),
     route!(GET "/v1/esims/{iccid}", Key, "One eSIM with activation code and install links", idem=false, req=None, resp=(200, "Esim"), query=&[]),
@@ -118,6 +125,12 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/webhook-endpoints/{id}/rotate-secret", Key, "A new signing secret, shown once; the old one also signs for 24 h", idem=false, req=None, resp=(200, "WebhookEndpointWithSecret"), query=&[]),
     route!(POST "/v1/webhook-endpoints/{id}/test", Key, "Send a webhook.test message now; answers the attempt", idem=false, req=None, resp=(200, "WebhookAttempt"), query=&[]),
     route!(GET "/v1/webhook-endpoints/{id}/attempts", Key, "Delivery attempts, newest first", idem=false, req=None, resp=(200, "WebhookAttemptList"), query=PAGING),
+    route!(POST "/v1/ekyc/sessions", Key, "Open the identity verification (eKYC) of an order awaiting it; 200 with the session it has, if it has one", idem=false, req=Some("NewEkycSession"), resp=(201, "EkycSession"), also=Some(200), query=&[]),
+    route!(GET "/v1/ekyc/sessions/{id}", Key, "One eKYC session: status, times, and the redirect URL while pending", idem=false, req=None, resp=(200, "EkycSession"), query=&[]),
+    route!(GET "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback (or redirect), for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
+    route!(POST "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback, for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
+    route!(POST "/v1/consents", Key, "Record a consent grant or withdrawal for a subject (append-only)", idem=false, req=Some("NewConsent"), resp=(201, "Consent"), query=&[]),
+    route!(GET "/v1/subjects/{subject_ref}/consents", Key, "A subject's consent per purpose, its history, and a consent receipt", idem=false, req=None, resp=(200, "SubjectConsents"), query=&[]),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
@@ -259,6 +272,13 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/v1/webhook-endpoints/{id}/attempts") => {
             webhooks::attempts(state, who()?, &req, p(0)).await
         }
+        ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req).await,
+        ("GET", "/v1/ekyc/sessions/{id}") => ekyc::get(state, who()?, p(0)).await,
+        ("GET" | "POST", "/v1/inbound/{plugin}/ekyc") => ekyc::callback(state, req, p(0)).await,
+        ("POST", "/v1/consents") => ekyc::record_consent(state, who()?, req).await,
+        ("GET", "/v1/subjects/{subject_ref}/consents") => {
+            ekyc::subject_consents(state, who()?, p(0)).await
+        }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => metrics(state).await,
         ("GET", "/v1/admin/plugins") => Ok(json(
@@ -337,6 +357,11 @@ pub(super) fn query_pairs<B>(req: &http::Request<B>) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A path segment, percent-decoded (`+` stays `+` in a path).
+pub(super) fn path_segment(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -640,7 +665,7 @@ async fn list_orders(
                 serde_json::from_value::<OrderStatus>(serde_json::Value::String(v)).map_err(
                     |_| {
                         problems::invalid_query(
-                            "status must be accepted, submitted, fulfilled, failed or cancelled"
+                            "status must be accepted, awaiting_kyc, submitted, fulfilled, failed or cancelled"
                                 .into(),
                         )
                     },

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{EndpointId, EventId, OrderId, ResellerId};
+use super::ekyc::EkycStatus;
+use super::ids::{EkycSessionId, EndpointId, EventId, OrderId, ResellerId};
 use super::ledger::{Balance, LedgerEntry};
 use super::orders::{EsimRecord, Order, OrderStatus};
 use super::supplier::{PlanState, ProfileState};
@@ -43,11 +44,14 @@ pub enum EventType {
     /// failed for days): told to its other endpoints and listed by `GET /v1/events`.
     #[serde(rename = "webhook_endpoint.disabled")]
     WebhookEndpointDisabled,
+    /// An order's identity verification was decided: approved, rejected or expired.
+    #[serde(rename = "ekyc_session.status_changed")]
+    EkycSessionStatusChanged,
 }
 
 impl EventType {
     /// Every type, for validating a subscription or a filter.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::OrderSubmitted,
         EventType::OrderFulfilled,
         EventType::OrderFailed,
@@ -57,6 +61,7 @@ impl EventType {
         EventType::EsimUsageThreshold,
         EventType::BalanceLow,
         EventType::WebhookEndpointDisabled,
+        EventType::EkycSessionStatusChanged,
     ];
 
     /// The type's wire name, e.g. `order.fulfilled`.
@@ -71,6 +76,7 @@ impl EventType {
             EventType::EsimUsageThreshold => "esim.usage_threshold",
             EventType::BalanceLow => "balance.low",
             EventType::WebhookEndpointDisabled => "webhook_endpoint.disabled",
+            EventType::EkycSessionStatusChanged => "ekyc_session.status_changed",
         }
     }
 
@@ -105,6 +111,20 @@ pub enum EventData {
     Balance(BalanceEvent),
     /// An eSIM reached a share of its plan's data.
     Usage(UsageEvent),
+    /// An identity verification was decided.
+    Ekyc(EkycEvent),
+}
+
+/// An identity verification's new status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EkycEvent {
+    /// The session.
+    pub session_id: EkycSessionId,
+    /// The order it verifies.
+    pub order_id: OrderId,
+    /// Its status now.
+    pub status: EkycStatus,
 }
 
 /// An eSIM that used a share of its plan's data.
@@ -279,6 +299,25 @@ impl Event {
                 data: data.clone(),
             })
             .collect()
+    }
+
+    /// The event of `order`'s verification session changing status at `at_ms`.
+    pub fn of_ekyc(order: &Order, at_ms: u64) -> Event {
+        let status = order
+            .ekyc
+            .as_ref()
+            .map_or(EkycStatus::Expired, |session| session.status);
+        Event {
+            id: EventId::new(),
+            reseller: order.reseller,
+            kind: EventType::EkycSessionStatusChanged,
+            created_at_ms: at_ms,
+            data: EventData::Ekyc(EkycEvent {
+                session_id: EkycSessionId::of(order.id),
+                order_id: order.id,
+                status,
+            }),
+        }
     }
 
     /// The event of `order` having just moved to its current status, if that move raises

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::clock::Clock;
+use super::ekyc::EkycStatus;
 use super::esim;
 use super::events::Event;
 use super::ids::OrderId;
@@ -161,13 +162,57 @@ pub struct Fulfilment {
     alarm: Arc<Alarm>,
     slots: Semaphore,
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
+    /// Serialises the changes an order awaiting eKYC can meet at once: its session
+    /// opening, a provider's callback, and its wait running out.
+    kyc_locks: OrderLocks,
     /// Status counts for metrics.
     pub counters: OrderCounters,
 }
 
+/// One lock per order, held only while in use: the map keeps an entry no longer than some
+/// task holds or waits for it.
+#[derive(Default)]
+pub(crate) struct OrderLocks(Mutex<HashMap<OrderId, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds an order's lock; the entry goes when the last holder or waiter drops it.
+pub(crate) struct OrderGuard<'a> {
+    locks: &'a OrderLocks,
+    id: OrderId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl OrderLocks {
+    /// Wait for order `id`'s lock.
+    pub(crate) async fn lock(&self, id: OrderId) -> OrderGuard<'_> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        OrderGuard {
+            locks: self,
+            id,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for OrderGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map's own handle left: nobody holds or waits for it.
+        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.id);
+        }
+    }
+}
+
 /// Why a step could not finish.
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     /// The store failed: the step is tried again later.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -178,6 +223,18 @@ enum StepError {
     /// change): it is left as it is.
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+}
+
+/// What a verification outcome did to its order.
+pub(crate) enum KycDecided {
+    /// Nothing (the order is not waiting for this, or the status changes nothing).
+    Unchanged,
+    /// Approved: the order is on its way to the supplier.
+    Submitted,
+    /// Rejected or expired: the order failed and its hold was released.
+    Settled(Option<Box<Settled>>),
+    /// Not expired yet: the wait ends at this time.
+    Waiting(u64),
 }
 
 /// What one processing step decided.
@@ -207,6 +264,7 @@ impl Fulfilment {
             slots: Semaphore::new(policy.concurrency),
             policy,
             waiters: Mutex::new(HashMap::new()),
+            kyc_locks: OrderLocks::default(),
             counters: OrderCounters::default(),
         })
     }
@@ -249,7 +307,7 @@ impl Fulfilment {
     }
 
     /// Make order `id`'s next step a durable job due at `due_ms` (a job in hand is kept).
-    async fn schedule(&self, id: OrderId, due_ms: u64) -> Result<(), StoreError> {
+    pub(crate) async fn schedule(&self, id: OrderId, due_ms: u64) -> Result<(), StoreError> {
         self.store.add_job(&Job::fulfil(id, due_ms)).await?;
         self.alarm.set(due_ms);
         Ok(())
@@ -328,6 +386,22 @@ impl Fulfilment {
             return Ok(Step::Settled(None));
         }
         let now = self.clock.now_ms();
+        if order.status == OrderStatus::AwaitingKyc {
+            // Nothing to ask the supplier yet: the step only ends a wait that ran out.
+            if now < order.next_attempt_ms {
+                return Ok(Step::Again(Duration::from_millis(
+                    order.next_attempt_ms - now,
+                )));
+            }
+            return match self.decide_kyc(order.id, EkycStatus::Expired).await? {
+                KycDecided::Settled(settled) => Ok(Step::Settled(settled)),
+                KycDecided::Waiting(next_ms) => Ok(Step::Again(Duration::from_millis(
+                    next_ms.saturating_sub(now).max(1),
+                ))),
+                // Approved meanwhile (or otherwise moved on): carry on with the order now.
+                KycDecided::Submitted | KycDecided::Unchanged => Ok(Step::Again(Duration::ZERO)),
+            };
+        }
         let first_call = order.status == OrderStatus::Accepted;
         if first_call {
             order.transition(OrderStatus::Submitted, now)?;
@@ -504,13 +578,23 @@ impl Fulfilment {
         Ok(Step::Settled(Some(Box::new(Settled { order, esims }))))
     }
 
-    async fn fail(&self, mut order: Order, failure: OrderFailure) -> Result<Step, StepError> {
+    async fn fail(&self, order: Order, failure: OrderFailure) -> Result<Step, StepError> {
+        self.fail_raising(order, failure, Vec::new()).await
+    }
+
+    /// Fail `order`, releasing its hold, and raise `events` with `order.failed`.
+    async fn fail_raising(
+        &self,
+        mut order: Order,
+        failure: OrderFailure,
+        events: Vec<Event>,
+    ) -> Result<Step, StepError> {
         tracing::info!(order = %order.id, plugin = %order.plugin, code = %failure.code, "order failed; hold released");
         order.transition(OrderStatus::Failed, self.clock.now_ms())?;
         order.failure = Some(failure);
         let id = order.id;
         // A release delivers no eSIM, so it claims no ICCID and cannot conflict.
-        let commit = Commit::settle(order, EntryKind::Release, Vec::new())?;
+        let commit = Commit::settle(order, EntryKind::Release, Vec::new())?.raise(events);
         if let Err(rejected) = self.store.commit(&commit).await? {
             return Err(unbalanced(id, rejected).into());
         }
@@ -522,6 +606,84 @@ impl Fulfilment {
             order,
             esims: Vec::new(),
         }))))
+    }
+
+    /// Wait for order `id`'s eKYC lock: whoever changes an order that awaits eKYC holds
+    /// it, and reads the order afresh under it.
+    pub(crate) async fn lock_kyc(&self, id: OrderId) -> OrderGuard<'_> {
+        self.kyc_locks.lock(id).await
+    }
+
+    /// Apply a verification outcome to order `id`, under its eKYC lock. `Approved` sends
+    /// the order on to its supplier (a job due now); `Rejected` and `Expired` fail it and
+    /// release its hold; `Pending` changes nothing. Only an order awaiting eKYC with a
+    /// pending session changes, except that `Expired` also ends the wait of an order
+    /// whose session never opened. A decision that comes before the session's wait ran
+    /// out is only taken for `Expired` once that time has come.
+    pub(crate) async fn decide_kyc(
+        &self,
+        id: OrderId,
+        status: EkycStatus,
+    ) -> Result<KycDecided, StepError> {
+        let _lock = self.lock_kyc(id).await;
+        let Some(mut order) = self.store.order(id).await? else {
+            return Ok(KycDecided::Unchanged);
+        };
+        let now = self.clock.now_ms();
+        let open = order.status == OrderStatus::AwaitingKyc
+            && order.ekyc.as_ref().is_none_or(|s| !s.status.is_final());
+        if !open || status == EkycStatus::Pending {
+            return Ok(KycDecided::Unchanged);
+        }
+        if status == EkycStatus::Expired && now < order.next_attempt_ms {
+            // The session was opened (and the wait moved) since this step was due.
+            return Ok(KycDecided::Waiting(order.next_attempt_ms));
+        }
+        if status == EkycStatus::Approved && order.ekyc.is_none() {
+            return Ok(KycDecided::Unchanged);
+        }
+        if let Some(session) = &mut order.ekyc {
+            session.status = status;
+            session.redirect_url = None;
+            session.updated_at_ms = now;
+        }
+        let told = order.ekyc.as_ref().map(|_| Event::of_ekyc(&order, now));
+        if status == EkycStatus::Approved {
+            order.transition(OrderStatus::Submitted, now)?;
+            self.counters.reached(OrderStatus::Submitted);
+            order.next_attempt_ms = now;
+            // `order.submitted` is raised by the first supplier step if it does not
+            // settle the order, as for any order.
+            let commit = Commit::change(Some(order), Vec::new(), told.into_iter().collect());
+            if let Err(rejected) = self.store.commit(&commit).await? {
+                return Err(unbalanced(id, rejected).into());
+            }
+            self.store.durable().await?;
+            // Its job waits for the end of the eKYC wait: make it due now.
+            self.store.hasten_job(&Job::fulfil(id, now)).await?;
+            self.alarm.set(now);
+            return Ok(KycDecided::Submitted);
+        }
+        let failure = match status {
+            EkycStatus::Rejected => OrderFailure {
+                code: "ekyc_rejected".into(),
+                message: "the end user's identity verification was rejected".into(),
+            },
+            _ => OrderFailure {
+                code: "ekyc_expired".into(),
+                message: "the end user's identity verification was not completed in time".into(),
+            },
+        };
+        match self
+            .fail_raising(order, failure, told.into_iter().collect())
+            .await?
+        {
+            Step::Settled(settled) => {
+                self.notify(id);
+                Ok(KycDecided::Settled(settled))
+            }
+            Step::Again(_) => unreachable!("failing settles"),
+        }
     }
 
     fn seal_esim(&self, order: &Order, profile: EsimProfile) -> EsimRecord {
@@ -672,6 +834,7 @@ mod tests {
             kind: OrderKind::Esim,
             attempts: 0,
             next_attempt_ms: 0,
+            ekyc: None,
         };
         store
             .commit(&Commit::accept(order.clone()).unwrap())

@@ -75,6 +75,10 @@ pub enum DomainError {
     /// The supplier refused or failed.
     #[error(transparent)]
     Supplier(#[from] SupplierError),
+    /// A plugin refused an inbound request (a bad signature, say); the reason is the
+    /// plugin's, for the operator.
+    #[error("inbound request refused: {0}")]
+    InboundRefused(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -122,6 +126,9 @@ pub struct GatewayTuning {
     pub idempotency_retention: Duration,
     /// How webhooks are delivered.
     pub webhooks: WebhookTuning,
+    /// How long an order waits in `awaiting_kyc` for its verification session to open
+    /// before it fails and its hold is released.
+    pub ekyc_wait: Duration,
 }
 
 impl Default for GatewayTuning {
@@ -133,6 +140,7 @@ impl Default for GatewayTuning {
             demo_credit_minor: 100_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
             webhooks: WebhookTuning::default(),
+            ekyc_wait: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -115,6 +115,28 @@ prefixed_id!(
     AttemptId, "wa"
 );
 
+prefixed_id!(
+    /// An order's identity verification (eKYC) session: one per order, so it shares the
+    /// order's ULID.
+    EkycSessionId, "eks"
+);
+prefixed_id!(
+    /// One event in the consent ledger.
+    ConsentId, "csn"
+);
+
+impl EkycSessionId {
+    /// The session of order `order`.
+    pub fn of(order: OrderId) -> EkycSessionId {
+        EkycSessionId(order.0)
+    }
+
+    /// The order this session verifies.
+    pub fn order(self) -> OrderId {
+        OrderId(self.0)
+    }
+}
+
 /// A string is not an id of the expected kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid id")]

@@ -2,6 +2,7 @@
 //! `privacy::FileKeyring` with keys kept outside the database.
 
 use super::accounts::KeyHash;
+use super::ids::ResellerId;
 use super::personal::SubjectLookup;
 
 /// Keyed operations the domain needs: API-key hashing and sealing of activation data.
@@ -13,8 +14,9 @@ pub trait Keyring: Send + Sync {
     fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8>;
     /// Reverse [`Keyring::seal`]; `None` if tampered with or sealed under another key.
     fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>>;
-    /// The keyed hash a subject is found by (never the subject ref itself).
-    fn subject_lookup(&self, subject_ref: &str) -> SubjectLookup;
+    /// The keyed hash a reseller's subject is found by (never the subject ref itself).
+    /// Subjects are per reseller: two resellers' `user-1` are two people.
+    fn subject_lookup(&self, reseller: ResellerId, subject_ref: &str) -> SubjectLookup;
     /// A new random data key for a subject, wrapped by the master key (bound to `lookup`).
     fn new_subject_key(&self, lookup: &SubjectLookup) -> Vec<u8>;
     /// Seal `plaintext` under the subject key `wrapped`, bound to `context`; `None` when

@@ -5,6 +5,8 @@
 pub mod accounts;
 pub mod catalog;
 pub mod clock;
+pub mod consent;
+pub mod ekyc;
 pub mod esim;
 pub mod events;
 pub mod fulfilment;

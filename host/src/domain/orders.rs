@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ekyc::EkycSession;
 use super::ids::{OrderId, ResellerId};
 use super::ledger::{EntryKind, LedgerEntry};
 use super::personal::SealedPersonal;
@@ -97,8 +98,12 @@ pub struct Order {
     #[serde(default)]
     pub attempts: u32,
     /// Not before this time is the supplier called again (backoff), ms since the epoch.
+    /// While the order awaits eKYC: when the wait ends (the session expires).
     #[serde(default)]
     pub next_attempt_ms: u64,
+    /// Its identity verification, for a product that needs one (see [`super::ekyc`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekyc: Option<EkycSession>,
 }
 
 /// What a new order buys and from whom; the rest of an [`Order`] starts out the same.
@@ -150,6 +155,7 @@ impl Order {
             kind: spec.kind,
             attempts: 0,
             next_attempt_ms: 0,
+            ekyc: None,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The keyed hash (HMAC-SHA256 under a key kept outside the database) that names a
 /// subject in the store. The subject ref itself is never stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SubjectLookup(#[serde(with = "hex_32")] pub [u8; 32]);
 
 /// The personal fields of one order, in clear (only ever in memory).

@@ -11,6 +11,7 @@
 
 use super::accounts::{ApiKey, KeyHash, Reseller};
 use super::catalog::CachedCatalog;
+use super::consent::ConsentEvent;
 use super::events::{Event, EventType};
 use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
@@ -158,6 +159,12 @@ impl Commit {
             events.push(Event::balance_low(entry, after, threshold));
         }
         events
+    }
+
+    /// Raise `events` as well.
+    pub fn raise(mut self, events: Vec<Event>) -> Commit {
+        self.events.extend(events);
+        self
     }
 
     /// A change that also stores `endpoint` (disabled, say) with its events.
@@ -335,11 +342,24 @@ pub trait Store: Send + Sync {
         wrapped: &[u8],
     ) -> StoreResult<Vec<u8>>;
 
+    /// Append an event to the consent ledger (never replaced).
+    async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()>;
+    /// A subject's consent events with one reseller, oldest first, at most `limit`.
+    async fn consents(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<ConsentEvent>>;
+
     /// Add or replace a job (scheduled, rescheduled after a run, retried or dead).
     async fn put_job(&self, job: &Job) -> StoreResult<()>;
     /// Add a job unless one with its id exists (a job in hand, perhaps leased by another
     /// worker, is left as it is); returns whether it was added.
     async fn add_job(&self, job: &Job) -> StoreResult<bool>;
+    /// Add `job`, or bring the job of its id forward to `job.due_ms` if it is due later
+    /// and not leased (a leased job is left to its worker, which reschedules it).
+    async fn hasten_job(&self, job: &Job) -> StoreResult<()>;
     /// A job by id.
     async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
     /// Every job whose id starts with `prefix` (metrics: what waits of one kind).

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::ekyc::{EkycRedirect, EkycRequest, EkycUpdate, Inbound};
+
 /// A boxed future, so `Supplier` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -340,6 +342,14 @@ pub trait Supplier: Send + Sync {
     ) -> BoxFuture<'_, SupplierResult<String>>;
     /// Cancel a never-installed eSIM.
     fn cancel(&self, order_ref: String, iccid: String) -> BoxFuture<'_, SupplierResult<()>>;
+    /// Open an identity verification session at the supplier's provider.
+    fn ekyc_start(&self, _req: EkycRequest) -> BoxFuture<'_, SupplierResult<EkycRedirect>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    /// Read a verification provider's callback (the plugin checks its signature).
+    fn ekyc_callback(&self, _req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
 }
 
 /// The set of suppliers currently loaded, by plugin id.
@@ -368,6 +378,10 @@ pub(crate) struct FakeSupplier {
     pub provision: Box<dyn Fn(ProvisionRequest) -> SupplierResult<ProvisionOutcome> + Send + Sync>,
     /// Answers `usage`.
     pub usage: Box<dyn Fn(String) -> SupplierResult<Usage> + Send + Sync>,
+    /// Answers `ekyc_start`.
+    pub ekyc_start: Box<dyn Fn(EkycRequest) -> SupplierResult<EkycRedirect> + Send + Sync>,
+    /// Answers `ekyc_callback`.
+    pub ekyc_callback: Box<dyn Fn(Inbound) -> SupplierResult<EkycUpdate> + Send + Sync>,
 }
 
 #[cfg(test)]
@@ -384,6 +398,8 @@ impl FakeSupplier {
             catalog: Box::new(|| Ok(Vec::new())),
             provision: Box::new(|_| Err(SupplierError::NotSupported)),
             usage: Box::new(|_| Err(SupplierError::NotSupported)),
+            ekyc_start: Box::new(|_| Err(SupplierError::NotSupported)),
+            ekyc_callback: Box::new(|_| Err(SupplierError::NotSupported)),
         }
     }
 }
@@ -413,6 +429,14 @@ impl Supplier for FakeSupplier {
     }
     fn cancel(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<()>> {
         Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+    fn ekyc_start(&self, req: EkycRequest) -> BoxFuture<'_, SupplierResult<EkycRedirect>> {
+        let answer = (self.ekyc_start)(req);
+        Box::pin(async move { answer })
+    }
+    fn ekyc_callback(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
+        let answer = (self.ekyc_callback)(req);
+        Box::pin(async move { answer })
     }
 }
 

@@ -19,6 +19,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::config::PluginLimits;
+use crate::domain::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
 use crate::domain::supplier::*;
 
 use super::bindings::{Supplier as Bindings, SupplierPre, host};
@@ -131,9 +132,14 @@ impl LoadedPlugin {
             version: version.clone(),
             message,
         };
-        check_imports_granted(cx.engine, &component, &capabilities).map_err(link_err)?;
+        // Egress is linked for a plugin that requests outbound hosts, granted or not: the
+        // policy refuses every destination not granted, so a plugin whose outbound requests
+        // the operator did not grant still loads, and only calls that reach out fail
+        // (`egress_denied`), as with an ungranted secret or config key.
+        let requests_egress = !manifest.requests.outbound.is_empty();
+        check_imports_granted(cx.engine, &component, requests_egress).map_err(link_err)?;
         let linker =
-            build_linker(cx.engine, &capabilities).map_err(|e| link_err(format!("{e:#}")))?;
+            build_linker(cx.engine, requests_egress).map_err(|e| link_err(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| link_err(format!("{e:#}")))?;
@@ -539,6 +545,14 @@ impl Supplier for LoadedPlugin {
         ))
     }
 
+    fn ekyc_start(&self, req: EkycRequest) -> BoxFuture<'_, SupplierResult<EkycRedirect>> {
+        self.call_ekyc_start(req)
+    }
+
+    fn ekyc_callback(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
+        self.call_ekyc_callback(req)
+    }
+
     fn cancel(&self, order_ref: String, iccid: String) -> BoxFuture<'_, SupplierResult<()>> {
         let wit = host::types::CancelRequest { order_ref, iccid };
         Box::pin(self.call_supplier(
@@ -549,6 +563,59 @@ impl Supplier for LoadedPlugin {
                 )
             },
             |(), _| Ok(()),
+        ))
+    }
+}
+
+impl LoadedPlugin {
+    /// `ekyc.start`.
+    fn call_ekyc_start(&self, req: EkycRequest) -> BoxFuture<'_, SupplierResult<EkycRedirect>> {
+        let wit = host::types::EkycRequest {
+            session_ref: req.session_ref,
+            sku: req.sku,
+            return_url: req.return_url,
+        };
+        Box::pin(self.call_supplier(
+            "ekyc-start",
+            move |b, s| {
+                Box::pin(async move { b.simgate_supplier_ekyc().call_start(s, &wit).await })
+            },
+            |r, budget| {
+                Ok(EkycRedirect {
+                    url: budget.string(r.url)?,
+                    supplier_ref: budget.string(r.supplier_session_ref)?,
+                    expires_at_ms: r.expires_at_ms,
+                })
+            },
+        ))
+    }
+
+    /// `ekyc.parse-callback`.
+    fn call_ekyc_callback(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
+        let wit = host::types::Inbound {
+            method: req.method,
+            path_and_query: req.path_and_query,
+            headers: req.headers,
+            body: req.body,
+        };
+        Box::pin(self.call_supplier(
+            "ekyc-parse-callback",
+            move |b, s| {
+                Box::pin(
+                    async move { b.simgate_supplier_ekyc().call_parse_callback(s, &wit).await },
+                )
+            },
+            |u, budget| {
+                use host::types::EkycStatus as S;
+                Ok(EkycUpdate {
+                    session_ref: budget.short("session reference", u.session_ref)?,
+                    status: match u.status {
+                        S::Pending => EkycStatus::Pending,
+                        S::Approved => EkycStatus::Approved,
+                        S::Rejected => EkycStatus::Rejected,
+                    },
+                })
+            },
         ))
     }
 }
@@ -853,7 +920,7 @@ fn convert_plan(p: host::types::PlanState) -> PlanState {
 fn check_imports_granted(
     engine: &PluginEngine,
     component: &wasmtime::component::Component,
-    caps: &Capabilities,
+    requests_egress: bool,
 ) -> Result<(), String> {
     let ty = component.component_type();
     let imports: Vec<String> = ty
@@ -865,10 +932,11 @@ fn check_imports_granted(
         .map(String::as_str)
         .filter(|n| n.starts_with("wasi:http/"))
         .collect();
-    if !http.is_empty() && !caps.has_egress() {
+    if !http.is_empty() && !requests_egress {
         return Err(format!(
-            "the component imports {} (egress), but no outbound host is granted; request \
-             hosts under [requests] outbound in plugin.toml and grant them in the grants file",
+            "the component imports {} (egress), but plugin.toml requests no outbound host, so \
+             no outbound host is granted; request hosts under [requests] outbound in \
+             plugin.toml and grant them in the grants file",
             http.join(", ")
         ));
     }
@@ -898,10 +966,10 @@ fn check_imports_granted(
 const WASI_IO_ERROR: &str = "wasi:io/error@0.2.12";
 
 /// The linker for one plugin: the simgate imports, WASI with an empty context, and
-/// `wasi:http` only when egress is granted.
+/// `wasi:http` only when the manifest requests egress (the policy refuses what is not granted).
 fn build_linker(
     engine: &PluginEngine,
-    caps: &Capabilities,
+    requests_egress: bool,
 ) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -921,7 +989,7 @@ fn build_linker(
     host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     host::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     host::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    if caps.has_egress() {
+    if requests_egress {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     }
     Ok(linker)

@@ -11,6 +11,7 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::domain::accounts::KeyHash;
+use crate::domain::ids::ResellerId;
 use crate::domain::keyring::Keyring;
 use crate::domain::personal::SubjectLookup;
 
@@ -142,8 +143,12 @@ impl Keyring for FileKeyring {
         open_with(&self.master, context, sealed)
     }
 
-    fn subject_lookup(&self, subject_ref: &str) -> SubjectLookup {
-        let tag = hmac::sign(&self.subjects, subject_ref.as_bytes());
+    fn subject_lookup(&self, reseller: ResellerId, subject_ref: &str) -> SubjectLookup {
+        // The reseller's id has a fixed length, so no two (reseller, ref) pairs collide.
+        let mut ctx = hmac::Context::with_key(&self.subjects);
+        ctx.update(&reseller.to_bytes());
+        ctx.update(subject_ref.as_bytes());
+        let tag = ctx.sign();
         SubjectLookup(tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes"))
     }
 
@@ -183,9 +188,15 @@ mod tests {
     fn subject_data_opens_only_with_that_subjects_key() {
         let dir = tempfile::tempdir().unwrap();
         let k = FileKeyring::open(dir.path()).unwrap();
-        let alice = k.subject_lookup("alice");
-        assert_eq!(alice, k.subject_lookup("alice"));
-        assert_ne!(alice, k.subject_lookup("bob"));
+        let (r, other) = (ResellerId::new(), ResellerId::new());
+        let alice = k.subject_lookup(r, "alice");
+        assert_eq!(alice, k.subject_lookup(r, "alice"));
+        assert_ne!(alice, k.subject_lookup(r, "bob"));
+        assert_ne!(
+            alice,
+            k.subject_lookup(other, "alice"),
+            "two resellers' subjects of one name are two people"
+        );
         assert_ne!(
             alice.0,
             k.hash_key("alice").0,
@@ -200,7 +211,7 @@ mod tests {
                 .unwrap(),
             b"secret"
         );
-        let bob = k.subject_lookup("bob");
+        let bob = k.subject_lookup(r, "bob");
         let bobs = k.new_subject_key(&bob);
         assert!(k.open_for_subject(&bob, &bobs, b"ord", &sealed).is_none());
         assert!(

@@ -58,6 +58,8 @@ macro_rules! store_conformance {
             webhook_endpoints_and_attempts_belong_to_their_reseller,
             a_change_that_moves_no_money_writes_its_records_and_events_together,
             a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it,
+            a_job_is_brought_forward_unless_a_worker_holds_it,
+            consent_events_are_kept_in_order_per_reseller_and_subject,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -1248,5 +1250,101 @@ pub async fn a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it(
         low(&store).await.len(),
         2,
         "kept with the holds that raised them"
+    );
+}
+
+/// `hasten_job` adds a job or brings it forward, never back, and leaves a leased job to
+/// its worker.
+pub async fn a_job_is_brought_forward_unless_a_worker_holds_it(backend: &dyn Backend) {
+    let store = backend.open();
+    let order = OrderId::new();
+    store.hasten_job(&Job::fulfil(order, 5_000)).await.unwrap();
+    let id = Job::fulfil(order, 0).id;
+    assert_eq!(
+        store.job(&id).await.unwrap().unwrap().due_ms,
+        5_000,
+        "added"
+    );
+    store.hasten_job(&Job::fulfil(order, 9_000)).await.unwrap();
+    assert_eq!(
+        store.job(&id).await.unwrap().unwrap().due_ms,
+        5_000,
+        "never pushed back"
+    );
+    store.hasten_job(&Job::fulfil(order, 2_000)).await.unwrap();
+    assert_eq!(store.job(&id).await.unwrap().unwrap().due_ms, 2_000);
+    assert!(store.claim_jobs(1_999, 100, 10).await.unwrap().is_empty());
+    let claimed = store.claim_jobs(2_000, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1, "found by its new due time");
+    // Leased until 3_000: bringing it forward to 2_500 is left to its worker.
+    store.hasten_job(&Job::fulfil(order, 2_500)).await.unwrap();
+    assert_eq!(store.job(&id).await.unwrap(), Some(claimed[0].clone()));
+    assert!(
+        store.claim_jobs(2_600, 100, 10).await.unwrap().is_empty(),
+        "still leased"
+    );
+}
+
+/// The consent ledger keeps each reseller's subject's events apart, oldest first, durably.
+pub async fn consent_events_are_kept_in_order_per_reseller_and_subject(backend: &dyn Backend) {
+    use crate::domain::consent::{CollectionMethod, ConsentAction, ConsentEvent};
+    use crate::domain::ids::ConsentId;
+    let store = backend.open();
+    let (a, b) = (reseller().id, reseller().id);
+    let (alice, bob) = (SubjectLookup([1; 32]), SubjectLookup([2; 32]));
+    let event = |reseller, subject, purpose: &str, action| ConsentEvent {
+        id: ConsentId::new(),
+        reseller,
+        subject,
+        purpose: purpose.into(),
+        action,
+        notice_version: "v1".into(),
+        notice_hash: "0".repeat(64),
+        policy_url: None,
+        collection_method: CollectionMethod::WebForm,
+        language: None,
+        jurisdiction: None,
+        collected_at_ms: 1,
+        recorded_at_ms: 1,
+        recorded_by: KeyId::new(),
+        sealed_subject_ref: vec![9, 9],
+    };
+    let history = [
+        event(a, alice, "ekyc", ConsentAction::Granted),
+        event(a, alice, "marketing", ConsentAction::Granted),
+        event(a, alice, "ekyc", ConsentAction::Withdrawn),
+    ];
+    for e in &history {
+        store.put_consent(e).await.unwrap();
+    }
+    store
+        .put_consent(&event(a, bob, "ekyc", ConsentAction::Granted))
+        .await
+        .unwrap();
+    store
+        .put_consent(&event(b, alice, "ekyc", ConsentAction::Granted))
+        .await
+        .unwrap();
+    store.durable().await.unwrap();
+    assert_eq!(
+        store.consents(a, &alice, 100).await.unwrap(),
+        history,
+        "oldest first"
+    );
+    assert_eq!(store.consents(a, &alice, 2).await.unwrap(), history[..2]);
+    assert_eq!(store.consents(a, &bob, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store.consents(b, &alice, 100).await.unwrap().len(),
+        1,
+        "another reseller's subject of the same lookup is its own"
+    );
+    assert!(store.consents(b, &bob, 100).await.unwrap().is_empty());
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(
+        store.consents(a, &alice, 100).await.unwrap(),
+        history,
+        "durable"
     );
 }

@@ -11,9 +11,10 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
+use crate::domain::consent::ConsentEvent;
 use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
-use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
+use crate::domain::ids::{AttemptId, ConsentId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
@@ -38,6 +39,7 @@ struct State {
     books: Books,
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
+    consents: BTreeMap<(ResellerId, SubjectLookup, ConsentId), ConsentEvent>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
     events: BTreeMap<(ResellerId, EventId), Event>,
@@ -460,6 +462,29 @@ impl Store for MemoryStore {
             .clone())
     }
 
+    async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {
+        self.lock()
+            .consents
+            .insert((event.reseller, event.subject, event.id), event.clone());
+        Ok(())
+    }
+
+    async fn consents(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<ConsentEvent>> {
+        let state = self.lock();
+        Ok(state
+            .consents
+            .range((reseller, *subject, ConsentId(Ulid::nil()))..)
+            .take_while(|((r, s, _), _)| r == &reseller && s == subject)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
     async fn put_job(&self, job: &Job) -> StoreResult<()> {
         self.lock().jobs.insert(job.id.clone(), job.clone());
         Ok(())
@@ -472,6 +497,21 @@ impl Store for MemoryStore {
         }
         state.jobs.insert(job.id.clone(), job.clone());
         Ok(true)
+    }
+
+    async fn hasten_job(&self, job: &Job) -> StoreResult<()> {
+        let mut state = self.lock();
+        match state.jobs.get_mut(&job.id) {
+            None => {
+                state.jobs.insert(job.id.clone(), job.clone());
+            }
+            Some(stored) => {
+                if stored.due_ms > job.due_ms && stored.lease_until_ms <= job.due_ms {
+                    stored.due_ms = job.due_ms;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {

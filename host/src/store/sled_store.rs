@@ -11,6 +11,7 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
+//! | `consents` | reseller id ++ subject lookup ++ consent id (sorts by time) | JSON `ConsentEvent` (subject ref sealed) |
 //! | `jobs` | job id | JSON `Job` (housekeeping, each open order's next step, each delivery) |
 //! | `jobs_due` | due time (8 B, big-endian) ++ job id | empty: live jobs by when they may next be taken; rebuilt on open |
 //! | `events` | reseller id ++ event id (sorts by time) | a commit pointer to the entry that raised it, or the event in full |
@@ -74,6 +75,7 @@ use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
 use crate::domain::catalog::CachedCatalog;
+use crate::domain::consent::ConsentEvent;
 use crate::domain::events::{Event, EventType};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
@@ -103,6 +105,7 @@ pub struct SledStore {
     esims: sled::Tree,
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
+    consents: sled::Tree,
     jobs: sled::Tree,
     jobs_due: sled::Tree,
     events: sled::Tree,
@@ -488,6 +491,7 @@ impl SledStore {
             esims: tree("esims")?,
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
+            consents: tree("consents")?,
             jobs: tree("jobs")?,
             jobs_due: tree("jobs_due")?,
             events: tree("events")?,
@@ -1475,6 +1479,29 @@ impl Store for SledStore {
         }
     }
 
+    async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {
+        let key = [
+            &event.reseller.to_bytes()[..],
+            &event.subject.0,
+            &event.id.to_bytes(),
+        ]
+        .concat();
+        put(&self.consents, &key, event)
+    }
+
+    async fn consents(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<ConsentEvent>> {
+        self.consents
+            .scan_prefix(cat(&reseller.to_bytes(), &subject.0))
+            .take(limit)
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
+    }
+
     async fn put_job(&self, job: &Job) -> StoreResult<()> {
         let old = self
             .jobs
@@ -1494,6 +1521,35 @@ impl Store for SledStore {
             self.index_job(None, Some(job))?;
         }
         Ok(added)
+    }
+
+    async fn hasten_job(&self, job: &Job) -> StoreResult<()> {
+        loop {
+            let stored = self.jobs.get(job.id.as_bytes()).map_err(backend)?;
+            let (before, after) = match &stored {
+                None => (None, job.clone()),
+                Some(v) => {
+                    let before: Job = decode(v)?;
+                    if before.due_ms <= job.due_ms || before.lease_until_ms > job.due_ms {
+                        return Ok(());
+                    }
+                    let after = Job {
+                        due_ms: job.due_ms,
+                        ..before.clone()
+                    };
+                    (Some(before), after)
+                }
+            };
+            // Compare-and-swap against a claim or another change made meanwhile.
+            if self
+                .jobs
+                .compare_and_swap(job.id.as_bytes(), stored, Some(encode(&after)))
+                .map_err(backend)?
+                .is_ok()
+            {
+                return self.index_job(before.as_ref(), Some(&after));
+            }
+        }
     }
 
     async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {

@@ -18,9 +18,18 @@ pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
 /// The secret the signature is made with.
 pub const SIGNING_SECRET: &str = "SANDBOX_WEBHOOK_SECRET";
 
-/// Accept `req` if its signature is valid, or if the operator did not grant the signing
-/// secret: unsigned callbacks are a sandbox convenience, and a warning says so.
-pub fn check_signature(req: &Inbound) -> Result<(), SupplierError> {
+/// What to do with a request when the operator did not grant the signing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsigned {
+    /// Accept it, with a warning: unsigned callbacks are a sandbox convenience.
+    AcceptWithWarning,
+    /// Refuse it (eKYC callbacks while a real provider is configured).
+    Refuse,
+}
+
+/// Accept `req` if its signature is valid, or, as `unsigned` says, if the operator did not
+/// grant the signing secret.
+pub fn check_signature(req: &Inbound, unsigned: Unsigned) -> Result<(), SupplierError> {
     let header = req.header(SIGNATURE_HEADER);
     let signature = match header {
         Some(hex) => hex_decode(hex.trim()).ok_or_else(|| {
@@ -36,6 +45,12 @@ pub fn check_signature(req: &Inbound) -> Result<(), SupplierError> {
         Ok(false) => Err(SupplierError::InvalidRequest(format!(
             "{SIGNATURE_HEADER} does not match the body"
         ))),
+        Err(SecretError::NotGranted(_)) if unsigned == Unsigned::Refuse => {
+            Err(SupplierError::InvalidRequest(format!(
+                "{SIGNING_SECRET} is not granted: with an eKYC provider configured, \
+                 sandbox-format callbacks must be signed"
+            )))
+        }
         Err(SecretError::NotGranted(_)) => {
             log::warn(&format!(
                 "{SIGNING_SECRET} is not granted: accepting an unverified request \

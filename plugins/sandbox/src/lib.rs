@@ -2,7 +2,7 @@
 //!
 //! Nothing leaves the plugin: every answer is derived by hashing the request's references
 //! (see [`derive`]), so the same `order-ref` always yields the same eSIMs, across calls and
-//! restarts, without state.
+//! restarts, without state. The one exception is eKYC in provider mode, below.
 //!
 //! Behaviour worth knowing, by SKU (the full table is in [`catalog`]):
 //!
@@ -10,21 +10,57 @@
 //! |---|---|
 //! | `SBX-ASYNC-1GB-7D` | `provision` answers `pending`; `poll` (or an `order.delivered` webhook) delivers |
 //! | `SBX-XX-OOS` | `provision` fails with `out-of-stock` |
-//! | `SBX-CN-3GB-15D` | `needs-kyc`; `ekyc.start` sends users to `kyc.sandbox.simgate.test` |
+//! | `SBX-CN-3GB-15D` | `needs-kyc`; `ekyc.start` sends users to `kyc.sandbox.simgate.test`, or to the provider |
 //! | anything else | delivered at once: ICCIDs `8999…` (19 digits, Luhn-valid), 1 to 10 per order |
 //!
 //! Inbound callbacks and webhooks carry `x-sandbox-signature`, the hex HMAC-SHA256 of the
 //! body under `SANDBOX_WEBHOOK_SECRET`; when the operator did not grant that secret they are
-//! accepted unsigned, with a warning (see [`inbound`]).
+//! accepted unsigned, with a warning (see [`inbound`]), except eKYC callbacks in provider
+//! mode, which must then be signed.
+//!
+//! # eKYC provider mode
+//!
+//! With nothing configured, `ekyc.start` answers a redirect to a `.test` name that never
+//! resolves, so `./dev serve` works offline. When the operator sets config
+//! `kyc_provider_url`, the sandbox instead opens sessions at a verification provider with a
+//! hosted flow like Veriff's (`POST {kyc_provider_url}/v1/sessions`, see [`provider`]); the
+//! black-box tests point it at a simulator on a loopback port. Provider decisions arrive on
+//! the eKYC callback signed with `x-hmac-signature` and are never accepted unsigned; only
+//! their `vendorData` and `status` are read (`approved` → approved; `declined`, `expired`,
+//! `abandoned` → rejected; `resubmission_requested`, `review` → pending).
+//!
+//! | what | name | |
+//! |---|---|---|
+//! | config | `kyc_provider_url` | the provider's base URL; unset: the built-in redirect |
+//! | config | `kyc_session_seconds` | how long a session lasts (default 604800, 7 days) |
+//! | secret | `KYC_PROVIDER_API_KEY` | sent as `x-auth-client` at egress (the plugin never sees it) |
+//! | secret | `KYC_PROVIDER_SECRET` | checks the decisions' `x-hmac-signature` |
+//! | outbound | `http://127.0.0.1:*` | the only destination `plugin.toml` requests (tests, local providers) |
+//!
+//! ```toml
+//! # grants.toml
+//! [plugins.sandbox]
+//! outbound = ["http://127.0.0.1:*"]
+//! allow_private_addresses = true        # the provider is on loopback
+//! secrets = ["KYC_PROVIDER_API_KEY", "KYC_PROVIDER_SECRET"]
+//! secret_hosts = { KYC_PROVIDER_API_KEY = ["http://127.0.0.1:*"] }
+//! config = { kyc_provider_url = "http://127.0.0.1:4711" }
+//!
+//! # secrets.toml
+//! [sandbox]
+//! KYC_PROVIDER_API_KEY = "..."
+//! KYC_PROVIDER_SECRET = "..."
+//! ```
 
 pub mod catalog;
 pub mod derive;
 pub mod inbound;
+pub mod provider;
 
 use simgate_sdk::{
     CancelRequest, Catalog, Ekyc, EkycRedirect, EkycRequest, EkycUpdate, Feature, Inbound, Info,
     PlanState, Plugin, PollRequest, Product, ProfileState, ProvisionOutcome, ProvisionRequest,
-    Provisioning, SupplierError, SupplierEvent, TopUpRequest, Usage, Webhooks, clock, log,
+    Provisioning, SupplierError, SupplierEvent, TopUpRequest, Usage, Webhooks, clock, config, log,
 };
 
 use catalog::{Behaviour, GIB};
@@ -32,7 +68,7 @@ use derive::{esims, reference, require_quantity, require_sandbox_iccid};
 
 /// Where `ekyc.start` sends the end user (a reserved `.test` name: it never resolves).
 const KYC_URL: &str = "https://kyc.sandbox.simgate.test/verify";
-/// How long an eKYC redirect stays valid.
+/// How long a built-in eKYC redirect stays valid.
 const KYC_SESSION_MS: u64 = 30 * 60 * 1000;
 
 /// The sandbox supplier.
@@ -123,6 +159,9 @@ impl Provisioning for Sandbox {
 impl Ekyc for Sandbox {
     fn start(req: EkycRequest) -> Result<EkycRedirect, SupplierError> {
         catalog::find(&req.sku)?;
+        if let Some(settings) = provider::Settings::from_config()? {
+            return provider::start(&settings, &req, clock::now_ms());
+        }
         Ok(EkycRedirect {
             url: kyc_url(&req),
             supplier_session_ref: reference("KYC", &[&req.session_ref, &req.sku]),
@@ -130,15 +169,34 @@ impl Ekyc for Sandbox {
         })
     }
 
+    /// A provider decision (it carries `x-hmac-signature`), or the sandbox's own format.
     fn parse_callback(req: Inbound) -> Result<EkycUpdate, SupplierError> {
-        inbound::check_signature(&req)?;
+        if req.header(provider::SIGNATURE_HEADER).is_some() {
+            provider::check_signature(&req)?;
+            let (update, status) = provider::parse_decision(&req.body)?;
+            // The status is the one field of a decision that may be logged.
+            log::emit(
+                log::Level::Info,
+                "eKYC provider decision",
+                &[("status", status.as_str())],
+            );
+            return Ok(update);
+        }
+        // With a provider configured, an unsigned sandbox-format callback would bypass its
+        // signed decisions: the sandbox format must then be signed too.
+        let unsigned = if config::get(provider::URL_CONFIG).is_some() {
+            inbound::Unsigned::Refuse
+        } else {
+            inbound::Unsigned::AcceptWithWarning
+        };
+        inbound::check_signature(&req, unsigned)?;
         inbound::parse_callback(&req.body)
     }
 }
 
 impl Webhooks for Sandbox {
     fn parse(req: Inbound) -> Result<Vec<SupplierEvent>, SupplierError> {
-        inbound::check_signature(&req)?;
+        inbound::check_signature(&req, inbound::Unsigned::AcceptWithWarning)?;
         let (events, skipped) = inbound::parse_events(&req.body)?;
         if skipped > 0 {
             log::warn(&format!(

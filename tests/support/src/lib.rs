@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+mod http1;
+mod kyc_provider;
 mod receiver;
+pub use kyc_provider::{Decision, KycProvider, ProviderSession};
 pub use receiver::{Received, Receiver, standardwebhooks_python, verify_with_standardwebhooks};
 
 /// Where the plugins' `.wasm` files were built.

@@ -4,13 +4,15 @@
 //! installed into a virtualenv under the target directory on first use).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::http1;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -92,42 +94,26 @@ impl Receiver {
     }
 }
 
+/// Webhook deliveries are small; this only keeps a runaway sender from exhausting memory.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 fn serve(stream: TcpStream, status: &AtomicU16, got: &Mutex<Vec<Received>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let mut headers = BTreeMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
+    let request = match http1::read_request(&stream, MAX_BODY) {
+        Ok(request) => request,
+        Err(http1::ReadError::Gone) => return,
+        Err(http1::ReadError::Bad(code, message)) => {
+            return http1::respond(&stream, code, Some("text/plain"), message.as_bytes());
         }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
+    };
     let answered = status.load(Ordering::SeqCst);
-    got.lock().unwrap().push(Received {
-        headers,
-        body,
-        answered,
-    });
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {answered} Status\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-    );
+    got.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Received {
+            headers: request.headers,
+            body: request.body,
+            answered,
+        });
+    http1::respond(&stream, answered, None, b"ok");
 }
 
 /// A Python with the `standardwebhooks` library (PyPI), in a virtualenv under the target

@@ -4,6 +4,8 @@
 
 pub mod accounts;
 pub mod catalog;
+pub mod consents;
+pub mod ekyc;
 pub mod esims;
 pub mod events;
 pub mod orders;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::domain::ekyc::EkycSessionView;
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::idempotency::{self, Claim, IdemKey, IdemState};
 use crate::domain::ids::{OrderId, ResellerId};
@@ -10,7 +11,7 @@ use crate::domain::ledger::EntryKind;
 use crate::domain::orders::{EsimRecord, Order, OrderFailure, OrderKind, OrderSpec, OrderStatus};
 use crate::domain::personal::Personal;
 use crate::domain::store::{Commit, Page, Rejected, StoreError};
-use crate::domain::supplier::{Money, ProfileState};
+use crate::domain::supplier::{Feature, Money, ProfileState};
 
 use super::catalog::unit_price;
 use super::esims::EsimView;
@@ -56,6 +57,9 @@ pub struct OrderView {
     pub metadata: Option<serde_json::Value>,
     /// Why it failed.
     pub failure: Option<OrderFailure>,
+    /// Its identity verification, for a product that needs one: absent until a session
+    /// is opened with `POST /v1/ekyc/sessions`.
+    pub ekyc: Option<EkycSessionView>,
     /// Created, ms since the epoch.
     pub created_at_ms: u64,
     /// Last change.
@@ -86,13 +90,12 @@ impl Gateway {
         let reseller = self.reseller_of(who).await?;
         validate_new_order(&new)?;
         let (supplier, product) = self.find_product(&new.product_id, "/product_id").await?;
-        if product.needs_kyc {
+        if product.needs_kyc && !supplier.info().features.contains(&Feature::Ekyc) {
             return Err(DomainError::Conflict {
                 code: "ekyc_required",
-                message:
-                    "this product needs identity verification (eKYC) before it can be ordered, \
-                          and this gateway does not run eKYC sessions yet"
-                        .into(),
+                message: "this product needs identity verification (eKYC), which its \
+                          supplier's plugin does not run"
+                    .into(),
             });
         }
         let spec = OrderSpec {
@@ -110,8 +113,16 @@ impl Gateway {
             subject_ref: new.subject_ref,
             metadata: new.metadata,
         };
-        let personal = self.seal_personal(id, &personal).await?;
-        let order = Order::accepted(spec, id, personal, self.clock.now_ms());
+        let personal = self.seal_personal(reseller.id, id, &personal).await?;
+        let now = self.clock.now_ms();
+        let mut order = Order::accepted(spec, id, personal, now);
+        if product.needs_kyc {
+            // Paid for now, sent to the supplier once the end user is verified.
+            order
+                .transition(OrderStatus::AwaitingKyc, now)
+                .expect("an accepted order may await eKYC");
+            order.next_attempt_ms = now.saturating_add(self.tuning.ekyc_wait.as_millis() as u64);
+        }
         let alert = reseller
             .low_balance_alerts
             .get(&order.unit_price.currency)
@@ -138,9 +149,18 @@ impl Gateway {
             }
             Err(Rejected::IccidTaken(_)) => unreachable!("an accepted order has no eSIM yet"),
         }
-        self.store.durable().await?;
         let (_, order, _) = commit.into_parts();
         let order = order.expect("an acceptance carries its order");
+        if order.status == OrderStatus::AwaitingKyc {
+            // Its job ends the wait if no session opens in time.
+            self.fulfilment
+                .schedule(order.id, order.next_attempt_ms)
+                .await?;
+            self.store.durable().await?;
+            self.fulfilment.counters.reached(OrderStatus::Accepted);
+            return self.view(order, &[]).await;
+        }
+        self.store.durable().await?;
         self.fulfilment.counters.reached(OrderStatus::Accepted);
         let id = order.id;
         let settled = self.fulfilment.watch(id);
@@ -178,6 +198,10 @@ impl Gateway {
             subject_ref: personal.subject_ref,
             metadata: personal.metadata,
             failure: order.failure,
+            ekyc: order
+                .ekyc
+                .as_ref()
+                .map(|session| EkycSessionView::of(order.id, session)),
             created_at_ms: order.created_at_ms,
             updated_at_ms: order.updated_at_ms,
         })
@@ -400,6 +424,19 @@ impl Gateway {
     }
 }
 
+/// Check a `subject_ref`: 1 to [`MAX_SUBJECT_REF`] printable characters.
+pub(crate) fn valid_subject_ref(s: &str) -> Result<(), DomainError> {
+    if s.is_empty() || s.len() > MAX_SUBJECT_REF || s.chars().any(char::is_control) {
+        return Err(DomainError::Invalid {
+            field: "/subject_ref",
+            message: format!(
+                "must be 1 to {MAX_SUBJECT_REF} printable characters (an opaque reference, not personal data)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn validate_new_order(new: &NewOrder) -> Result<(), DomainError> {
     if new.quantity == 0 || new.quantity > MAX_QUANTITY {
         return Err(DomainError::Invalid {
@@ -407,15 +444,8 @@ fn validate_new_order(new: &NewOrder) -> Result<(), DomainError> {
             message: format!("must be 1 to {MAX_QUANTITY}"),
         });
     }
-    if let Some(s) = &new.subject_ref
-        && (s.is_empty() || s.len() > MAX_SUBJECT_REF || s.chars().any(char::is_control))
-    {
-        return Err(DomainError::Invalid {
-            field: "/subject_ref",
-            message: format!(
-                "must be 1 to {MAX_SUBJECT_REF} printable characters (an opaque reference, not personal data)"
-            ),
-        });
+    if let Some(s) = &new.subject_ref {
+        valid_subject_ref(s)?;
     }
     if let Some(m) = &new.metadata
         && m.to_string().len() > MAX_METADATA_BYTES

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use crate::domain::accounts::{KeyMode, Role};
 use crate::domain::clock::FixedClock;
+use crate::domain::consent::{CollectionMethod, ConsentAction};
+use crate::domain::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
 use crate::domain::events::EventType;
 use crate::domain::fulfilment::RetryPolicy;
 use crate::domain::gateway::{DomainError, Gateway, GatewayTuning};
 use crate::domain::idempotency::{Claim, IdemState};
+use crate::domain::ids::EkycSessionId;
 use crate::domain::ids::{OrderId, ResellerId};
 use crate::domain::ledger::{EntryKind, LedgerEntry};
 use crate::domain::orders::{Order, OrderKind, OrderSpec, OrderStatus};
@@ -20,6 +23,8 @@ use crate::domain::supplier::{
     DataAllowance, FakeSupplier, Money, OnlySupplier, PlanState, ProfileState, Supplier,
     SupplierError, SupplierProduct, Usage,
 };
+use crate::domain::use_cases::consents::NewConsent;
+use crate::domain::use_cases::ekyc::CallbackOutcome;
 use crate::domain::use_cases::webhooks::NewEndpoint;
 use crate::domain::webhooks::{AttemptOutcome, FakeWebhooks, NextTry};
 use crate::store::MemoryStore;
@@ -467,4 +472,351 @@ async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
         (data.iccid.as_str(), data.plan_state),
         (esim.iccid.as_str(), PlanState::Depleted)
     );
+}
+
+/// A supplier whose one product needs eKYC: its sessions open at a provider URL for
+/// `session_ms`, and its callbacks are `session_ref=status` bodies.
+fn kyc_fixture(session_ms: u64) -> (Fixture, Arc<std::sync::Mutex<Vec<EkycRequest>>>) {
+    use crate::domain::supplier::{Feature, ProvisionOutcome};
+    let mut f = fixture();
+    let mut supplier = FakeSupplier::new("kyc");
+    supplier.info.features = vec![Feature::Ekyc];
+    supplier.catalog = Box::new(|| {
+        Ok(vec![SupplierProduct {
+            sku: "ID-1".into(),
+            title: "Needs an ID check".into(),
+            countries: vec!["CN".into()],
+            region: None,
+            data: DataAllowance::Bytes(1),
+            validity_days: 1,
+            wholesale: Money {
+                minor: 500,
+                currency: "USD".into(),
+            },
+            needs_kyc: true,
+            top_up_able: false,
+        }])
+    });
+    supplier.provision = Box::new(|req| {
+        Ok(ProvisionOutcome::Delivered(vec![
+            crate::domain::supplier::EsimProfile {
+                iccid: format!("8988{:016}", req.order_ref.len() as u64 * 7919),
+                smdp_address: "smdp.example".into(),
+                matching_id: "M-1".into(),
+                confirmation_code_required: false,
+            },
+        ]))
+    });
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let clock = f.clock.clone();
+    supplier.ekyc_start = Box::new(move |req: EkycRequest| {
+        seen.lock().unwrap().push(req.clone());
+        Ok(EkycRedirect {
+            url: format!("https://verify.example/s/{}", req.session_ref),
+            supplier_ref: format!("prov-{}", req.session_ref),
+            expires_at_ms: crate::domain::clock::Clock::now_ms(&*clock) + session_ms,
+        })
+    });
+    supplier.ekyc_callback = Box::new(|inbound: Inbound| {
+        let body = String::from_utf8(inbound.body).unwrap();
+        let (session_ref, status) = body.split_once('=').unwrap();
+        let status = match status {
+            "approved" => EkycStatus::Approved,
+            "rejected" => EkycStatus::Rejected,
+            "pending" => EkycStatus::Pending,
+            _ => return Err(SupplierError::InvalidRequest("bad signature".into())),
+        };
+        Ok(EkycUpdate {
+            session_ref: session_ref.into(),
+            status,
+        })
+    });
+    f.gateway = Gateway::new(
+        f.gateway.store.clone(),
+        Arc::new(OnlySupplier(Arc::new(supplier))),
+        f.gateway.keyring.clone(),
+        f.clock.clone(),
+        RetryPolicy::default(),
+        GatewayTuning {
+            ekyc_wait: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        f.webhooks.clone(),
+    );
+    (f, asked)
+}
+
+/// A funded reseller's writing principal.
+async fn funded_reseller(f: &Fixture) -> crate::domain::gateway::Principal {
+    let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
+    f.gateway
+        .credit(reseller.id, 10_000, "USD", None, ulid::Ulid::new())
+        .await
+        .unwrap();
+    let (key, _) = f
+        .gateway
+        .create_key(Some(reseller.id), Role::Reseller, KeyMode::Live)
+        .await
+        .unwrap();
+    f.gateway.authenticate(&key).await.unwrap()
+}
+
+async fn kyc_order(
+    f: &Fixture,
+    who: &crate::domain::gateway::Principal,
+    subject: &str,
+) -> crate::domain::use_cases::orders::OrderView {
+    let new = crate::domain::use_cases::orders::NewOrder {
+        product_id: "kyc:ID-1".into(),
+        quantity: 1,
+        subject_ref: Some(subject.into()),
+        metadata: None,
+    };
+    f.gateway.place_order(who, new, None).await.unwrap()
+}
+
+async fn consent(
+    f: &Fixture,
+    who: &crate::domain::gateway::Principal,
+    subject: &str,
+    action: ConsentAction,
+) {
+    let new = NewConsent {
+        subject_ref: subject.into(),
+        purpose: "ekyc".into(),
+        action,
+        notice_version: "2026-01".into(),
+        notice_hash: "ab".repeat(32),
+        policy_url: None,
+        collection_method: CollectionMethod::WebForm,
+        language: None,
+        jurisdiction: None,
+        collected_at_ms: None,
+    };
+    f.gateway.record_consent(who, new).await.unwrap();
+}
+
+async fn held(f: &Fixture, who: &crate::domain::gateway::Principal) -> (i64, i64) {
+    let balances = f.gateway.balances(who).await.unwrap();
+    let usd = &balances.iter().find(|(c, _)| c == "USD").unwrap().1;
+    (usd.available, usd.held)
+}
+
+#[tokio::test]
+async fn an_ekyc_order_waits_with_its_price_held_and_needs_the_subjects_consent() {
+    let (f, asked) = kyc_fixture(600_000);
+    let who = funded_reseller(&f).await;
+    let order = kyc_order(&f, &who, "user-1").await;
+    assert_eq!(order.status, OrderStatus::AwaitingKyc);
+    assert_eq!(held(&f, &who).await, (10_000 - 500, 500));
+
+    let refused = f
+        .gateway
+        .start_ekyc(&who, order.id, "https://shop.example/back")
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(DomainError::Conflict {
+                code: "consent_required",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    consent(&f, &who, "user-1", ConsentAction::Granted).await;
+    let (session, created) = f
+        .gateway
+        .start_ekyc(&who, order.id, "https://shop.example/back")
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(session.status, EkycStatus::Pending);
+    assert!(
+        session
+            .redirect_url
+            .unwrap()
+            .starts_with("https://verify.example/s/eks_")
+    );
+    let (again, created) = f
+        .gateway
+        .start_ekyc(&who, order.id, "https://shop.example/back")
+        .await
+        .unwrap();
+    assert!(!created, "one session per order");
+    assert_eq!(again.id, session.id);
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        1,
+        "the supplier was asked once"
+    );
+    // Only the session's id, the SKU and the way back reach the supplier.
+    assert_eq!(
+        asked.lock().unwrap()[0],
+        EkycRequest {
+            session_ref: session.id.to_string(),
+            sku: "ID-1".into(),
+            return_url: "https://shop.example/back".into(),
+        }
+    );
+
+    // Withdrawn: a new order's session is refused again.
+    consent(&f, &who, "user-1", ConsentAction::Withdrawn).await;
+    let second = kyc_order(&f, &who, "user-1").await;
+    let refused = f
+        .gateway
+        .start_ekyc(&who, second.id, "https://shop.example/back")
+        .await;
+    assert!(matches!(
+        refused,
+        Err(DomainError::Conflict {
+            code: "consent_required",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn an_ekyc_session_expires_at_its_time_and_not_before_and_releases_the_hold() {
+    let (f, _) = kyc_fixture(600_000);
+    let who = funded_reseller(&f).await;
+    consent(&f, &who, "user-2", ConsentAction::Granted).await;
+    let order = kyc_order(&f, &who, "user-2").await;
+    f.gateway
+        .start_ekyc(&who, order.id, "https://shop.example/back")
+        .await
+        .unwrap();
+    f.clock.advance(600_000 - 1);
+    let again = f.gateway.fulfilment.step(order.id).await.unwrap();
+    assert_eq!(again, Some(Duration::from_millis(1)), "not before");
+    assert_eq!(
+        f.gateway.order(&who, order.id).await.unwrap().status,
+        OrderStatus::AwaitingKyc
+    );
+    f.clock.advance(1);
+    assert_eq!(f.gateway.fulfilment.step(order.id).await.unwrap(), None);
+    let failed = f.gateway.order(&who, order.id).await.unwrap();
+    assert_eq!(failed.status, OrderStatus::Failed);
+    assert_eq!(failed.failure.unwrap().code, "ekyc_expired");
+    assert_eq!(failed.ekyc.unwrap().status, EkycStatus::Expired);
+    assert_eq!(held(&f, &who).await, (10_000, 0), "hold released");
+    let events = f.gateway.events(&who, None, None, 10).await.unwrap().items;
+    let kinds: Vec<EventType> = events.iter().map(|e| e.kind).collect();
+    assert!(
+        kinds.contains(&EventType::EkycSessionStatusChanged),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&EventType::OrderFailed), "{kinds:?}");
+    // A late approval changes nothing.
+    let late = Inbound {
+        method: "POST".into(),
+        path_and_query: "/".into(),
+        headers: Vec::new(),
+        body: format!("{}=approved", EkycSessionId::of(order.id)).into_bytes(),
+    };
+    assert_eq!(
+        f.gateway.ekyc_callback("kyc", late).await.unwrap(),
+        CallbackOutcome::Unchanged
+    );
+    assert_eq!(held(&f, &who).await, (10_000, 0));
+}
+
+#[tokio::test]
+async fn an_order_whose_session_never_opens_fails_when_its_wait_ends() {
+    let (f, _) = kyc_fixture(600_000);
+    let who = funded_reseller(&f).await;
+    let order = kyc_order(&f, &who, "user-3").await;
+    f.clock.advance(3_600_000);
+    assert_eq!(f.gateway.fulfilment.step(order.id).await.unwrap(), None);
+    let failed = f.gateway.order(&who, order.id).await.unwrap();
+    assert_eq!(failed.failure.unwrap().code, "ekyc_expired");
+    assert!(failed.ekyc.is_none());
+    assert_eq!(held(&f, &who).await, (10_000, 0));
+}
+
+#[tokio::test]
+async fn an_approved_session_sends_the_order_to_its_supplier_and_a_rejected_one_fails_it() {
+    let (f, _) = kyc_fixture(600_000);
+    let who = funded_reseller(&f).await;
+    consent(&f, &who, "user-4", ConsentAction::Granted).await;
+    let callback = |order: OrderId, status: &str| Inbound {
+        method: "POST".into(),
+        path_and_query: "/v1/inbound/kyc/ekyc".into(),
+        headers: Vec::new(),
+        body: format!("{}={status}", EkycSessionId::of(order)).into_bytes(),
+    };
+    let approved = kyc_order(&f, &who, "user-4").await;
+    let rejected = kyc_order(&f, &who, "user-4").await;
+    for o in [&approved, &rejected] {
+        f.gateway
+            .start_ekyc(&who, o.id, "https://shop.example/back")
+            .await
+            .unwrap();
+    }
+    // A callback the plugin refuses (a bad signature) changes nothing.
+    let forged = f
+        .gateway
+        .ekyc_callback("kyc", callback(approved.id, "forged"))
+        .await;
+    assert!(
+        matches!(forged, Err(DomainError::InboundRefused(_))),
+        "{forged:?}"
+    );
+    assert_eq!(
+        f.gateway
+            .ekyc_callback("kyc", callback(approved.id, "pending"))
+            .await
+            .unwrap(),
+        CallbackOutcome::Unchanged
+    );
+    assert_eq!(
+        f.gateway
+            .ekyc_callback("kyc", callback(approved.id, "approved"))
+            .await
+            .unwrap(),
+        CallbackOutcome::Applied(EkycStatus::Approved)
+    );
+    let submitted = f.gateway.order(&who, approved.id).await.unwrap();
+    assert_eq!(submitted.status, OrderStatus::Submitted);
+    assert_eq!(
+        submitted.ekyc.as_ref().unwrap().status,
+        EkycStatus::Approved
+    );
+    assert!(
+        submitted.ekyc.unwrap().redirect_url.is_none(),
+        "dropped once decided"
+    );
+    // Its job is due now, not at the end of the wait.
+    let job = f
+        .gateway
+        .store
+        .job(&crate::domain::jobs::Job::fulfil(approved.id, 0).id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(job.due_ms <= START, "due now: {}", job.due_ms);
+    assert_eq!(f.gateway.fulfilment.step(approved.id).await.unwrap(), None);
+    let fulfilled = f.gateway.order(&who, approved.id).await.unwrap();
+    assert_eq!(fulfilled.status, OrderStatus::Fulfilled);
+    assert_eq!(fulfilled.esims.len(), 1);
+
+    assert_eq!(
+        f.gateway
+            .ekyc_callback("kyc", callback(rejected.id, "rejected"))
+            .await
+            .unwrap(),
+        CallbackOutcome::Applied(EkycStatus::Rejected)
+    );
+    let failed = f.gateway.order(&who, rejected.id).await.unwrap();
+    assert_eq!(failed.failure.unwrap().code, "ekyc_rejected");
+    // One order captured, the other released.
+    assert_eq!(held(&f, &who).await, (10_000 - 500, 0));
+    // Another plugin cannot speak for these sessions.
+    assert!(matches!(
+        f.gateway
+            .ekyc_callback("other", callback(rejected.id, "approved"))
+            .await,
+        Err(DomainError::NotFound(_))
+    ));
 }

@@ -1,0 +1,177 @@
+//! eKYC sessions, provider callbacks and the consent ledger over HTTP: parse, call the use
+//! case, answer with a view.
+
+use bytes::Bytes;
+use http::StatusCode;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::consent::{CollectionMethod, ConsentAction};
+use crate::domain::ekyc::Inbound;
+use crate::domain::gateway::{DomainError, Principal};
+use crate::domain::ids::{EkycSessionId, OrderId};
+use crate::domain::use_cases::consents::NewConsent;
+
+use super::problem::Problem;
+use super::routes::{json, json_body, path_segment};
+use super::{AppState, Response};
+
+/// `POST /v1/ekyc/sessions` body.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NewEkycSession")]
+pub(super) struct CreateSession {
+    /// The order awaiting verification.
+    order_id: OrderId,
+    /// Where the provider sends the end user back when done: an absolute http(s) URL.
+    return_url: String,
+}
+
+/// `POST /v1/consents` body.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NewConsent")]
+pub(super) struct CreateConsent {
+    /// Your opaque reference for the end user (not personal data), as on their orders.
+    subject_ref: String,
+    /// What the consent is for, e.g. `ekyc` or `marketing` (a-z, 0-9, `_`, `-`).
+    purpose: String,
+    /// `granted` or `withdrawn`.
+    action: ConsentAction,
+    /// The version of the notice the end user saw.
+    notice_version: String,
+    /// SHA-256 of that notice, 64 lower-case hex digits.
+    notice_hash: String,
+    /// Where the notice is published.
+    #[serde(default)]
+    policy_url: Option<String>,
+    /// How it was collected.
+    collection_method: CollectionMethod,
+    /// The notice's language (BCP 47, e.g. `en`).
+    #[serde(default)]
+    language: Option<String>,
+    /// The jurisdiction it was collected under (e.g. `EU`).
+    #[serde(default)]
+    jurisdiction: Option<String>,
+    /// When the end user gave or withdrew it, ms since the epoch; now when left out.
+    #[serde(default)]
+    collected_at_ms: Option<u64>,
+}
+
+/// What an inbound request gets back: that it was received. Nothing about the session
+/// or its order goes to an unauthenticated caller.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "InboundAck")]
+pub struct InboundAck {
+    /// Always `true`.
+    pub received: bool,
+}
+
+/// Most headers passed on to a plugin.
+const MAX_INBOUND_HEADERS: usize = 64;
+/// Most header bytes (names and values) passed on to a plugin.
+const MAX_INBOUND_HEADER_BYTES: usize = 16 * 1024;
+
+pub(super) async fn start(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Bytes>,
+) -> Result<Response, Problem> {
+    let (_, _, body): (_, _, CreateSession) = json_body(req)?;
+    let (view, created) = state
+        .gateway
+        .start_ekyc(who, body.order_id, &body.return_url)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &view))
+}
+
+pub(super) async fn get(state: &AppState, who: &Principal, id: &str) -> Result<Response, Problem> {
+    // A malformed id names nothing the caller owns: the same 404 as a missing one.
+    let id: EkycSessionId = id
+        .parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("ekyc session")))?;
+    Ok(json(
+        StatusCode::OK,
+        &state.gateway.ekyc_session(who, id).await?,
+    ))
+}
+
+/// A provider's callback: method, path and query, headers (capped) and the raw body
+/// (capped by the API's body limit) go to the plugin, which verifies and reads it.
+pub(super) async fn callback(
+    state: &AppState,
+    req: http::Request<Bytes>,
+    plugin: &str,
+) -> Result<Response, Problem> {
+    let (parts, body) = req.into_parts();
+    let mut headers = Vec::new();
+    let mut header_bytes = 0;
+    for (name, value) in &parts.headers {
+        let Ok(value) = value.to_str() else { continue };
+        header_bytes += name.as_str().len() + value.len();
+        if headers.len() == MAX_INBOUND_HEADERS || header_bytes > MAX_INBOUND_HEADER_BYTES {
+            return Err(Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Too many headers",
+                format!(
+                    "at most {MAX_INBOUND_HEADERS} headers of {MAX_INBOUND_HEADER_BYTES} bytes in all"
+                ),
+            ));
+        }
+        headers.push((name.as_str().to_string(), value.to_string()));
+    }
+    let inbound = Inbound {
+        method: parts.method.as_str().to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        headers,
+        body: body.to_vec(),
+    };
+    state.gateway.ekyc_callback(plugin, inbound).await?;
+    Ok(json(StatusCode::OK, &InboundAck { received: true }))
+}
+
+pub(super) async fn record_consent(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Bytes>,
+) -> Result<Response, Problem> {
+    let (_, _, body): (_, _, CreateConsent) = json_body(req)?;
+    let new = NewConsent {
+        subject_ref: body.subject_ref,
+        purpose: body.purpose,
+        action: body.action,
+        notice_version: body.notice_version,
+        notice_hash: body.notice_hash,
+        policy_url: body.policy_url,
+        collection_method: body.collection_method,
+        language: body.language,
+        jurisdiction: body.jurisdiction,
+        collected_at_ms: body.collected_at_ms,
+    };
+    Ok(json(
+        StatusCode::CREATED,
+        &state.gateway.record_consent(who, new).await?,
+    ))
+}
+
+pub(super) async fn subject_consents(
+    state: &AppState,
+    who: &Principal,
+    subject_ref: &str,
+) -> Result<Response, Problem> {
+    let subject_ref = path_segment(subject_ref);
+    Ok(json(
+        StatusCode::OK,
+        &state.gateway.subject_consents(who, &subject_ref).await?,
+    ))
+}
