@@ -28,6 +28,11 @@ struct Setup {
 
 /// A gateway whose sandbox runs eKYC at the simulator; sessions last `session_secs`.
 fn setup(session_secs: u64) -> Setup {
+    setup_with(session_secs, "")
+}
+
+/// [`setup`] with a gateway config file.
+fn setup_with(session_secs: u64, config: &str) -> Setup {
     let provider = KycProvider::start(PROVIDER_KEY, PROVIDER_SECRET);
     let grants = format!(
         r#"
@@ -46,6 +51,7 @@ config = {{ kyc_provider_url = "{}", kyc_session_seconds = "{session_secs}" }}
             "[sandbox]\nKYC_PROVIDER_API_KEY = \"{PROVIDER_KEY}\"\nKYC_PROVIDER_SECRET = \"{PROVIDER_SECRET}\"\n"
         ))
         .capture_log()
+        .config(config)
         .start();
     provider.set_callback_url(&format!("{}/v1/inbound/sandbox/ekyc", gw.base));
     let (_, key) = gw.new_reseller(0, Some(100_000));
@@ -554,4 +560,39 @@ fn resellers_never_see_each_others_sessions_or_subjects() {
         "{:?}",
         refused.json
     );
+}
+
+#[test]
+fn a_flood_of_callbacks_is_rate_limited_per_plugin_and_orders_keep_flowing() {
+    let s = setup_with(
+        3600,
+        "[http]\ninbound_rate_per_second = 0.1\ninbound_rate_burst = 3.0\n",
+    );
+    let forged = |n: usize| {
+        s.gw.raw(
+            "POST",
+            "/v1/inbound/sandbox/ekyc",
+            None,
+            &[("x-hmac-signature", "00")],
+            Some(format!("{{\"n\": {n}}}").into_bytes()),
+            Some("application/json"),
+        )
+    };
+    let statuses: Vec<u16> = (0..5).map(|n| forged(n).status).collect();
+    assert_eq!(
+        &statuses[..3],
+        [400, 400, 400],
+        "the burst reaches the plugin"
+    );
+    let limited = forged(5);
+    assert_eq!(limited.status, 429, "{:?}", limited.json);
+    assert!(limited.header("retry-after").is_some());
+    // Reseller traffic is not held up by it.
+    let order = s.gw.post_idem_as(
+        &s.key,
+        "/v1/orders",
+        &json!({"product_id": "sandbox:SBX-US-5GB-30D"}),
+        &unique_key(),
+    );
+    assert_eq!(order.json["status"], "fulfilled", "{:?}", order.json);
 }

@@ -218,6 +218,12 @@ pub struct HttpLimits {
     pub rate_limit_per_second: f64,
     /// Requests one API key may make in a burst.
     pub rate_limit_burst: f64,
+    /// Unauthenticated inbound requests (provider callbacks, supplier webhooks) per second
+    /// per plugin, sustained: each runs the plugin, so a flood of forged ones must not
+    /// take every plugin slot from the orders.
+    pub inbound_rate_per_second: f64,
+    /// Inbound requests per plugin in a burst.
+    pub inbound_rate_burst: f64,
     /// Runtime worker threads; 0 means one per CPU core (measured best: requests, plugin
     /// calls and store writes all run on the workers, and more threads than cores only
     /// add switching).
@@ -238,6 +244,8 @@ impl Default for HttpLimits {
             // starve the others or the suppliers.
             rate_limit_per_second: 200.0,
             rate_limit_burst: 400.0,
+            inbound_rate_per_second: 50.0,
+            inbound_rate_burst: 100.0,
             workers: 0,
         }
     }

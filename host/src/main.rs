@@ -311,6 +311,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         limiter: simgate::api::ratelimit::RateLimiter::new(
             config.http.rate_limit_per_second,
             config.http.rate_limit_burst,
+            "API key",
+        ),
+        inbound_limiter: simgate::api::ratelimit::RateLimiter::new(
+            config.http.inbound_rate_per_second,
+            config.http.inbound_rate_burst,
+            "plugin's inbound route",
         ),
         http_metrics: Default::default(),
     });

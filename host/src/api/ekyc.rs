@@ -108,6 +108,11 @@ pub(super) async fn callback(
     req: http::Request<Bytes>,
     plugin: &str,
 ) -> Result<Response, Problem> {
+    // Only a loaded plugin gets a bucket: the path is the caller's to choose.
+    if state.gateway.suppliers.get(plugin).is_none() {
+        return Err(DomainError::NotFound("plugin").into());
+    }
+    state.inbound_limiter.check(&plugin.to_string())?;
     let (parts, body) = req.into_parts();
     let mut headers = Vec::new();
     let mut header_bytes = 0;

@@ -40,6 +40,8 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// Per-key rate limiter.
     pub limiter: ratelimit::RateLimiter,
+    /// Per-plugin rate limiter of the unauthenticated inbound routes.
+    pub inbound_limiter: ratelimit::RateLimiter<String>,
     /// Request counters for `/metrics`.
     pub http_metrics: metrics::HttpMetrics,
 }

@@ -1,64 +1,62 @@
-//! Per-key rate limiting: a token bucket per API key, refilled continuously. A caller over
-//! its rate gets 429 with `Retry-After`. Buckets live in memory: a restart forgives.
+//! Rate limiting with `governor`'s keyed GCRA limiter: per API key on the authenticated
+//! API, per plugin on the unauthenticated inbound routes (a flood of forged callbacks
+//! must not take every plugin slot). A caller over its rate gets 429 with
+//! `Retry-After`. State lives in memory: a restart forgives.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use http::StatusCode;
 
 use crate::domain::ids::KeyId;
 
 use super::problem::Problem;
 
-/// The limiter.
-pub struct RateLimiter {
+/// A keyed limiter: one bucket per key.
+pub struct RateLimiter<K: Hash + Eq + Clone = KeyId> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    clock: DefaultClock,
     rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<KeyId, Bucket>>,
+    /// What a key is, for the problem's detail ("API key", "plugin").
+    what: &'static str,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimiter {
-    /// `rate` requests per second sustained, `burst` at once.
-    pub fn new(rate: f64, burst: f64) -> RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// `rate` requests per second sustained (fractions allowed), `burst` at once, per key
+    /// of kind `what`.
+    pub fn new(rate: f64, burst: f64, what: &'static str) -> RateLimiter<K> {
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+        let burst = NonZeroU32::new(burst.max(1.0) as u32).expect("at least 1");
+        let quota = Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(burst);
         RateLimiter {
+            limiter: governor::RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
             rate,
-            burst,
-            buckets: Mutex::new(HashMap::new()),
+            what,
         }
     }
 
-    /// Take one token for `key`, or say when to come back.
-    pub fn check(&self, key: KeyId) -> Result<(), Problem> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate)
-            .min(self.burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+    /// Take one request for `key`, or say when to come back.
+    pub fn check(&self, key: &K) -> Result<(), Problem> {
+        let Err(not_until) = self.limiter.check_key(key) else {
             return Ok(());
-        }
-        let wait = ((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u32;
+        };
+        let wait = not_until.wait_time_from(self.clock.now());
         let mut p = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "Too many requests",
             format!(
-                "this API key is limited to {} requests per second",
-                self.rate
+                "each {} is limited to {} requests per second",
+                self.what, self.rate
             ),
         );
-        p.retry_after = Some(wait);
+        p.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u32);
         Err(p)
     }
 }
@@ -69,17 +67,25 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_rate_holds() {
-        let l = RateLimiter::new(1.0, 3.0);
+        let l: RateLimiter = RateLimiter::new(1.0, 3.0, "API key");
         let k = KeyId::new();
         for _ in 0..3 {
-            assert!(l.check(k).is_ok());
+            assert!(l.check(&k).is_ok());
         }
-        let p = l.check(k).unwrap_err();
+        let p = l.check(&k).unwrap_err();
         assert_eq!(p.status, 429);
         assert_eq!(p.retry_after, Some(1));
         assert!(
-            l.check(KeyId::new()).is_ok(),
+            l.check(&KeyId::new()).is_ok(),
             "other keys have their own bucket"
         );
+    }
+
+    #[test]
+    fn fractional_rates_hold_too() {
+        let l: RateLimiter<&str> = RateLimiter::new(0.5, 1.0, "plugin");
+        assert!(l.check(&"sandbox").is_ok());
+        let p = l.check(&"sandbox").unwrap_err();
+        assert_eq!(p.retry_after, Some(2));
     }
 }

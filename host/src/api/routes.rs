@@ -314,7 +314,7 @@ async fn admit<'p>(
                 // Not even the existence of admin routes is confirmed to resellers.
                 return Err(problems::no_route(path));
             }
-            state.limiter.check(who.key)?;
+            state.limiter.check(&who.key)?;
             Some(who)
         }
     };
