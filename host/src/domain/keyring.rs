@@ -5,7 +5,8 @@ use super::accounts::KeyHash;
 use super::ids::ResellerId;
 use super::personal::SubjectLookup;
 
-/// Keyed operations the domain needs: API-key hashing and sealing of activation data.
+/// Keyed operations the domain needs: API-key hashing, sealing of activation data and
+/// personal fields, and signing the audit log's checkpoints.
 /// Implemented by `privacy::Keyring` with keys kept outside the database.
 pub trait Keyring: Send + Sync {
     /// HMAC-SHA256 of an API key under the server pepper.
@@ -36,4 +37,9 @@ pub trait Keyring: Send + Sync {
         context: &[u8],
         sealed: &[u8],
     ) -> Option<Vec<u8>>;
+    /// HMAC-SHA256 of `message` under the audit key (audit checkpoints).
+    fn sign_audit(&self, message: &[u8]) -> [u8; 32];
+    /// Whether `tag` is [`Keyring::sign_audit`]'s tag of `message` (compared in constant
+    /// time).
+    fn verify_audit(&self, message: &[u8], tag: &[u8]) -> bool;
 }

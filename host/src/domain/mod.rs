@@ -3,6 +3,7 @@
 //! binary wires real implementations in, so every rule here is testable with fakes.
 
 pub mod accounts;
+pub mod audit;
 pub mod catalog;
 pub mod clock;
 pub mod consent;

@@ -10,6 +10,7 @@
 //! concurrent calls into one flush (group commit).
 
 use super::accounts::{ApiKey, KeyHash, Reseller};
+use super::audit::{AuditCheckpoint, AuditEntry, AuditFilter, NewAuditEntry};
 use super::catalog::CachedCatalog;
 use super::consent::ConsentEvent;
 use super::events::{Event, EventType};
@@ -385,4 +386,28 @@ pub trait Store: Send + Sync {
     /// Make everything durable and stop: commits fail afterwards. What an implementation
     /// does to start faster next time is its own affair.
     async fn close(&self) -> StoreResult<()>;
+
+    /// Append `entry` to the audit log at `at_ms` (or the previous entry's time, if that
+    /// is later: times never go back along the log). The store gives it the next sequence
+    /// number and links it to the entry before, under one lock, so the chain is one line;
+    /// after the log was purged to its last entry, numbering goes on from the checkpoint.
+    /// Each entry is one write: a crash leaves a valid prefix of the chain. Durable with
+    /// the next [`Store::durable`].
+    async fn append_audit(&self, at_ms: u64, entry: NewAuditEntry) -> StoreResult<AuditEntry>;
+    /// Audit entries matching `filter`, newest first, numbered below `before`.
+    async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>>;
+    /// Up to `limit` audit entries from number `from` on, oldest first, exactly as stored
+    /// (verification reads the whole log this way, a page at a time).
+    async fn audit_entries(&self, from: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+    /// The checkpoint the last purge left: where the kept log starts.
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
+    /// Keep `checkpoint` (durably), then delete every audit entry numbered below its
+    /// `first_seq`; returns how many were deleted. A crash in between leaves entries the
+    /// checkpoint already disowns; the next purge deletes them.
+    async fn purge_audit(&self, checkpoint: &AuditCheckpoint) -> StoreResult<usize>;
 }

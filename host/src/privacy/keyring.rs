@@ -1,7 +1,8 @@
-//! The keyring: the API-key pepper and the master key for sealing activation data and
-//! wrapping subjects' data keys. Both are 32 random bytes in files of their own (mode 0600)
-//! beside the database, never inside it, so a copy of the database alone neither verifies
-//! keys nor opens activation codes or personal fields.
+//! The keyring: the API-key pepper, the master key for sealing activation data and
+//! wrapping subjects' data keys, and the audit key that signs the audit log's checkpoints.
+//! Each is 32 random bytes in a file of its own (mode 0600) beside the database, never
+//! inside it, so a copy of the database alone neither verifies keys nor opens activation
+//! codes or personal fields, and whoever can write the database cannot forge a checkpoint.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,28 +27,32 @@ pub struct KeyFileError {
     message: String,
 }
 
-/// The keyring backed by two key files.
+/// The keyring backed by three key files.
 pub struct FileKeyring {
     pepper: hmac::Key,
     /// Derived from the pepper for subject lookups, so a subject's hash can never be
     /// confused with an API key's.
     subjects: hmac::Key,
     master: LessSafeKey,
+    /// Signs audit checkpoints; a key of its own, so no other signature can pass as one.
+    audit: hmac::Key,
     rng: SystemRandom,
 }
 
 impl FileKeyring {
-    /// Open (or create on first start) `pepper.key` and `master.key` in `dir`.
+    /// Open (or create on first start) `pepper.key`, `master.key` and `audit.key` in `dir`.
     pub fn open(dir: &Path) -> Result<FileKeyring, KeyFileError> {
         let rng = SystemRandom::new();
         let pepper = load_or_create(&dir.join("pepper.key"), &rng)?;
         let master = load_or_create(&dir.join("master.key"), &rng)?;
+        let audit = load_or_create(&dir.join("audit.key"), &rng)?;
         let pepper = hmac::Key::new(hmac::HMAC_SHA256, &pepper);
         let subjects = hmac::sign(&pepper, b"simgate subject lookup v1");
         Ok(FileKeyring {
             subjects: hmac::Key::new(hmac::HMAC_SHA256, subjects.as_ref()),
             pepper,
             master: aes_key(&master),
+            audit: hmac::Key::new(hmac::HMAC_SHA256, &audit),
             rng,
         })
     }
@@ -178,6 +183,15 @@ impl Keyring for FileKeyring {
     ) -> Option<Vec<u8>> {
         open_with(&self.subject_key(lookup, wrapped)?, context, sealed)
     }
+
+    fn sign_audit(&self, message: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.audit, message);
+        tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    fn verify_audit(&self, message: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.audit, message, tag).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +251,24 @@ mod tests {
         assert!(k.open(b"8999", &tampered).is_none());
         let other = FileKeyring::open(tempfile::tempdir().unwrap().path()).unwrap();
         assert!(other.open(b"8999", &sealed).is_none());
+    }
+
+    #[test]
+    fn audit_signatures_verify_only_under_the_same_audit_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FileKeyring::open(dir.path()).unwrap();
+        let tag = k.sign_audit(b"checkpoint");
+        assert!(k.verify_audit(b"checkpoint", &tag));
+        assert!(!k.verify_audit(b"checkpoint!", &tag));
+        assert!(!k.verify_audit(b"checkpoint", &tag[..31]));
+        assert_ne!(tag, k.hash_key("checkpoint").0, "not the pepper");
+        let again = FileKeyring::open(dir.path()).unwrap();
+        assert!(
+            again.verify_audit(b"checkpoint", &tag),
+            "kept across restarts"
+        );
+        let other = FileKeyring::open(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(!other.verify_audit(b"checkpoint", &tag));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! settling moves money and closes the order atomically; an ICCID belongs to one order;
 //! pages come newest first with working cursors and filters; idempotency claims follow
 //! `idempotency::judge`, including a creation that outlived its request; the ledger
-//! invariant holds through a random walk of operations; and everything acknowledged is
-//! there again after the store is closed and reopened.
+//! invariant holds through a random walk of operations; everything acknowledged is
+//! there again after the store is closed and reopened; and the audit log is one gap-free
+//! hash chain, paged and filtered, that stays verifiable from its checkpoint when purged.
 
 use std::sync::Arc;
 
@@ -60,6 +61,9 @@ macro_rules! store_conformance {
             a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it,
             a_job_is_brought_forward_unless_a_worker_holds_it,
             consent_events_are_kept_in_order_per_reseller_and_subject,
+            audit_entries_are_numbered_without_gaps_and_each_links_to_the_one_before,
+            audit_pages_come_newest_first_with_cursor_and_filters,
+            a_purged_audit_log_stays_verifiable_from_its_checkpoint,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -1347,4 +1351,246 @@ pub async fn consent_events_are_kept_in_order_per_reseller_and_subject(backend: 
         history,
         "durable"
     );
+}
+
+/// An audit entry by key `key` about `reseller`.
+fn audit_entry(
+    action: crate::domain::audit::AuditAction,
+    reseller: Option<ResellerId>,
+) -> crate::domain::audit::NewAuditEntry {
+    use crate::domain::audit::{Actor, NewAuditEntry};
+    NewAuditEntry::new(Actor::Key(KeyId::new()), action)
+        .reseller(reseller)
+        .target(OrderId::new())
+}
+
+/// The whole audit log, oldest first, as verification reads it.
+async fn whole_audit_log(store: &dyn Store) -> Vec<crate::domain::audit::AuditEntry> {
+    store.audit_entries(0, usize::MAX).await.unwrap()
+}
+
+/// Appends, even from threads at once, are numbered 1, 2, 3, ... without gaps, each
+/// linked to the one before; times never go back; a reopened store goes on where it was.
+pub async fn audit_entries_are_numbered_without_gaps_and_each_links_to_the_one_before(
+    backend: &dyn Backend,
+) {
+    use crate::domain::audit::{AuditAction, GENESIS, verify};
+    let store = backend.open();
+    let first = store
+        .append_audit(5_000, audit_entry(AuditAction::KeyCreated, None))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, first.prev_hash.as_str()), (1, GENESIS));
+    assert_eq!(first.hash, first.computed_hash());
+    let earlier = store
+        .append_audit(4_000, audit_entry(AuditAction::KeyRevoked, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (earlier.seq, earlier.prev_hash.as_str(), earlier.at_ms),
+        (2, first.hash.as_str(), 5_000),
+        "linked, and never earlier than the entry before"
+    );
+    // Eight threads appending at once still make one line.
+    let handle = tokio::runtime::Handle::current();
+    let writers: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (store, handle) = (store.clone(), handle.clone());
+            tokio::task::spawn_blocking(move || {
+                for i in 0..25 {
+                    let entry = audit_entry(AuditAction::OrderAccepted, None);
+                    handle
+                        .block_on(store.append_audit(6_000 + t * 100 + i, entry))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let log = whole_audit_log(&*store).await;
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=202).collect::<Vec<_>>()
+    );
+    assert!(log.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    assert_eq!(verify(&log, 1, GENESIS).unwrap().entries, 202);
+    store.durable().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(whole_audit_log(&*store).await, log, "durable");
+    let next = store
+        .append_audit(1, audit_entry(AuditAction::AuthFailed, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.seq, next.prev_hash.as_str()),
+        (203, log[201].hash.as_str())
+    );
+    assert_eq!(next.at_ms, log[201].at_ms, "times still never go back");
+    assert_eq!(store.audit_entries(200, 2).await.unwrap(), log[199..201]);
+}
+
+/// Audit pages come newest first; `before` is a cursor; action, reseller and time
+/// filters combine.
+pub async fn audit_pages_come_newest_first_with_cursor_and_filters(backend: &dyn Backend) {
+    use crate::domain::audit::{AuditAction, AuditFilter};
+    let store = backend.open();
+    let (a, b) = (reseller().id, reseller().id);
+    for i in 0..30u64 {
+        let (action, r) = match i % 3 {
+            0 => (AuditAction::OrderAccepted, Some(a)),
+            1 => (AuditAction::CreditPosted, Some(b)),
+            _ => (AuditAction::AuthFailed, None),
+        };
+        store
+            .append_audit(1_000 + i * 10, audit_entry(action, r))
+            .await
+            .unwrap();
+    }
+    let seqs = |page: &crate::domain::store::Page<crate::domain::audit::AuditEntry>| {
+        page.items.iter().map(|e| e.seq).collect::<Vec<_>>()
+    };
+    let all = AuditFilter::default();
+    let first = store.audit_page(&all, None, 4).await.unwrap();
+    assert_eq!(seqs(&first), [30, 29, 28, 27]);
+    assert!(first.has_more);
+    let next = store.audit_page(&all, Some(27), 4).await.unwrap();
+    assert_eq!(seqs(&next), [26, 25, 24, 23]);
+    let last = store.audit_page(&all, Some(3), 4).await.unwrap();
+    assert_eq!((seqs(&last), last.has_more), (vec![2, 1], false));
+
+    let orders_of_a = AuditFilter {
+        action: Some(AuditAction::OrderAccepted),
+        reseller: Some(a),
+        ..Default::default()
+    };
+    let page = store.audit_page(&orders_of_a, None, 100).await.unwrap();
+    assert_eq!(page.items.len(), 10);
+    assert!(
+        page.items
+            .iter()
+            .all(|e| e.action == AuditAction::OrderAccepted && e.reseller == Some(a))
+    );
+    let credits_to_a = AuditFilter {
+        action: Some(AuditAction::CreditPosted),
+        reseller: Some(a),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .audit_page(&credits_to_a, None, 100)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Entries 11 to 20 are at 1_100 to 1_190.
+    let window = AuditFilter {
+        since_ms: Some(1_100),
+        until_ms: Some(1_190),
+        ..Default::default()
+    };
+    let page = store.audit_page(&window, None, 4).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), (vec![20, 19, 18, 17], true));
+    let page = store.audit_page(&window, Some(13), 4).await.unwrap();
+    assert_eq!((seqs(&page), page.has_more), (vec![12, 11], false));
+    let failures_in_window = AuditFilter {
+        action: Some(AuditAction::AuthFailed),
+        ..window
+    };
+    assert_eq!(
+        seqs(
+            &store
+                .audit_page(&failures_in_window, None, 100)
+                .await
+                .unwrap()
+        ),
+        [18, 15, 12]
+    );
+}
+
+/// A purge keeps its checkpoint and deletes what comes before it; what is left verifies
+/// from the checkpoint, numbering goes on after it (even when nothing was kept), and all
+/// of it survives reopening.
+pub async fn a_purged_audit_log_stays_verifiable_from_its_checkpoint(backend: &dyn Backend) {
+    use crate::domain::audit::{AuditAction, AuditCheckpoint, GENESIS, verify};
+    let store = backend.open();
+    assert_eq!(store.audit_checkpoint().await.unwrap(), None);
+    for i in 0..10 {
+        store
+            .append_audit(i, audit_entry(AuditAction::OrderAccepted, None))
+            .await
+            .unwrap();
+    }
+    let log = whole_audit_log(&*store).await;
+    // The store keeps a checkpoint as given; signing it is the domain's affair.
+    let checkpoint = |first: &crate::domain::audit::AuditEntry,
+                      head: &crate::domain::audit::AuditEntry| {
+        AuditCheckpoint {
+            first_seq: first.seq,
+            prev_hash: first.prev_hash.clone(),
+            head_seq: head.seq,
+            head_hash: head.hash.clone(),
+            made_at_ms: 99,
+            signature: "00".repeat(32),
+        }
+    };
+    let kept_from_7 = checkpoint(&log[6], &log[9]);
+    assert_eq!(store.purge_audit(&kept_from_7).await.unwrap(), 6);
+    assert_eq!(
+        store.audit_checkpoint().await.unwrap(),
+        Some(kept_from_7.clone())
+    );
+    let kept = whole_audit_log(&*store).await;
+    assert_eq!(kept, log[6..]);
+    assert_eq!(store.audit_entries(1, 100).await.unwrap(), log[6..]);
+    assert_eq!(
+        verify(&kept, kept_from_7.first_seq, &kept_from_7.prev_hash)
+            .unwrap()
+            .entries,
+        4
+    );
+    assert!(
+        verify(&kept, 1, GENESIS).is_err(),
+        "not from the start any more"
+    );
+    // Purging again to the same checkpoint deletes nothing more.
+    assert_eq!(store.purge_audit(&kept_from_7).await.unwrap(), 0);
+    store.durable().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = backend.open();
+    assert_eq!(whole_audit_log(&*store).await, log[6..], "durable");
+    // Everything purged: the checkpoint names the entry to come.
+    let last = &log[9];
+    let nothing_kept = AuditCheckpoint {
+        first_seq: 11,
+        prev_hash: last.hash.clone(),
+        head_seq: 10,
+        head_hash: last.hash.clone(),
+        made_at_ms: 100,
+        signature: "00".repeat(32),
+    };
+    assert_eq!(store.purge_audit(&nothing_kept).await.unwrap(), 4);
+    assert!(whole_audit_log(&*store).await.is_empty());
+    store.durable().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = backend.open();
+    let next = store
+        .append_audit(20, audit_entry(AuditAction::KeyRevoked, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.seq, next.prev_hash.as_str()),
+        (11, last.hash.as_str()),
+        "numbering goes on from the checkpoint"
+    );
+    let kept = whole_audit_log(&*store).await;
+    assert_eq!(verify(&kept, 11, &last.hash).unwrap().entries, 1);
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
+use crate::domain::audit::{AuditCheckpoint, AuditEntry, AuditFilter, GENESIS, NewAuditEntry};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::consent::ConsentEvent;
 use crate::domain::events::{Event, EventType};
@@ -47,6 +48,8 @@ struct State {
     endpoints: BTreeMap<(ResellerId, EndpointId), Endpoint>,
     attempts: BTreeMap<(EndpointId, AttemptId), Attempt>,
     meta: HashMap<String, Vec<u8>>,
+    audit: BTreeMap<u64, AuditEntry>,
+    audit_checkpoint: Option<AuditCheckpoint>,
     closed: bool,
 }
 
@@ -58,6 +61,13 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Change the stored audit log behind the store's back, as someone with write access
+    /// to the database could (tamper-evidence tests).
+    #[cfg(test)]
+    pub(crate) fn tamper_with_audit_log(&self, f: impl FnOnce(&mut BTreeMap<u64, AuditEntry>)) {
+        f(&mut self.lock().audit)
     }
 }
 
@@ -575,6 +585,60 @@ impl Store for MemoryStore {
     async fn close(&self) -> StoreResult<()> {
         self.lock().closed = true;
         Ok(())
+    }
+
+    async fn append_audit(&self, at_ms: u64, entry: NewAuditEntry) -> StoreResult<AuditEntry> {
+        let mut state = self.lock();
+        let (seq, prev_hash, at_ms) = match state.audit.last_key_value() {
+            Some((_, last)) => (last.seq + 1, last.hash.clone(), at_ms.max(last.at_ms)),
+            None => match &state.audit_checkpoint {
+                Some(c) => (c.first_seq, c.prev_hash.clone(), at_ms),
+                None => (1, GENESIS.to_string(), at_ms),
+            },
+        };
+        let entry = AuditEntry::chain(seq, at_ms, entry, prev_hash);
+        state.audit.insert(seq, entry.clone());
+        Ok(entry)
+    }
+
+    async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let state = self.lock();
+        let entries = state
+            .audit
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .map(|(_, e)| e)
+            .take_while(|e| !filter.done_before(e.at_ms))
+            .filter(|e| filter.matches(e))
+            .cloned();
+        Ok(page(entries, limit))
+    }
+
+    async fn audit_entries(&self, from: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        Ok(self
+            .lock()
+            .audit
+            .range(from..)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        Ok(self.lock().audit_checkpoint.clone())
+    }
+
+    async fn purge_audit(&self, checkpoint: &AuditCheckpoint) -> StoreResult<usize> {
+        let mut state = self.lock();
+        state.audit_checkpoint = Some(checkpoint.clone());
+        let kept = state.audit.split_off(&checkpoint.first_seq);
+        let purged = std::mem::replace(&mut state.audit, kept).len();
+        Ok(purged)
     }
 }
 

@@ -21,7 +21,8 @@
 //! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
-//! | `meta` | name | bytes |
+//! | `audit` | sequence number (8 B, big-endian) | JSON `AuditEntry` (hash-chained; see `domain::audit`) |
+//! | `meta` | name | bytes; `audit_checkpoint`: JSON `AuditCheckpoint`, where the purged audit log starts |
 //!
 //! An order's hold entry has the order's id, so a reseller's ledger is also its list of
 //! orders, newest first: no separate index is written per order.
@@ -64,6 +65,11 @@
 //! [`Store::close`] writes them to `balances` and `orders_open` with a `clean` marker, so
 //! the next open loads them instead of reading the whole ledger; the marker is removed
 //! (durably) before anything else is written.
+//!
+//! The audit log's chain head (the next sequence number and the hash to link to) lives in
+//! memory behind one lock, taken from the last entry (or the checkpoint) on open; each
+//! entry is one insert made under that lock, so the entries on disk are always a prefix
+//! of the chain in order.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -74,6 +80,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
+use crate::domain::audit::{AuditCheckpoint, AuditEntry, AuditFilter, GENESIS, NewAuditEntry};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::consent::ConsentEvent;
 use crate::domain::events::{Event, EventType};
@@ -90,6 +97,17 @@ use super::group_commit::GroupCommit;
 
 /// Set by [`Store::close`]: `balances` and `orders_open` are exact.
 const CLEAN: &str = "clean_shutdown";
+
+/// Where the audit log's checkpoint is kept in `meta`.
+const AUDIT_CHECKPOINT: &str = "audit_checkpoint";
+
+/// Where the next audit entry goes: its number, the hash it links to, and the time it may
+/// not be earlier than.
+struct AuditHead {
+    next_seq: u64,
+    prev_hash: String,
+    last_at_ms: u64,
+}
 
 /// The sled-backed store.
 pub struct SledStore {
@@ -113,7 +131,10 @@ pub struct SledStore {
     journal: sled::Tree,
     endpoints: sled::Tree,
     attempts: sled::Tree,
+    audit: sled::Tree,
     meta: sled::Tree,
+    /// Held for each audit append: the chain is one line.
+    audit_head: Mutex<AuditHead>,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
     /// write is in flight during the checkpoint, and none follows it.
@@ -499,7 +520,13 @@ impl SledStore {
             journal: tree("journal")?,
             endpoints: tree("webhook_endpoints")?,
             attempts: tree("webhook_attempts")?,
+            audit: tree("audit")?,
             meta: tree("meta")?,
+            audit_head: Mutex::new(AuditHead {
+                next_seq: 1,
+                prev_hash: GENESIS.to_string(),
+                last_at_ms: 0,
+            }),
             db,
             books: Mutex::new(Books::default()),
             gate: RwLock::new(false),
@@ -519,6 +546,7 @@ impl SledStore {
             tracing::warn!(changes = replayed, "applied changes a crash left journaled");
         }
         store.reindex_jobs()?;
+        *store.lock_audit_head() = store.read_audit_head()?;
         // From here on the checkpoint goes stale: forget it before anything else is written.
         store.meta.remove(CLEAN).map_err(backend)?;
         store.db.flush().map_err(backend)?;
@@ -531,6 +559,36 @@ impl SledStore {
             .scan_prefix(reseller.to_bytes())
             .map(|kv| Ok(decode::<LedgerRecord>(&kv.map_err(backend)?.1)?.entry))
             .collect()
+    }
+
+    fn lock_audit_head(&self) -> MutexGuard<'_, AuditHead> {
+        self.audit_head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the next audit entry goes: after the last one stored, else where the
+    /// checkpoint says the kept log starts, else at the start.
+    fn read_audit_head(&self) -> StoreResult<AuditHead> {
+        if let Some((_, last)) = self.audit.last().map_err(backend)? {
+            let last: AuditEntry = decode(&last)?;
+            return Ok(AuditHead {
+                next_seq: last.seq + 1,
+                prev_hash: last.hash,
+                last_at_ms: last.at_ms,
+            });
+        }
+        let checkpoint: Option<AuditCheckpoint> = get(&self.meta, AUDIT_CHECKPOINT.as_bytes())?;
+        Ok(match checkpoint {
+            Some(c) => AuditHead {
+                next_seq: c.first_seq,
+                prev_hash: c.prev_hash,
+                last_at_ms: 0,
+            },
+            None => AuditHead {
+                next_seq: 1,
+                prev_hash: GENESIS.to_string(),
+                last_at_ms: 0,
+            },
+        })
     }
 
     fn lock_books(&self) -> MutexGuard<'_, Books> {
@@ -1663,6 +1721,87 @@ impl Store for SledStore {
         self.meta.insert(CLEAN, &[1]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
+    }
+
+    async fn append_audit(&self, at_ms: u64, entry: NewAuditEntry) -> StoreResult<AuditEntry> {
+        let mut head = self.lock_audit_head();
+        let entry = AuditEntry::chain(
+            head.next_seq,
+            at_ms.max(head.last_at_ms),
+            entry,
+            head.prev_hash.clone(),
+        );
+        put(&self.audit, &entry.seq.to_be_bytes(), &entry)?;
+        *head = AuditHead {
+            next_seq: entry.seq + 1,
+            prev_hash: entry.hash.clone(),
+            last_at_ms: entry.at_ms,
+        };
+        Ok(entry)
+    }
+
+    async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        let mut items = Vec::new();
+        for kv in self.audit.range(..end.as_slice()).rev() {
+            let entry: AuditEntry = decode(&kv.map_err(backend)?.1)?;
+            if filter.done_before(entry.at_ms) {
+                break;
+            }
+            if !filter.matches(&entry) {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok(Page {
+                    items,
+                    has_more: true,
+                });
+            }
+            items.push(entry);
+        }
+        Ok(Page {
+            items,
+            has_more: false,
+        })
+    }
+
+    async fn audit_entries(&self, from: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        use std::ops::Bound;
+        // Every key after entry `from - 1`'s: a key that is no entry's number (written
+        // into the tree by hand) is read too, and the chain check meets it.
+        let after = from.checked_sub(1).map(u64::to_be_bytes);
+        let start = match &after {
+            Some(key) => Bound::Excluded(key.as_slice()),
+            None => Bound::Unbounded,
+        };
+        self.audit
+            .range::<&[u8], _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
+    }
+
+    async fn audit_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        get(&self.meta, AUDIT_CHECKPOINT.as_bytes())
+    }
+
+    async fn purge_audit(&self, checkpoint: &AuditCheckpoint) -> StoreResult<usize> {
+        put(&self.meta, AUDIT_CHECKPOINT.as_bytes(), checkpoint)?;
+        // The checkpoint is on disk before any entry it disowns is deleted.
+        self.durable().await?;
+        let end = checkpoint.first_seq.to_be_bytes();
+        let mut purged = 0;
+        for kv in self.audit.range(..end.as_slice()) {
+            let (key, _) = kv.map_err(backend)?;
+            self.audit.remove(key).map_err(backend)?;
+            purged += 1;
+        }
+        Ok(purged)
     }
 }
 
