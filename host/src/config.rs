@@ -40,6 +40,8 @@ pub struct Config {
     pub watch: WatchSettings,
     /// Outbound webhooks to resellers.
     pub webhooks: WebhookSettings,
+    /// How long logs and records are kept.
+    pub retention: RetentionSettings,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             orders: OrderTuning::default(),
             watch: WatchSettings::default(),
             webhooks: WebhookSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -382,6 +385,29 @@ impl WebhookSettings {
     }
 }
 
+/// Retention periods: how long each class of record is kept before it is purged.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// The audit log (security events). 90 days: the period the policies we serve give
+    /// technical and security logs (P10); older entries are purged under a signed
+    /// checkpoint, so what is left still verifies.
+    pub audit_days: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings { audit_days: 90 }
+    }
+}
+
+impl RetentionSettings {
+    /// How long audit entries are kept.
+    pub fn audit(&self) -> Duration {
+        Duration::from_secs(self.audit_days.saturating_mul(24 * 3600))
+    }
+}
+
 /// Hot reload: the watcher on the plugins folder, the grants file and the secrets file.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -473,6 +499,16 @@ mod tests {
         assert_eq!(c.watch.resync(), Duration::from_millis(100));
         let c: Config = toml::from_str("[watch]\nresync_ms = 250\n").unwrap();
         assert_eq!(c.watch.resync(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn audit_entries_are_kept_90_days_unless_configured() {
+        assert_eq!(
+            Config::default().retention.audit(),
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        let c: Config = toml::from_str("[retention]\naudit_days = 30\n").unwrap();
+        assert_eq!(c.retention.audit(), Duration::from_secs(30 * 24 * 3600));
     }
 
     #[test]

@@ -359,6 +359,7 @@ fn gateway(
         idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
         webhooks: config.webhooks.tuning(),
         ekyc_wait: Duration::from_secs(o.ekyc_wait_secs),
+        audit_retention: config.retention.audit(),
     };
     let webhooks = simgate::webhooks::HttpWebhooks::new(simgate::webhooks::DeliveryPolicy {
         timeout: Duration::from_millis(config.webhooks.timeout_ms),

@@ -3,6 +3,7 @@
 //! family (eKYC, consent, subjects, webhook endpoints) gets a file of its own.
 
 pub mod accounts;
+pub mod audit;
 pub mod catalog;
 pub mod consents;
 pub mod ekyc;
