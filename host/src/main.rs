@@ -253,6 +253,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.secrets_file(),
         config.plugin_limits,
     ));
+    let gateway = Arc::new(gateway(&config, store.clone(), registry.clone(), keyring));
+    // Plugin changes go to the audit log in the order they happen, from the first load on.
+    let (plugin_changes, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    registry.audit_changes_to(plugin_changes);
+    {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = changes.recv().await {
+                let written = match gateway.audit(entry).await {
+                    Ok(_) => gateway.store().durable().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "could not write a plugin change to the audit log");
+                }
+            }
+        });
+    }
     // Watch before the first load, so a change made while loading is not missed (its
     // event waits in the watcher's queue and is applied after).
     let _watcher = if config.watch.enabled {
@@ -266,7 +284,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.load_all()).await?;
     }
-    let gateway = Arc::new(gateway(&config, store.clone(), registry.clone(), keyring));
     if let Some(keys) = gateway.bootstrap(config.demo).await? {
         println!("admin API key (shown once): {}", keys.admin);
         if let Some((reseller, key)) = keys.demo {
@@ -319,6 +336,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "plugin's inbound route",
         ),
         http_metrics: Default::default(),
+        audit: Default::default(),
     });
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -454,12 +472,26 @@ fn offline(
     })
 }
 
+/// An audit entry for what an operator did from the command line (as `system`: the CLI
+/// holds no API key).
+fn by_cli(action: simgate::domain::audit::AuditAction) -> simgate::domain::audit::NewAuditEntry {
+    simgate::domain::audit::NewAuditEntry::new(simgate::domain::audit::Actor::System, action)
+        .details("from the command line")
+}
+
 async fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> {
+    use simgate::domain::audit::{AuditAction, LedgerEntryId};
     match cmd {
         ResellerCommand::Create {
             name, markup_bps, ..
         } => {
             let r = gw.create_reseller(&name, markup_bps).await?;
+            gw.audit(
+                by_cli(AuditAction::ResellerCreated)
+                    .reseller(Some(r.id))
+                    .target(r.id),
+            )
+            .await?;
             println!("{}", r.id);
         }
         ResellerCommand::Credit {
@@ -471,15 +503,22 @@ async fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> 
             let id = reseller
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{reseller:?} is not a reseller id (rsl_...)"))?;
+            let entry = ulid::Ulid::new();
             let b = gw
                 .credit(
                     id,
                     amount,
                     &currency,
                     Some("credited from the CLI".into()),
-                    ulid::Ulid::new(),
+                    entry,
                 )
                 .await?;
+            gw.audit(
+                by_cli(AuditAction::CreditPosted)
+                    .reseller(Some(id))
+                    .target(LedgerEntryId(entry)),
+            )
+            .await?;
             println!("available {} {currency}, held {}", b.available, b.held);
         }
     }
@@ -488,6 +527,7 @@ async fn reseller_cmd(gw: &Gateway, cmd: ResellerCommand) -> anyhow::Result<()> 
 
 async fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
     use simgate::domain::accounts::{KeyMode, Role};
+    use simgate::domain::audit::AuditAction;
     match cmd {
         KeysCommand::Create {
             reseller,
@@ -515,6 +555,12 @@ async fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let (key, record) = gw.create_key(reseller, role, mode).await?;
+            gw.audit(
+                by_cli(AuditAction::KeyCreated)
+                    .reseller(record.reseller)
+                    .target(record.id),
+            )
+            .await?;
             println!("{key}");
             eprintln!("key id {} (shown once: store the key now)", record.id);
         }
@@ -523,6 +569,12 @@ async fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("{id:?} is not a key id (key_...)"))?;
             let key = gw.revoke_key(id).await?;
+            gw.audit(
+                by_cli(AuditAction::KeyRevoked)
+                    .reseller(key.reseller)
+                    .target(key.id),
+            )
+            .await?;
             println!("revoked {}", key.id);
         }
     }

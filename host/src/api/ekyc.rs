@@ -6,6 +6,7 @@ use http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::audit::{AddressPrefix, AuditAction};
 use crate::domain::consent::{CollectionMethod, ConsentAction};
 use crate::domain::ekyc::Inbound;
 use crate::domain::gateway::{DomainError, Principal};
@@ -13,8 +14,8 @@ use crate::domain::ids::{EkycSessionId, OrderId};
 use crate::domain::use_cases::consents::NewConsent;
 
 use super::problem::Problem;
-use super::routes::{json, json_body, path_segment};
-use super::{AppState, Response};
+use super::routes::{enum_name, json, json_body, path_segment};
+use super::{AppState, Response, audit};
 
 /// `POST /v1/ekyc/sessions` body.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -76,6 +77,7 @@ pub(super) async fn start(
     state: &AppState,
     who: &Principal,
     req: http::Request<Bytes>,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let (_, _, body): (_, _, CreateSession) = json_body(req)?;
     let (view, created) = state
@@ -83,6 +85,10 @@ pub(super) async fn start(
         .start_ekyc(who, body.order_id, &body.return_url)
         .await?;
     let status = if created {
+        let opened = audit::by(who, AuditAction::EkycSessionOpened, at)
+            .target(view.id)
+            .details(format!("for order {}", body.order_id));
+        audit::record_then_flush(state, opened).await;
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -149,6 +155,7 @@ pub(super) async fn record_consent(
     state: &AppState,
     who: &Principal,
     req: http::Request<Bytes>,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let (_, _, body): (_, _, CreateConsent) = json_body(req)?;
     let new = NewConsent {
@@ -163,10 +170,14 @@ pub(super) async fn record_consent(
         jurisdiction: body.jurisdiction,
         collected_at_ms: body.collected_at_ms,
     };
-    Ok(json(
-        StatusCode::CREATED,
-        &state.gateway.record_consent(who, new).await?,
-    ))
+    let view = state.gateway.record_consent(who, new).await?;
+    // The purpose and the action are the reseller's labels, not the subject's data; the
+    // subject is not named at all.
+    let recorded = audit::by(who, AuditAction::ConsentRecorded, at)
+        .target(view.id)
+        .details(format!("{} {}", view.purpose, enum_name(&view.action)));
+    audit::record_then_flush(state, recorded).await;
+    Ok(json(StatusCode::CREATED, &view))
 }
 
 pub(super) async fn subject_consents(

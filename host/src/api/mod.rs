@@ -1,6 +1,7 @@
 //! The HTTP API: routing, authentication, JSON in and out, problem+json. No business
 //! rules live here: each handler parses, calls one `Gateway` use case, and renders.
 
+pub mod audit;
 mod body;
 mod ekyc;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub inbound_limiter: ratelimit::RateLimiter<String>,
     /// Request counters for `/metrics`.
     pub http_metrics: metrics::HttpMetrics,
+    /// What bounds the audit entries the API writes (failed sign-ins, new networks).
+    pub audit: audit::AuditWatch,
 }
 
 /// The response type of every handler.
@@ -136,14 +139,14 @@ async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
 
 async fn handle(
     state: Arc<AppState>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     req: http::Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let request_id = ulid::Ulid::new().to_string().to_lowercase();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let mut resp = match routes::route(&state, req).await {
+    let mut resp = match routes::route(&state, peer, req).await {
         Ok(r) => r,
         Err(mut problem) => {
             problem.request_id = request_id.as_str().into();

@@ -16,6 +16,7 @@ use crate::domain::use_cases::esims::{EsimView, UsageView};
 use crate::domain::use_cases::orders::OrderView;
 use crate::plugins::PluginStatus;
 
+use super::audit::AuditEntryView;
 use super::ekyc::{CreateConsent, CreateSession, InboundAck};
 use super::problem::ProblemBody;
 use super::routes::{
@@ -201,6 +202,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<InboundAck>,
         SchemaGenerator::subschema_for::<ConsentView>,
         SchemaGenerator::subschema_for::<SubjectConsents>,
+        SchemaGenerator::subschema_for::<Page<AuditEntryView>>,
     ] {
         add(&mut sent);
     }

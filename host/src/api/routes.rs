@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::domain::accounts::{KeyMode, Role};
+use crate::domain::audit::{AddressPrefix, AuditAction, LedgerEntryId};
 use crate::domain::catalog::ProductFilter;
 use crate::domain::events::EventType;
 use crate::domain::gateway::{DomainError, Principal};
@@ -28,7 +29,7 @@ use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
     Readiness, Ready, ResellerView, TransactionView,
 };
-use super::{AppState, Response, ekyc, qr, webhooks};
+use super::{AppState, Response, audit, ekyc, qr, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,14 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=true, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
+    route!(GET "/v1/admin/audit", Admin, "The audit log of security events, newest first", idem=false, req=None, resp=(200, "AuditEntryList"), query=&[
+        ("limit", "page size, 1 to 100 (default 20)"),
+        ("starting_after", "seq of the last entry of the previous page"),
+        ("action", "only entries of this action, e.g. auth.failed"),
+        ("reseller", "only entries about this reseller (rsl_...)"),
+        ("since_ms", "only entries at or after this time, ms since the epoch"),
+        ("until_ms", "only entries at or before this time, ms since the epoch"),
+    ]),
 ];
 
 /// Find the route for a method and path, with its parameters.
@@ -199,15 +208,21 @@ pub fn route_label(method: &Method, path: &str) -> &'static str {
     find(method, path).map(|(r, _)| r.path).unwrap_or("other")
 }
 
-/// Route a request: find its route and authenticate from the headers alone, then read
-/// the body (capped in size and time), then dispatch. A request refused before its body
-/// was read has the body drained within a budget (see `body`), and its connection closed
-/// when that budget runs out first.
-pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
+/// Route a request from `peer`: find its route and authenticate from the headers alone,
+/// then read the body (capped in size and time), then dispatch. A request refused before
+/// its body was read has the body drained within a budget (see `body`), and its
+/// connection closed when that budget runs out first. The audit log sees `peer` only as
+/// its network.
+pub async fn route(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    req: http::Request<Incoming>,
+) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
     let (parts, mut body) = req.into_parts();
     let limits = &state.limits;
-    let read = match admit(state, &parts, &path).await {
+    let at = &AddressPrefix::of(peer.ip());
+    let read = match admit(state, &parts, &path, at).await {
         Ok(admitted) => {
             let deadline = Instant::now() + Duration::from_millis(limits.body_read_timeout_ms);
             read_capped(&mut body, limits.max_body_bytes, deadline)
@@ -233,13 +248,13 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/readyz") => readyz(state).await,
         ("GET", "/openapi.json") => Ok(json(StatusCode::OK, &super::openapi::document())),
         ("GET", "/v1/products") => list_products(state, who()?, &req).await,
-        ("POST", "/v1/orders") => create_order(state, who()?, req).await,
+        ("POST", "/v1/orders") => create_order(state, who()?, req, at).await,
         ("GET", "/v1/orders") => list_orders(state, who()?, &req).await,
         ("GET", "/v1/orders/{id}") => Ok(json(
             StatusCode::OK,
             &state.gateway.order(who()?, order_id(p(0))?).await?,
         )),
-        ("POST", "/v1/orders/{id}/cancel") => cancel_order(state, who()?, req, p(0)).await,
+        ("POST", "/v1/orders/{id}/cancel") => cancel_order(state, who()?, req, p(0), at).await,
         ("GET", "/v1/esims/{iccid}") => Ok(json(
             StatusCode::OK,
             &state.gateway.esim(who()?, p(0)).await?,
@@ -249,7 +264,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
             StatusCode::OK,
             &state.gateway.usage(who()?, p(0)).await?,
         )),
-        ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0)).await,
+        ("POST", "/v1/esims/{iccid}/topups") => create_top_up(state, who()?, req, p(0), at).await,
         ("GET", "/v1/balance") => balance(state, who()?).await,
         ("GET", "/v1/balance/transactions") => transactions(state, who()?, &req).await,
         ("PUT", "/v1/balance/alerts/{currency}") => {
@@ -272,14 +287,14 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("GET", "/v1/webhook-endpoints/{id}/attempts") => {
             webhooks::attempts(state, who()?, &req, p(0)).await
         }
-        ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req).await,
+        ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req, at).await,
         ("GET", "/v1/ekyc/sessions/{id}") => ekyc::get(state, who()?, p(0)).await,
         ("GET" | "POST", "/v1/inbound/{plugin}/ekyc") => ekyc::callback(state, req, p(0)).await,
-        ("POST", "/v1/consents") => ekyc::record_consent(state, who()?, req).await,
+        ("POST", "/v1/consents") => ekyc::record_consent(state, who()?, req, at).await,
         ("GET", "/v1/subjects/{subject_ref}/consents") => {
             ekyc::subject_consents(state, who()?, p(0)).await
         }
-        ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
+        ("POST", "/v1/keys/rotate") => rotate_key(state, who()?, at).await,
         ("GET", "/metrics") => metrics(state).await,
         ("GET", "/v1/admin/plugins") => Ok(json(
             StatusCode::OK,
@@ -288,10 +303,11 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
             },
         )),
         ("GET", "/v1/admin/resellers") => resellers(state).await,
-        ("POST", "/v1/admin/resellers") => create_reseller(state, req).await,
-        ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
-        ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
-        ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)).await,
+        ("POST", "/v1/admin/resellers") => create_reseller(state, who()?, req, at).await,
+        ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, who()?, req, p(0), at).await,
+        ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, who()?, req, p(0), at).await,
+        ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, who()?, p(0), at).await,
+        ("GET", "/v1/admin/audit") => audit::list(state, who()?, &req).await,
         _ => Err(problems::no_route(&path)),
     }
 }
@@ -300,16 +316,27 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
 type Admitted<'p> = (&'static Route, Vec<&'p str>, Option<Principal>);
 
 /// Route a request and authenticate its caller, from the request line and headers alone.
+/// A failed authentication, and a key's first use from a network, go to the audit log.
 async fn admit<'p>(
     state: &AppState,
     parts: &http::request::Parts,
     path: &'p str,
+    at: &AddressPrefix,
 ) -> Result<Admitted<'p>, Problem> {
     let (route, params) = find(&parts.method, path)?;
     let who = match route.access {
         Access::Public => None,
         Access::Key | Access::Admin => {
-            let who = authenticate(state, &parts.headers).await?;
+            let who = match authenticate(state, &parts.headers).await {
+                Ok(who) => who,
+                Err(problem) => {
+                    if problem.status == StatusCode::UNAUTHORIZED.as_u16() {
+                        audit::authentication_failed(state, at).await;
+                    }
+                    return Err(problem);
+                }
+            };
+            audit::key_used(state, &who, at).await;
             if route.access == Access::Admin && who.role != Role::Admin {
                 // Not even the existence of admin routes is confirmed to resellers.
                 return Err(problems::no_route(path));
@@ -628,6 +655,7 @@ async fn create_order(
     state: &AppState,
     who: &Principal,
     req: http::Request<Bytes>,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
     let (headers, bytes, body): (_, _, CreateOrder) = json_body(req)?;
@@ -646,6 +674,8 @@ async fn create_order(
                 metadata: body.metadata.map(serde_json::Value::Object),
             };
             let view = state.gateway.place_order(who, new, Some(&idem)).await?;
+            let accepted = audit::by(who, AuditAction::OrderAccepted, at).target(view.id);
+            audit::record_then_flush(state, accepted).await;
             Ok(view)
         },
         |order| state.gateway.order(who, order),
@@ -696,6 +726,7 @@ async fn cancel_order(
     who: &Principal,
     req: http::Request<Bytes>,
     id: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let id = order_id(id)?;
     let path = req.uri().path().to_string();
@@ -709,6 +740,10 @@ async fn cancel_order(
         StatusCode::OK,
         |idem| async move {
             let view = state.gateway.cancel(who, id).await?;
+            let cancelled = audit::by(who, AuditAction::OrderCancelled, at)
+                .target(id)
+                .details("refunded");
+            audit::record_then_flush(state, cancelled).await;
             state
                 .gateway
                 .finish_idempotency(&idem, &IdemState::Order { order: id })
@@ -773,6 +808,7 @@ async fn create_top_up(
     who: &Principal,
     req: http::Request<Bytes>,
     iccid: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
     let (headers, bytes, body): (_, _, CreateTopUp) = json_body(req)?;
@@ -788,6 +824,10 @@ async fn create_top_up(
                 .gateway
                 .top_up(who, iccid, &body.product_id, Some(&idem))
                 .await?;
+            let accepted = audit::by(who, AuditAction::OrderAccepted, at)
+                .target(view.id)
+                .details("top-up");
+            audit::record_then_flush(state, accepted).await;
             Ok(view)
         },
         |order| state.gateway.order(who, order),
@@ -929,8 +969,16 @@ async fn metrics(state: &AppState) -> Result<Response, Problem> {
     Ok(resp)
 }
 
-async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Problem> {
+async fn rotate_key(
+    state: &AppState,
+    who: &Principal,
+    at: &AddressPrefix,
+) -> Result<Response, Problem> {
     let (key, record) = state.gateway.rotate_key(who).await?;
+    let rotated = audit::by(who, AuditAction::KeyRotated, at)
+        .target(record.id)
+        .details(format!("replaces {}", who.key));
+    audit::record(state, rotated).await;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &NewKeyView::new(key, &record)))
 }
@@ -945,6 +993,14 @@ pub(super) async fn durable(state: &AppState) -> Result<(), Problem> {
         .map_err(|e| DomainError::from(e).into())
 }
 
+/// How `value` (a unit enum variant) is named on the wire, e.g. `reseller_readonly`.
+pub(super) fn enum_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// `POST /v1/admin/resellers` body.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -957,12 +1013,21 @@ pub(super) struct CreateReseller {
     markup_bps: u32,
 }
 
-async fn create_reseller(state: &AppState, req: http::Request<Bytes>) -> Result<Response, Problem> {
+async fn create_reseller(
+    state: &AppState,
+    who: &Principal,
+    req: http::Request<Bytes>,
+    at: &AddressPrefix,
+) -> Result<Response, Problem> {
     let (_, _, body): (_, _, CreateReseller) = json_body(req)?;
     let reseller = state
         .gateway
         .create_reseller(&body.name, body.markup_bps)
         .await?;
+    let created = audit::by(who, AuditAction::ResellerCreated, at)
+        .reseller(Some(reseller.id))
+        .target(reseller.id);
+    audit::record(state, created).await;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &ResellerView::from(reseller)))
 }
@@ -1010,8 +1075,10 @@ fn reseller_id(s: &str) -> Result<ResellerId, Problem> {
 
 async fn create_key(
     state: &AppState,
+    who: &Principal,
     req: http::Request<Bytes>,
     id: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let reseller = reseller_id(id)?;
     let (_, _, body): (_, _, CreateKey) = json_body(req)?;
@@ -1025,6 +1092,15 @@ async fn create_key(
         .gateway
         .create_key(Some(reseller), body.role, body.mode)
         .await?;
+    let created = audit::by(who, AuditAction::KeyCreated, at)
+        .reseller(Some(reseller))
+        .target(record.id)
+        .details(format!(
+            "role {}, mode {}",
+            enum_name(&record.role),
+            enum_name(&record.mode)
+        ));
+    audit::record(state, created).await;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &NewKeyView::new(key, &record)))
 }
@@ -1051,8 +1127,10 @@ fn usd() -> String {
 
 async fn credit(
     state: &AppState,
+    who: &Principal,
     req: http::Request<Bytes>,
     id: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let reseller = reseller_id(id)?;
     let path = req.uri().path().to_string();
@@ -1077,6 +1155,11 @@ async fn credit(
                     idem.order.0,
                 )
                 .await?;
+            let posted = audit::by(who, AuditAction::CreditPosted, at)
+                .reseller(Some(reseller))
+                .target(LedgerEntryId(idem.order.0))
+                .details(format!("{} {}", body.amount, body.currency));
+            audit::record(state, posted).await;
             state.gateway.store().durable().await?;
             Ok(BalanceView::new(&body.currency, balance))
         },
@@ -1088,11 +1171,20 @@ async fn credit(
     .await
 }
 
-async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {
+async fn revoke_key(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    at: &AddressPrefix,
+) -> Result<Response, Problem> {
     let id: KeyId = id
         .parse()
         .map_err(|_| Problem::from(DomainError::NotFound("key")))?;
     let key = state.gateway.revoke_key(id).await?;
+    let revoked = audit::by(who, AuditAction::KeyRevoked, at)
+        .reseller(key.reseller)
+        .target(key.id);
+    audit::record(state, revoked).await;
     durable(state).await?;
     Ok(json(StatusCode::OK, &KeyView::from(key)))
 }

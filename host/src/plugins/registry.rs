@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::PluginLimits;
+use crate::domain::audit::{Actor, AuditAction, NewAuditEntry, PluginId};
 use crate::domain::supplier::{Supplier, Suppliers};
 
 use super::engine::PluginEngine;
@@ -46,6 +47,8 @@ pub struct Registry {
     stats: Mutex<BTreeMap<String, Arc<PluginStats>>>,
     /// Held for a whole reload, so generations swap in the order their files were read.
     reloading: Mutex<()>,
+    /// Where plugin changes go for the audit log (see [`Registry::audit_changes_to`]).
+    audit: OnceLock<tokio::sync::mpsc::UnboundedSender<NewAuditEntry>>,
 }
 
 /// The last failed load of a plugin id.
@@ -132,6 +135,24 @@ impl Registry {
             next_generation: Mutex::new(1),
             stats: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
+            audit: OnceLock::new(),
+        }
+    }
+
+    /// Send an audit entry (`plugin.loaded`, `plugin.removed`, by `system`) for every
+    /// plugin swapped in or out from now on, in order, to `changes`. A channel, because
+    /// loads run on blocking threads and the log is written by an async task; unbounded,
+    /// because changes are as rare as file changes in the plugins folder (debounced).
+    /// Set once: later calls are ignored.
+    pub fn audit_changes_to(&self, changes: tokio::sync::mpsc::UnboundedSender<NewAuditEntry>) {
+        let _ = self.audit.set(changes);
+    }
+
+    fn audit(&self, entry: NewAuditEntry) {
+        if let Some(changes) = self.audit.get()
+            && changes.send(entry).is_err()
+        {
+            tracing::warn!("the audit log no longer takes plugin changes");
         }
     }
 
@@ -211,6 +232,11 @@ impl Registry {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(id);
                 tracing::info!(plugin = id, %version, generation = number, load_ms, "plugin loaded");
+                self.audit(
+                    NewAuditEntry::new(Actor::System, AuditAction::PluginLoaded)
+                        .target(PluginId(id))
+                        .details(format!("version {version}, generation {number}")),
+                );
                 Ok(number)
             }
             Err(e) => {
@@ -251,6 +277,9 @@ impl Registry {
             .remove(id);
         if removed {
             tracing::info!(plugin = id, "plugin removed");
+            self.audit(
+                NewAuditEntry::new(Actor::System, AuditAction::PluginRemoved).target(PluginId(id)),
+            );
         }
         removed
     }
