@@ -1,5 +1,6 @@
 //! The `simgate` command line: `serve` runs the gateway; `plugin` packages and checks
-//! plugin folders exactly as the watcher would load them, and scaffolds new plugin crates.
+//! plugin folders exactly as the watcher would load them, and scaffolds new plugin crates;
+//! `audit verify` checks the audit log offline.
 
 mod cli;
 
@@ -45,6 +46,20 @@ enum Command {
     /// Manage API keys (offline: stop the gateway first, or use the admin API).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check the audit log (offline: stop the gateway first).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the signed retention checkpoint and the hash chain. Prints `ok: N entries
+    /// from seq S` and exits 0, or `audit log broken at seq N: why` (the first edited,
+    /// inserted or deleted entry) and exits 1; exits 2 if it cannot check.
+    Verify {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
 }
 
 #[derive(clap::Args)]
@@ -178,6 +193,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(AuditCommand::Verify { data }) => return cli::audit::verify(&data.data_dir),
         Command::Serve(args) => serve(args),
         Command::Plugin(PluginCommand::Pack {
             manifest,
