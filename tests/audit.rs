@@ -9,10 +9,36 @@ use std::path::Path;
 use std::process::Command;
 
 use simgate::domain::audit::{Actor, AuditAction, AuditEntry, GENESIS, NewAuditEntry, PluginId};
-use simgate_test_support::{Gateway, GatewayBuilder, Value, json, unique_key};
+use simgate_test_support::{Gateway, GatewayBuilder, KycProvider, Value, json, unique_key};
 
 fn gateway() -> Gateway {
     GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start()
+}
+
+/// A gateway whose sandbox runs eKYC at a provider simulator (as `tests/ekyc.rs` sets it
+/// up), and the simulator.
+fn gateway_with_ekyc() -> (Gateway, KycProvider) {
+    let (api_key, secret) = ("prov-api-key-audit", "prov-callback-secret-audit");
+    let provider = KycProvider::start(api_key, secret);
+    let grants = format!(
+        r#"
+[plugins.sandbox]
+outbound = ["http://127.0.0.1:*"]
+allow_private_addresses = true
+secrets = ["KYC_PROVIDER_API_KEY", "KYC_PROVIDER_SECRET"]
+secret_hosts = {{ KYC_PROVIDER_API_KEY = ["http://127.0.0.1:*"] }}
+config = {{ kyc_provider_url = "{}", kyc_session_seconds = "600" }}
+"#,
+        provider.base()
+    );
+    let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate"))
+        .grants(&grants)
+        .secrets(&format!(
+            "[sandbox]\nKYC_PROVIDER_API_KEY = \"{api_key}\"\nKYC_PROVIDER_SECRET = \"{secret}\"\n"
+        ))
+        .start();
+    provider.set_callback_url(&format!("{}/v1/inbound/sandbox/ekyc", gw.base));
+    (gw, provider)
 }
 
 /// The audit log as the admin reads it (`query` without the `?`), oldest first.
@@ -90,7 +116,7 @@ fn p7_the_audit_log_is_for_admins_only() {
 
 #[test]
 fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
-    let gw = gateway();
+    let (gw, _provider) = gateway_with_ekyc();
     // A failed sign-in, then five more from the same network within the minute.
     for _ in 0..6 {
         let denied = gw.call(
@@ -117,6 +143,41 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
         None,
     );
     assert_eq!(cancel.status, 200, "{:?}", cancel.json);
+    // A consent, then the eKYC session it allows.
+    let consent = gw.call(
+        "POST",
+        "/v1/consents",
+        Some(&key),
+        Some(&json!({
+            "subject_ref": subject, "purpose": "ekyc", "action": "granted",
+            "notice_version": "2026-03", "notice_hash": "5e".repeat(32),
+            "collection_method": "web_form",
+        })),
+    );
+    assert_eq!(consent.status, 201, "{:?}", consent.json);
+    let kyc_order = order(
+        &gw,
+        &key,
+        &json!({"product_id": "sandbox:SBX-CN-3GB-15D", "subject_ref": subject}),
+    );
+    let session = gw.call(
+        "POST",
+        "/v1/ekyc/sessions",
+        Some(&key),
+        Some(&json!({"order_id": kyc_order, "return_url": "https://reseller.example/done"})),
+    );
+    assert_eq!(session.status, 201, "{:?}", session.json);
+    // The key is rotated, and its successor revoked.
+    let rotated = gw.call("POST", "/v1/keys/rotate", Some(&key), None);
+    assert_eq!(rotated.status, 201, "{:?}", rotated.json);
+    let successor = rotated.json["id"].as_str().unwrap().to_string();
+    let revoked = gw.call(
+        "POST",
+        &format!("/v1/admin/keys/{successor}/revoke"),
+        Some(&gw.admin_key),
+        None,
+    );
+    assert_eq!(revoked.status, 200, "{:?}", revoked.json);
 
     let entries = audit_log(&gw, "");
     let failed = of_action(&entries, "auth.failed");
@@ -142,17 +203,44 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
     assert_eq!(credit[0]["reseller_id"], reseller.as_str());
     assert_eq!(credit[0]["details"], "100000 USD");
 
-    for (action, details) in [
-        ("order.accepted", Value::Null),
-        ("order.cancelled", json!("refunded")),
+    let reseller_key = created["target"].as_str().unwrap();
+    let accepted = of_action(&entries, "order.accepted");
+    assert_eq!(accepted.len(), 2, "{accepted:?}");
+    for (action, target, details) in [
+        ("order.accepted", ordered.as_str(), Value::Null),
+        ("order.cancelled", ordered.as_str(), json!("refunded")),
+        ("order.accepted", kyc_order.as_str(), Value::Null),
+        (
+            "consent.recorded",
+            consent.json["id"].as_str().unwrap(),
+            json!("ekyc granted"),
+        ),
+        (
+            "ekyc.session_opened",
+            session.json["id"].as_str().unwrap(),
+            json!(format!("for order {kyc_order}")),
+        ),
+        (
+            "key.rotated",
+            successor.as_str(),
+            json!(format!("replaces {reseller_key}")),
+        ),
     ] {
         let found = of_action(&entries, action);
-        assert_eq!(found.len(), 1, "{action}: {found:?}");
-        assert_eq!(found[0]["target"], ordered.as_str(), "{action}");
-        assert_eq!(found[0]["reseller_id"], reseller.as_str(), "{action}");
-        assert_eq!(found[0]["actor"], created["target"], "{action}: by the key");
-        assert_eq!(found[0]["details"], details, "{action}");
+        let found = found
+            .iter()
+            .find(|e| e["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} of {target}: {found:?}"));
+        assert_eq!(found["reseller_id"], reseller.as_str(), "{action}");
+        assert_eq!(found["actor"], reseller_key, "{action}: by the key");
+        assert_eq!(found["details"], details, "{action}");
+        assert_eq!(found["address"], "127.0.0.0/24", "{action}");
     }
+    let revoked = of_action(&entries, "key.revoked");
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0]["target"], successor.as_str());
+    assert_eq!(revoked[0]["reseller_id"], reseller.as_str());
+    assert!(revoked[0]["actor"].as_str().unwrap().starts_with("key_"));
     // The reseller key's first use from this network.
     assert!(
         of_action(&entries, "key.new_address")
@@ -193,7 +281,8 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
 
     // Filters and cursor pages.
     let orders = audit_log(&gw, "action=order.accepted");
-    assert_eq!(orders.len(), 1);
+    assert_eq!(orders.len(), 2);
+    assert!(orders.iter().all(|e| e["action"] == "order.accepted"));
     let of_reseller = audit_log(&gw, &format!("reseller={reseller}"));
     assert!(
         of_reseller
