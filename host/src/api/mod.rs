@@ -9,6 +9,7 @@ pub mod problem;
 mod qr;
 pub mod ratelimit;
 pub mod routes;
+mod subjects;
 mod views;
 mod webhooks;
 

@@ -28,7 +28,7 @@ use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
     Readiness, Ready, ResellerView, TransactionView,
 };
-use super::{AppState, Response, ekyc, qr, webhooks};
+use super::{AppState, Response, ekyc, qr, subjects, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,12 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback, for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
     route!(POST "/v1/consents", Key, "Record a consent grant or withdrawal for a subject (append-only)", idem=false, req=Some("NewConsent"), resp=(201, "Consent"), query=&[]),
     route!(GET "/v1/subjects/{subject_ref}/consents", Key, "A subject's consent per purpose, its history, and a consent receipt", idem=false, req=None, resp=(200, "SubjectConsents"), query=&[]),
+    route!(GET "/v1/subjects/{subject_ref}/export", Key, "Everything kept about a subject, as one machine-readable document (access, portability)", idem=false, req=None, resp=(200, "SubjectExport"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/rectify", Key, "Replace the subject_ref and/or metadata on every record of a subject", idem=false, req=Some("SubjectRectification"), resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/erase", Key, "Erase a subject's personal fields everywhere (its key is destroyed); says what is kept and why", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/restrict", Key, "Restrict processing: no new order or eKYC session for the subject", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/unrestrict", Key, "Lift a restriction", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/object", Key, "The subject objects: every non-essential purpose it granted is withdrawn", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
@@ -275,9 +281,23 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req).await,
         ("GET", "/v1/ekyc/sessions/{id}") => ekyc::get(state, who()?, p(0)).await,
         ("GET" | "POST", "/v1/inbound/{plugin}/ekyc") => ekyc::callback(state, req, p(0)).await,
-        ("POST", "/v1/consents") => ekyc::record_consent(state, who()?, req).await,
+        ("POST", "/v1/consents") => subjects::record_consent(state, who()?, req).await,
         ("GET", "/v1/subjects/{subject_ref}/consents") => {
-            ekyc::subject_consents(state, who()?, p(0)).await
+            subjects::subject_consents(state, who()?, p(0)).await
+        }
+        ("GET", "/v1/subjects/{subject_ref}/export") => subjects::export(state, who()?, p(0)).await,
+        ("POST", "/v1/subjects/{subject_ref}/rectify") => {
+            subjects::rectify(state, who()?, req, p(0)).await
+        }
+        (
+            "POST",
+            path @ ("/v1/subjects/{subject_ref}/erase"
+            | "/v1/subjects/{subject_ref}/restrict"
+            | "/v1/subjects/{subject_ref}/unrestrict"
+            | "/v1/subjects/{subject_ref}/object"),
+        ) => {
+            let action = path.rsplit('/').next().unwrap_or_default();
+            subjects::act(state, who()?, p(0), action).await
         }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?).await,
         ("GET", "/metrics") => metrics(state).await,

@@ -18,7 +18,7 @@ use super::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
-use super::personal::SubjectLookup;
+use super::personal::{Restriction, SubjectLookup};
 use super::webhooks::{Attempt, Endpoint};
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
@@ -341,6 +341,38 @@ pub trait Store: Send + Sync {
         lookup: &SubjectLookup,
         wrapped: &[u8],
     ) -> StoreResult<Vec<u8>>;
+
+    /// Note that order `order` of `reseller` holds personal fields of `subject`. An index
+    /// entry may outlive a refused order or a rectification: readers check the order.
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()>;
+    /// The orders indexed under a reseller's subject, oldest first, at most `limit`.
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>>;
+    /// Destroy a subject's data key (erasure): whatever it sealed, wherever it was copied,
+    /// can no longer be opened. Returns whether there was one.
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool>;
+    /// A reseller's subject's processing restriction, if one is in force.
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>>;
+    /// Put a restriction in force (`Some`) or lift it (`None`).
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()>;
 
     /// Append an event to the consent ledger (never replaced).
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()>;

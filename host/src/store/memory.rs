@@ -18,7 +18,7 @@ use crate::domain::ids::{AttemptId, ConsentId, EndpointId, EventId, KeyId, Order
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
-use crate::domain::personal::SubjectLookup;
+use crate::domain::personal::{Restriction, SubjectLookup};
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -40,6 +40,8 @@ struct State {
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     consents: BTreeMap<(ResellerId, SubjectLookup, ConsentId), ConsentEvent>,
+    subject_orders: BTreeMap<(ResellerId, SubjectLookup, OrderId), ()>,
+    restrictions: HashMap<(ResellerId, SubjectLookup), Restriction>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
     events: BTreeMap<(ResellerId, EventId), Event>,
@@ -460,6 +462,60 @@ impl Store for MemoryStore {
             .entry(*lookup)
             .or_insert_with(|| wrapped.to_vec())
             .clone())
+    }
+
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()> {
+        self.lock()
+            .subject_orders
+            .insert((reseller, *subject, order), ());
+        Ok(())
+    }
+
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>> {
+        let state = self.lock();
+        Ok(state
+            .subject_orders
+            .range((reseller, *subject, OrderId(Ulid::nil()))..)
+            .take_while(|((r, s, _), _)| r == &reseller && s == subject)
+            .take(limit)
+            .map(|((_, _, o), _)| *o)
+            .collect())
+    }
+
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool> {
+        Ok(self.lock().subject_keys.remove(lookup).is_some())
+    }
+
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>> {
+        Ok(self.lock().restrictions.get(&(reseller, *subject)).cloned())
+    }
+
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()> {
+        let mut state = self.lock();
+        match restriction {
+            Some(r) => state.restrictions.insert((reseller, *subject), r.clone()),
+            None => state.restrictions.remove(&(reseller, *subject)),
+        };
+        Ok(())
     }
 
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {

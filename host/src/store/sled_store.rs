@@ -11,6 +11,8 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
+//! | `subject_orders` | reseller id ++ subject lookup ++ order id | empty: a subject's orders (readers check the order) |
+//! | `subject_restrictions` | reseller id ++ subject lookup | JSON `Restriction` |
 //! | `consents` | reseller id ++ subject lookup ++ consent id (sorts by time) | JSON `ConsentEvent` (subject ref sealed) |
 //! | `jobs` | job id | JSON `Job` (housekeeping, each open order's next step, each delivery) |
 //! | `jobs_due` | due time (8 B, big-endian) ++ job id | empty: live jobs by when they may next be taken; rebuilt on open |
@@ -82,7 +84,7 @@ use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, Reselle
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
-use crate::domain::personal::SubjectLookup;
+use crate::domain::personal::{Restriction, SubjectLookup};
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -106,6 +108,8 @@ pub struct SledStore {
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
     consents: sled::Tree,
+    subject_orders: sled::Tree,
+    restrictions: sled::Tree,
     jobs: sled::Tree,
     jobs_due: sled::Tree,
     events: sled::Tree,
@@ -492,6 +496,8 @@ impl SledStore {
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
             consents: tree("consents")?,
+            subject_orders: tree("subject_orders")?,
+            restrictions: tree("subject_restrictions")?,
             jobs: tree("jobs")?,
             jobs_due: tree("jobs_due")?,
             events: tree("events")?,
@@ -1476,6 +1482,67 @@ impl Store for SledStore {
                 .current
                 .map(|v| v.to_vec())
                 .ok_or_else(|| StoreError::Backend("a subject key vanished".into())),
+        }
+    }
+
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()> {
+        let key = [&reseller.to_bytes()[..], &subject.0, &order.to_bytes()].concat();
+        self.subject_orders.insert(key, &[]).map_err(backend)?;
+        Ok(())
+    }
+
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>> {
+        self.subject_orders
+            .scan_prefix(cat(&reseller.to_bytes(), &subject.0))
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                let id: [u8; 16] = k[k.len() - 16..].try_into().expect("16 bytes");
+                Ok(OrderId::from_bytes(id))
+            })
+            .collect()
+    }
+
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool> {
+        Ok(self
+            .subject_keys
+            .remove(lookup.0)
+            .map_err(backend)?
+            .is_some())
+    }
+
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>> {
+        get(&self.restrictions, &cat(&reseller.to_bytes(), &subject.0))
+    }
+
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()> {
+        let key = cat(&reseller.to_bytes(), &subject.0);
+        match restriction {
+            Some(r) => put(&self.restrictions, &key, r),
+            None => {
+                self.restrictions.remove(key).map_err(backend)?;
+                Ok(())
+            }
         }
     }
 
