@@ -366,3 +366,79 @@ fn a_reseller_acts_only_on_its_own_subjects() {
     let long = "x".repeat(200);
     assert_eq!(subject_call(&gw, &a, "POST", &long, "erase").status, 422);
 }
+
+#[test]
+fn p10_the_api_request_log_keeps_route_templates_and_networks_never_paths_or_bodies() {
+    let gw = GatewayBuilder::new(BIN).start();
+    let (_, key) = gw.new_reseller(0, Some(100_000));
+    let subject = format!("LOGGED-NOWHERE-{}", unique_key());
+    order(
+        &gw,
+        &key,
+        json!({"product_id": PRODUCT, "subject_ref": subject, "metadata": {"n": subject}}),
+    );
+    subject_call(&gw, &key, "GET", &subject, "export");
+    gw.call(
+        "GET",
+        "/v1/orders?status=fulfilled&limit=3",
+        Some(&key),
+        None,
+    );
+    let key_id = gw.call("GET", "/v1/admin/resellers", Some(&gw.admin_key), None);
+    assert_eq!(key_id.status, 200);
+    // Records are written in batches off the request path: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = loop {
+        let r = gw.call(
+            "GET",
+            "/v1/admin/requests?limit=100",
+            Some(&gw.admin_key),
+            None,
+        );
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        let routes: Vec<String> = r.json["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["route"].as_str().unwrap().to_string())
+            .collect();
+        if routes
+            .iter()
+            .any(|r| r == "/v1/subjects/{subject_ref}/export")
+            && routes.iter().any(|r| r == "/v1/orders")
+        {
+            break r.json;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged: {routes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = log.to_string();
+    assert!(
+        !text.contains(&subject),
+        "a subject reached the request log: {text}"
+    );
+    assert!(
+        !text.contains("fulfilled"),
+        "a query value reached the request log"
+    );
+    let export = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["route"] == "/v1/subjects/{subject_ref}/export")
+        .unwrap();
+    assert_eq!(export["method"], "GET");
+    assert_eq!(export["status"], 200);
+    assert_eq!(export["client"], "127.0.0.0/24");
+    assert!(export["key_id"].as_str().unwrap().starts_with("key_"));
+    assert!(export["latency_us"].as_u64().is_some());
+    // Only administrators read it.
+    assert_eq!(
+        gw.call("GET", "/v1/admin/requests", Some(&key), None)
+            .status,
+        404
+    );
+}

@@ -40,6 +40,8 @@ pub struct Config {
     pub watch: WatchSettings,
     /// Outbound webhooks to resellers.
     pub webhooks: WebhookSettings,
+    /// How long each class of record is kept.
+    pub retention: RetentionSettings,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             orders: OrderTuning::default(),
             watch: WatchSettings::default(),
             webhooks: WebhookSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -339,8 +342,6 @@ pub struct WebhookSettings {
     pub rotation_grace_secs: u64,
     /// Endpoints a reseller may register.
     pub max_endpoints: usize,
-    /// How long the delivery log keeps each attempt (30 days).
-    pub attempt_retention_days: u64,
 }
 
 impl Default for WebhookSettings {
@@ -358,7 +359,6 @@ impl Default for WebhookSettings {
             dispatch_ms: tuning.dispatch_every.as_millis() as u64,
             rotation_grace_secs: tuning.rotation_grace.as_secs(),
             max_endpoints: tuning.max_endpoints,
-            attempt_retention_days: tuning.attempt_retention.as_secs() / (24 * 3600),
         }
     }
 }
@@ -377,7 +377,40 @@ impl WebhookSettings {
             dispatch_every: Duration::from_millis(self.dispatch_ms.max(1)),
             rotation_grace: Duration::from_secs(self.rotation_grace_secs),
             max_endpoints: self.max_endpoints,
-            attempt_retention: Duration::from_secs(self.attempt_retention_days * 24 * 3600),
+        }
+    }
+}
+
+/// Retention periods (P10), in days. Records past theirs are deleted by a background
+/// sweep, a bounded batch at a time.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// The API request log (30 days).
+    pub requests_days: u64,
+    /// Webhook delivery attempts (30 days).
+    pub webhook_attempts_days: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let policy = crate::domain::use_cases::retention::RetentionPolicy::default();
+        RetentionSettings {
+            requests_days: policy.requests.as_secs() / DAY,
+            webhook_attempts_days: policy.webhook_attempts.as_secs() / DAY,
+        }
+    }
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl RetentionSettings {
+    /// The domain's policy.
+    pub fn policy(&self) -> crate::domain::use_cases::retention::RetentionPolicy {
+        use std::time::Duration;
+        crate::domain::use_cases::retention::RetentionPolicy {
+            requests: Duration::from_secs(self.requests_days * DAY),
+            webhook_attempts: Duration::from_secs(self.webhook_attempts_days * DAY),
         }
     }
 }

@@ -8,6 +8,7 @@ mod openapi;
 pub mod problem;
 mod qr;
 pub mod ratelimit;
+pub mod request_log;
 pub mod routes;
 mod subjects;
 mod views;
@@ -29,6 +30,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::HttpLimits;
 use crate::domain::gateway::Gateway;
+use crate::domain::request_log::{RequestRecord, truncated};
 use crate::plugins::Registry;
 
 /// What every handler can reach.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub inbound_limiter: ratelimit::RateLimiter<String>,
     /// Request counters for `/metrics`.
     pub http_metrics: metrics::HttpMetrics,
+    /// The API request log's writer.
+    pub request_log: Arc<request_log::RequestLog>,
 }
 
 /// The response type of every handler.
@@ -137,14 +141,15 @@ async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
 
 async fn handle(
     state: Arc<AppState>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     req: http::Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let request_id = ulid::Ulid::new().to_string().to_lowercase();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let mut resp = match routes::route(&state, req).await {
+    let mut caller = None;
+    let mut resp = match routes::route(&state, req, &mut caller).await {
         Ok(r) => r,
         Err(mut problem) => {
             problem.request_id = request_id.as_str().into();
@@ -157,16 +162,19 @@ async fn handle(
     );
     let route = routes::route_label(&method, &path);
     let elapsed = started.elapsed();
-    state
-        .http_metrics
-        .record(route, &method, resp.status().as_u16(), elapsed);
-    tracing::info!(
-        request_id,
-        %method,
-        route,
-        status = resp.status().as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+    let status = resp.status().as_u16();
+    state.http_metrics.record(route, &method, status, elapsed);
+    let micros = elapsed.as_micros() as u64;
+    tracing::info!(request_id, %method, route, status, micros, "request");
+    // The route template, never the path: a path can name a subject.
+    state.request_log.record(RequestRecord {
+        id: ulid::Ulid::new(),
+        method: method.as_str().to_string(),
+        route: route.to_string(),
+        status,
+        key: caller,
+        client: truncated(peer.ip()),
+        micros,
+    });
     Ok(resp)
 }

@@ -26,7 +26,7 @@ use super::routes::{
 use super::subjects::{CreateConsent, Rectify};
 use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready,
-    ResellerView, TransactionView,
+    RequestView, ResellerView, TransactionView,
 };
 use super::webhooks::{
     AttemptView, ChangeEndpoint, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
@@ -186,6 +186,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<All<BalanceView>>,
         SchemaGenerator::subschema_for::<BalanceView>,
         SchemaGenerator::subschema_for::<Page<TransactionView>>,
+        SchemaGenerator::subschema_for::<Page<RequestView>>,
         SchemaGenerator::subschema_for::<Page<EventView>>,
         SchemaGenerator::subschema_for::<All<EndpointView>>,
         SchemaGenerator::subschema_for::<EndpointView>,

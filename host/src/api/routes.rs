@@ -26,7 +26,7 @@ use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
-    Readiness, Ready, ResellerView, TransactionView,
+    Readiness, Ready, RequestView, ResellerView, TransactionView,
 };
 use super::{AppState, Response, ekyc, qr, subjects, webhooks};
 
@@ -144,6 +144,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=true, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
+    route!(GET "/v1/admin/requests", Admin, "The API request log, newest first: route, status, key, client network, latency; no bodies", idem=false, req=None, resp=(200, "RequestLogEntryList"), query=PAGING),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
 ];
 
@@ -209,7 +210,12 @@ pub fn route_label(method: &Method, path: &str) -> &'static str {
 /// the body (capped in size and time), then dispatch. A request refused before its body
 /// was read has the body drained within a budget (see `body`), and its connection closed
 /// when that budget runs out first.
-pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Response, Problem> {
+/// `caller` is set to the key that authenticated, for the request log.
+pub async fn route(
+    state: &AppState,
+    req: http::Request<Incoming>,
+    caller: &mut Option<KeyId>,
+) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
     let (parts, mut body) = req.into_parts();
     let limits = &state.limits;
@@ -230,6 +236,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
             return Err(problem);
         }
     };
+    *caller = who.as_ref().map(|w| w.key);
     let req = http::Request::from_parts(parts, bytes);
     let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let who_ref = who.as_ref();
@@ -312,6 +319,7 @@ pub async fn route(state: &AppState, req: http::Request<Incoming>) -> Result<Res
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
         ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)).await,
+        ("GET", "/v1/admin/requests") => request_log(state, &req).await,
         _ => Err(problems::no_route(&path)),
     }
 }
@@ -956,6 +964,33 @@ async fn rotate_key(state: &AppState, who: &Principal) -> Result<Response, Probl
 }
 
 /// Wait until every write made so far is on disk: a 2xx is sent only after it.
+async fn request_log(state: &AppState, req: &http::Request<Bytes>) -> Result<Response, Problem> {
+    let paging = paging(query_pairs(req), |k, _| {
+        Err(problems::invalid_query(format!("unknown parameter {k:?}")))
+    })?;
+    let before = paging
+        .starting_after
+        .as_deref()
+        .map(|s| {
+            ulid::Ulid::from_string(s)
+                .map_err(|_| problems::invalid_query("starting_after must be a request id".into()))
+        })
+        .transpose()?;
+    let page = state
+        .gateway
+        .store()
+        .requests_page(before, paging.limit)
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(
+        StatusCode::OK,
+        &Page {
+            data: page.items.into_iter().map(RequestView::from).collect(),
+            has_more: page.has_more,
+        },
+    ))
+}
+
 pub(super) async fn durable(state: &AppState) -> Result<(), Problem> {
     state
         .gateway

@@ -238,3 +238,40 @@ impl From<Reseller> for ResellerView {
         }
     }
 }
+
+/// One record of the API request log.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "RequestLogEntry")]
+pub struct RequestView {
+    /// Id, a lowercase ULID (sorts by time).
+    pub id: String,
+    /// When it was answered, ms since the epoch.
+    pub at_ms: u64,
+    /// Method.
+    pub method: String,
+    /// Route template (`other` for no route).
+    pub route: String,
+    /// Status answered.
+    pub status: u16,
+    /// The API key that authenticated, if one did.
+    pub key_id: Option<crate::domain::ids::KeyId>,
+    /// The client's network (/24 or /48).
+    pub client: String,
+    /// Time to answer, µs.
+    pub latency_us: u64,
+}
+
+impl From<crate::domain::request_log::RequestRecord> for RequestView {
+    fn from(r: crate::domain::request_log::RequestRecord) -> RequestView {
+        RequestView {
+            id: r.id.to_string().to_lowercase(),
+            at_ms: r.id.timestamp_ms(),
+            method: r.method,
+            route: r.route,
+            status: r.status,
+            key_id: r.key,
+            client: r.client,
+            latency_us: r.micros,
+        }
+    }
+}

@@ -19,6 +19,7 @@ use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
 use super::personal::{Restriction, SubjectLookup};
+use super::request_log::RequestRecord;
 use super::webhooks::{Attempt, Endpoint};
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
@@ -283,8 +284,9 @@ pub trait Store: Send + Sync {
     async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool>;
     /// Record a delivery attempt.
     async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()>;
-    /// Forget delivery attempts made before `cutoff_ms`; returns how many.
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize>;
+    /// Forget up to `limit` delivery attempts made before `cutoff_ms`, oldest first;
+    /// returns how many (fewer than `limit`: none older is left).
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
     /// The attempts at one of a reseller's endpoints, newest first, older than `before`.
     async fn attempts_page(
         &self,
@@ -373,6 +375,18 @@ pub trait Store: Send + Sync {
         subject: &SubjectLookup,
         restriction: Option<&Restriction>,
     ) -> StoreResult<()>;
+
+    /// Append API request records.
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()>;
+    /// Request records, newest first, older than `before`.
+    async fn requests_page(
+        &self,
+        before: Option<ulid::Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>>;
+    /// Forget up to `limit` request records made before `cutoff_ms`, oldest first; returns
+    /// how many.
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
 
     /// Append an event to the consent ledger (never replaced).
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()>;

@@ -60,6 +60,7 @@ macro_rules! store_conformance {
             a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it,
             a_job_is_brought_forward_unless_a_worker_holds_it,
             consent_events_are_kept_in_order_per_reseller_and_subject,
+            request_records_are_paged_newest_first_and_expire_oldest_first,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -1054,9 +1055,16 @@ pub async fn webhook_endpoints_and_attempts_belong_to_their_reseller(backend: &d
     // Attempts past their retention are forgotten; later ones stay.
     let old = attempt(0, 500);
     let old = Attempt { at_ms: 0, ..old };
+    let older = Attempt {
+        id: AttemptId::new(),
+        at_ms: 0,
+        ..old.clone()
+    };
     store.put_attempt(&old).await.unwrap();
-    assert_eq!(store.expire_attempts(1).await.unwrap(), 1);
-    assert_eq!(store.expire_attempts(1).await.unwrap(), 0);
+    store.put_attempt(&older).await.unwrap();
+    assert_eq!(store.expire_attempts(1, 1).await.unwrap(), 1, "bounded");
+    assert_eq!(store.expire_attempts(1, 100).await.unwrap(), 1);
+    assert_eq!(store.expire_attempts(1, 100).await.unwrap(), 0);
 
     store.close().await.unwrap();
     drop(store);
@@ -1347,4 +1355,47 @@ pub async fn consent_events_are_kept_in_order_per_reseller_and_subject(backend: 
         history,
         "durable"
     );
+}
+
+/// The API request log pages newest first and expires oldest first, a bounded batch at a
+/// time.
+pub async fn request_records_are_paged_newest_first_and_expire_oldest_first(backend: &dyn Backend) {
+    use crate::domain::request_log::RequestRecord;
+    let store = backend.open();
+    let record = |at_ms: u64| RequestRecord {
+        id: Ulid::from_parts(at_ms, rand_part()),
+        method: "GET".into(),
+        route: "/v1/orders/{id}".into(),
+        status: 200,
+        key: Some(KeyId::new()),
+        client: "203.0.113.0/24".into(),
+        micros: 120,
+    };
+    let records: Vec<RequestRecord> = [1_000, 2_000, 3_000, 4_000].map(record).into();
+    store.append_requests(&records).await.unwrap();
+    store.durable().await.unwrap();
+    let page = store.requests_page(None, 3).await.unwrap();
+    assert_eq!(
+        page.items,
+        [records[3].clone(), records[2].clone(), records[1].clone()]
+    );
+    assert!(page.has_more);
+    let rest = store.requests_page(Some(records[1].id), 3).await.unwrap();
+    assert_eq!(
+        (rest.items, rest.has_more),
+        (vec![records[0].clone()], false)
+    );
+    assert_eq!(store.expire_requests(3_000, 1).await.unwrap(), 1, "bounded");
+    assert_eq!(store.expire_requests(3_000, 10).await.unwrap(), 1);
+    assert_eq!(
+        store.expire_requests(3_000, 10).await.unwrap(),
+        0,
+        "not before"
+    );
+    let left = store.requests_page(None, 10).await.unwrap().items;
+    assert_eq!(left, [records[3].clone(), records[2].clone()]);
+}
+
+fn rand_part() -> u128 {
+    Ulid::new().random()
 }

@@ -19,6 +19,7 @@ use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::{Restriction, SubjectLookup};
+use crate::domain::request_log::RequestRecord;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -41,6 +42,7 @@ struct State {
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     consents: BTreeMap<(ResellerId, SubjectLookup, ConsentId), ConsentEvent>,
     subject_orders: BTreeMap<(ResellerId, SubjectLookup, OrderId), ()>,
+    requests: BTreeMap<Ulid, RequestRecord>,
     restrictions: HashMap<(ResellerId, SubjectLookup), Restriction>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
@@ -314,11 +316,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
         let mut state = self.lock();
-        let before = state.attempts.len();
-        state.attempts.retain(|_, a| a.at_ms >= cutoff_ms);
-        Ok(before - state.attempts.len())
+        let mut old: Vec<_> = state
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.at_ms < cutoff_ms)
+            .map(|(k, a)| (a.at_ms, *k))
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (_, k) in &old {
+            state.attempts.remove(k);
+        }
+        Ok(old.len())
     }
 
     async fn attempts_page(
@@ -516,6 +527,44 @@ impl Store for MemoryStore {
             None => state.restrictions.remove(&(reseller, *subject)),
         };
         Ok(())
+    }
+
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
+        let mut state = self.lock();
+        for r in records {
+            state.requests.insert(r.id, r.clone());
+        }
+        Ok(())
+    }
+
+    async fn requests_page(
+        &self,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>> {
+        let state = self.lock();
+        let mut older = state
+            .requests
+            .range(..before.unwrap_or(Ulid::from_bytes([0xff; 16])))
+            .rev()
+            .map(|(_, r)| r.clone());
+        let items: Vec<RequestRecord> = older.by_ref().take(limit).collect();
+        let has_more = older.next().is_some();
+        Ok(Page { items, has_more })
+    }
+
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let old: Vec<Ulid> = state
+            .requests
+            .range(..Ulid::from_parts(cutoff_ms, 0))
+            .take(limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &old {
+            state.requests.remove(k);
+        }
+        Ok(old.len())
     }
 
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {

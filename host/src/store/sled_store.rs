@@ -21,6 +21,8 @@
 //! | `outbox` | event id | reseller id: events whose deliveries are not scheduled yet |
 //! | `webhook_endpoints` | reseller id ++ endpoint id | JSON `Endpoint` (secrets sealed) |
 //! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
+//! | `webhook_attempts_by_time` | attempt time (8 B) ++ endpoint id ++ attempt id | empty: attempts oldest first, for retention |
+//! | `requests` | record id (sorts by time) | JSON `RequestRecord` (API request log) |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `meta` | name | bytes |
@@ -85,6 +87,7 @@ use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::{Restriction, SubjectLookup};
+use crate::domain::request_log::RequestRecord;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -117,6 +120,8 @@ pub struct SledStore {
     journal: sled::Tree,
     endpoints: sled::Tree,
     attempts: sled::Tree,
+    attempts_by_time: sled::Tree,
+    requests: sled::Tree,
     meta: sled::Tree,
     books: Mutex<Books>,
     /// Ledger writes hold it shared; `close` takes it exclusively and sets it: no ledger
@@ -505,6 +510,8 @@ impl SledStore {
             journal: tree("journal")?,
             endpoints: tree("webhook_endpoints")?,
             attempts: tree("webhook_attempts")?,
+            attempts_by_time: tree("webhook_attempts_by_time")?,
+            requests: tree("requests")?,
             meta: tree("meta")?,
             db,
             books: Mutex::new(Books::default()),
@@ -1276,6 +1283,16 @@ impl Store for SledStore {
     }
 
     async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()> {
+        // The time index first: an attempt is never left where retention cannot find it.
+        let by_time = [
+            &attempt.at_ms.to_be_bytes()[..],
+            &attempt.endpoint.to_bytes(),
+            &attempt.id.to_bytes(),
+        ]
+        .concat();
+        self.attempts_by_time
+            .insert(by_time, &[])
+            .map_err(backend)?;
         put(
             &self.attempts,
             &cat(&attempt.endpoint.to_bytes(), &attempt.id.to_bytes()),
@@ -1283,15 +1300,19 @@ impl Store for SledStore {
         )
     }
 
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
         let mut n = 0;
-        for kv in self.attempts.iter() {
-            let (key, record) = kv.map_err(backend)?;
-            let attempt: Attempt = decode(&record)?;
-            if attempt.at_ms < cutoff_ms {
-                self.attempts.remove(key).map_err(backend)?;
-                n += 1;
-            }
+        let cutoff = cutoff_ms.to_be_bytes();
+        for key in self
+            .attempts_by_time
+            .range(..cutoff.as_slice())
+            .keys()
+            .take(limit)
+        {
+            let key = key.map_err(backend)?;
+            self.attempts.remove(&key[8..]).map_err(backend)?;
+            self.attempts_by_time.remove(&key).map_err(backend)?;
+            n += 1;
         }
         Ok(n)
     }
@@ -1544,6 +1565,43 @@ impl Store for SledStore {
                 Ok(())
             }
         }
+    }
+
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
+        for record in records {
+            put(&self.requests, &record.id.to_bytes(), record)?;
+        }
+        Ok(())
+    }
+
+    async fn requests_page(
+        &self,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>> {
+        let end = before.map_or([0xff; 16], |b| b.to_bytes());
+        let mut items = Vec::with_capacity(limit);
+        let mut has_more = false;
+        for kv in self.requests.range(..end.as_slice()).rev() {
+            if items.len() == limit {
+                has_more = true;
+                break;
+            }
+            items.push(decode(&kv.map_err(backend)?.1)?);
+        }
+        Ok(Page { items, has_more })
+    }
+
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let cutoff = Ulid::from_parts(cutoff_ms, 0).to_bytes();
+        let mut n = 0;
+        for key in self.requests.range(..cutoff.as_slice()).keys().take(limit) {
+            self.requests
+                .remove(key.map_err(backend)?)
+                .map_err(backend)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {

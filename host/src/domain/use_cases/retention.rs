@@ -1,0 +1,69 @@
+//! Retention (P10): each class of record is deleted once its period is over, by a
+//! durable job that does a bounded batch per class per run and runs again soon while a
+//! class has more to delete. Every class is read oldest first from an index ordered by
+//! time, so a run never scans what it keeps.
+
+use std::time::Duration;
+
+use crate::domain::gateway::{DomainError, Gateway};
+
+/// How long each class of record is kept. Defaults from the privacy policies served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// The API request log: 30 days.
+    pub requests: Duration,
+    /// Webhook delivery attempts: 30 days.
+    pub webhook_attempts: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            requests: Duration::from_secs(30 * 24 * 3600),
+            webhook_attempts: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Records deleted per class in one run, at most.
+pub const SWEEP_BATCH: usize = 1000;
+
+/// What one run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// API request records.
+    pub requests: usize,
+    /// Webhook delivery attempts.
+    pub webhook_attempts: usize,
+}
+
+impl Swept {
+    /// Whether a class filled its batch: more may be due, so run again soon.
+    pub fn more(&self) -> bool {
+        self.requests == SWEEP_BATCH || self.webhook_attempts == SWEEP_BATCH
+    }
+
+    /// Records deleted in all.
+    pub fn total(&self) -> usize {
+        self.requests + self.webhook_attempts
+    }
+}
+
+impl Gateway {
+    /// Delete one bounded batch of each class of record past its retention.
+    pub async fn sweep_retention(&self) -> Result<Swept, DomainError> {
+        let now = self.clock.now_ms();
+        let cutoff = |keep: Duration| now.saturating_sub(keep.as_millis() as u64);
+        let policy = self.tuning.retention;
+        Ok(Swept {
+            requests: self
+                .store
+                .expire_requests(cutoff(policy.requests), SWEEP_BATCH)
+                .await?,
+            webhook_attempts: self
+                .store
+                .expire_attempts(cutoff(policy.webhook_attempts), SWEEP_BATCH)
+                .await?,
+        })
+    }
+}
