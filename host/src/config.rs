@@ -390,6 +390,9 @@ pub struct RetentionSettings {
     pub requests_days: u64,
     /// Webhook delivery attempts (30 days).
     pub webhook_attempts_days: u64,
+    /// Transaction records: orders and their eSIMs, after the order's last change
+    /// (7 years, 2557 days).
+    pub transactions_days: u64,
 }
 
 impl Default for RetentionSettings {
@@ -398,6 +401,7 @@ impl Default for RetentionSettings {
         RetentionSettings {
             requests_days: policy.requests.as_secs() / DAY,
             webhook_attempts_days: policy.webhook_attempts.as_secs() / DAY,
+            transactions_days: policy.transactions.as_secs() / DAY,
         }
     }
 }
@@ -411,6 +415,7 @@ impl RetentionSettings {
         crate::domain::use_cases::retention::RetentionPolicy {
             requests: Duration::from_secs(self.requests_days * DAY),
             webhook_attempts: Duration::from_secs(self.webhook_attempts_days * DAY),
+            transactions: Duration::from_secs(self.transactions_days * DAY),
         }
     }
 }

@@ -376,6 +376,14 @@ pub trait Store: Send + Sync {
         restriction: Option<&Restriction>,
     ) -> StoreResult<()>;
 
+    /// Delete transaction records past their retention, a bounded batch at a time: every
+    /// final order whose last change came before `cutoff_ms`, with its eSIMs and the copies
+    /// its ledger entries' commit records carry. The entries themselves (ids, amounts,
+    /// times) stay: they are the account's balance history, deleted with the account.
+    /// Looks at most `limit` ledger entries; returns how many it looked at (fewer than
+    /// `limit`: nothing more is due now).
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
+
     /// Append API request records.
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()>;
     /// Request records, newest first, older than `before`.

@@ -297,6 +297,7 @@ impl JobHandler for GatewayJobs {
                         tracing::info!(
                             requests = swept.requests,
                             webhook_attempts = swept.webhook_attempts,
+                            ledger_entries_looked_at = swept.transactions,
                             "records past their retention deleted"
                         );
                     }

@@ -61,6 +61,7 @@ macro_rules! store_conformance {
             a_job_is_brought_forward_unless_a_worker_holds_it,
             consent_events_are_kept_in_order_per_reseller_and_subject,
             request_records_are_paged_newest_first_and_expire_oldest_first,
+            old_final_orders_are_purged_and_their_ledger_amounts_kept,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -1398,4 +1399,69 @@ pub async fn request_records_are_paged_newest_first_and_expire_oldest_first(back
 
 fn rand_part() -> u128 {
     Ulid::new().random()
+}
+
+/// Transaction retention: a final order whose last change is older than the cutoff goes
+/// with its eSIMs, for good (not written back on reopening); open or younger orders stay;
+/// the ledger's amounts and the balance do not move.
+pub async fn old_final_orders_are_purged_and_their_ledger_amounts_kept(backend: &dyn Backend) {
+    let store = backend.open();
+    let r = reseller();
+    store.put_reseller(&r).await.unwrap();
+    credit(&*store, r.id, 10_000).await;
+    let old = order_for(r.id, 100, 1);
+    accept(&*store, &old).await.unwrap();
+    let old = settle(&*store, &old, &["8900000000000000017"])
+        .await
+        .unwrap();
+    let open = order_for(r.id, 100, 1);
+    accept(&*store, &open).await.unwrap();
+    let mut young = order_for(r.id, 100, 1);
+    young.created_at_ms = 50_000;
+    young.updated_at_ms = 50_000;
+    accept(&*store, &young).await.unwrap();
+    let mut settled = young.clone();
+    settled.transition(OrderStatus::Submitted, 50_001).unwrap();
+    settled.transition(OrderStatus::Failed, 50_002).unwrap();
+    let commit = Commit::settle(settled, EntryKind::Release, Vec::new()).unwrap();
+    store.commit(&commit).await.unwrap().unwrap();
+    let balance = store.balance(r.id, "USD").await.unwrap();
+    let entries = store.ledger_page(r.id, None, 100).await.unwrap().items;
+    store.durable().await.unwrap();
+
+    // `old` changed last at 12: a cut at 12 keeps it, one at 13 takes it; `open` is not
+    // final and `young` changed at 50_002, so both stay.
+    store.purge_transactions(12, 100).await.unwrap();
+    assert!(
+        store.order(old.id).await.unwrap().is_some(),
+        "not before its time"
+    );
+    let mut looked = 0;
+    for _ in 0..10 {
+        looked += store.purge_transactions(13, 100).await.unwrap();
+    }
+    assert!(looked > 0);
+    assert_eq!(store.order(old.id).await.unwrap(), None, "purged");
+    assert_eq!(store.esim("8900000000000000017").await.unwrap(), None);
+    assert!(
+        store.order(open.id).await.unwrap().is_some(),
+        "open orders stay"
+    );
+    assert!(
+        store.order(young.id).await.unwrap().is_some(),
+        "younger orders stay"
+    );
+    assert_eq!(
+        store.balance(r.id, "USD").await.unwrap(),
+        balance,
+        "money untouched"
+    );
+    let after = store.ledger_page(r.id, None, 100).await.unwrap().items;
+    assert_eq!(after, entries, "ledger amounts kept");
+    store.durable().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.order(old.id).await.unwrap(), None, "not written back");
+    assert_eq!(store.balance(r.id, "USD").await.unwrap(), balance);
 }

@@ -529,6 +529,31 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let due: Vec<Order> = state
+            .orders
+            .values()
+            .filter(|o| o.status.is_final() && o.updated_at_ms < cutoff_ms)
+            .take(limit)
+            .cloned()
+            .collect();
+        for order in &due {
+            state.orders.remove(&order.id);
+            for iccid in &order.iccids {
+                if state.esims.get(iccid).is_some_and(|e| e.order == order.id) {
+                    state.esims.remove(iccid);
+                }
+            }
+            if let Some(subject) = order.personal.as_ref().and_then(|p| p.subject) {
+                state
+                    .subject_orders
+                    .remove(&(order.reseller, subject, order.id));
+            }
+        }
+        Ok(due.len())
+    }
+
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
         let mut state = self.lock();
         for r in records {

@@ -662,6 +662,88 @@ impl SledStore {
         Ok(())
     }
 
+    /// Walk one reseller's ledger oldest first from where the last run stopped, purging
+    /// what each entry older than `cutoff_ms` committed, up to `limit` entries; stops at
+    /// the first entry whose order is still open or changed since the cutoff (it is
+    /// purged once it has aged too). Per entry, in an order a crash cannot hurt: the
+    /// order and its eSIMs go, then the events its commit record raised, then the record
+    /// is rewritten as the bare entry, then the cursor moves. A crash before the rewrite
+    /// lets the open-time replay write the order back; the next run purges it again.
+    fn purge_ledger_of(&self, reseller: &[u8], cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let cursor_key = cat(b"retention/ledger/", reseller);
+        let start = match self.meta.get(&cursor_key).map_err(backend)? {
+            // Just after the last entry done.
+            Some(done) => cat(&done, &[0]),
+            None => reseller.to_vec(),
+        };
+        let end = cat(reseller, &[0xff; 16]);
+        let mut looked = 0;
+        for kv in self.ledger.range(start..=end) {
+            if looked == limit {
+                break;
+            }
+            let (key, value) = kv.map_err(backend)?;
+            let record: LedgerRecord = decode(&value)?;
+            if record.entry.created_at_ms >= cutoff_ms {
+                break;
+            }
+            if let Some(id) = record.entry.order
+                && let Some(order) = self.read_order(id)?
+            {
+                if !order.status.is_final() || order.updated_at_ms >= cutoff_ms {
+                    break;
+                }
+                self.forget_order(&order)?;
+            }
+            for event in &record.commits_events {
+                self.outbox.remove(event.id.to_bytes()).map_err(backend)?;
+                self.events.remove(event_key(event)).map_err(backend)?;
+            }
+            if record.commits_order.is_some()
+                || !record.commits_esims.is_empty()
+                || !record.commits_events.is_empty()
+            {
+                let bare = LedgerRecordRef {
+                    entry: &record.entry,
+                    commits_order: None,
+                    commits_esims: &[],
+                    commits_events: &[],
+                };
+                self.ledger.insert(&key, encode(&bare)).map_err(backend)?;
+            }
+            self.meta
+                .insert(&cursor_key, key.as_ref())
+                .map_err(backend)?;
+            looked += 1;
+        }
+        Ok(looked)
+    }
+
+    /// Delete a final order, its eSIMs and its subject index entry.
+    fn forget_order(&self, order: &Order) -> StoreResult<()> {
+        for iccid in &order.iccids {
+            let Some(stored) = self.esims.get(iccid).map_err(backend)? else {
+                continue;
+            };
+            // Only what this order owns (a top-up names another order's eSIM).
+            if self.owner_of(iccid, &stored).ok().map(|(o, _)| o) == Some(order.id) {
+                self.esims.remove(iccid.as_bytes()).map_err(backend)?;
+            }
+        }
+        if let Some(subject) = order.personal.as_ref().and_then(|p| p.subject) {
+            let key = [
+                &order.reseller.to_bytes()[..],
+                &subject.0,
+                &order.id.to_bytes(),
+            ]
+            .concat();
+            self.subject_orders.remove(key).map_err(backend)?;
+        }
+        self.orders.remove(order.id.to_bytes()).map_err(backend)?;
+        self.lock_unwritten().remove(&order.id);
+        Ok(())
+    }
+
     /// Rebuild `jobs_due` from `jobs`.
     fn reindex_jobs(&self) -> StoreResult<()> {
         self.jobs_due.clear().map_err(backend)?;
@@ -1565,6 +1647,18 @@ impl Store for SledStore {
                 Ok(())
             }
         }
+    }
+
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut looked = 0;
+        for reseller in self.resellers.iter().keys() {
+            let reseller = reseller.map_err(backend)?;
+            looked += self.purge_ledger_of(&reseller, cutoff_ms, limit - looked)?;
+            if looked == limit {
+                break;
+            }
+        }
+        Ok(looked)
     }
 
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {

@@ -14,6 +14,9 @@ pub struct RetentionPolicy {
     pub requests: Duration,
     /// Webhook delivery attempts: 30 days.
     pub webhook_attempts: Duration,
+    /// Transaction records (orders, their eSIMs, the copies their ledger entries carry):
+    /// 7 years after the order's last change.
+    pub transactions: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -21,9 +24,13 @@ impl Default for RetentionPolicy {
         RetentionPolicy {
             requests: Duration::from_secs(30 * 24 * 3600),
             webhook_attempts: Duration::from_secs(30 * 24 * 3600),
+            transactions: Duration::from_secs(SEVEN_YEARS_DAYS * 24 * 3600),
         }
     }
 }
+
+/// Seven years in days, leap days included.
+pub const SEVEN_YEARS_DAYS: u64 = 7 * 365 + 2;
 
 /// Records deleted per class in one run, at most.
 pub const SWEEP_BATCH: usize = 1000;
@@ -35,17 +42,19 @@ pub struct Swept {
     pub requests: usize,
     /// Webhook delivery attempts.
     pub webhook_attempts: usize,
+    /// Ledger entries looked at for transaction records to purge.
+    pub transactions: usize,
 }
 
 impl Swept {
     /// Whether a class filled its batch: more may be due, so run again soon.
     pub fn more(&self) -> bool {
-        self.requests == SWEEP_BATCH || self.webhook_attempts == SWEEP_BATCH
+        [self.requests, self.webhook_attempts, self.transactions].contains(&SWEEP_BATCH)
     }
 
     /// Records deleted in all.
     pub fn total(&self) -> usize {
-        self.requests + self.webhook_attempts
+        self.requests + self.webhook_attempts + self.transactions
     }
 }
 
@@ -63,6 +72,10 @@ impl Gateway {
             webhook_attempts: self
                 .store
                 .expire_attempts(cutoff(policy.webhook_attempts), SWEEP_BATCH)
+                .await?,
+            transactions: self
+                .store
+                .purge_transactions(cutoff(policy.transactions), SWEEP_BATCH)
                 .await?,
         })
     }

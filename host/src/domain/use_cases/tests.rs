@@ -841,6 +841,16 @@ async fn p10_each_class_of_record_is_deleted_at_its_period_and_not_before() {
         micros: 1,
     };
     store.append_requests(&[record(START)]).await.unwrap();
+    // A transaction record: an order the supplier refused, final at START.
+    let who = funded_reseller(&f).await;
+    let new = crate::domain::use_cases::orders::NewOrder {
+        product_id: "native:SKU-1".into(),
+        quantity: 1,
+        subject_ref: None,
+        metadata: None,
+    };
+    let order = f.gateway.place_order(&who, new, None).await.unwrap();
+    assert_eq!(order.status, OrderStatus::Failed);
     // API log: kept 30 days, deleted once older.
     f.clock.advance(30 * day);
     assert_eq!(
@@ -873,4 +883,19 @@ async fn p10_each_class_of_record_is_deleted_at_its_period_and_not_before() {
     assert!(swept.more());
     let swept = f.gateway.sweep_retention().await.unwrap();
     assert_eq!((swept.requests, swept.more()), (5, false));
+
+    // Transaction records: 7 years after the order's last change, and not before.
+    let seven_years = super::retention::SEVEN_YEARS_DAYS * day;
+    f.clock.advance(seven_years - 30 * day - 1);
+    f.gateway.sweep_retention().await.unwrap();
+    assert!(
+        f.gateway.order(&who, order.id).await.is_ok(),
+        "kept 7 years"
+    );
+    f.clock.advance(1);
+    assert_eq!(f.gateway.sweep_retention().await.unwrap().transactions, 1);
+    assert!(matches!(
+        f.gateway.order(&who, order.id).await,
+        Err(DomainError::NotFound(_))
+    ));
 }
