@@ -442,3 +442,45 @@ fn p10_the_api_request_log_keeps_route_templates_and_networks_never_paths_or_bod
         404
     );
 }
+
+#[test]
+fn p10_a_closed_account_stops_at_once_and_is_refused_while_orders_are_open() {
+    let gw = GatewayBuilder::new(BIN).start();
+    let (id, key) = gw.new_reseller(0, Some(100_000));
+    // An order waiting for eKYC is open: the account cannot close under it.
+    let waiting = order(
+        &gw,
+        &key,
+        json!({"product_id": "sandbox:SBX-CN-3GB-15D", "subject_ref": "s"}),
+    );
+    assert_eq!(waiting.json["status"], "awaiting_kyc");
+    let close = gw.call(
+        "POST",
+        &format!("/v1/admin/resellers/{id}/close"),
+        Some(&gw.admin_key),
+        None,
+    );
+    assert_eq!(close.status, 409, "{:?}", close.json);
+    assert_eq!(close.json["code"], "reseller_has_open_orders");
+
+    let (id, key) = gw.new_reseller(0, Some(100_000));
+    order(&gw, &key, json!({"product_id": PRODUCT}));
+    let close = gw.call(
+        "POST",
+        &format!("/v1/admin/resellers/{id}/close"),
+        Some(&gw.admin_key),
+        None,
+    );
+    assert_eq!(close.status, 200, "{:?}", close.json);
+    assert!(close.json["closed_at_ms"].as_u64().is_some());
+    assert_eq!(gw.call("GET", "/v1/balance", Some(&key), None).status, 401);
+    // Resellers cannot close accounts.
+    let (other, other_key) = gw.new_reseller(0, None);
+    let r = gw.call(
+        "POST",
+        &format!("/v1/admin/resellers/{other}/close"),
+        Some(&other_key),
+        None,
+    );
+    assert_eq!(r.status, 404);
+}

@@ -393,6 +393,8 @@ pub struct RetentionSettings {
     /// Transaction records: orders and their eSIMs, after the order's last change
     /// (7 years, 2557 days).
     pub transactions_days: u64,
+    /// A closed account's data, after closure (2 years, 731 days).
+    pub closed_accounts_days: u64,
 }
 
 impl Default for RetentionSettings {
@@ -402,6 +404,7 @@ impl Default for RetentionSettings {
             requests_days: policy.requests.as_secs() / DAY,
             webhook_attempts_days: policy.webhook_attempts.as_secs() / DAY,
             transactions_days: policy.transactions.as_secs() / DAY,
+            closed_accounts_days: policy.closed_accounts.as_secs() / DAY,
         }
     }
 }
@@ -416,6 +419,7 @@ impl RetentionSettings {
             requests: Duration::from_secs(self.requests_days * DAY),
             webhook_attempts: Duration::from_secs(self.webhook_attempts_days * DAY),
             transactions: Duration::from_secs(self.transactions_days * DAY),
+            closed_accounts: Duration::from_secs(self.closed_accounts_days * DAY),
         }
     }
 }

@@ -145,6 +145,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=true, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
     route!(GET "/v1/admin/requests", Admin, "The API request log, newest first: route, status, key, client network, latency; no bodies", idem=false, req=None, resp=(200, "RequestLogEntryList"), query=PAGING),
+    route!(POST "/v1/admin/resellers/{id}/close", Admin, "Close an account: its keys stop working; its data go after the retention period (409 while orders are open)", idem=false, req=None, resp=(200, "Reseller"), query=&[]),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
 ];
 
@@ -319,6 +320,7 @@ pub async fn route(
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, req, p(0)).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, req, p(0)).await,
         ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, p(0)).await,
+        ("POST", "/v1/admin/resellers/{id}/close") => close_reseller(state, p(0)).await,
         ("GET", "/v1/admin/requests") => request_log(state, &req).await,
         _ => Err(problems::no_route(&path)),
     }
@@ -1141,6 +1143,14 @@ async fn credit(
         },
     )
     .await
+}
+
+async fn close_reseller(state: &AppState, id: &str) -> Result<Response, Problem> {
+    let id: ResellerId = id
+        .parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("reseller")))?;
+    let reseller = state.gateway.close_reseller(id).await?;
+    Ok(json(StatusCode::OK, &ResellerView::from(reseller)))
 }
 
 async fn revoke_key(state: &AppState, id: &str) -> Result<Response, Problem> {

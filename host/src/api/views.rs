@@ -226,6 +226,8 @@ pub struct ResellerView {
     pub markup_bps: u32,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
+    /// When the account was closed, if it was.
+    pub closed_at_ms: Option<u64>,
 }
 
 impl From<Reseller> for ResellerView {
@@ -235,6 +237,7 @@ impl From<Reseller> for ResellerView {
             name: r.name,
             markup_bps: r.markup_bps,
             created_at_ms: r.created_at_ms,
+            closed_at_ms: r.closed_at_ms,
         }
     }
 }

@@ -384,6 +384,14 @@ pub trait Store: Send + Sync {
     /// `limit`: nothing more is due now).
     async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
 
+    /// Delete a closed account's data, a bounded batch at a time: its API keys, webhook
+    /// endpoints and their attempts, consent events, restrictions, subject index,
+    /// idempotency records, events, balances and ledger; the reseller record goes last.
+    /// Orders and eSIMs are transaction records with a period of their own: whatever of
+    /// them the ledger's commit records held is first written out in full. Deletes at
+    /// most `limit` records; returns how many (fewer than `limit`: the account is gone).
+    async fn forget_account(&self, reseller: ResellerId, limit: usize) -> StoreResult<usize>;
+
     /// Append API request records.
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()>;
     /// Request records, newest first, older than `before`.

@@ -298,6 +298,7 @@ impl JobHandler for GatewayJobs {
                             requests = swept.requests,
                             webhook_attempts = swept.webhook_attempts,
                             ledger_entries_looked_at = swept.transactions,
+                            account_records = swept.accounts,
                             "records past their retention deleted"
                         );
                     }

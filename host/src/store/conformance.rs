@@ -62,6 +62,7 @@ macro_rules! store_conformance {
             consent_events_are_kept_in_order_per_reseller_and_subject,
             request_records_are_paged_newest_first_and_expire_oldest_first,
             old_final_orders_are_purged_and_their_ledger_amounts_kept,
+            a_forgotten_account_leaves_its_orders_readable_and_nothing_else,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -81,6 +82,7 @@ fn reseller() -> Reseller {
         markup_bps: 250,
         created_at_ms: 1,
         low_balance_alerts: Default::default(),
+        closed_at_ms: None,
     }
 }
 
@@ -1464,4 +1466,108 @@ pub async fn old_final_orders_are_purged_and_their_ledger_amounts_kept(backend: 
     let store = backend.open();
     assert_eq!(store.order(old.id).await.unwrap(), None, "not written back");
     assert_eq!(store.balance(r.id, "USD").await.unwrap(), balance);
+}
+
+/// A closed account's data go in bounded batches; its orders and eSIMs (transaction
+/// records, kept to their own period) stay readable; other accounts are untouched.
+pub async fn a_forgotten_account_leaves_its_orders_readable_and_nothing_else(
+    backend: &dyn Backend,
+) {
+    use crate::domain::consent::{CollectionMethod, ConsentAction, ConsentEvent};
+    use crate::domain::ids::ConsentId;
+    let store = backend.open();
+    let (gone, kept) = (reseller(), reseller());
+    for r in [&gone, &kept] {
+        store.put_reseller(r).await.unwrap();
+        credit(&*store, r.id, 10_000).await;
+    }
+    let key = |r: &Reseller| ApiKey {
+        id: KeyId::new(),
+        reseller: Some(r.id),
+        role: Role::Reseller,
+        mode: KeyMode::Live,
+        hash: KeyHash([r.id.to_bytes()[15]; 32]),
+        hint: "sgk_live_x".into(),
+        created_at_ms: 1,
+        expires_at_ms: None,
+    };
+    let (gone_key, kept_key) = (key(&gone), key(&kept));
+    store.put_api_key(&gone_key).await.unwrap();
+    store.put_api_key(&kept_key).await.unwrap();
+    let order = order_for(gone.id, 100, 1);
+    accept(&*store, &order).await.unwrap();
+    let order = settle(&*store, &order, &["8900000000000000033"])
+        .await
+        .unwrap();
+    let subject = SubjectLookup([3; 32]);
+    store
+        .put_consent(&ConsentEvent {
+            id: ConsentId::new(),
+            reseller: gone.id,
+            subject,
+            purpose: "marketing".into(),
+            action: ConsentAction::Granted,
+            notice_version: "v1".into(),
+            notice_hash: "0".repeat(64),
+            policy_url: None,
+            collection_method: CollectionMethod::Api,
+            language: None,
+            jurisdiction: None,
+            collected_at_ms: 1,
+            recorded_at_ms: 1,
+            recorded_by: gone_key.id,
+            sealed_subject_ref: vec![1],
+        })
+        .await
+        .unwrap();
+    let kept_balance = store.balance(kept.id, "USD").await.unwrap();
+
+    let mut deleted = 0;
+    loop {
+        let n = store.forget_account(gone.id, 2).await.unwrap();
+        deleted += n;
+        if n < 2 {
+            break;
+        }
+        assert!(deleted < 100, "the batches end");
+    }
+    assert!(
+        deleted >= 5,
+        "keys, ledger, consent and the account: {deleted}"
+    );
+    assert_eq!(store.reseller(gone.id).await.unwrap(), None);
+    assert_eq!(store.api_key(&gone_key.hash).await.unwrap(), None);
+    assert_eq!(store.api_key_by_id(gone_key.id).await.unwrap(), None);
+    assert!(
+        store
+            .ledger_page(gone.id, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        store
+            .consents(gone.id, &subject, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.balances(gone.id).await.unwrap(), vec![]);
+    let (read, esims) = store.order_and_esims(order.id).await.unwrap().unwrap();
+    assert_eq!(
+        (read.status, esims.len()),
+        (OrderStatus::Fulfilled, 1),
+        "kept in full"
+    );
+    assert!(store.api_key(&kept_key.hash).await.unwrap().is_some());
+    assert_eq!(store.balance(kept.id, "USD").await.unwrap(), kept_balance);
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.reseller(gone.id).await.unwrap(), None);
+    assert!(store.order(order.id).await.unwrap().is_some());
+    assert_eq!(store.balance(kept.id, "USD").await.unwrap(), kept_balance);
+    assert_eq!(store.balances(gone.id).await.unwrap(), vec![]);
 }

@@ -554,6 +554,58 @@ impl Store for MemoryStore {
         Ok(due.len())
     }
 
+    async fn forget_account(&self, reseller: ResellerId, _limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let before = state.api_keys.len()
+            + state.endpoints.len()
+            + state.attempts.len()
+            + state.consents.len()
+            + state.restrictions.len()
+            + state.subject_orders.len()
+            + state.events.len()
+            + state.ledger.len()
+            + state.resellers.len();
+        let keys: Vec<KeyId> = state
+            .api_keys
+            .values()
+            .filter(|k| k.reseller == Some(reseller))
+            .map(|k| k.id)
+            .collect();
+        state.api_keys.retain(|_, k| k.reseller != Some(reseller));
+        for id in keys {
+            state.api_key_ids.remove(&id);
+        }
+        let endpoints: Vec<EndpointId> = state
+            .endpoints
+            .keys()
+            .filter(|(r, _)| *r == reseller)
+            .map(|(_, e)| *e)
+            .collect();
+        state.attempts.retain(|(e, _), _| !endpoints.contains(e));
+        state.endpoints.retain(|(r, _), _| *r != reseller);
+        state.consents.retain(|(r, _, _), _| *r != reseller);
+        state.restrictions.retain(|(r, _), _| *r != reseller);
+        state.subject_orders.retain(|(r, _, _), _| *r != reseller);
+        state.events.retain(|(r, _), _| *r != reseller);
+        state.outbox.retain(|_, r| *r != reseller);
+        state.ledger.retain(|(r, _), _| *r != reseller);
+        let prefix = reseller.to_bytes();
+        state.idempotency.retain(|k, _| !k.starts_with(&prefix));
+        state.books.forget(reseller);
+        state.resellers.remove(&reseller);
+        let after = state.api_keys.len()
+            + state.endpoints.len()
+            + state.attempts.len()
+            + state.consents.len()
+            + state.restrictions.len()
+            + state.subject_orders.len()
+            + state.events.len()
+            + state.ledger.len()
+            + state.resellers.len();
+        Ok(before - after)
+    }
+
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
         let mut state = self.lock();
         for r in records {

@@ -1655,10 +1655,157 @@ impl Store for SledStore {
             let reseller = reseller.map_err(backend)?;
             looked += self.purge_ledger_of(&reseller, cutoff_ms, limit - looked)?;
             if looked == limit {
-                break;
+                return Ok(looked);
             }
         }
+        // Orders of accounts already deleted have no ledger left to lead to them: walk
+        // the orders themselves, oldest first, from where the last run stopped.
+        let cursor_key = b"retention/orders".as_slice();
+        let start = match self.meta.get(cursor_key).map_err(backend)? {
+            Some(done) => cat(&done, &[0]),
+            None => Vec::new(),
+        };
+        for kv in self.orders.range(start..) {
+            if looked == limit {
+                break;
+            }
+            let (key, stored) = kv.map_err(backend)?;
+            let order = self.stored_order(&stored)?;
+            if order.created_at_ms >= cutoff_ms {
+                break;
+            }
+            if !self
+                .resellers
+                .contains_key(order.reseller.to_bytes())
+                .map_err(backend)?
+            {
+                if order.updated_at_ms >= cutoff_ms {
+                    break;
+                }
+                self.forget_order(&order)?;
+            }
+            self.meta
+                .insert(cursor_key, key.as_ref())
+                .map_err(backend)?;
+            looked += 1;
+        }
         Ok(looked)
+    }
+
+    async fn forget_account(&self, reseller: ResellerId, limit: usize) -> StoreResult<usize> {
+        let id = reseller.to_bytes();
+        let mut left = limit;
+        // Keys first: nothing can act for the account while the rest goes.
+        let mut keys = Vec::new();
+        for kv in self.api_keys.iter() {
+            let (hash, value) = kv.map_err(backend)?;
+            let key: ApiKey = decode(&value)?;
+            if key.reseller == Some(reseller) {
+                keys.push((hash, key.id));
+            }
+        }
+        for (hash, key) in keys.into_iter().take(left) {
+            self.api_key_ids.remove(key.to_bytes()).map_err(backend)?;
+            self.api_keys.remove(&hash).map_err(backend)?;
+            let hash: [u8; 32] = hash.as_ref().try_into().map_err(|_| dangling("a key"))?;
+            self.keys_seen
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+            left -= 1;
+        }
+        // Endpoints, each after its attempts.
+        for kv in self.endpoints.scan_prefix(id) {
+            let (key, value) = kv.map_err(backend)?;
+            let endpoint: Endpoint = decode(&value)?;
+            for kv in self.attempts.scan_prefix(endpoint.id.to_bytes()) {
+                if left == 0 {
+                    return Ok(limit);
+                }
+                let (akey, avalue) = kv.map_err(backend)?;
+                let attempt: Attempt = decode(&avalue)?;
+                let by_time = [&attempt.at_ms.to_be_bytes()[..], &akey].concat();
+                self.attempts_by_time.remove(by_time).map_err(backend)?;
+                self.attempts.remove(&akey).map_err(backend)?;
+                left -= 1;
+            }
+            if left == 0 {
+                return Ok(limit);
+            }
+            self.endpoints.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        // Records kept only under the reseller's prefix.
+        for tree in [
+            &self.consents,
+            &self.restrictions,
+            &self.subject_orders,
+            &self.idempotency,
+        ] {
+            for key in tree.scan_prefix(id).keys() {
+                if left == 0 {
+                    return Ok(limit);
+                }
+                tree.remove(key.map_err(backend)?).map_err(backend)?;
+                left -= 1;
+            }
+        }
+        for key in self.events.scan_prefix(id).keys() {
+            if left == 0 {
+                return Ok(limit);
+            }
+            let key = key.map_err(backend)?;
+            self.outbox.remove(&key[16..]).map_err(backend)?;
+            self.events.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        // The ledger newest first, so what a crash leaves is a prefix that still adds up.
+        // What a commit record holds for an order or eSIM stored behind it is written out
+        // in full before the record goes.
+        for kv in self.ledger.scan_prefix(id).rev() {
+            if left == 0 {
+                return Ok(limit);
+            }
+            let (key, value) = kv.map_err(backend)?;
+            let record: LedgerRecord = decode(&value)?;
+            let pointer = commit_pointer(&key);
+            if let Some(order) = &record.commits_order
+                && self
+                    .orders
+                    .get(order.id.to_bytes())
+                    .map_err(backend)?
+                    .as_deref()
+                    == Some(pointer.as_slice())
+            {
+                self.write_order(order)?;
+            }
+            for esim in &record.commits_esims {
+                if self.esims.get(&esim.iccid).map_err(backend)?.as_deref()
+                    == Some(pointer.as_slice())
+                {
+                    put(&self.esims, esim.iccid.as_bytes(), esim)?;
+                }
+            }
+            self.ledger.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        for key in self.balances.scan_prefix(id).keys() {
+            self.balances
+                .remove(key.map_err(backend)?)
+                .map_err(backend)?;
+        }
+        self.lock_books().forget(reseller);
+        if left == 0 {
+            return Ok(limit);
+        }
+        if self.resellers.remove(id).map_err(backend)?.is_some() {
+            left -= 1;
+        }
+        self.resellers_seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reseller);
+        Ok(limit - left)
     }
 
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
@@ -1900,6 +2047,7 @@ mod tests {
             markup_bps: 100,
             created_at_ms: 1,
             low_balance_alerts: Default::default(),
+            closed_at_ms: None,
         };
         {
             let s = SledStore::open(dir.path(), 8).unwrap();

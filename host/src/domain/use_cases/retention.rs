@@ -17,6 +17,9 @@ pub struct RetentionPolicy {
     /// Transaction records (orders, their eSIMs, the copies their ledger entries carry):
     /// 7 years after the order's last change.
     pub transactions: Duration,
+    /// A closed account's data (keys, endpoints, consents, ledger...): 2 years after
+    /// closure.
+    pub closed_accounts: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -25,12 +28,16 @@ impl Default for RetentionPolicy {
             requests: Duration::from_secs(30 * 24 * 3600),
             webhook_attempts: Duration::from_secs(30 * 24 * 3600),
             transactions: Duration::from_secs(SEVEN_YEARS_DAYS * 24 * 3600),
+            closed_accounts: Duration::from_secs(TWO_YEARS_DAYS * 24 * 3600),
         }
     }
 }
 
 /// Seven years in days, leap days included.
 pub const SEVEN_YEARS_DAYS: u64 = 7 * 365 + 2;
+
+/// Two years in days, a leap day included.
+pub const TWO_YEARS_DAYS: u64 = 2 * 365 + 1;
 
 /// Records deleted per class in one run, at most.
 pub const SWEEP_BATCH: usize = 1000;
@@ -44,17 +51,25 @@ pub struct Swept {
     pub webhook_attempts: usize,
     /// Ledger entries looked at for transaction records to purge.
     pub transactions: usize,
+    /// Records of closed accounts deleted.
+    pub accounts: usize,
 }
 
 impl Swept {
     /// Whether a class filled its batch: more may be due, so run again soon.
     pub fn more(&self) -> bool {
-        [self.requests, self.webhook_attempts, self.transactions].contains(&SWEEP_BATCH)
+        [
+            self.requests,
+            self.webhook_attempts,
+            self.transactions,
+            self.accounts,
+        ]
+        .contains(&SWEEP_BATCH)
     }
 
     /// Records deleted in all.
     pub fn total(&self) -> usize {
-        self.requests + self.webhook_attempts + self.transactions
+        self.requests + self.webhook_attempts + self.transactions + self.accounts
     }
 }
 
@@ -77,6 +92,27 @@ impl Gateway {
                 .store
                 .purge_transactions(cutoff(policy.transactions), SWEEP_BATCH)
                 .await?,
+            accounts: self
+                .forget_closed_accounts(cutoff(policy.closed_accounts))
+                .await?,
         })
+    }
+
+    /// Delete a batch of the data of accounts closed before `cutoff_ms`.
+    async fn forget_closed_accounts(&self, cutoff_ms: u64) -> Result<usize, DomainError> {
+        let mut deleted = 0;
+        for reseller in self.store.resellers().await? {
+            if reseller.closed_at_ms.is_none_or(|at| at >= cutoff_ms) {
+                continue;
+            }
+            deleted += self
+                .store
+                .forget_account(reseller.id, SWEEP_BATCH - deleted)
+                .await?;
+            if deleted == SWEEP_BATCH {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }

@@ -899,3 +899,43 @@ async fn p10_each_class_of_record_is_deleted_at_its_period_and_not_before() {
         Err(DomainError::NotFound(_))
     ));
 }
+
+/// P10: a closed account's keys stop at once, and its data go 2 years after closure.
+#[tokio::test]
+async fn p10_a_closed_account_is_deleted_two_years_after_closure_and_not_before() {
+    let f = fixture();
+    let who = funded_reseller(&f).await;
+    let reseller = who.reseller.unwrap();
+    let (key, _) = f
+        .gateway
+        .create_key(Some(reseller), Role::Reseller, KeyMode::Live)
+        .await
+        .unwrap();
+    let closed = f.gateway.close_reseller(reseller).await.unwrap();
+    assert_eq!(closed.closed_at_ms, Some(START));
+    assert_eq!(
+        f.gateway
+            .close_reseller(reseller)
+            .await
+            .unwrap()
+            .closed_at_ms,
+        Some(START),
+        "idempotent"
+    );
+    assert!(matches!(
+        f.gateway.authenticate(&key).await,
+        Err(DomainError::Unauthenticated)
+    ));
+    let two_years = super::retention::TWO_YEARS_DAYS * 24 * 3_600_000;
+    f.clock.advance(two_years);
+    assert_eq!(
+        f.gateway.sweep_retention().await.unwrap().accounts,
+        0,
+        "not before"
+    );
+    assert!(f.gateway.store.reseller(reseller).await.unwrap().is_some());
+    f.clock.advance(1);
+    assert!(f.gateway.sweep_retention().await.unwrap().accounts > 0);
+    assert_eq!(f.gateway.store.reseller(reseller).await.unwrap(), None);
+    assert!(f.gateway.store.balances(reseller).await.unwrap().is_empty());
+}
