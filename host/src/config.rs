@@ -40,7 +40,7 @@ pub struct Config {
     pub watch: WatchSettings,
     /// Outbound webhooks to resellers.
     pub webhooks: WebhookSettings,
-    /// How long logs and records are kept.
+    /// How long each class of record is kept.
     pub retention: RetentionSettings,
 }
 
@@ -342,8 +342,6 @@ pub struct WebhookSettings {
     pub rotation_grace_secs: u64,
     /// Endpoints a reseller may register.
     pub max_endpoints: usize,
-    /// How long the delivery log keeps each attempt (30 days).
-    pub attempt_retention_days: u64,
 }
 
 impl Default for WebhookSettings {
@@ -361,7 +359,6 @@ impl Default for WebhookSettings {
             dispatch_ms: tuning.dispatch_every.as_millis() as u64,
             rotation_grace_secs: tuning.rotation_grace.as_secs(),
             max_endpoints: tuning.max_endpoints,
-            attempt_retention_days: tuning.attempt_retention.as_secs() / (24 * 3600),
         }
     }
 }
@@ -380,31 +377,55 @@ impl WebhookSettings {
             dispatch_every: Duration::from_millis(self.dispatch_ms.max(1)),
             rotation_grace: Duration::from_secs(self.rotation_grace_secs),
             max_endpoints: self.max_endpoints,
-            attempt_retention: Duration::from_secs(self.attempt_retention_days * 24 * 3600),
         }
     }
 }
 
-/// Retention periods: how long each class of record is kept before it is purged.
+/// Retention periods (P10), in days. Records past theirs are deleted by a background
+/// sweep, a bounded batch at a time.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSettings {
-    /// The audit log (security events). 90 days: the period the policies we serve give
-    /// technical and security logs (P10); older entries are purged under a signed
-    /// checkpoint, so what is left still verifies.
+    /// The API request log (30 days).
+    pub requests_days: u64,
+    /// Webhook delivery attempts (30 days).
+    pub webhook_attempts_days: u64,
+    /// Transaction records: orders and their eSIMs, after the order's last change
+    /// (7 years, 2557 days).
+    pub transactions_days: u64,
+    /// A closed account's data, after closure (2 years, 731 days).
+    pub closed_accounts_days: u64,
+    /// The audit log of security events (90 days); older entries are purged under a
+    /// signed checkpoint, so what is left still verifies.
     pub audit_days: u64,
 }
 
 impl Default for RetentionSettings {
     fn default() -> Self {
-        RetentionSettings { audit_days: 90 }
+        let policy = crate::domain::use_cases::retention::RetentionPolicy::default();
+        RetentionSettings {
+            requests_days: policy.requests.as_secs() / DAY,
+            webhook_attempts_days: policy.webhook_attempts.as_secs() / DAY,
+            transactions_days: policy.transactions.as_secs() / DAY,
+            closed_accounts_days: policy.closed_accounts.as_secs() / DAY,
+            audit_days: policy.audit.as_secs() / DAY,
+        }
     }
 }
 
+const DAY: u64 = 24 * 3600;
+
 impl RetentionSettings {
-    /// How long audit entries are kept.
-    pub fn audit(&self) -> Duration {
-        Duration::from_secs(self.audit_days.saturating_mul(24 * 3600))
+    /// The domain's policy.
+    pub fn policy(&self) -> crate::domain::use_cases::retention::RetentionPolicy {
+        use std::time::Duration;
+        crate::domain::use_cases::retention::RetentionPolicy {
+            requests: Duration::from_secs(self.requests_days * DAY),
+            webhook_attempts: Duration::from_secs(self.webhook_attempts_days * DAY),
+            transactions: Duration::from_secs(self.transactions_days * DAY),
+            closed_accounts: Duration::from_secs(self.closed_accounts_days * DAY),
+            audit: Duration::from_secs(self.audit_days.saturating_mul(DAY)),
+        }
     }
 }
 
@@ -504,11 +525,14 @@ mod tests {
     #[test]
     fn audit_entries_are_kept_90_days_unless_configured() {
         assert_eq!(
-            Config::default().retention.audit(),
+            Config::default().retention.policy().audit,
             Duration::from_secs(90 * 24 * 3600)
         );
         let c: Config = toml::from_str("[retention]\naudit_days = 30\n").unwrap();
-        assert_eq!(c.retention.audit(), Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(
+            c.retention.policy().audit,
+            Duration::from_secs(30 * 24 * 3600)
+        );
     }
 
     #[test]

@@ -352,6 +352,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "plugin's inbound route",
         ),
         http_metrics: Default::default(),
+        request_log: simgate::api::request_log::RequestLog::start(store.clone()),
         audit: Default::default(),
     });
     tokio::spawn(async move {
@@ -393,7 +394,7 @@ fn gateway(
         idempotency_retention: Duration::from_secs(o.idempotency_retention_secs),
         webhooks: config.webhooks.tuning(),
         ekyc_wait: Duration::from_secs(o.ekyc_wait_secs),
-        audit_retention: config.retention.audit(),
+        retention: config.retention.policy(),
     };
     let webhooks = simgate::webhooks::HttpWebhooks::new(simgate::webhooks::DeliveryPolicy {
         timeout: Duration::from_millis(config.webhooks.timeout_ms),

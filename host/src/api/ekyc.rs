@@ -1,5 +1,5 @@
-//! eKYC sessions, provider callbacks and the consent ledger over HTTP: parse, call the use
-//! case, answer with a view.
+//! eKYC sessions and provider callbacks over HTTP: parse, call the use case, answer with a
+//! view.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -7,14 +7,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::audit::{AddressPrefix, AuditAction};
-use crate::domain::consent::{CollectionMethod, ConsentAction};
 use crate::domain::ekyc::Inbound;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::ids::{EkycSessionId, OrderId};
-use crate::domain::use_cases::consents::NewConsent;
 
 use super::problem::Problem;
-use super::routes::{enum_name, json, json_body, path_segment};
+use super::routes::{json, json_body};
 use super::{AppState, Response, audit};
 
 /// `POST /v1/ekyc/sessions` body.
@@ -26,37 +24,6 @@ pub(super) struct CreateSession {
     order_id: OrderId,
     /// Where the provider sends the end user back when done: an absolute http(s) URL.
     return_url: String,
-}
-
-/// `POST /v1/consents` body.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "NewConsent")]
-pub(super) struct CreateConsent {
-    /// Your opaque reference for the end user (not personal data), as on their orders.
-    subject_ref: String,
-    /// What the consent is for, e.g. `ekyc` or `marketing` (a-z, 0-9, `_`, `-`).
-    purpose: String,
-    /// `granted` or `withdrawn`.
-    action: ConsentAction,
-    /// The version of the notice the end user saw.
-    notice_version: String,
-    /// SHA-256 of that notice, 64 lower-case hex digits.
-    notice_hash: String,
-    /// Where the notice is published.
-    #[serde(default)]
-    policy_url: Option<String>,
-    /// How it was collected.
-    collection_method: CollectionMethod,
-    /// The notice's language (BCP 47, e.g. `en`).
-    #[serde(default)]
-    language: Option<String>,
-    /// The jurisdiction it was collected under (e.g. `EU`).
-    #[serde(default)]
-    jurisdiction: Option<String>,
-    /// When the end user gave or withdrew it, ms since the epoch; now when left out.
-    #[serde(default)]
-    collected_at_ms: Option<u64>,
 }
 
 /// What an inbound request gets back: that it was received. Nothing about the session
@@ -149,45 +116,4 @@ pub(super) async fn callback(
     };
     state.gateway.ekyc_callback(plugin, inbound).await?;
     Ok(json(StatusCode::OK, &InboundAck { received: true }))
-}
-
-pub(super) async fn record_consent(
-    state: &AppState,
-    who: &Principal,
-    req: http::Request<Bytes>,
-    at: &AddressPrefix,
-) -> Result<Response, Problem> {
-    let (_, _, body): (_, _, CreateConsent) = json_body(req)?;
-    let new = NewConsent {
-        subject_ref: body.subject_ref,
-        purpose: body.purpose,
-        action: body.action,
-        notice_version: body.notice_version,
-        notice_hash: body.notice_hash,
-        policy_url: body.policy_url,
-        collection_method: body.collection_method,
-        language: body.language,
-        jurisdiction: body.jurisdiction,
-        collected_at_ms: body.collected_at_ms,
-    };
-    let view = state.gateway.record_consent(who, new).await?;
-    // The purpose and the action are the reseller's labels, not the subject's data; the
-    // subject is not named at all.
-    let recorded = audit::by(who, AuditAction::ConsentRecorded, at)
-        .target(view.id)
-        .details(format!("{} {}", view.purpose, enum_name(&view.action)));
-    audit::record_then_flush(state, recorded).await;
-    Ok(json(StatusCode::CREATED, &view))
-}
-
-pub(super) async fn subject_consents(
-    state: &AppState,
-    who: &Principal,
-    subject_ref: &str,
-) -> Result<Response, Problem> {
-    let subject_ref = path_segment(subject_ref);
-    Ok(json(
-        StatusCode::OK,
-        &state.gateway.subject_consents(who, &subject_ref).await?,
-    ))
 }

@@ -9,7 +9,9 @@ mod openapi;
 pub mod problem;
 mod qr;
 pub mod ratelimit;
+pub mod request_log;
 pub mod routes;
+mod subjects;
 mod views;
 mod webhooks;
 
@@ -28,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::HttpLimits;
+use crate::domain::audit::AddressPrefix;
 use crate::domain::gateway::Gateway;
+use crate::domain::request_log::RequestRecord;
 use crate::plugins::Registry;
 
 /// What every handler can reach.
@@ -47,6 +51,8 @@ pub struct AppState {
     pub http_metrics: metrics::HttpMetrics,
     /// What bounds the audit entries the API writes (failed sign-ins, new networks).
     pub audit: audit::AuditWatch,
+    /// The API request log's writer.
+    pub request_log: Arc<request_log::RequestLog>,
 }
 
 /// The response type of every handler.
@@ -146,7 +152,10 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let mut resp = match routes::route(&state, peer, req).await {
+    // The client's network: all that the request and audit logs keep of its address.
+    let client = AddressPrefix::of(peer.ip());
+    let mut caller = None;
+    let mut resp = match routes::route(&state, &client, req, &mut caller).await {
         Ok(r) => r,
         Err(mut problem) => {
             problem.request_id = request_id.as_str().into();
@@ -159,16 +168,19 @@ async fn handle(
     );
     let route = routes::route_label(&method, &path);
     let elapsed = started.elapsed();
-    state
-        .http_metrics
-        .record(route, &method, resp.status().as_u16(), elapsed);
-    tracing::info!(
-        request_id,
-        %method,
-        route,
-        status = resp.status().as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+    let status = resp.status().as_u16();
+    state.http_metrics.record(route, &method, status, elapsed);
+    let micros = elapsed.as_micros() as u64;
+    tracing::info!(request_id, %method, route, status, micros, "request");
+    // The route template, never the path: a path can name a subject.
+    state.request_log.record(RequestRecord {
+        id: ulid::Ulid::new(),
+        method: method.as_str().to_string(),
+        route: route.to_string(),
+        status,
+        key: caller,
+        client: client.to_string(),
+        micros,
+    });
     Ok(resp)
 }

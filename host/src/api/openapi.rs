@@ -14,18 +14,20 @@ use crate::domain::ekyc::EkycSessionView;
 use crate::domain::use_cases::consents::{ConsentView, SubjectConsents};
 use crate::domain::use_cases::esims::{EsimView, UsageView};
 use crate::domain::use_cases::orders::OrderView;
+use crate::domain::use_cases::subjects::{SubjectAction, SubjectExport};
 use crate::plugins::PluginStatus;
 
 use super::audit::AuditEntryView;
-use super::ekyc::{CreateConsent, CreateSession, InboundAck};
+use super::ekyc::{CreateSession, InboundAck};
 use super::problem::ProblemBody;
 use super::routes::{
     Access, CreateBalanceAlert, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp,
     ROUTES,
 };
+use super::subjects::{CreateConsent, Rectify};
 use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready,
-    ResellerView, TransactionView,
+    RequestView, ResellerView, TransactionView,
 };
 use super::webhooks::{
     AttemptView, ChangeEndpoint, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
@@ -185,6 +187,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<All<BalanceView>>,
         SchemaGenerator::subschema_for::<BalanceView>,
         SchemaGenerator::subschema_for::<Page<TransactionView>>,
+        SchemaGenerator::subschema_for::<Page<RequestView>>,
         SchemaGenerator::subschema_for::<Page<EventView>>,
         SchemaGenerator::subschema_for::<All<EndpointView>>,
         SchemaGenerator::subschema_for::<EndpointView>,
@@ -202,6 +205,8 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<InboundAck>,
         SchemaGenerator::subschema_for::<ConsentView>,
         SchemaGenerator::subschema_for::<SubjectConsents>,
+        SchemaGenerator::subschema_for::<SubjectExport>,
+        SchemaGenerator::subschema_for::<SubjectAction>,
         SchemaGenerator::subschema_for::<Page<AuditEntryView>>,
     ] {
         add(&mut sent);
@@ -218,6 +223,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<CreateBalanceAlert>,
         SchemaGenerator::subschema_for::<CreateSession>,
         SchemaGenerator::subschema_for::<CreateConsent>,
+        SchemaGenerator::subschema_for::<Rectify>,
     ] {
         add(&mut read);
     }

@@ -27,9 +27,9 @@ use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
-    Readiness, Ready, ResellerView, TransactionView,
+    Readiness, Ready, RequestView, ResellerView, TransactionView,
 };
-use super::{AppState, Response, audit, ekyc, qr, webhooks};
+use super::{AppState, Response, audit, ekyc, qr, subjects, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +132,12 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback, for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
     route!(POST "/v1/consents", Key, "Record a consent grant or withdrawal for a subject (append-only)", idem=false, req=Some("NewConsent"), resp=(201, "Consent"), query=&[]),
     route!(GET "/v1/subjects/{subject_ref}/consents", Key, "A subject's consent per purpose, its history, and a consent receipt", idem=false, req=None, resp=(200, "SubjectConsents"), query=&[]),
+    route!(GET "/v1/subjects/{subject_ref}/export", Key, "Everything kept about a subject, as one machine-readable document (access, portability)", idem=false, req=None, resp=(200, "SubjectExport"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/rectify", Key, "Replace the subject_ref and/or metadata on every record of a subject", idem=false, req=Some("SubjectRectification"), resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/erase", Key, "Erase a subject's personal fields everywhere (its key is destroyed); says what is kept and why", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/restrict", Key, "Restrict processing: no new order or eKYC session for the subject", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/unrestrict", Key, "Lift a restriction", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
+    route!(POST "/v1/subjects/{subject_ref}/object", Key, "The subject objects: every non-essential purpose it granted is withdrawn", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
@@ -139,6 +145,8 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/keys", Admin, "Create an API key (shown once)", idem=false, req=Some("NewKeyRequest"), resp=(201, "NewKey"), query=&[]),
     route!(POST "/v1/admin/resellers/{id}/credits", Admin, "Credit a prepaid balance", idem=true, req=Some("NewCredit"), resp=(201, "Balance"), query=&[]),
+    route!(GET "/v1/admin/requests", Admin, "The API request log, newest first: route, status, key, client network, latency; no bodies", idem=false, req=None, resp=(200, "RequestLogEntryList"), query=PAGING),
+    route!(POST "/v1/admin/resellers/{id}/close", Admin, "Close an account: its keys stop working; its data go after the retention period (409 while orders are open)", idem=false, req=None, resp=(200, "Reseller"), query=&[]),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
     route!(GET "/v1/admin/audit", Admin, "The audit log of security events, newest first", idem=false, req=None, resp=(200, "AuditEntryList"), query=&[
         ("limit", "page size, 1 to 100 (default 20)"),
@@ -208,20 +216,20 @@ pub fn route_label(method: &Method, path: &str) -> &'static str {
     find(method, path).map(|(r, _)| r.path).unwrap_or("other")
 }
 
-/// Route a request from `peer`: find its route and authenticate from the headers alone,
-/// then read the body (capped in size and time), then dispatch. A request refused before
-/// its body was read has the body drained within a budget (see `body`), and its
-/// connection closed when that budget runs out first. The audit log sees `peer` only as
-/// its network.
+/// Route a request from the client network `at`: find its route and authenticate from the
+/// headers alone, then read the body (capped in size and time), then dispatch. A request
+/// refused before its body was read has the body drained within a budget (see `body`), and
+/// its connection closed when that budget runs out first.
+/// `caller` is set to the key that authenticated, for the request log.
 pub async fn route(
     state: &AppState,
-    peer: std::net::SocketAddr,
+    at: &AddressPrefix,
     req: http::Request<Incoming>,
+    caller: &mut Option<KeyId>,
 ) -> Result<Response, Problem> {
     let path = req.uri().path().to_string();
     let (parts, mut body) = req.into_parts();
     let limits = &state.limits;
-    let at = &AddressPrefix::of(peer.ip());
     let read = match admit(state, &parts, &path, at).await {
         Ok(admitted) => {
             let deadline = Instant::now() + Duration::from_millis(limits.body_read_timeout_ms);
@@ -239,6 +247,7 @@ pub async fn route(
             return Err(problem);
         }
     };
+    *caller = who.as_ref().map(|w| w.key);
     let req = http::Request::from_parts(parts, bytes);
     let p = |i: usize| params.get(i).copied().unwrap_or_default();
     let who_ref = who.as_ref();
@@ -290,9 +299,23 @@ pub async fn route(
         ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req, at).await,
         ("GET", "/v1/ekyc/sessions/{id}") => ekyc::get(state, who()?, p(0)).await,
         ("GET" | "POST", "/v1/inbound/{plugin}/ekyc") => ekyc::callback(state, req, p(0)).await,
-        ("POST", "/v1/consents") => ekyc::record_consent(state, who()?, req, at).await,
+        ("POST", "/v1/consents") => subjects::record_consent(state, who()?, req, at).await,
         ("GET", "/v1/subjects/{subject_ref}/consents") => {
-            ekyc::subject_consents(state, who()?, p(0)).await
+            subjects::subject_consents(state, who()?, p(0)).await
+        }
+        ("GET", "/v1/subjects/{subject_ref}/export") => subjects::export(state, who()?, p(0)).await,
+        ("POST", "/v1/subjects/{subject_ref}/rectify") => {
+            subjects::rectify(state, who()?, req, p(0)).await
+        }
+        (
+            "POST",
+            path @ ("/v1/subjects/{subject_ref}/erase"
+            | "/v1/subjects/{subject_ref}/restrict"
+            | "/v1/subjects/{subject_ref}/unrestrict"
+            | "/v1/subjects/{subject_ref}/object"),
+        ) => {
+            let action = path.rsplit('/').next().unwrap_or_default();
+            subjects::act(state, who()?, p(0), action).await
         }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?, at).await,
         ("GET", "/metrics") => metrics(state).await,
@@ -307,6 +330,8 @@ pub async fn route(
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, who()?, p(0), at).await,
+        ("POST", "/v1/admin/resellers/{id}/close") => close_reseller(state, p(0)).await,
+        ("GET", "/v1/admin/requests") => request_log(state, &req).await,
         ("GET", "/v1/admin/audit") => audit::list(state, who()?, &req).await,
         _ => Err(problems::no_route(&path)),
     }
@@ -984,6 +1009,33 @@ async fn rotate_key(
 }
 
 /// Wait until every write made so far is on disk: a 2xx is sent only after it.
+async fn request_log(state: &AppState, req: &http::Request<Bytes>) -> Result<Response, Problem> {
+    let paging = paging(query_pairs(req), |k, _| {
+        Err(problems::invalid_query(format!("unknown parameter {k:?}")))
+    })?;
+    let before = paging
+        .starting_after
+        .as_deref()
+        .map(|s| {
+            ulid::Ulid::from_string(s)
+                .map_err(|_| problems::invalid_query("starting_after must be a request id".into()))
+        })
+        .transpose()?;
+    let page = state
+        .gateway
+        .store()
+        .requests_page(before, paging.limit)
+        .await
+        .map_err(DomainError::from)?;
+    Ok(json(
+        StatusCode::OK,
+        &Page {
+            data: page.items.into_iter().map(RequestView::from).collect(),
+            has_more: page.has_more,
+        },
+    ))
+}
+
 pub(super) async fn durable(state: &AppState) -> Result<(), Problem> {
     state
         .gateway
@@ -1169,6 +1221,14 @@ async fn credit(
         },
     )
     .await
+}
+
+async fn close_reseller(state: &AppState, id: &str) -> Result<Response, Problem> {
+    let id: ResellerId = id
+        .parse()
+        .map_err(|_| Problem::from(DomainError::NotFound("reseller")))?;
+    let reseller = state.gateway.close_reseller(id).await?;
+    Ok(json(StatusCode::OK, &ResellerView::from(reseller)))
 }
 
 async fn revoke_key(

@@ -226,6 +226,8 @@ pub struct ResellerView {
     pub markup_bps: u32,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
+    /// When the account was closed, if it was.
+    pub closed_at_ms: Option<u64>,
 }
 
 impl From<Reseller> for ResellerView {
@@ -235,6 +237,44 @@ impl From<Reseller> for ResellerView {
             name: r.name,
             markup_bps: r.markup_bps,
             created_at_ms: r.created_at_ms,
+            closed_at_ms: r.closed_at_ms,
+        }
+    }
+}
+
+/// One record of the API request log.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "RequestLogEntry")]
+pub struct RequestView {
+    /// Id, a lowercase ULID (sorts by time).
+    pub id: String,
+    /// When it was answered, ms since the epoch.
+    pub at_ms: u64,
+    /// Method.
+    pub method: String,
+    /// Route template (`other` for no route).
+    pub route: String,
+    /// Status answered.
+    pub status: u16,
+    /// The API key that authenticated, if one did.
+    pub key_id: Option<crate::domain::ids::KeyId>,
+    /// The client's network (/24 or /48).
+    pub client: String,
+    /// Time to answer, µs.
+    pub latency_us: u64,
+}
+
+impl From<crate::domain::request_log::RequestRecord> for RequestView {
+    fn from(r: crate::domain::request_log::RequestRecord) -> RequestView {
+        RequestView {
+            id: r.id.to_string().to_lowercase(),
+            at_ms: r.id.timestamp_ms(),
+            method: r.method,
+            route: r.route,
+            status: r.status,
+            key_id: r.key,
+            client: r.client,
+            latency_us: r.micros,
         }
     }
 }

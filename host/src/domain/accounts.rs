@@ -53,6 +53,10 @@ pub struct Reseller {
     /// raises `balance.low`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub low_balance_alerts: std::collections::BTreeMap<String, i64>,
+    /// When the account was closed: its keys stop working, and its account data are
+    /// deleted once the retention period after closure is over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at_ms: Option<u64>,
 }
 
 /// The stored form of an API key: never the key itself.

@@ -182,23 +182,9 @@ impl<'de> Deserialize<'de> for Actor {
 pub struct AddressPrefix(String);
 
 impl AddressPrefix {
-    /// The network of `ip`.
+    /// The network of `ip` (as the request log cuts it: one rule for both logs).
     pub fn of(ip: IpAddr) -> AddressPrefix {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        AddressPrefix(match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, c, _] = v4.octets();
-                format!("{a}.{b}.{c}.0/24")
-            }
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
-                format!("{net}/48")
-            }
-        })
+        AddressPrefix(super::request_log::truncated(ip))
     }
 
     /// As written, e.g. `203.0.113.0/24`.

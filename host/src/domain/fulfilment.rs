@@ -805,6 +805,7 @@ mod tests {
             markup_bps: 0,
             created_at_ms: 0,
             low_balance_alerts: Default::default(),
+            closed_at_ms: None,
         };
         store.put_reseller(&reseller).await.unwrap();
         let credit = LedgerEntry::new(reseller.id, EntryKind::Credit, 1000, "USD", None, 0);

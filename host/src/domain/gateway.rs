@@ -129,8 +129,8 @@ pub struct GatewayTuning {
     /// How long an order waits in `awaiting_kyc` for its verification session to open
     /// before it fails and its hold is released.
     pub ekyc_wait: Duration,
-    /// How long audit log entries are kept (security logs: 90 days, P10).
-    pub audit_retention: Duration,
+    /// How long each class of record is kept.
+    pub retention: super::use_cases::retention::RetentionPolicy,
 }
 
 impl Default for GatewayTuning {
@@ -143,7 +143,7 @@ impl Default for GatewayTuning {
             idempotency_retention: Duration::from_secs(24 * 3600),
             webhooks: WebhookTuning::default(),
             ekyc_wait: Duration::from_secs(7 * 24 * 3600),
-            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            retention: Default::default(),
         }
     }
 }

@@ -34,8 +34,11 @@ pub enum JobKind {
     },
     /// Turn the events waiting in the outbox into deliveries.
     DispatchEvents,
-    /// Forget webhook delivery attempts past their retention.
+    /// The retention sweep's former name (webhook attempts only); a job of this kind
+    /// left in a store is retired.
     ExpireAttempts,
+    /// Delete one bounded batch of each class of record past its retention.
+    SweepRetention,
     /// Deliver an event to one webhook endpoint.
     Deliver {
         /// The event.

@@ -199,6 +199,12 @@ impl Books {
     }
 
     /// A reseller's balances, by currency.
+    /// Drop a reseller's balances (its account and ledger are deleted).
+    pub fn forget(&mut self, reseller: ResellerId) {
+        self.balances.retain(|(r, _), _| *r != reseller);
+    }
+
+    /// A reseller's balances, by currency.
     pub fn balances_of(&self, reseller: ResellerId) -> Vec<(String, Balance)> {
         let mut out: Vec<(String, Balance)> = self
             .balances

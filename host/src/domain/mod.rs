@@ -19,6 +19,7 @@ pub mod keyring;
 pub mod ledger;
 pub mod orders;
 pub mod personal;
+pub mod request_log;
 pub mod store;
 pub mod supplier;
 pub mod use_cases;

@@ -33,6 +33,16 @@ impl Personal {
     }
 }
 
+/// A subject's processing restricted (P11): while it is in force, no new order or eKYC
+/// session is made for the subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    /// Since when, ms since the epoch.
+    pub since_ms: u64,
+    /// The API key that asked for it.
+    pub by: crate::domain::ids::KeyId,
+}
+
 /// Personal fields as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedPersonal {

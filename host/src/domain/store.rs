@@ -19,7 +19,8 @@ use super::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
-use super::personal::SubjectLookup;
+use super::personal::{Restriction, SubjectLookup};
+use super::request_log::RequestRecord;
 use super::webhooks::{Attempt, Endpoint};
 
 /// A storage failure. Never caused by a client: the API maps it to 503.
@@ -284,8 +285,9 @@ pub trait Store: Send + Sync {
     async fn delete_endpoint(&self, reseller: ResellerId, id: EndpointId) -> StoreResult<bool>;
     /// Record a delivery attempt.
     async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()>;
-    /// Forget delivery attempts made before `cutoff_ms`; returns how many.
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize>;
+    /// Forget up to `limit` delivery attempts made before `cutoff_ms`, oldest first;
+    /// returns how many (fewer than `limit`: none older is left).
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
     /// The attempts at one of a reseller's endpoints, newest first, older than `before`.
     async fn attempts_page(
         &self,
@@ -342,6 +344,66 @@ pub trait Store: Send + Sync {
         lookup: &SubjectLookup,
         wrapped: &[u8],
     ) -> StoreResult<Vec<u8>>;
+
+    /// Note that order `order` of `reseller` holds personal fields of `subject`. An index
+    /// entry may outlive a refused order or a rectification: readers check the order.
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()>;
+    /// The orders indexed under a reseller's subject, oldest first, at most `limit`.
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>>;
+    /// Destroy a subject's data key (erasure): whatever it sealed, wherever it was copied,
+    /// can no longer be opened. Returns whether there was one.
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool>;
+    /// A reseller's subject's processing restriction, if one is in force.
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>>;
+    /// Put a restriction in force (`Some`) or lift it (`None`).
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()>;
+
+    /// Delete transaction records past their retention, a bounded batch at a time: every
+    /// final order whose last change came before `cutoff_ms`, with its eSIMs and the copies
+    /// its ledger entries' commit records carry. The entries themselves (ids, amounts,
+    /// times) stay: they are the account's balance history, deleted with the account.
+    /// Looks at most `limit` ledger entries; returns how many it looked at (fewer than
+    /// `limit`: nothing more is due now).
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
+
+    /// Delete a closed account's data, a bounded batch at a time: its API keys, webhook
+    /// endpoints and their attempts, consent events, restrictions, subject index,
+    /// idempotency records, events, balances and ledger; the reseller record goes last.
+    /// Orders and eSIMs are transaction records with a period of their own: whatever of
+    /// them the ledger's commit records held is first written out in full. Deletes at
+    /// most `limit` records; returns how many (fewer than `limit`: the account is gone).
+    async fn forget_account(&self, reseller: ResellerId, limit: usize) -> StoreResult<usize>;
+
+    /// Append API request records.
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()>;
+    /// Request records, newest first, older than `before`.
+    async fn requests_page(
+        &self,
+        before: Option<ulid::Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>>;
+    /// Forget up to `limit` request records made before `cutoff_ms`, oldest first; returns
+    /// how many.
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
 
     /// Append an event to the consent ledger (never replaced).
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()>;

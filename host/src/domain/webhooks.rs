@@ -161,8 +161,6 @@ pub struct WebhookTuning {
     pub rotation_grace: Duration,
     /// Endpoints a reseller may have.
     pub max_endpoints: usize,
-    /// How long the delivery log keeps an attempt.
-    pub attempt_retention: Duration,
 }
 
 impl Default for WebhookTuning {
@@ -186,7 +184,6 @@ impl Default for WebhookTuning {
             dispatch_every: Duration::from_secs(1),
             rotation_grace: Duration::from_secs(24 * 3600),
             max_endpoints: 16,
-            attempt_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -233,7 +233,7 @@ impl GatewayJobs {
             ("refresh-catalogs", JobKind::RefreshCatalogs),
             ("expire-idempotency", JobKind::ExpireIdempotency),
             ("dispatch-events", JobKind::DispatchEvents),
-            ("expire-webhook-attempts", JobKind::ExpireAttempts),
+            ("sweep-retention", JobKind::SweepRetention),
         ];
         for (id, kind) in housekeeping {
             store.put_job(&Job::new(id, kind, now_ms)).await?;
@@ -286,16 +286,28 @@ impl JobHandler for GatewayJobs {
                         ),
                     })
                 }
-                JobKind::ExpireAttempts => {
-                    let n = self
+                JobKind::ExpireAttempts => Ok(Outcome::Done),
+                JobKind::SweepRetention => {
+                    let swept = self
                         .gateway
-                        .expire_attempts()
+                        .sweep_retention()
                         .await
                         .map_err(|e| e.to_string())?;
-                    if n > 0 {
-                        tracing::info!(expired = n, "webhook delivery attempts expired");
+                    if swept.total() > 0 {
+                        tracing::info!(
+                            requests = swept.requests,
+                            webhook_attempts = swept.webhook_attempts,
+                            ledger_entries_looked_at = swept.transactions,
+                            account_records = swept.accounts,
+                            "records past their retention deleted"
+                        );
                     }
-                    Ok(Outcome::Again(self.sweep_every))
+                    // A full batch: more may be due; come back soon rather than in an hour.
+                    Ok(Outcome::Again(if swept.more() {
+                        std::time::Duration::from_secs(1)
+                    } else {
+                        self.sweep_every
+                    }))
                 }
                 JobKind::ExpireIdempotency => {
                     let n = self
@@ -472,8 +484,8 @@ mod schedule_tests {
             [
                 "dispatch-events",
                 "expire-idempotency",
-                "expire-webhook-attempts",
-                "refresh-catalogs"
+                "refresh-catalogs",
+                "sweep-retention"
             ]
         );
     }

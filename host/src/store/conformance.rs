@@ -61,6 +61,9 @@ macro_rules! store_conformance {
             a_hold_that_crosses_the_alert_threshold_raises_balance_low_with_it,
             a_job_is_brought_forward_unless_a_worker_holds_it,
             consent_events_are_kept_in_order_per_reseller_and_subject,
+            request_records_are_paged_newest_first_and_expire_oldest_first,
+            old_final_orders_are_purged_and_their_ledger_amounts_kept,
+            a_forgotten_account_leaves_its_orders_readable_and_nothing_else,
             audit_entries_are_numbered_without_gaps_and_each_links_to_the_one_before,
             audit_pages_come_newest_first_with_cursor_and_filters,
             a_purged_audit_log_stays_verifiable_from_its_checkpoint,
@@ -83,6 +86,7 @@ fn reseller() -> Reseller {
         markup_bps: 250,
         created_at_ms: 1,
         low_balance_alerts: Default::default(),
+        closed_at_ms: None,
     }
 }
 
@@ -1058,9 +1062,16 @@ pub async fn webhook_endpoints_and_attempts_belong_to_their_reseller(backend: &d
     // Attempts past their retention are forgotten; later ones stay.
     let old = attempt(0, 500);
     let old = Attempt { at_ms: 0, ..old };
+    let older = Attempt {
+        id: AttemptId::new(),
+        at_ms: 0,
+        ..old.clone()
+    };
     store.put_attempt(&old).await.unwrap();
-    assert_eq!(store.expire_attempts(1).await.unwrap(), 1);
-    assert_eq!(store.expire_attempts(1).await.unwrap(), 0);
+    store.put_attempt(&older).await.unwrap();
+    assert_eq!(store.expire_attempts(1, 1).await.unwrap(), 1, "bounded");
+    assert_eq!(store.expire_attempts(1, 100).await.unwrap(), 1);
+    assert_eq!(store.expire_attempts(1, 100).await.unwrap(), 0);
 
     store.close().await.unwrap();
     drop(store);
@@ -1351,6 +1362,218 @@ pub async fn consent_events_are_kept_in_order_per_reseller_and_subject(backend: 
         history,
         "durable"
     );
+}
+
+/// The API request log pages newest first and expires oldest first, a bounded batch at a
+/// time.
+pub async fn request_records_are_paged_newest_first_and_expire_oldest_first(backend: &dyn Backend) {
+    use crate::domain::request_log::RequestRecord;
+    let store = backend.open();
+    let record = |at_ms: u64| RequestRecord {
+        id: Ulid::from_parts(at_ms, rand_part()),
+        method: "GET".into(),
+        route: "/v1/orders/{id}".into(),
+        status: 200,
+        key: Some(KeyId::new()),
+        client: "203.0.113.0/24".into(),
+        micros: 120,
+    };
+    let records: Vec<RequestRecord> = [1_000, 2_000, 3_000, 4_000].map(record).into();
+    store.append_requests(&records).await.unwrap();
+    store.durable().await.unwrap();
+    let page = store.requests_page(None, 3).await.unwrap();
+    assert_eq!(
+        page.items,
+        [records[3].clone(), records[2].clone(), records[1].clone()]
+    );
+    assert!(page.has_more);
+    let rest = store.requests_page(Some(records[1].id), 3).await.unwrap();
+    assert_eq!(
+        (rest.items, rest.has_more),
+        (vec![records[0].clone()], false)
+    );
+    assert_eq!(store.expire_requests(3_000, 1).await.unwrap(), 1, "bounded");
+    assert_eq!(store.expire_requests(3_000, 10).await.unwrap(), 1);
+    assert_eq!(
+        store.expire_requests(3_000, 10).await.unwrap(),
+        0,
+        "not before"
+    );
+    let left = store.requests_page(None, 10).await.unwrap().items;
+    assert_eq!(left, [records[3].clone(), records[2].clone()]);
+}
+
+fn rand_part() -> u128 {
+    Ulid::new().random()
+}
+
+/// Transaction retention: a final order whose last change is older than the cutoff goes
+/// with its eSIMs, for good (not written back on reopening); open or younger orders stay;
+/// the ledger's amounts and the balance do not move.
+pub async fn old_final_orders_are_purged_and_their_ledger_amounts_kept(backend: &dyn Backend) {
+    let store = backend.open();
+    let r = reseller();
+    store.put_reseller(&r).await.unwrap();
+    credit(&*store, r.id, 10_000).await;
+    let old = order_for(r.id, 100, 1);
+    accept(&*store, &old).await.unwrap();
+    let old = settle(&*store, &old, &["8900000000000000017"])
+        .await
+        .unwrap();
+    let open = order_for(r.id, 100, 1);
+    accept(&*store, &open).await.unwrap();
+    let mut young = order_for(r.id, 100, 1);
+    young.created_at_ms = 50_000;
+    young.updated_at_ms = 50_000;
+    accept(&*store, &young).await.unwrap();
+    let mut settled = young.clone();
+    settled.transition(OrderStatus::Submitted, 50_001).unwrap();
+    settled.transition(OrderStatus::Failed, 50_002).unwrap();
+    let commit = Commit::settle(settled, EntryKind::Release, Vec::new()).unwrap();
+    store.commit(&commit).await.unwrap().unwrap();
+    let balance = store.balance(r.id, "USD").await.unwrap();
+    let entries = store.ledger_page(r.id, None, 100).await.unwrap().items;
+    store.durable().await.unwrap();
+
+    // `old` changed last at 12: a cut at 12 keeps it, one at 13 takes it; `open` is not
+    // final and `young` changed at 50_002, so both stay.
+    store.purge_transactions(12, 100).await.unwrap();
+    assert!(
+        store.order(old.id).await.unwrap().is_some(),
+        "not before its time"
+    );
+    let mut looked = 0;
+    for _ in 0..10 {
+        looked += store.purge_transactions(13, 100).await.unwrap();
+    }
+    assert!(looked > 0);
+    assert_eq!(store.order(old.id).await.unwrap(), None, "purged");
+    assert_eq!(store.esim("8900000000000000017").await.unwrap(), None);
+    assert!(
+        store.order(open.id).await.unwrap().is_some(),
+        "open orders stay"
+    );
+    assert!(
+        store.order(young.id).await.unwrap().is_some(),
+        "younger orders stay"
+    );
+    assert_eq!(
+        store.balance(r.id, "USD").await.unwrap(),
+        balance,
+        "money untouched"
+    );
+    let after = store.ledger_page(r.id, None, 100).await.unwrap().items;
+    assert_eq!(after, entries, "ledger amounts kept");
+    store.durable().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.order(old.id).await.unwrap(), None, "not written back");
+    assert_eq!(store.balance(r.id, "USD").await.unwrap(), balance);
+}
+
+/// A closed account's data go in bounded batches; its orders and eSIMs (transaction
+/// records, kept to their own period) stay readable; other accounts are untouched.
+pub async fn a_forgotten_account_leaves_its_orders_readable_and_nothing_else(
+    backend: &dyn Backend,
+) {
+    use crate::domain::consent::{CollectionMethod, ConsentAction, ConsentEvent};
+    use crate::domain::ids::ConsentId;
+    let store = backend.open();
+    let (gone, kept) = (reseller(), reseller());
+    for r in [&gone, &kept] {
+        store.put_reseller(r).await.unwrap();
+        credit(&*store, r.id, 10_000).await;
+    }
+    let key = |r: &Reseller| ApiKey {
+        id: KeyId::new(),
+        reseller: Some(r.id),
+        role: Role::Reseller,
+        mode: KeyMode::Live,
+        hash: KeyHash([r.id.to_bytes()[15]; 32]),
+        hint: "sgk_live_x".into(),
+        created_at_ms: 1,
+        expires_at_ms: None,
+    };
+    let (gone_key, kept_key) = (key(&gone), key(&kept));
+    store.put_api_key(&gone_key).await.unwrap();
+    store.put_api_key(&kept_key).await.unwrap();
+    let order = order_for(gone.id, 100, 1);
+    accept(&*store, &order).await.unwrap();
+    let order = settle(&*store, &order, &["8900000000000000033"])
+        .await
+        .unwrap();
+    let subject = SubjectLookup([3; 32]);
+    store
+        .put_consent(&ConsentEvent {
+            id: ConsentId::new(),
+            reseller: gone.id,
+            subject,
+            purpose: "marketing".into(),
+            action: ConsentAction::Granted,
+            notice_version: "v1".into(),
+            notice_hash: "0".repeat(64),
+            policy_url: None,
+            collection_method: CollectionMethod::Api,
+            language: None,
+            jurisdiction: None,
+            collected_at_ms: 1,
+            recorded_at_ms: 1,
+            recorded_by: gone_key.id,
+            sealed_subject_ref: vec![1],
+        })
+        .await
+        .unwrap();
+    let kept_balance = store.balance(kept.id, "USD").await.unwrap();
+
+    let mut deleted = 0;
+    loop {
+        let n = store.forget_account(gone.id, 2).await.unwrap();
+        deleted += n;
+        if n < 2 {
+            break;
+        }
+        assert!(deleted < 100, "the batches end");
+    }
+    assert!(
+        deleted >= 5,
+        "keys, ledger, consent and the account: {deleted}"
+    );
+    assert_eq!(store.reseller(gone.id).await.unwrap(), None);
+    assert_eq!(store.api_key(&gone_key.hash).await.unwrap(), None);
+    assert_eq!(store.api_key_by_id(gone_key.id).await.unwrap(), None);
+    assert!(
+        store
+            .ledger_page(gone.id, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        store
+            .consents(gone.id, &subject, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.balances(gone.id).await.unwrap(), vec![]);
+    let (read, esims) = store.order_and_esims(order.id).await.unwrap().unwrap();
+    assert_eq!(
+        (read.status, esims.len()),
+        (OrderStatus::Fulfilled, 1),
+        "kept in full"
+    );
+    assert!(store.api_key(&kept_key.hash).await.unwrap().is_some());
+    assert_eq!(store.balance(kept.id, "USD").await.unwrap(), kept_balance);
+
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.reseller(gone.id).await.unwrap(), None);
+    assert!(store.order(order.id).await.unwrap().is_some());
+    assert_eq!(store.balance(kept.id, "USD").await.unwrap(), kept_balance);
+    assert_eq!(store.balances(gone.id).await.unwrap(), vec![]);
 }
 
 /// An audit entry by key `key` about `reseller`.

@@ -19,7 +19,8 @@ use crate::domain::ids::{AttemptId, ConsentId, EndpointId, EventId, KeyId, Order
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
-use crate::domain::personal::SubjectLookup;
+use crate::domain::personal::{Restriction, SubjectLookup};
+use crate::domain::request_log::RequestRecord;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -41,6 +42,9 @@ struct State {
     idempotency: HashMap<Vec<u8>, IdemRecord>,
     subject_keys: HashMap<SubjectLookup, Vec<u8>>,
     consents: BTreeMap<(ResellerId, SubjectLookup, ConsentId), ConsentEvent>,
+    subject_orders: BTreeMap<(ResellerId, SubjectLookup, OrderId), ()>,
+    requests: BTreeMap<Ulid, RequestRecord>,
+    restrictions: HashMap<(ResellerId, SubjectLookup), Restriction>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
     events: BTreeMap<(ResellerId, EventId), Event>,
@@ -322,11 +326,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
         let mut state = self.lock();
-        let before = state.attempts.len();
-        state.attempts.retain(|_, a| a.at_ms >= cutoff_ms);
-        Ok(before - state.attempts.len())
+        let mut old: Vec<_> = state
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.at_ms < cutoff_ms)
+            .map(|(k, a)| (a.at_ms, *k))
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (_, k) in &old {
+            state.attempts.remove(k);
+        }
+        Ok(old.len())
     }
 
     async fn attempts_page(
@@ -470,6 +483,175 @@ impl Store for MemoryStore {
             .entry(*lookup)
             .or_insert_with(|| wrapped.to_vec())
             .clone())
+    }
+
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()> {
+        self.lock()
+            .subject_orders
+            .insert((reseller, *subject, order), ());
+        Ok(())
+    }
+
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>> {
+        let state = self.lock();
+        Ok(state
+            .subject_orders
+            .range((reseller, *subject, OrderId(Ulid::nil()))..)
+            .take_while(|((r, s, _), _)| r == &reseller && s == subject)
+            .take(limit)
+            .map(|((_, _, o), _)| *o)
+            .collect())
+    }
+
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool> {
+        Ok(self.lock().subject_keys.remove(lookup).is_some())
+    }
+
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>> {
+        Ok(self.lock().restrictions.get(&(reseller, *subject)).cloned())
+    }
+
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()> {
+        let mut state = self.lock();
+        match restriction {
+            Some(r) => state.restrictions.insert((reseller, *subject), r.clone()),
+            None => state.restrictions.remove(&(reseller, *subject)),
+        };
+        Ok(())
+    }
+
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let due: Vec<Order> = state
+            .orders
+            .values()
+            .filter(|o| o.status.is_final() && o.updated_at_ms < cutoff_ms)
+            .take(limit)
+            .cloned()
+            .collect();
+        for order in &due {
+            state.orders.remove(&order.id);
+            for iccid in &order.iccids {
+                if state.esims.get(iccid).is_some_and(|e| e.order == order.id) {
+                    state.esims.remove(iccid);
+                }
+            }
+            if let Some(subject) = order.personal.as_ref().and_then(|p| p.subject) {
+                state
+                    .subject_orders
+                    .remove(&(order.reseller, subject, order.id));
+            }
+        }
+        Ok(due.len())
+    }
+
+    async fn forget_account(&self, reseller: ResellerId, _limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let before = state.api_keys.len()
+            + state.endpoints.len()
+            + state.attempts.len()
+            + state.consents.len()
+            + state.restrictions.len()
+            + state.subject_orders.len()
+            + state.events.len()
+            + state.ledger.len()
+            + state.resellers.len();
+        let keys: Vec<KeyId> = state
+            .api_keys
+            .values()
+            .filter(|k| k.reseller == Some(reseller))
+            .map(|k| k.id)
+            .collect();
+        state.api_keys.retain(|_, k| k.reseller != Some(reseller));
+        for id in keys {
+            state.api_key_ids.remove(&id);
+        }
+        let endpoints: Vec<EndpointId> = state
+            .endpoints
+            .keys()
+            .filter(|(r, _)| *r == reseller)
+            .map(|(_, e)| *e)
+            .collect();
+        state.attempts.retain(|(e, _), _| !endpoints.contains(e));
+        state.endpoints.retain(|(r, _), _| *r != reseller);
+        state.consents.retain(|(r, _, _), _| *r != reseller);
+        state.restrictions.retain(|(r, _), _| *r != reseller);
+        state.subject_orders.retain(|(r, _, _), _| *r != reseller);
+        state.events.retain(|(r, _), _| *r != reseller);
+        state.outbox.retain(|_, r| *r != reseller);
+        state.ledger.retain(|(r, _), _| *r != reseller);
+        let prefix = reseller.to_bytes();
+        state.idempotency.retain(|k, _| !k.starts_with(&prefix));
+        state.books.forget(reseller);
+        state.resellers.remove(&reseller);
+        let after = state.api_keys.len()
+            + state.endpoints.len()
+            + state.attempts.len()
+            + state.consents.len()
+            + state.restrictions.len()
+            + state.subject_orders.len()
+            + state.events.len()
+            + state.ledger.len()
+            + state.resellers.len();
+        Ok(before - after)
+    }
+
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
+        let mut state = self.lock();
+        for r in records {
+            state.requests.insert(r.id, r.clone());
+        }
+        Ok(())
+    }
+
+    async fn requests_page(
+        &self,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>> {
+        let state = self.lock();
+        let mut older = state
+            .requests
+            .range(..before.unwrap_or(Ulid::from_bytes([0xff; 16])))
+            .rev()
+            .map(|(_, r)| r.clone());
+        let items: Vec<RequestRecord> = older.by_ref().take(limit).collect();
+        let has_more = older.next().is_some();
+        Ok(Page { items, has_more })
+    }
+
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let old: Vec<Ulid> = state
+            .requests
+            .range(..Ulid::from_parts(cutoff_ms, 0))
+            .take(limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &old {
+            state.requests.remove(k);
+        }
+        Ok(old.len())
     }
 
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {

@@ -11,6 +11,8 @@
 //! | `esims` | ICCID | JSON `EsimRecord` (activation data sealed), a commit pointer, or a claim |
 //! | `catalogs` | plugin id | JSON `CachedCatalog` |
 //! | `subject_keys` | subject lookup (keyed hash, 32 B) | the subject's wrapped data key |
+//! | `subject_orders` | reseller id ++ subject lookup ++ order id | empty: a subject's orders (readers check the order) |
+//! | `subject_restrictions` | reseller id ++ subject lookup | JSON `Restriction` |
 //! | `consents` | reseller id ++ subject lookup ++ consent id (sorts by time) | JSON `ConsentEvent` (subject ref sealed) |
 //! | `jobs` | job id | JSON `Job` (housekeeping, each open order's next step, each delivery) |
 //! | `jobs_due` | due time (8 B, big-endian) ++ job id | empty: live jobs by when they may next be taken; rebuilt on open |
@@ -19,6 +21,8 @@
 //! | `outbox` | event id | reseller id: events whose deliveries are not scheduled yet |
 //! | `webhook_endpoints` | reseller id ++ endpoint id | JSON `Endpoint` (secrets sealed) |
 //! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
+//! | `webhook_attempts_by_time` | attempt time (8 B) ++ endpoint id ++ attempt id | empty: attempts oldest first, for retention |
+//! | `requests` | record id (sorts by time) | JSON `RequestRecord` (API request log) |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `audit` | sequence number (8 B, big-endian) | JSON `AuditEntry` (hash-chained; see `domain::audit`) |
@@ -89,7 +93,8 @@ use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, Reselle
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused, Totals};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
-use crate::domain::personal::SubjectLookup;
+use crate::domain::personal::{Restriction, SubjectLookup};
+use crate::domain::request_log::RequestRecord;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
@@ -124,6 +129,8 @@ pub struct SledStore {
     catalogs: sled::Tree,
     subject_keys: sled::Tree,
     consents: sled::Tree,
+    subject_orders: sled::Tree,
+    restrictions: sled::Tree,
     jobs: sled::Tree,
     jobs_due: sled::Tree,
     events: sled::Tree,
@@ -131,6 +138,8 @@ pub struct SledStore {
     journal: sled::Tree,
     endpoints: sled::Tree,
     attempts: sled::Tree,
+    attempts_by_time: sled::Tree,
+    requests: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
     /// Held for each audit append: the chain is one line.
@@ -513,6 +522,8 @@ impl SledStore {
             catalogs: tree("catalogs")?,
             subject_keys: tree("subject_keys")?,
             consents: tree("consents")?,
+            subject_orders: tree("subject_orders")?,
+            restrictions: tree("subject_restrictions")?,
             jobs: tree("jobs")?,
             jobs_due: tree("jobs_due")?,
             events: tree("events")?,
@@ -520,6 +531,8 @@ impl SledStore {
             journal: tree("journal")?,
             endpoints: tree("webhook_endpoints")?,
             attempts: tree("webhook_attempts")?,
+            attempts_by_time: tree("webhook_attempts_by_time")?,
+            requests: tree("requests")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
             audit_head: Mutex::new(AuditHead {
@@ -704,6 +717,88 @@ impl SledStore {
                 self.jobs_due.insert(new, &[]).map_err(backend)?;
             }
         }
+        Ok(())
+    }
+
+    /// Walk one reseller's ledger oldest first from where the last run stopped, purging
+    /// what each entry older than `cutoff_ms` committed, up to `limit` entries; stops at
+    /// the first entry whose order is still open or changed since the cutoff (it is
+    /// purged once it has aged too). Per entry, in an order a crash cannot hurt: the
+    /// order and its eSIMs go, then the events its commit record raised, then the record
+    /// is rewritten as the bare entry, then the cursor moves. A crash before the rewrite
+    /// lets the open-time replay write the order back; the next run purges it again.
+    fn purge_ledger_of(&self, reseller: &[u8], cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let cursor_key = cat(b"retention/ledger/", reseller);
+        let start = match self.meta.get(&cursor_key).map_err(backend)? {
+            // Just after the last entry done.
+            Some(done) => cat(&done, &[0]),
+            None => reseller.to_vec(),
+        };
+        let end = cat(reseller, &[0xff; 16]);
+        let mut looked = 0;
+        for kv in self.ledger.range(start..=end) {
+            if looked == limit {
+                break;
+            }
+            let (key, value) = kv.map_err(backend)?;
+            let record: LedgerRecord = decode(&value)?;
+            if record.entry.created_at_ms >= cutoff_ms {
+                break;
+            }
+            if let Some(id) = record.entry.order
+                && let Some(order) = self.read_order(id)?
+            {
+                if !order.status.is_final() || order.updated_at_ms >= cutoff_ms {
+                    break;
+                }
+                self.forget_order(&order)?;
+            }
+            for event in &record.commits_events {
+                self.outbox.remove(event.id.to_bytes()).map_err(backend)?;
+                self.events.remove(event_key(event)).map_err(backend)?;
+            }
+            if record.commits_order.is_some()
+                || !record.commits_esims.is_empty()
+                || !record.commits_events.is_empty()
+            {
+                let bare = LedgerRecordRef {
+                    entry: &record.entry,
+                    commits_order: None,
+                    commits_esims: &[],
+                    commits_events: &[],
+                };
+                self.ledger.insert(&key, encode(&bare)).map_err(backend)?;
+            }
+            self.meta
+                .insert(&cursor_key, key.as_ref())
+                .map_err(backend)?;
+            looked += 1;
+        }
+        Ok(looked)
+    }
+
+    /// Delete a final order, its eSIMs and its subject index entry.
+    fn forget_order(&self, order: &Order) -> StoreResult<()> {
+        for iccid in &order.iccids {
+            let Some(stored) = self.esims.get(iccid).map_err(backend)? else {
+                continue;
+            };
+            // Only what this order owns (a top-up names another order's eSIM).
+            if self.owner_of(iccid, &stored).ok().map(|(o, _)| o) == Some(order.id) {
+                self.esims.remove(iccid.as_bytes()).map_err(backend)?;
+            }
+        }
+        if let Some(subject) = order.personal.as_ref().and_then(|p| p.subject) {
+            let key = [
+                &order.reseller.to_bytes()[..],
+                &subject.0,
+                &order.id.to_bytes(),
+            ]
+            .concat();
+            self.subject_orders.remove(key).map_err(backend)?;
+        }
+        self.orders.remove(order.id.to_bytes()).map_err(backend)?;
+        self.lock_unwritten().remove(&order.id);
         Ok(())
     }
 
@@ -1328,6 +1423,16 @@ impl Store for SledStore {
     }
 
     async fn put_attempt(&self, attempt: &Attempt) -> StoreResult<()> {
+        // The time index first: an attempt is never left where retention cannot find it.
+        let by_time = [
+            &attempt.at_ms.to_be_bytes()[..],
+            &attempt.endpoint.to_bytes(),
+            &attempt.id.to_bytes(),
+        ]
+        .concat();
+        self.attempts_by_time
+            .insert(by_time, &[])
+            .map_err(backend)?;
         put(
             &self.attempts,
             &cat(&attempt.endpoint.to_bytes(), &attempt.id.to_bytes()),
@@ -1335,15 +1440,19 @@ impl Store for SledStore {
         )
     }
 
-    async fn expire_attempts(&self, cutoff_ms: u64) -> StoreResult<usize> {
+    async fn expire_attempts(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
         let mut n = 0;
-        for kv in self.attempts.iter() {
-            let (key, record) = kv.map_err(backend)?;
-            let attempt: Attempt = decode(&record)?;
-            if attempt.at_ms < cutoff_ms {
-                self.attempts.remove(key).map_err(backend)?;
-                n += 1;
-            }
+        let cutoff = cutoff_ms.to_be_bytes();
+        for key in self
+            .attempts_by_time
+            .range(..cutoff.as_slice())
+            .keys()
+            .take(limit)
+        {
+            let key = key.map_err(backend)?;
+            self.attempts.remove(&key[8..]).map_err(backend)?;
+            self.attempts_by_time.remove(&key).map_err(backend)?;
+            n += 1;
         }
         Ok(n)
     }
@@ -1535,6 +1644,263 @@ impl Store for SledStore {
                 .map(|v| v.to_vec())
                 .ok_or_else(|| StoreError::Backend("a subject key vanished".into())),
         }
+    }
+
+    async fn index_subject_order(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        order: OrderId,
+    ) -> StoreResult<()> {
+        let key = [&reseller.to_bytes()[..], &subject.0, &order.to_bytes()].concat();
+        self.subject_orders.insert(key, &[]).map_err(backend)?;
+        Ok(())
+    }
+
+    async fn subject_orders(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderId>> {
+        self.subject_orders
+            .scan_prefix(cat(&reseller.to_bytes(), &subject.0))
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                let id: [u8; 16] = k[k.len() - 16..].try_into().expect("16 bytes");
+                Ok(OrderId::from_bytes(id))
+            })
+            .collect()
+    }
+
+    async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool> {
+        Ok(self
+            .subject_keys
+            .remove(lookup.0)
+            .map_err(backend)?
+            .is_some())
+    }
+
+    async fn restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> StoreResult<Option<Restriction>> {
+        get(&self.restrictions, &cat(&reseller.to_bytes(), &subject.0))
+    }
+
+    async fn set_restriction(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+        restriction: Option<&Restriction>,
+    ) -> StoreResult<()> {
+        let key = cat(&reseller.to_bytes(), &subject.0);
+        match restriction {
+            Some(r) => put(&self.restrictions, &key, r),
+            None => {
+                self.restrictions.remove(key).map_err(backend)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn purge_transactions(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let mut looked = 0;
+        for reseller in self.resellers.iter().keys() {
+            let reseller = reseller.map_err(backend)?;
+            looked += self.purge_ledger_of(&reseller, cutoff_ms, limit - looked)?;
+            if looked == limit {
+                return Ok(looked);
+            }
+        }
+        // Orders of accounts already deleted have no ledger left to lead to them: walk
+        // the orders themselves, oldest first, from where the last run stopped.
+        let cursor_key = b"retention/orders".as_slice();
+        let start = match self.meta.get(cursor_key).map_err(backend)? {
+            Some(done) => cat(&done, &[0]),
+            None => Vec::new(),
+        };
+        for kv in self.orders.range(start..) {
+            if looked == limit {
+                break;
+            }
+            let (key, stored) = kv.map_err(backend)?;
+            let order = self.stored_order(&stored)?;
+            if order.created_at_ms >= cutoff_ms {
+                break;
+            }
+            if !self
+                .resellers
+                .contains_key(order.reseller.to_bytes())
+                .map_err(backend)?
+            {
+                if order.updated_at_ms >= cutoff_ms {
+                    break;
+                }
+                self.forget_order(&order)?;
+            }
+            self.meta
+                .insert(cursor_key, key.as_ref())
+                .map_err(backend)?;
+            looked += 1;
+        }
+        Ok(looked)
+    }
+
+    async fn forget_account(&self, reseller: ResellerId, limit: usize) -> StoreResult<usize> {
+        let id = reseller.to_bytes();
+        let mut left = limit;
+        // Keys first: nothing can act for the account while the rest goes.
+        let mut keys = Vec::new();
+        for kv in self.api_keys.iter() {
+            let (hash, value) = kv.map_err(backend)?;
+            let key: ApiKey = decode(&value)?;
+            if key.reseller == Some(reseller) {
+                keys.push((hash, key.id));
+            }
+        }
+        for (hash, key) in keys.into_iter().take(left) {
+            self.api_key_ids.remove(key.to_bytes()).map_err(backend)?;
+            self.api_keys.remove(&hash).map_err(backend)?;
+            let hash: [u8; 32] = hash.as_ref().try_into().map_err(|_| dangling("a key"))?;
+            self.keys_seen
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+            left -= 1;
+        }
+        // Endpoints, each after its attempts.
+        for kv in self.endpoints.scan_prefix(id) {
+            let (key, value) = kv.map_err(backend)?;
+            let endpoint: Endpoint = decode(&value)?;
+            for kv in self.attempts.scan_prefix(endpoint.id.to_bytes()) {
+                if left == 0 {
+                    return Ok(limit);
+                }
+                let (akey, avalue) = kv.map_err(backend)?;
+                let attempt: Attempt = decode(&avalue)?;
+                let by_time = [&attempt.at_ms.to_be_bytes()[..], &akey].concat();
+                self.attempts_by_time.remove(by_time).map_err(backend)?;
+                self.attempts.remove(&akey).map_err(backend)?;
+                left -= 1;
+            }
+            if left == 0 {
+                return Ok(limit);
+            }
+            self.endpoints.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        // Records kept only under the reseller's prefix.
+        for tree in [
+            &self.consents,
+            &self.restrictions,
+            &self.subject_orders,
+            &self.idempotency,
+        ] {
+            for key in tree.scan_prefix(id).keys() {
+                if left == 0 {
+                    return Ok(limit);
+                }
+                tree.remove(key.map_err(backend)?).map_err(backend)?;
+                left -= 1;
+            }
+        }
+        for key in self.events.scan_prefix(id).keys() {
+            if left == 0 {
+                return Ok(limit);
+            }
+            let key = key.map_err(backend)?;
+            self.outbox.remove(&key[16..]).map_err(backend)?;
+            self.events.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        // The ledger newest first, so what a crash leaves is a prefix that still adds up.
+        // What a commit record holds for an order or eSIM stored behind it is written out
+        // in full before the record goes.
+        for kv in self.ledger.scan_prefix(id).rev() {
+            if left == 0 {
+                return Ok(limit);
+            }
+            let (key, value) = kv.map_err(backend)?;
+            let record: LedgerRecord = decode(&value)?;
+            let pointer = commit_pointer(&key);
+            if let Some(order) = &record.commits_order
+                && self
+                    .orders
+                    .get(order.id.to_bytes())
+                    .map_err(backend)?
+                    .as_deref()
+                    == Some(pointer.as_slice())
+            {
+                self.write_order(order)?;
+            }
+            for esim in &record.commits_esims {
+                if self.esims.get(&esim.iccid).map_err(backend)?.as_deref()
+                    == Some(pointer.as_slice())
+                {
+                    put(&self.esims, esim.iccid.as_bytes(), esim)?;
+                }
+            }
+            self.ledger.remove(&key).map_err(backend)?;
+            left -= 1;
+        }
+        for key in self.balances.scan_prefix(id).keys() {
+            self.balances
+                .remove(key.map_err(backend)?)
+                .map_err(backend)?;
+        }
+        self.lock_books().forget(reseller);
+        if left == 0 {
+            return Ok(limit);
+        }
+        if self.resellers.remove(id).map_err(backend)?.is_some() {
+            left -= 1;
+        }
+        self.resellers_seen
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reseller);
+        Ok(limit - left)
+    }
+
+    async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
+        for record in records {
+            put(&self.requests, &record.id.to_bytes(), record)?;
+        }
+        Ok(())
+    }
+
+    async fn requests_page(
+        &self,
+        before: Option<Ulid>,
+        limit: usize,
+    ) -> StoreResult<Page<RequestRecord>> {
+        let end = before.map_or([0xff; 16], |b| b.to_bytes());
+        let mut items = Vec::with_capacity(limit);
+        let mut has_more = false;
+        for kv in self.requests.range(..end.as_slice()).rev() {
+            if items.len() == limit {
+                has_more = true;
+                break;
+            }
+            items.push(decode(&kv.map_err(backend)?.1)?);
+        }
+        Ok(Page { items, has_more })
+    }
+
+    async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        let cutoff = Ulid::from_parts(cutoff_ms, 0).to_bytes();
+        let mut n = 0;
+        for key in self.requests.range(..cutoff.as_slice()).keys().take(limit) {
+            self.requests
+                .remove(key.map_err(backend)?)
+                .map_err(backend)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn put_consent(&self, event: &ConsentEvent) -> StoreResult<()> {
@@ -1820,6 +2186,7 @@ mod tests {
             markup_bps: 100,
             created_at_ms: 1,
             low_balance_alerts: Default::default(),
+            closed_at_ms: None,
         };
         {
             let s = SledStore::open(dir.path(), 8).unwrap();

@@ -76,6 +76,7 @@ impl Gateway {
             markup_bps,
             created_at_ms: self.clock.now_ms(),
             low_balance_alerts: Default::default(),
+            closed_at_ms: None,
         };
         self.store.put_reseller(&reseller).await?;
         Ok(reseller)
@@ -236,6 +237,37 @@ impl Gateway {
         Ok((entry, balance))
     }
 
+    /// Close reseller `id`'s account (admin): its keys stop working at once, and its
+    /// account data are deleted when the retention period after closure is over. An
+    /// account with orders still open is not closed. Idempotent.
+    pub async fn close_reseller(&self, id: ResellerId) -> Result<Reseller, DomainError> {
+        let mut reseller = self
+            .store
+            .reseller(id)
+            .await?
+            .ok_or(DomainError::NotFound("reseller"))?;
+        if reseller.closed_at_ms.is_some() {
+            return Ok(reseller);
+        }
+        if self
+            .store
+            .open_orders()
+            .await?
+            .iter()
+            .any(|o| o.reseller == id)
+        {
+            return Err(DomainError::Conflict {
+                code: "reseller_has_open_orders",
+                message: "the account has orders still in progress; close it once they settle"
+                    .into(),
+            });
+        }
+        reseller.closed_at_ms = Some(self.clock.now_ms());
+        self.store.put_reseller(&reseller).await?;
+        self.store.durable().await?;
+        Ok(reseller)
+    }
+
     /// Who holds this bearer key. The lookup is by keyed hash (HMAC under the pepper), so
     /// the secret itself is never compared: only an equal hash finds a record.
     pub async fn authenticate(&self, key: &str) -> Result<Principal, DomainError> {
@@ -246,6 +278,13 @@ impl Gateway {
             .await?
             .filter(|k| k.is_active(self.clock.now_ms()))
             .ok_or(DomainError::Unauthenticated)?;
+        if let Some(reseller) = record.reseller {
+            // A closed account's keys stop working with it.
+            let open = self.store.reseller(reseller).await?;
+            if open.is_none_or(|r| r.closed_at_ms.is_some()) {
+                return Err(DomainError::Unauthenticated);
+            }
+        }
         Ok(Principal {
             key: record.id,
             role: record.role,

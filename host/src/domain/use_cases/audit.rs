@@ -41,7 +41,7 @@ impl Gateway {
     }
 
     /// Delete up to [`PURGE_BATCH`] of the oldest audit entries older than the retention
-    /// period (`audit_retention`) at `now_ms`; returns how many were deleted.
+    /// period (`retention.audit`) at `now_ms`; returns how many were deleted.
     ///
     /// Each call first checks the entries added since the last checkpoint's head (up to a
     /// bound) and refuses, naming the first bad entry, if the chain is broken: a purge
@@ -87,7 +87,7 @@ impl Gateway {
         let (start_seq, start_hash) = previous.as_ref().map_or((1, GENESIS.to_string()), |c| {
             (c.first_seq, c.prev_hash.clone())
         });
-        let cutoff = now_ms.saturating_sub(self.tuning.audit_retention.as_millis() as u64);
+        let cutoff = now_ms.saturating_sub(self.tuning.retention.audit.as_millis() as u64);
         let oldest = self.store.audit_entries(start_seq, PURGE_BATCH + 1).await?;
         let purgeable = oldest
             .iter()

@@ -72,7 +72,7 @@ pub struct ConsentView {
 }
 
 impl ConsentView {
-    fn of(e: &ConsentEvent) -> ConsentView {
+    pub(crate) fn of(e: &ConsentEvent) -> ConsentView {
         ConsentView {
             id: e.id,
             purpose: e.purpose.clone(),

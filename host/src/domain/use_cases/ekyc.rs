@@ -196,6 +196,7 @@ impl Gateway {
                     .into(),
             });
         };
+        self.check_not_restricted(order.reseller, &subject).await?;
         let history = self
             .store
             .consents(order.reseller, &subject, MAX_HISTORY)

@@ -10,6 +10,7 @@ pub mod ekyc;
 pub mod esims;
 pub mod events;
 pub mod orders;
+pub mod retention;
 pub mod subjects;
 pub mod webhooks;
 

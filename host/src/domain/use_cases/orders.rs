@@ -109,6 +109,14 @@ impl Gateway {
         };
         // The id is the one the idempotency key was claimed with: the claim names it.
         let id = idem.map_or_else(OrderId::new, |key| key.order);
+        if let Some(subject_ref) = &new.subject_ref {
+            let subject = self.keyring.subject_lookup(reseller.id, subject_ref);
+            self.check_not_restricted(reseller.id, &subject).await?;
+            // Filed under its subject before it exists: a reader checks the order.
+            self.store
+                .index_subject_order(reseller.id, &subject, id)
+                .await?;
+        }
         let personal = Personal {
             subject_ref: new.subject_ref,
             metadata: new.metadata,

@@ -330,12 +330,15 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
     // The log keeps each attempt 30 days.
     f.clock.advance(30 * 24 * 3_600_000);
     assert_eq!(
-        f.gateway.expire_attempts().await.unwrap(),
+        f.gateway.sweep_retention().await.unwrap().webhook_attempts,
         4,
         "the older four"
     );
     f.clock.advance(1);
-    assert_eq!(f.gateway.expire_attempts().await.unwrap(), 1);
+    assert_eq!(
+        f.gateway.sweep_retention().await.unwrap().webhook_attempts,
+        1
+    );
     let log = f.gateway.attempts(&who, endpoint.id, None, 10).await;
     assert!(log.unwrap().items.is_empty());
 }
@@ -819,4 +822,120 @@ async fn an_approved_session_sends_the_order_to_its_supplier_and_a_rejected_one_
             .await,
         Err(DomainError::NotFound(_))
     ));
+}
+
+/// P10: each class of record is deleted at the end of its period and not before.
+#[tokio::test]
+async fn p10_each_class_of_record_is_deleted_at_its_period_and_not_before() {
+    use crate::domain::request_log::RequestRecord;
+    let f = fixture();
+    let store = f.gateway.store.clone();
+    let day = 24 * 3_600_000u64;
+    let record = |at_ms: u64| RequestRecord {
+        id: ulid::Ulid::from_parts(at_ms, 7),
+        method: "GET".into(),
+        route: "/v1/orders".into(),
+        status: 200,
+        key: None,
+        client: "192.0.2.0/24".into(),
+        micros: 1,
+    };
+    store.append_requests(&[record(START)]).await.unwrap();
+    // A transaction record: an order the supplier refused, final at START.
+    let who = funded_reseller(&f).await;
+    let new = crate::domain::use_cases::orders::NewOrder {
+        product_id: "native:SKU-1".into(),
+        quantity: 1,
+        subject_ref: None,
+        metadata: None,
+    };
+    let order = f.gateway.place_order(&who, new, None).await.unwrap();
+    assert_eq!(order.status, OrderStatus::Failed);
+    // API log: kept 30 days, deleted once older.
+    f.clock.advance(30 * day);
+    assert_eq!(
+        f.gateway.sweep_retention().await.unwrap().requests,
+        0,
+        "not before"
+    );
+    f.clock.advance(1);
+    assert_eq!(
+        f.gateway.sweep_retention().await.unwrap().requests,
+        1,
+        "past 30 days"
+    );
+    assert!(
+        store
+            .requests_page(None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A backlog larger than a batch is worked off a batch per run, and says so.
+    let many: Vec<RequestRecord> = (0..(super::retention::SWEEP_BATCH as u64 + 5))
+        .map(|i| record(START - 1 - i))
+        .collect();
+    store.append_requests(&many).await.unwrap();
+    let swept = f.gateway.sweep_retention().await.unwrap();
+    assert_eq!(swept.requests, super::retention::SWEEP_BATCH);
+    assert!(swept.more());
+    let swept = f.gateway.sweep_retention().await.unwrap();
+    assert_eq!((swept.requests, swept.more()), (5, false));
+
+    // Transaction records: 7 years after the order's last change, and not before.
+    let seven_years = super::retention::SEVEN_YEARS_DAYS * day;
+    f.clock.advance(seven_years - 30 * day - 1);
+    f.gateway.sweep_retention().await.unwrap();
+    assert!(
+        f.gateway.order(&who, order.id).await.is_ok(),
+        "kept 7 years"
+    );
+    f.clock.advance(1);
+    assert_eq!(f.gateway.sweep_retention().await.unwrap().transactions, 1);
+    assert!(matches!(
+        f.gateway.order(&who, order.id).await,
+        Err(DomainError::NotFound(_))
+    ));
+}
+
+/// P10: a closed account's keys stop at once, and its data go 2 years after closure.
+#[tokio::test]
+async fn p10_a_closed_account_is_deleted_two_years_after_closure_and_not_before() {
+    let f = fixture();
+    let who = funded_reseller(&f).await;
+    let reseller = who.reseller.unwrap();
+    let (key, _) = f
+        .gateway
+        .create_key(Some(reseller), Role::Reseller, KeyMode::Live)
+        .await
+        .unwrap();
+    let closed = f.gateway.close_reseller(reseller).await.unwrap();
+    assert_eq!(closed.closed_at_ms, Some(START));
+    assert_eq!(
+        f.gateway
+            .close_reseller(reseller)
+            .await
+            .unwrap()
+            .closed_at_ms,
+        Some(START),
+        "idempotent"
+    );
+    assert!(matches!(
+        f.gateway.authenticate(&key).await,
+        Err(DomainError::Unauthenticated)
+    ));
+    let two_years = super::retention::TWO_YEARS_DAYS * 24 * 3_600_000;
+    f.clock.advance(two_years);
+    assert_eq!(
+        f.gateway.sweep_retention().await.unwrap().accounts,
+        0,
+        "not before"
+    );
+    assert!(f.gateway.store.reseller(reseller).await.unwrap().is_some());
+    f.clock.advance(1);
+    assert!(f.gateway.sweep_retention().await.unwrap().accounts > 0);
+    assert_eq!(f.gateway.store.reseller(reseller).await.unwrap(), None);
+    assert!(f.gateway.store.balances(reseller).await.unwrap().is_empty());
 }

@@ -359,13 +359,6 @@ impl Gateway {
         Ok(next.map_or(NextTry::Done, NextTry::After))
     }
 
-    /// Forget delivery attempts past their retention; returns how many.
-    pub async fn expire_attempts(&self) -> Result<usize, DomainError> {
-        let keep = self.tuning.webhooks.attempt_retention.as_millis() as u64;
-        let cutoff = self.clock.now_ms().saturating_sub(keep);
-        Ok(self.store.expire_attempts(cutoff).await?)
-    }
-
     /// Webhook figures for metrics: attempts by outcome, what waits, and for how long.
     pub async fn webhook_stats(&self) -> Result<WebhookStats, DomainError> {
         let now = self.clock.now_ms();
