@@ -299,6 +299,7 @@ impl JobHandler for GatewayJobs {
                             webhook_attempts = swept.webhook_attempts,
                             ledger_entries_looked_at = swept.transactions,
                             account_records = swept.accounts,
+                            audit_entries = swept.audit,
                             "records past their retention deleted"
                         );
                     }

@@ -10,8 +10,8 @@ use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::store::Page;
 
 /// Most entries one [`Gateway::purge_audit`] call deletes: a run is a few milliseconds of
-/// store work, and a job calls again while it gets a full batch.
-pub const PURGE_BATCH: usize = 1000;
+/// store work, and the retention sweep runs again soon while it gets a full batch.
+pub const PURGE_BATCH: usize = super::retention::SWEEP_BATCH;
 
 /// Most entries past the last checkpoint's head one call verifies before it signs a new
 /// head: the log is checked once, incrementally, as it grows.
@@ -258,6 +258,22 @@ mod tests {
             assert_eq!(f.purge().await.unwrap(), expected);
             assert!(f.verify().await.is_ok());
         }
+    }
+
+    #[tokio::test]
+    async fn the_retention_sweep_purges_the_audit_log_and_a_broken_log_stops_only_that() {
+        let f = fixture();
+        f.record(3).await;
+        f.clock.advance(91 * DAY);
+        assert_eq!(f.gateway.sweep_retention().await.unwrap().audit, 3);
+        f.record(2).await;
+        f.store.tamper_with_audit_log(|log| {
+            log.get_mut(&5).unwrap().details = Some("edited".into());
+        });
+        f.clock.advance(91 * DAY);
+        let swept = f.gateway.sweep_retention().await.unwrap();
+        assert_eq!(swept.audit, 0, "a broken log is left for the operator");
+        assert_eq!(f.verify().await.unwrap_err().seq, 5);
     }
 
     #[tokio::test]

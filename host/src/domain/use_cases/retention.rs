@@ -56,6 +56,8 @@ pub struct Swept {
     pub transactions: usize,
     /// Records of closed accounts deleted.
     pub accounts: usize,
+    /// Audit log entries deleted.
+    pub audit: usize,
 }
 
 impl Swept {
@@ -66,13 +68,14 @@ impl Swept {
             self.webhook_attempts,
             self.transactions,
             self.accounts,
+            self.audit,
         ]
         .contains(&SWEEP_BATCH)
     }
 
     /// Records deleted in all.
     pub fn total(&self) -> usize {
-        self.requests + self.webhook_attempts + self.transactions + self.accounts
+        self.requests + self.webhook_attempts + self.transactions + self.accounts + self.audit
     }
 }
 
@@ -98,7 +101,23 @@ impl Gateway {
             accounts: self
                 .forget_closed_accounts(cutoff(policy.closed_accounts))
                 .await?,
+            audit: self.sweep_audit(now).await?,
         })
+    }
+
+    /// The audit log's batch (see [`Gateway::purge_audit`]). A broken chain stops only
+    /// the audit log's purge, loudly: the other classes keep their schedule.
+    async fn sweep_audit(&self, now_ms: u64) -> Result<usize, DomainError> {
+        match self.purge_audit(now_ms).await {
+            Err(DomainError::Conflict {
+                code: "audit_log_broken",
+                message,
+            }) => {
+                tracing::error!(%message, "the audit log was not purged");
+                Ok(0)
+            }
+            purged => purged,
+        }
     }
 
     /// Delete a batch of the data of accounts closed before `cutoff_ms`.
