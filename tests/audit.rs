@@ -167,6 +167,28 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
         Some(&json!({"order_id": kyc_order, "return_url": "https://reseller.example/done"})),
     );
     assert_eq!(session.status, 201, "{:?}", session.json);
+    // The subject's rights, each exercised once.
+    let subject_calls = [
+        ("GET", "export", None),
+        (
+            "POST",
+            "rectify",
+            Some(json!({"metadata": {"tier": "silver"}})),
+        ),
+        ("POST", "restrict", None),
+        ("POST", "unrestrict", None),
+        ("POST", "object", None),
+        ("POST", "erase", None),
+    ];
+    for (method, action, body) in &subject_calls {
+        let r = gw.call(
+            method,
+            &format!("/v1/subjects/{subject}/{action}"),
+            Some(&key),
+            body.as_ref(),
+        );
+        assert_eq!(r.status, 200, "{action}: {:?}", r.json);
+    }
     // The key is rotated, and its successor revoked.
     let rotated = gw.call("POST", "/v1/keys/rotate", Some(&key), None);
     assert_eq!(rotated.status, 201, "{:?}", rotated.json);
@@ -236,6 +258,29 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
         assert_eq!(found["details"], details, "{action}");
         assert_eq!(found["address"], "127.0.0.0/24", "{action}");
     }
+    // Subjects are named by a prefix of their keyed lookup, one per subject, never by
+    // their ref.
+    let mut subject_targets: Vec<&str> = Vec::new();
+    for (action, details) in [
+        ("subject.exported", Value::Null),
+        ("subject.rectified", json!("replaced: metadata")),
+        ("subject.restricted", Value::Null),
+        ("subject.unrestricted", Value::Null),
+        ("subject.objected", Value::Null),
+        ("subject.erased", Value::Null),
+    ] {
+        let found = of_action(&entries, action);
+        assert_eq!(found.len(), 1, "{action}: {found:?}");
+        let target = found[0]["target"].as_str().unwrap();
+        let prefix = target.strip_prefix("subject:").unwrap();
+        assert!(prefix.len() == 16 && prefix.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(found[0]["actor"], reseller_key, "{action}");
+        assert_eq!(found[0]["reseller_id"], reseller.as_str(), "{action}");
+        assert_eq!(found[0]["details"], details, "{action}");
+        subject_targets.push(target);
+    }
+    subject_targets.dedup();
+    assert_eq!(subject_targets.len(), 1, "one subject: {subject_targets:?}");
     let revoked = of_action(&entries, "key.revoked");
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_eq!(revoked[0]["target"], successor.as_str());

@@ -303,9 +303,11 @@ pub async fn route(
         ("GET", "/v1/subjects/{subject_ref}/consents") => {
             subjects::subject_consents(state, who()?, p(0)).await
         }
-        ("GET", "/v1/subjects/{subject_ref}/export") => subjects::export(state, who()?, p(0)).await,
+        ("GET", "/v1/subjects/{subject_ref}/export") => {
+            subjects::export(state, who()?, p(0), at).await
+        }
         ("POST", "/v1/subjects/{subject_ref}/rectify") => {
-            subjects::rectify(state, who()?, req, p(0)).await
+            subjects::rectify(state, who()?, req, p(0), at).await
         }
         (
             "POST",
@@ -315,7 +317,7 @@ pub async fn route(
             | "/v1/subjects/{subject_ref}/object"),
         ) => {
             let action = path.rsplit('/').next().unwrap_or_default();
-            subjects::act(state, who()?, p(0), action).await
+            subjects::act(state, who()?, p(0), action, at).await
         }
         ("POST", "/v1/keys/rotate") => rotate_key(state, who()?, at).await,
         ("GET", "/metrics") => metrics(state).await,

@@ -1,7 +1,8 @@
 //! The consent ledger and the data-subject rights over HTTP (`/v1/consents`,
 //! `/v1/subjects/{subject_ref}/...`): parse, call the use case, answer with a view. The
 //! `subject_ref` comes percent-encoded in the path; it is never logged (the request log
-//! keeps route templates only).
+//! keeps route templates only, and the audit log names a subject by a prefix of its keyed
+//! lookup).
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -118,12 +119,14 @@ pub(super) async fn export(
     state: &AppState,
     who: &Principal,
     subject_ref: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let subject_ref = path_segment(subject_ref);
-    Ok(json(
-        StatusCode::OK,
-        &state.gateway.export_subject(who, &subject_ref).await?,
-    ))
+    let export = state.gateway.export_subject(who, &subject_ref).await?;
+    let exported = audit::by(who, AuditAction::SubjectExported, at);
+    let exported = state.gateway.about_subject(who, &subject_ref, exported);
+    audit::record_then_flush(state, exported).await;
+    Ok(json(StatusCode::OK, &export))
 }
 
 pub(super) async fn rectify(
@@ -131,20 +134,31 @@ pub(super) async fn rectify(
     who: &Principal,
     req: http::Request<Bytes>,
     subject_ref: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let (_, _, body): (_, _, Rectify) = json_body(req)?;
     let change = Rectification {
         subject_ref: body.subject_ref,
         metadata: body.metadata.map(|m| m.map(serde_json::Value::Object)),
     };
+    // Which fields changed, never their values.
+    let fields: Vec<&str> = [
+        change.subject_ref.as_ref().map(|_| "subject_ref"),
+        change.metadata.as_ref().map(|_| "metadata"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let subject_ref = path_segment(subject_ref);
-    Ok(json(
-        StatusCode::OK,
-        &state
-            .gateway
-            .rectify_subject(who, &subject_ref, change)
-            .await?,
-    ))
+    let done = state
+        .gateway
+        .rectify_subject(who, &subject_ref, change)
+        .await?;
+    let rectified = audit::by(who, AuditAction::SubjectRectified, at)
+        .details(format!("replaced: {}", fields.join(", ")));
+    let rectified = state.gateway.about_subject(who, &subject_ref, rectified);
+    audit::record_then_flush(state, rectified).await;
+    Ok(json(StatusCode::OK, &done))
 }
 
 /// `erase`, `restrict`, `unrestrict` or `object`: no body.
@@ -153,14 +167,29 @@ pub(super) async fn act(
     who: &Principal,
     subject_ref: &str,
     action: &str,
+    at: &AddressPrefix,
 ) -> Result<Response, Problem> {
     let subject_ref = path_segment(subject_ref);
     let g = &state.gateway;
-    let done = match action {
-        "erase" => g.erase_subject(who, &subject_ref).await?,
-        "restrict" => g.restrict_subject(who, &subject_ref, true).await?,
-        "unrestrict" => g.restrict_subject(who, &subject_ref, false).await?,
-        _ => g.object_subject(who, &subject_ref).await?,
+    let (done, recorded) = match action {
+        "erase" => (
+            g.erase_subject(who, &subject_ref).await?,
+            AuditAction::SubjectErased,
+        ),
+        "restrict" => (
+            g.restrict_subject(who, &subject_ref, true).await?,
+            AuditAction::SubjectRestricted,
+        ),
+        "unrestrict" => (
+            g.restrict_subject(who, &subject_ref, false).await?,
+            AuditAction::SubjectUnrestricted,
+        ),
+        _ => (
+            g.object_subject(who, &subject_ref).await?,
+            AuditAction::SubjectObjected,
+        ),
     };
+    let entry = g.about_subject(who, &subject_ref, audit::by(who, recorded, at));
+    audit::record_then_flush(state, entry).await;
     Ok(json(StatusCode::OK, &done))
 }

@@ -4,7 +4,7 @@
 
 use crate::domain::accounts::Role;
 use crate::domain::audit::{
-    AuditCheckpoint, AuditEntry, AuditFilter, ChainCheck, GENESIS, NewAuditEntry,
+    AuditCheckpoint, AuditEntry, AuditFilter, ChainCheck, GENESIS, NewAuditEntry, SubjectPrefix,
 };
 use crate::domain::gateway::{DomainError, Gateway, Principal};
 use crate::domain::store::Page;
@@ -23,6 +23,23 @@ impl Gateway {
     /// This is the one way in for every use case (the subject-rights actions included).
     pub async fn audit(&self, entry: NewAuditEntry) -> Result<AuditEntry, DomainError> {
         Ok(self.store.append_audit(self.clock.now_ms(), entry).await?)
+    }
+
+    /// `entry`, about one of `who`'s subjects: named by a prefix of its keyed lookup
+    /// ([`SubjectPrefix`]), never by its ref.
+    pub fn about_subject(
+        &self,
+        who: &Principal,
+        subject_ref: &str,
+        entry: NewAuditEntry,
+    ) -> NewAuditEntry {
+        match who.reseller {
+            Some(reseller) => {
+                let lookup = self.keyring.subject_lookup(reseller, subject_ref);
+                entry.target(SubjectPrefix(&lookup))
+            }
+            None => entry,
+        }
     }
 
     /// The audit log, newest first, numbered below `before`: for admin keys only (P7);
