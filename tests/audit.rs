@@ -200,6 +200,15 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
         None,
     );
     assert_eq!(revoked.status, 200, "{:?}", revoked.json);
+    // An account with no open orders is closed.
+    let (other, _) = gw.new_reseller(0, None);
+    let closed = gw.call(
+        "POST",
+        &format!("/v1/admin/resellers/{other}/close"),
+        Some(&gw.admin_key),
+        None,
+    );
+    assert_eq!(closed.status, 200, "{:?}", closed.json);
 
     let entries = audit_log(&gw, "");
     let failed = of_action(&entries, "auth.failed");
@@ -281,6 +290,10 @@ fn p13_security_events_are_recorded_hash_chained_with_truncated_addresses() {
     }
     subject_targets.dedup();
     assert_eq!(subject_targets.len(), 1, "one subject: {subject_targets:?}");
+    let closed = of_action(&entries, "reseller.closed");
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["target"], other.as_str());
+    assert_eq!(closed[0]["reseller_id"], other.as_str());
     let revoked = of_action(&entries, "key.revoked");
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_eq!(revoked[0]["target"], successor.as_str());

@@ -332,7 +332,7 @@ pub async fn route(
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, who()?, p(0), at).await,
-        ("POST", "/v1/admin/resellers/{id}/close") => close_reseller(state, p(0)).await,
+        ("POST", "/v1/admin/resellers/{id}/close") => close_reseller(state, who()?, p(0), at).await,
         ("GET", "/v1/admin/requests") => request_log(state, &req).await,
         ("GET", "/v1/admin/audit") => audit::list(state, who()?, &req).await,
         _ => Err(problems::no_route(&path)),
@@ -1225,11 +1225,20 @@ async fn credit(
     .await
 }
 
-async fn close_reseller(state: &AppState, id: &str) -> Result<Response, Problem> {
+async fn close_reseller(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    at: &AddressPrefix,
+) -> Result<Response, Problem> {
     let id: ResellerId = id
         .parse()
         .map_err(|_| Problem::from(DomainError::NotFound("reseller")))?;
     let reseller = state.gateway.close_reseller(id).await?;
+    let closed = audit::by(who, AuditAction::ResellerClosed, at)
+        .reseller(Some(reseller.id))
+        .target(reseller.id);
+    audit::record_then_flush(state, closed).await;
     Ok(json(StatusCode::OK, &ResellerView::from(reseller)))
 }
 

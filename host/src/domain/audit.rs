@@ -13,7 +13,7 @@
 //! | `auth.failed` | a request with a missing, unknown or revoked key (at most one entry per address prefix per minute; the rest are counted in the next one's `details`) | `anonymous` | - |
 //! | `key.new_address` | a key is used from an address prefix it was not seen from since the gateway started | the key | - |
 //! | `key.created`, `key.rotated`, `key.revoked` | admin API, `POST /v1/keys/rotate` | the key that did it | the key made or revoked |
-//! | `reseller.created`, `credit.posted` | admin API | the admin key | reseller, ledger entry |
+//! | `reseller.created`, `reseller.closed`, `credit.posted` | admin API | the admin key | reseller, ledger entry |
 //! | `plugin.loaded`, `plugin.removed` | the registry swapped a plugin in or out | `system` | plugin id |
 //! | `order.accepted`, `order.cancelled` | checkout (balance held), cancel with refund | the key | order |
 //! | `consent.recorded`, `ekyc.session_opened` | `POST /v1/consents`, `POST /v1/ekyc/sessions` | the key | consent, session |
@@ -88,6 +88,8 @@ actions! {
     KeyRevoked = "key.revoked",
     /// A reseller account was created.
     ResellerCreated = "reseller.created",
+    /// A reseller account was closed (its keys stop at once).
+    ResellerClosed = "reseller.closed",
     /// A prepaid balance was credited.
     CreditPosted = "credit.posted",
     /// A plugin version was loaded and serves.
