@@ -291,6 +291,14 @@ impl Gateway {
             "sandbox",
             &dir.path().join("plugins"),
         );
+        // The sandbox requests an outbound rule for its optional eKYC provider mode; builds
+        // before 034f112 link egress only when it is granted, so grant it to both builds
+        // alike (without `kyc_provider_url` the sandbox makes no request).
+        std::fs::write(
+            dir.path().join("grants.toml"),
+            "[plugins.sandbox]\noutbound = [\"http://127.0.0.1:*\"]\n",
+        )
+        .unwrap();
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,

@@ -353,6 +353,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ),
         http_metrics: Default::default(),
         request_log: simgate::api::request_log::RequestLog::start(store.clone()),
+        flush_soon: simgate::api::audit::FlushSoon::start(store.clone()),
         audit: Default::default(),
     });
     tokio::spawn(async move {

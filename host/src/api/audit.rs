@@ -168,12 +168,48 @@ pub(super) async fn record(state: &AppState, entry: NewAuditEntry) {
 /// already waited for its own durability.
 pub(super) async fn record_then_flush(state: &AppState, entry: NewAuditEntry) {
     record(state, entry).await;
-    let store = state.gateway.store().clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.durable().await {
-            tracing::error!(error = %e, "could not flush the audit log");
-        }
-    });
+    state.flush_soon.request();
+}
+
+/// Flushes the store shortly after it is asked to, once for all the asks that came in
+/// meanwhile: entries written after their change's own flush become durable within
+/// [`FLUSH_DELAY`] at the cost of one flush for many, not one each.
+pub struct FlushSoon {
+    wanted: tokio::sync::Notify,
+}
+
+/// How long a flush waits for more asks to join it.
+pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl FlushSoon {
+    /// Start the flusher over `store`.
+    pub fn start(
+        store: std::sync::Arc<dyn crate::domain::store::Store>,
+    ) -> std::sync::Arc<FlushSoon> {
+        let flusher = std::sync::Arc::new(FlushSoon {
+            wanted: tokio::sync::Notify::new(),
+        });
+        let weak = std::sync::Arc::downgrade(&flusher);
+        tokio::spawn(async move {
+            loop {
+                let Some(flusher) = weak.upgrade() else {
+                    return;
+                };
+                flusher.wanted.notified().await;
+                drop(flusher);
+                tokio::time::sleep(FLUSH_DELAY).await;
+                if let Err(e) = store.durable().await {
+                    tracing::error!(error = %e, "could not flush the audit log");
+                }
+            }
+        });
+        flusher
+    }
+
+    /// Ask for a flush soon.
+    pub fn request(&self) {
+        self.wanted.notify_one();
+    }
 }
 
 /// An entry of `who`'s doing, from `address`.

@@ -51,6 +51,8 @@ pub struct AppState {
     pub http_metrics: metrics::HttpMetrics,
     /// What bounds the audit entries the API writes (failed sign-ins, new networks).
     pub audit: audit::AuditWatch,
+    /// Flushes audit entries written after their change's own flush, many at once.
+    pub flush_soon: Arc<audit::FlushSoon>,
     /// The API request log's writer.
     pub request_log: Arc<request_log::RequestLog>,
 }

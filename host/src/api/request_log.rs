@@ -11,10 +11,13 @@ use tokio::sync::mpsc;
 use crate::domain::request_log::RequestRecord;
 use crate::domain::store::Store;
 
-/// Records waiting to be written, at most.
-const QUEUE: usize = 8192;
+/// Records waiting to be written, at most (a quarter second of a busy gateway's requests).
+const QUEUE: usize = 16_384;
 /// Records written in one store call, at most.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
+/// How long the writer lets records gather before it writes a batch that is not full:
+/// one store write per this interval rather than one per wake-up.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The request log's writer.
 pub struct RequestLog {
@@ -29,6 +32,14 @@ impl RequestLog {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                if batch.len() < BATCH {
+                    tokio::time::sleep(GATHER).await;
+                    while batch.len() < BATCH
+                        && let Ok(record) = rx.try_recv()
+                    {
+                        batch.push(record);
+                    }
+                }
                 if let Err(e) = store.append_requests(&batch).await {
                     tracing::warn!(error = %e, lost = batch.len(), "request log write failed");
                 }

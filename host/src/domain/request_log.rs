@@ -21,8 +21,8 @@ pub struct RequestRecord {
     pub route: String,
     /// Status answered.
     pub status: u16,
-    /// The API key, once authenticated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The API key, once authenticated. (Never skipped when serialising: records are
+    /// stored in postcard, which has no field names to skip by.)
     pub key: Option<KeyId>,
     /// The client's network, e.g. `203.0.113.0/24`.
     pub client: String,

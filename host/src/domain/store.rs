@@ -401,8 +401,9 @@ pub trait Store: Send + Sync {
         before: Option<ulid::Ulid>,
         limit: usize,
     ) -> StoreResult<Page<RequestRecord>>;
-    /// Forget up to `limit` request records made before `cutoff_ms`, oldest first; returns
-    /// how many.
+    /// Forget request records made before `cutoff_ms`, oldest first, a stored batch at a
+    /// time (a record may outlive the cutoff by the span of the batch it was appended
+    /// with), stopping once `limit` or more are gone; returns how many.
     async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize>;
 
     /// Append an event to the consent ledger (never replaced).

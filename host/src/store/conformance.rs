@@ -1378,8 +1378,15 @@ pub async fn request_records_are_paged_newest_first_and_expire_oldest_first(back
         client: "203.0.113.0/24".into(),
         micros: 120,
     };
-    let records: Vec<RequestRecord> = [1_000, 2_000, 3_000, 4_000].map(record).into();
-    store.append_requests(&records).await.unwrap();
+    let mut records: Vec<RequestRecord> = [1_000, 2_000, 3_000, 4_000].map(record).into();
+    records[1].key = None; // a request that did not authenticate
+    // Written as the writer writes them: a batch at a time (here, one record each).
+    for r in &records {
+        store
+            .append_requests(std::slice::from_ref(r))
+            .await
+            .unwrap();
+    }
     store.durable().await.unwrap();
     let page = store.requests_page(None, 3).await.unwrap();
     assert_eq!(

@@ -22,7 +22,7 @@
 //! | `webhook_endpoints` | reseller id ++ endpoint id | JSON `Endpoint` (secrets sealed) |
 //! | `webhook_attempts` | endpoint id ++ attempt id (sorts by time) | JSON `Attempt` |
 //! | `webhook_attempts_by_time` | attempt time (8 B) ++ endpoint id ++ attempt id | empty: attempts oldest first, for retention |
-//! | `requests` | record id (sorts by time) | JSON `RequestRecord` (API request log) |
+//! | `requests` | id of a batch's newest record (sorts by time) | postcard `Vec<RequestRecord>`, oldest first (API request log; one write per batch) |
 //! | `balances` | reseller id ++ currency | JSON `Balance` (checkpoint, see below) |
 //! | `orders_open` | order id | empty (checkpoint, see below) |
 //! | `audit` | sequence number (8 B, big-endian) | JSON `AuditEntry` (hash-chained; see `domain::audit`) |
@@ -1867,9 +1867,19 @@ impl Store for SledStore {
     }
 
     async fn append_requests(&self, records: &[RequestRecord]) -> StoreResult<()> {
-        for record in records {
-            put(&self.requests, &record.id.to_bytes(), record)?;
-        }
+        // One key per batch (the API logs every request: a write each would cost more than
+        // many requests themselves), keyed by its newest record so that expiry can drop a
+        // batch once its newest record is past the cutoff.
+        let mut batch = records.to_vec();
+        batch.sort_by_key(|r| r.id);
+        let Some(newest) = batch.last() else {
+            return Ok(());
+        };
+        let bytes = postcard::to_allocvec(&batch)
+            .map_err(|e| StoreError::Backend(format!("encoding request records: {e}")))?;
+        self.requests
+            .insert(newest.id.to_bytes(), bytes)
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -1878,27 +1888,43 @@ impl Store for SledStore {
         before: Option<Ulid>,
         limit: usize,
     ) -> StoreResult<Page<RequestRecord>> {
-        let end = before.map_or([0xff; 16], |b| b.to_bytes());
         let mut items = Vec::with_capacity(limit);
-        let mut has_more = false;
-        for kv in self.requests.range(..end.as_slice()).rev() {
-            if items.len() == limit {
-                has_more = true;
-                break;
+        for kv in self.requests.iter().rev() {
+            let batch: Vec<RequestRecord> = postcard::from_bytes(&kv.map_err(backend)?.1)
+                .map_err(|e| StoreError::Decode(format!("request records: {e}")))?;
+            for record in batch.into_iter().rev() {
+                if before.is_some_and(|b| record.id >= b) {
+                    continue;
+                }
+                if items.len() == limit {
+                    return Ok(Page {
+                        items,
+                        has_more: true,
+                    });
+                }
+                items.push(record);
             }
-            items.push(decode(&kv.map_err(backend)?.1)?);
         }
-        Ok(Page { items, has_more })
+        Ok(Page {
+            items,
+            has_more: false,
+        })
     }
 
     async fn expire_requests(&self, cutoff_ms: u64, limit: usize) -> StoreResult<usize> {
+        // A batch goes once its newest record is past the cutoff: none of it is kept longer
+        // than its period plus the batch's span (the writer flushes a batch within a second).
         let cutoff = Ulid::from_parts(cutoff_ms, 0).to_bytes();
         let mut n = 0;
-        for key in self.requests.range(..cutoff.as_slice()).keys().take(limit) {
-            self.requests
-                .remove(key.map_err(backend)?)
-                .map_err(backend)?;
-            n += 1;
+        for kv in self.requests.range(..cutoff.as_slice()) {
+            if n >= limit {
+                break;
+            }
+            let (key, value) = kv.map_err(backend)?;
+            let batch: Vec<RequestRecord> = postcard::from_bytes(&value)
+                .map_err(|e| StoreError::Decode(format!("request records: {e}")))?;
+            self.requests.remove(key).map_err(backend)?;
+            n += batch.len();
         }
         Ok(n)
     }
