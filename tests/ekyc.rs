@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use simgate_test_support::{
-    Decision, Gateway, GatewayBuilder, KycProvider, Resp, Value, json, unique_key,
+    Decision, Gateway, GatewayBuilder, KycProvider, Resp, Value, files_under, json, unique_key,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
@@ -130,23 +130,6 @@ impl Setup {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// Every file under `dir`, read whole, with its path.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use simgate_test_support::{GatewayBuilder, json, unique_key};
+use simgate_test_support::{GatewayBuilder, files_under, json, unique_key};
 
 /// Records the body of every request it receives; answers 204.
 fn recording_server() -> (u16, Arc<Mutex<Vec<String>>>) {
@@ -116,23 +116,6 @@ fn nothing_a_reseller_attaches_to_an_order_reaches_the_supplier() {
             "{canary} reached the supplier: {all}"
         );
     }
-}
-
-/// Every file under `dir`, read whole, with its path.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
 }
 
 #[test]

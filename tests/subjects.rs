@@ -2,7 +2,7 @@
 //! erase (crypto-shredding, legal retention kept), restrict and lift, object.
 
 use base64::Engine as _;
-use simgate_test_support::{Gateway, GatewayBuilder, Resp, Value, json, unique_key};
+use simgate_test_support::{Gateway, GatewayBuilder, Resp, Value, files_under, json, unique_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 const PRODUCT: &str = "sandbox:SBX-US-5GB-30D";
@@ -33,23 +33,6 @@ fn consent(gw: &Gateway, key: &str, subject: &str, purpose: &str, action: &str) 
         })),
     );
     assert_eq!(r.status, 201, "{:?}", r.json);
-}
-
-/// Every file under `dir`, read whole, with its path.
-fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
 }
 
 /// `value` as the store could hold it: in clear, JSON-escaped, base64, hex.

@@ -19,6 +19,24 @@ mod receiver;
 pub use kyc_provider::{Decision, KycProvider, ProviderSession};
 pub use receiver::{Received, Receiver, standardwebhooks_python, verify_with_standardwebhooks};
 
+/// Every file under `dir`, read whole, with its path (to search a data directory for
+/// values that must not be there).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("reading a directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
 /// Where the plugins' `.wasm` files were built.
 pub fn wasm_dir() -> PathBuf {
     PathBuf::from(env!("SIMGATE_WASM_DIR"))
