@@ -24,6 +24,19 @@ use crate::domain::request_log::RequestRecord;
 use crate::domain::store::{Commit, IccidTaken, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
+/// The entries of `map` filed under one reseller's subject, in key order from `first`.
+fn of_subject<'a, K: Ord + Copy, V>(
+    map: &'a BTreeMap<(ResellerId, SubjectLookup, K), V>,
+    reseller: ResellerId,
+    subject: &SubjectLookup,
+    first: K,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    let subject = *subject;
+    map.range((reseller, subject, first)..)
+        .take_while(move |((r, s, _), _)| *r == reseller && *s == subject)
+        .map(|((_, _, k), v)| (k, v))
+}
+
 /// The in-memory store. Clones share the same records.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
@@ -504,13 +517,15 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<OrderId>> {
         let state = self.lock();
-        Ok(state
-            .subject_orders
-            .range((reseller, *subject, OrderId(Ulid::nil()))..)
-            .take_while(|((r, s, _), _)| r == &reseller && s == subject)
-            .take(limit)
-            .map(|((_, _, o), _)| *o)
-            .collect())
+        Ok(of_subject(
+            &state.subject_orders,
+            reseller,
+            subject,
+            OrderId(Ulid::nil()),
+        )
+        .take(limit)
+        .map(|(o, _)| *o)
+        .collect())
     }
 
     async fn destroy_subject_key(&self, lookup: &SubjectLookup) -> StoreResult<bool> {
@@ -668,13 +683,12 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> StoreResult<Vec<ConsentEvent>> {
         let state = self.lock();
-        Ok(state
-            .consents
-            .range((reseller, *subject, ConsentId(Ulid::nil()))..)
-            .take_while(|((r, s, _), _)| r == &reseller && s == subject)
-            .take(limit)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(
+            of_subject(&state.consents, reseller, subject, ConsentId(Ulid::nil()))
+                .take(limit)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        )
     }
 
     async fn put_job(&self, job: &Job) -> StoreResult<()> {

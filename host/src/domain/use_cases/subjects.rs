@@ -185,6 +185,30 @@ impl Gateway {
         ))
     }
 
+    /// [`Gateway::subject_of`], for a caller whose key may write.
+    async fn subject_to_change(
+        &self,
+        who: &Principal,
+        subject_ref: &str,
+    ) -> Result<(ResellerId, SubjectLookup), DomainError> {
+        if !who.role.can_write() {
+            return Err(DomainError::Forbidden);
+        }
+        self.subject_of(who, subject_ref).await
+    }
+
+    /// A subject's consent history, oldest first.
+    async fn history_of(
+        &self,
+        reseller: ResellerId,
+        subject: &SubjectLookup,
+    ) -> Result<Vec<crate::domain::consent::ConsentEvent>, DomainError> {
+        Ok(self
+            .store
+            .consents(reseller, subject, crate::domain::consent::MAX_HISTORY)
+            .await?)
+    }
+
     /// The subject's orders (those still filed under it).
     async fn orders_of(
         &self,
@@ -232,10 +256,7 @@ impl Gateway {
     ) -> Result<SubjectExport, DomainError> {
         let (reseller, subject) = self.subject_of(who, subject_ref).await?;
         let orders = self.orders_of(reseller, &subject).await?;
-        let consents = self
-            .store
-            .consents(reseller, &subject, crate::domain::consent::MAX_HISTORY)
-            .await?;
+        let consents = self.history_of(reseller, &subject).await?;
         let erased = self.store.subject_key(&subject).await?.is_none()
             && (!orders.is_empty() || !consents.is_empty());
         let mut views = Vec::with_capacity(orders.len());
@@ -270,10 +291,7 @@ impl Gateway {
         subject_ref: &str,
         change: Rectification,
     ) -> Result<SubjectAction, DomainError> {
-        if !who.role.can_write() {
-            return Err(DomainError::Forbidden);
-        }
-        let (reseller, subject) = self.subject_of(who, subject_ref).await?;
+        let (reseller, subject) = self.subject_to_change(who, subject_ref).await?;
         if let Some(new) = &change.subject_ref {
             valid_subject_ref(new)?;
         }
@@ -341,11 +359,7 @@ impl Gateway {
         }
         let mut written = 0;
         if let Some(new) = renamed {
-            for mut event in self
-                .store
-                .consents(reseller, &subject, crate::domain::consent::MAX_HISTORY)
-                .await?
-            {
+            for mut event in self.history_of(reseller, &subject).await? {
                 event.subject = target;
                 event.sealed_subject_ref = self
                     .seal_for(&target, &event.id.to_bytes(), new.as_bytes())
@@ -383,15 +397,9 @@ impl Gateway {
         who: &Principal,
         subject_ref: &str,
     ) -> Result<SubjectAction, DomainError> {
-        if !who.role.can_write() {
-            return Err(DomainError::Forbidden);
-        }
-        let (reseller, subject) = self.subject_of(who, subject_ref).await?;
+        let (reseller, subject) = self.subject_to_change(who, subject_ref).await?;
         let orders = self.orders_of(reseller, &subject).await?;
-        let consents = self
-            .store
-            .consents(reseller, &subject, crate::domain::consent::MAX_HISTORY)
-            .await?;
+        let consents = self.history_of(reseller, &subject).await?;
         let erased_now = self.store.destroy_subject_key(&subject).await?;
         self.store.durable().await?;
         Ok(SubjectAction {
@@ -425,10 +433,7 @@ impl Gateway {
         subject_ref: &str,
         restrict: bool,
     ) -> Result<SubjectAction, DomainError> {
-        if !who.role.can_write() {
-            return Err(DomainError::Forbidden);
-        }
-        let (reseller, subject) = self.subject_of(who, subject_ref).await?;
+        let (reseller, subject) = self.subject_to_change(who, subject_ref).await?;
         let now = self.clock.now_ms();
         let current = self.store.restriction(reseller, &subject).await?;
         match (restrict, current.is_some()) {
@@ -464,14 +469,8 @@ impl Gateway {
         who: &Principal,
         subject_ref: &str,
     ) -> Result<SubjectAction, DomainError> {
-        if !who.role.can_write() {
-            return Err(DomainError::Forbidden);
-        }
-        let (reseller, subject) = self.subject_of(who, subject_ref).await?;
-        let history = self
-            .store
-            .consents(reseller, &subject, crate::domain::consent::MAX_HISTORY)
-            .await?;
+        let (reseller, subject) = self.subject_to_change(who, subject_ref).await?;
+        let history = self.history_of(reseller, &subject).await?;
         let state = crate::domain::consent::ConsentState::of(&history);
         let mut written = 0;
         for purpose in state.purposes() {
