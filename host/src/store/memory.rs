@@ -43,6 +43,21 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
 }
 
+impl State {
+    /// How many records of the kinds an account's deletion removes (to count them).
+    fn account_records(&self) -> usize {
+        self.api_keys.len()
+            + self.endpoints.len()
+            + self.attempts.len()
+            + self.consents.len()
+            + self.restrictions.len()
+            + self.subject_orders.len()
+            + self.events.len()
+            + self.ledger.len()
+            + self.resellers.len()
+    }
+}
+
 #[derive(Default)]
 struct State {
     resellers: BTreeMap<ResellerId, Reseller>,
@@ -582,15 +597,7 @@ impl Store for MemoryStore {
     async fn forget_account(&self, reseller: ResellerId, _limit: usize) -> StoreResult<usize> {
         let mut state = self.lock();
         let state = &mut *state;
-        let before = state.api_keys.len()
-            + state.endpoints.len()
-            + state.attempts.len()
-            + state.consents.len()
-            + state.restrictions.len()
-            + state.subject_orders.len()
-            + state.events.len()
-            + state.ledger.len()
-            + state.resellers.len();
+        let before = state.account_records();
         let keys: Vec<KeyId> = state
             .api_keys
             .values()
@@ -619,15 +626,7 @@ impl Store for MemoryStore {
         state.idempotency.retain(|k, _| !k.starts_with(&prefix));
         state.books.forget(reseller);
         state.resellers.remove(&reseller);
-        let after = state.api_keys.len()
-            + state.endpoints.len()
-            + state.attempts.len()
-            + state.consents.len()
-            + state.restrictions.len()
-            + state.subject_orders.len()
-            + state.events.len()
-            + state.ledger.len()
-            + state.resellers.len();
+        let after = state.account_records();
         Ok(before - after)
     }
 
