@@ -13,11 +13,19 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+mod airalo;
+mod esim_access;
 mod http1;
 mod kyc_provider;
 mod receiver;
+mod reflector;
+mod sim;
+pub use airalo::{AiraloPackage, AiraloSim};
+pub use esim_access::{EsimAccessEsim, EsimAccessOrder, EsimAccessPackage, EsimAccessSim};
 pub use kyc_provider::{Decision, KycProvider, ProviderSession};
 pub use receiver::{Received, Receiver, standardwebhooks_python, verify_with_standardwebhooks};
+pub use reflector::Reflector;
+pub use sim::{Delivery, Fault, Recorded, SMDP_ADDRESS};
 
 /// Every file under `dir`, read whole, with its path (to search a data directory for
 /// values that must not be there).
