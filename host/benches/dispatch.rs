@@ -98,6 +98,8 @@ fn load_sandbox(engine: &PluginEngine) -> LoadedPlugin {
     let wasm = std::fs::read(simgate_test_support::wasm("sandbox")).expect("sandbox.wasm");
     let sha256 = sha256_hex(&wasm);
     let cx = LoadContext {
+        kv: &Default::default(),
+        tokens: &Default::default(),
         engine,
         grants: &Grants::default(),
         secrets: &SecretStore::default(),

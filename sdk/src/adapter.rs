@@ -3,14 +3,17 @@
 //!
 //! The generated traits must all be implemented in full; the SDK traits give every optional
 //! operation a `NotSupported` default, so a plugin writes only what its supplier offers.
+//! The same traits exist for each contract version (the crate root for 0.2, [`crate::v0_1`]
+//! for 0.1): [`contract_traits!`] writes them over whichever generated types are in scope
+//! where it is invoked, which differ only in what `Webhooks::parse` returns.
 
+/// Writes the SDK traits and the `Adapter` for the bindings at `$b` (the types of that
+/// contract version must be in scope); `$webhook` is what `webhooks.parse` returns.
+macro_rules! contract_traits {
+    ($($b:ident)::+ ; $webhook:ty) => {
 use core::marker::PhantomData;
 
-use crate::bindings::exports::simgate::supplier as exports;
-use crate::{
-    CancelRequest, EkycRedirect, EkycRequest, EkycUpdate, Inbound, Info, PollRequest, Product,
-    ProvisionOutcome, ProvisionRequest, SupplierError, SupplierEvent, TopUpRequest, Usage,
-};
+use $($b)::+::exports::simgate::supplier as exports;
 
 /// Identity of the plugin (WIT `plugin`). Required.
 pub trait Plugin {
@@ -27,7 +30,7 @@ pub trait Catalog {
 }
 
 /// Buying and managing eSIMs (WIT `provisioning`). Only `provision` is required; declare
-/// the matching [`Feature`](crate::Feature) in `describe` for each other method you implement.
+/// the matching `Feature` in `describe` for each other method you implement.
 pub trait Provisioning {
     /// Order eSIMs. Must be idempotent on `req.order_ref`: the host may retry after a timeout.
     fn provision(req: ProvisionRequest) -> Result<ProvisionOutcome, SupplierError>;
@@ -61,7 +64,7 @@ pub trait Ekyc {
     }
 
     /// Read a provider callback; verify its signature with
-    /// [`secrets::verify_hmac`](crate::secrets::verify_hmac).
+    /// `secrets::verify_hmac`.
     fn parse_callback(_req: Inbound) -> Result<EkycUpdate, SupplierError> {
         Err(SupplierError::NotSupported)
     }
@@ -69,19 +72,19 @@ pub trait Ekyc {
 
 /// Inbound supplier webhooks (WIT `webhooks`). Defaults to `NotSupported`.
 pub trait Webhooks {
-    /// Verify (with [`secrets::verify_hmac`](crate::secrets::verify_hmac)) and parse a
+    /// Verify (with `secrets::verify_hmac`) and parse a
     /// supplier webhook into events.
-    fn parse(_req: Inbound) -> Result<Vec<SupplierEvent>, SupplierError> {
+    fn parse(_req: Inbound) -> Result<$webhook, SupplierError> {
         Err(SupplierError::NotSupported)
     }
 }
 
 /// Implements every generated `Guest` trait for `T` by delegating to its SDK traits.
-/// Used by [`export!`](crate::export); not meant to be named by plugins.
+/// Used by `export!`; not meant to be named by plugins.
 pub struct Adapter<T>(PhantomData<T>);
 
 impl<T: Plugin + Catalog + Provisioning + Ekyc + Webhooks> Adapter<T> {
-    /// Compiles only when `T` implements every SDK trait; [`export!`](crate::export) names
+    /// Compiles only when `T` implements every SDK trait; `export!` names
     /// it where it cannot export (native builds).
     pub fn implements_the_contract() {}
 }
@@ -131,7 +134,19 @@ impl<T: Ekyc> exports::ekyc::Guest for Adapter<T> {
 }
 
 impl<T: Webhooks> exports::webhooks::Guest for Adapter<T> {
-    fn parse(req: Inbound) -> Result<Vec<SupplierEvent>, SupplierError> {
+    fn parse(req: Inbound) -> Result<$webhook, SupplierError> {
         T::parse(req)
     }
 }
+
+    };
+}
+
+pub(crate) use contract_traits;
+
+use crate::{
+    CancelRequest, EkycRedirect, EkycRequest, EkycUpdate, Inbound, Info, PollRequest, Product,
+    ProvisionOutcome, ProvisionRequest, SupplierError, TopUpRequest, Usage, Webhook,
+};
+
+contract_traits!(crate::bindings; Webhook);

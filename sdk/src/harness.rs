@@ -209,6 +209,8 @@ impl Harness {
             secrets.insert(&manifest.id, name, value);
         }
         let cx = LoadContext {
+            kv: &Default::default(),
+            tokens: &Default::default(),
             engine: engine(),
             grants: &grants,
             secrets: &secrets,

@@ -99,6 +99,25 @@ impl Request {
         self
     }
 
+    /// Append `key=value` pairs to the URL's query, percent-encoded.
+    pub fn query(mut self, pairs: &[(&str, &str)]) -> Self {
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        if !encoded.is_empty() {
+            self.url
+                .push(if self.url.contains('?') { '&' } else { '?' });
+            self.url.push_str(&encoded);
+        }
+        self
+    }
+
+    /// Send, map a non-2xx status to the [`SupplierError`] the host acts on, and decode
+    /// the JSON body: the whole of a typical supplier call.
+    pub fn send_json<T: DeserializeOwned>(self) -> Result<T, SupplierError> {
+        Ok(self.send()?.error_for_supplier()?.json()?)
+    }
+
     /// Set a JSON body and `content-type: application/json`.
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         match serde_json::to_vec(value) {
@@ -264,7 +283,17 @@ impl Response {
         Err(HttpError::Status {
             status: self.status,
             body: excerpt,
+            retry_after: self
+                .header("retry-after")
+                .and_then(|v| v.trim().parse().ok()),
         })
+    }
+
+    /// `Ok(self)` for a 2xx status, else the [`SupplierError`] the host should act on (see
+    /// [`HttpError::Status`]'s conversion): a 429 keeps its `Retry-After`, a 4xx is not
+    /// retried, a 5xx is.
+    pub fn error_for_supplier(self) -> Result<Self, SupplierError> {
+        self.error_for_status().map_err(SupplierError::from)
     }
 
     /// The first value of header `name` (compared case-insensitively).
@@ -315,6 +344,8 @@ pub enum HttpError {
         status: u16,
         /// The first 200 characters of the body.
         body: String,
+        /// `Retry-After` in seconds, when the response had one.
+        retry_after: Option<u32>,
     },
     /// The request body could not be encoded as JSON.
     Encode(String),
@@ -368,7 +399,7 @@ impl fmt::Display for HttpError {
             HttpError::BodyTooLarge { limit } => {
                 write!(f, "response body larger than {limit} bytes")
             }
-            HttpError::Status { status, body } => write!(f, "HTTP status {status}: {body}"),
+            HttpError::Status { status, body, .. } => write!(f, "HTTP status {status}: {body}"),
             HttpError::Encode(why) => write!(f, "cannot encode request body: {why}"),
             HttpError::Decode(why) => write!(f, "unexpected response body: {why}"),
             HttpError::Protocol(why) => write!(f, "wasi:http misuse: {why}"),
@@ -378,12 +409,42 @@ impl fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
-/// Every HTTP failure is, to the host, the supplier being unavailable: retry or fail over.
+/// What the host should do about an HTTP failure:
+///
+/// - 429: `rate-limited`, after `Retry-After` seconds (delta-seconds; 30 when absent or a
+///   date), so the host waits at least that long;
+/// - 401 and 408: `unavailable` (a token to refresh, a slow moment: worth a retry);
+/// - 403: `rejected` (this account may not do this: final);
+/// - any other 4xx: `invalid-request` (the request is wrong: retrying cannot help);
+/// - 5xx, and failures on the way (DNS, connection, TLS, timeout): `unavailable`, which the
+///   host retries or fails over;
+/// - a request the plugin could not build, or a body it could not read: `invalid-request`
+///   and `unavailable` respectively.
 impl From<HttpError> for SupplierError {
     fn from(err: HttpError) -> Self {
-        SupplierError::Unavailable(err.to_string())
+        match &err {
+            HttpError::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => SupplierError::RateLimited(retry_after.unwrap_or(DEFAULT_RETRY_AFTER_SECS)),
+            HttpError::Status {
+                status: 401 | 408, ..
+            } => SupplierError::Unavailable(err.to_string()),
+            HttpError::Status { status: 403, .. } => SupplierError::Rejected(err.to_string()),
+            HttpError::Status {
+                status: 400..=499, ..
+            } => SupplierError::InvalidRequest(err.to_string()),
+            HttpError::InvalidUrl(_) | HttpError::InvalidHeader(_) | HttpError::Encode(_) => {
+                SupplierError::InvalidRequest(err.to_string())
+            }
+            _ => SupplierError::Unavailable(err.to_string()),
+        }
     }
 }
+
+/// The wait a 429 without a usable `Retry-After` asks for.
+pub const DEFAULT_RETRY_AFTER_SECS: u32 = 30;
 
 /// The parts of a URL `wasi:http` wants separately.
 #[derive(Debug, Clone)]

@@ -1,8 +1,12 @@
 //! Write a simgate supplier plugin in Rust.
 //!
-//! A plugin adapts one eSIM supplier's API to the contract in `wit/v0/supplier.wit`. It is
-//! built as a WebAssembly component (`wasm32-wasip2`) and the gateway runs every call in a
-//! fresh instance: nothing survives between calls, so derive everything from the request.
+//! A plugin adapts one eSIM supplier's API to the contract in `wit/v0.2/supplier.wit`
+//! (`simgate:supplier@0.2.0`). It is built as a WebAssembly component (`wasm32-wasip2`)
+//! and the gateway runs every call in a fresh instance: keep what must outlive a call in
+//! [`state`], and derive everything else from the request.
+//!
+//! Plugins written against contract 0.1.0 keep building with [`v0_1`] (the same traits and
+//! helpers over the 0.1 types, exported with [`export_v0_1!`]); the gateway serves both.
 //!
 //! # Layout
 //!
@@ -13,8 +17,10 @@
 //!   defaults to [`SupplierError::NotSupported`]. Their functions are associated functions
 //!   (no `self`), like the traits `wit-bindgen` generates.
 //! - [`export!`] turns a type implementing all five traits into the component's exports.
-//! - What a plugin may call back into the host: [`log`], [`config`], [`secrets`], [`clock`]
-//!   and, when the operator granted outbound hosts, the blocking [`http`] client.
+//! - What a plugin may call back into the host: [`log`], [`config`], [`secrets`] (with
+//!   host-side signing and OAuth tokens), [`clock`], [`state`] and, when the operator
+//!   granted outbound hosts, the blocking [`http`] client, whose errors map to the
+//!   [`SupplierError`] the host acts on (429 with `Retry-After`, 4xx final, 5xx retried).
 //! - [`bindings`] is the raw `wit-bindgen` output, for anything the wrappers leave out.
 //!
 //! # A plugin in one screen
@@ -80,19 +86,20 @@ mod adapter;
 pub mod harness;
 mod host;
 pub mod http;
+pub mod v0_1;
 
 #[doc(hidden)]
 pub use adapter::Adapter;
 pub use adapter::{Catalog, Ekyc, Plugin, Provisioning, Webhooks};
-pub use host::{clock, config, log, secret_ref, secrets};
+pub use host::{clock, config, log, secret_ref, secrets, state};
 
 /// The raw bindings `wit-bindgen` generates for the `supplier` world, including the
 /// `wasi:http` and `wasi:io` interfaces the [`http`] client is built on.
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0",
-        world: "simgate:supplier/supplier",
+        path: "../wit/v0.2",
+        world: "simgate:supplier/adapter@0.2.0",
         pub_export_macro: true,
         default_bindings_module: "simgate_sdk::bindings",
         // Bindings for the wasi:http, wasi:io and wasi:clocks interfaces the world imports.
@@ -100,36 +107,39 @@ pub mod bindings {
         // Equality for the contract's plain-data types, so plugin tests can assert on them.
         // (Not `additional_derives`: some WASI types hold resources, which cannot compare.)
         additional_type_attributes: {
-            "simgate:supplier/types@0.1.0/money": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/data-allowance": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/product": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/supplier-error": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/info": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/esim": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/provision-request": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/provision-outcome": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/poll-request": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/top-up-request": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/cancel-request": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/usage": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/inbound": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/ekyc-request": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/ekyc-redirect": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/ekyc-update": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/supplier-event": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/order-delivered": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/order-failed": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/state-change": [#[derive(PartialEq)]],
-            "simgate:supplier/types@0.1.0/usage-threshold": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/money": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/data-allowance": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/product": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/supplier-error": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/info": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/esim": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/provision-request": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/provision-outcome": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/poll-request": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/top-up-request": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/cancel-request": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/usage": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/inbound": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/ekyc-request": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/ekyc-redirect": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/ekyc-update": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/supplier-event": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/order-delivered": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/order-failed": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/state-change": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/usage-threshold": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/order-ready": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/usage-change": [#[derive(PartialEq)]],
+            "simgate:supplier/types@0.2.0/webhook": [#[derive(PartialEq)]],
         },
     });
 }
 
 pub use bindings::simgate::supplier::types::{
     CancelRequest, DataAllowance, EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Esim, Feature,
-    Inbound, Info, Money, OrderDelivered, OrderFailed, PlanState, PollRequest, Product,
+    Inbound, Info, Money, OrderDelivered, OrderFailed, OrderReady, PlanState, PollRequest, Product,
     ProfileState, ProvisionOutcome, ProvisionRequest, StateChange, SupplierError, SupplierEvent,
-    TopUpRequest, Usage, UsageThreshold,
+    TopUpRequest, Usage, UsageChange, UsageThreshold, Webhook,
 };
 
 impl Inbound {

@@ -4,10 +4,9 @@
 use bytes::Bytes;
 use http::StatusCode;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::audit::{AddressPrefix, AuditAction};
-use crate::domain::ekyc::Inbound;
 use crate::domain::gateway::{DomainError, Principal};
 use crate::domain::ids::{EkycSessionId, OrderId};
 
@@ -25,20 +24,6 @@ pub(super) struct CreateSession {
     /// Where the provider sends the end user back when done: an absolute http(s) URL.
     return_url: String,
 }
-
-/// What an inbound request gets back: that it was received. Nothing about the session
-/// or its order goes to an unauthenticated caller.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(rename = "InboundAck")]
-pub struct InboundAck {
-    /// Always `true`.
-    pub received: bool,
-}
-
-/// Most headers passed on to a plugin.
-const MAX_INBOUND_HEADERS: usize = 64;
-/// Most header bytes (names and values) passed on to a plugin.
-const MAX_INBOUND_HEADER_BYTES: usize = 16 * 1024;
 
 pub(super) async fn start(
     state: &AppState,
@@ -81,39 +66,13 @@ pub(super) async fn callback(
     req: http::Request<Bytes>,
     plugin: &str,
 ) -> Result<Response, Problem> {
-    // Only a loaded plugin gets a bucket: the path is the caller's to choose.
-    if state.gateway.suppliers.get(plugin).is_none() {
-        return Err(DomainError::NotFound("plugin").into());
-    }
-    state.inbound_limiter.check(&plugin.to_string())?;
-    let (parts, body) = req.into_parts();
-    let mut headers = Vec::new();
-    let mut header_bytes = 0;
-    for (name, value) in &parts.headers {
-        let Ok(value) = value.to_str() else { continue };
-        header_bytes += name.as_str().len() + value.len();
-        if headers.len() == MAX_INBOUND_HEADERS || header_bytes > MAX_INBOUND_HEADER_BYTES {
-            return Err(Problem::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                "Too many headers",
-                format!(
-                    "at most {MAX_INBOUND_HEADERS} headers of {MAX_INBOUND_HEADER_BYTES} bytes in all"
-                ),
-            ));
-        }
-        headers.push((name.as_str().to_string(), value.to_string()));
-    }
-    let inbound = Inbound {
-        method: parts.method.as_str().to_string(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
-        headers,
-        body: body.to_vec(),
-    };
+    let inbound = super::inbound::read(state, req, plugin)?;
     state.gateway.ekyc_callback(plugin, inbound).await?;
-    Ok(json(StatusCode::OK, &InboundAck { received: true }))
+    Ok(json(
+        StatusCode::OK,
+        &super::inbound::InboundAck {
+            received: true,
+            duplicate: None,
+        },
+    ))
 }

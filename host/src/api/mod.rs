@@ -4,6 +4,7 @@
 pub mod audit;
 mod body;
 mod ekyc;
+mod inbound;
 pub mod metrics;
 mod openapi;
 pub mod problem;
@@ -145,6 +146,10 @@ async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
+/// The address a request came from, as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub std::net::IpAddr);
+
 async fn handle(
     state: Arc<AppState>,
     peer: SocketAddr,
@@ -156,6 +161,10 @@ async fn handle(
     let started = std::time::Instant::now();
     // The client's network: all that the request and audit logs keep of its address.
     let client = AddressPrefix::of(peer.ip());
+    let mut req = req;
+    // The whole address, for the one route that must check it (inbound supplier webhooks
+    // against the operator's allow-list); logs keep only the prefix above.
+    req.extensions_mut().insert(PeerAddr(peer.ip()));
     let mut caller = None;
     let mut resp = match routes::route(&state, &client, req, &mut caller).await {
         Ok(r) => r,

@@ -18,7 +18,8 @@ use crate::domain::use_cases::subjects::{SubjectAction, SubjectExport};
 use crate::plugins::PluginStatus;
 
 use super::audit::AuditEntryView;
-use super::ekyc::{CreateSession, InboundAck};
+use super::ekyc::CreateSession;
+use super::inbound::InboundAck;
 use super::problem::ProblemBody;
 use super::routes::{
     Access, CreateBalanceAlert, CreateCredit, CreateKey, CreateOrder, CreateReseller, CreateTopUp,

@@ -29,7 +29,7 @@ use super::views::{
     All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
     Readiness, Ready, RequestView, ResellerView, TransactionView,
 };
-use super::{AppState, Response, audit, ekyc, qr, subjects, webhooks};
+use super::{AppState, Response, audit, ekyc, inbound, qr, subjects, webhooks};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/ekyc/sessions/{id}", Key, "One eKYC session: status, times, and the redirect URL while pending", idem=false, req=None, resp=(200, "EkycSession"), query=&[]),
     route!(GET "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback (or redirect), for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
     route!(POST "/v1/inbound/{plugin}/ekyc", Public, "A verification provider's callback, for the plugin to verify and read", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
+    route!(POST "/v1/inbound/{plugin}/webhook", Public, "A supplier's webhook: verified and read by its plugin, accepted once its events are durable, applied on a job", idem=false, req=None, resp=(200, "InboundAck"), query=&[]),
     route!(POST "/v1/consents", Key, "Record a consent grant or withdrawal for a subject (append-only)", idem=false, req=Some("NewConsent"), resp=(201, "Consent"), query=&[]),
     route!(GET "/v1/subjects/{subject_ref}/consents", Key, "A subject's consent per purpose, its history, and a consent receipt", idem=false, req=None, resp=(200, "SubjectConsents"), query=&[]),
     route!(GET "/v1/subjects/{subject_ref}/export", Key, "Everything kept about a subject, as one machine-readable document (access, portability)", idem=false, req=None, resp=(200, "SubjectExport"), query=&[]),
@@ -299,6 +300,9 @@ pub async fn route(
         ("POST", "/v1/ekyc/sessions") => ekyc::start(state, who()?, req, at).await,
         ("GET", "/v1/ekyc/sessions/{id}") => ekyc::get(state, who()?, p(0)).await,
         ("GET" | "POST", "/v1/inbound/{plugin}/ekyc") => ekyc::callback(state, req, p(0)).await,
+        ("POST", "/v1/inbound/{plugin}/webhook") => {
+            inbound::supplier_webhook(state, req, p(0)).await
+        }
         ("POST", "/v1/consents") => subjects::record_consent(state, who()?, req, at).await,
         ("GET", "/v1/subjects/{subject_ref}/consents") => {
             subjects::subject_consents(state, who()?, p(0)).await

@@ -47,6 +47,8 @@ pub fn run(dir: &Path, grants_file: Option<&Path>) -> anyhow::Result<()> {
 
     let engine = PluginEngine::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let cx = LoadContext {
+        kv: &Default::default(),
+        tokens: &Default::default(),
         engine: &engine,
         grants: &grants,
         secrets: &plugins::SecretStore::default(),

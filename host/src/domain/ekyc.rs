@@ -135,6 +135,8 @@ pub struct Inbound {
     pub headers: Vec<(String, String)>,
     /// The raw body.
     pub body: Vec<u8>,
+    /// The address the request came from (IP, no port).
+    pub source_address: String,
 }
 
 /// Longest redirect or return URL.

@@ -225,6 +225,16 @@ pub(crate) enum StepError {
     Illegal(#[from] IllegalTransition),
 }
 
+/// What a supplier's webhook says of one of its orders.
+pub(crate) enum SupplierNews {
+    /// The eSIMs are ready: these.
+    Delivered(Vec<EsimProfile>),
+    /// The order failed at the supplier, for this reason.
+    Failed(String),
+    /// The order is ready at the supplier: poll it.
+    Ready,
+}
+
 /// What a verification outcome did to its order.
 pub(crate) enum KycDecided {
     /// Nothing (the order is not waiting for this, or the status changes nothing).
@@ -322,6 +332,9 @@ impl Fulfilment {
         let id = order.id;
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
+            // The order as just written: no supplier can name it before this step's own
+            // call, which happens under the lock, so nothing can have changed it.
+            let _lock = self.kyc_locks.lock(id).await;
             self.advance(order).await
         };
         let again = match step {
@@ -353,6 +366,7 @@ impl Fulfilment {
     pub async fn step(&self, id: OrderId) -> Result<Option<Duration>, String> {
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
+            let _lock = self.kyc_locks.lock(id).await;
             match self.store.order(id).await {
                 Ok(Some(order)) => self.advance(order).await,
                 Ok(None) => Ok(Step::Settled(None)),
@@ -393,7 +407,10 @@ impl Fulfilment {
                     order.next_attempt_ms - now,
                 )));
             }
-            return match self.decide_kyc(order.id, EkycStatus::Expired).await? {
+            return match self
+                .decide_kyc_locked(order.id, EkycStatus::Expired)
+                .await?
+            {
                 KycDecided::Settled(settled) => Ok(Step::Settled(settled)),
                 KycDecided::Waiting(next_ms) => Ok(Step::Again(Duration::from_millis(
                     next_ms.saturating_sub(now).max(1),
@@ -446,21 +463,7 @@ impl Fulfilment {
         };
 
         match result {
-            Ok(ProvisionOutcome::Delivered(profiles)) => {
-                let expected = match order.kind {
-                    OrderKind::Esim => order.quantity as usize,
-                    OrderKind::TopUp { .. } => 0,
-                };
-                if profiles.len() != expected {
-                    let failure = bad_output(format!(
-                        "supplier delivered {} eSIMs for a quantity of {}",
-                        profiles.len(),
-                        expected
-                    ));
-                    return self.fail(order, failure).await;
-                }
-                self.fulfil(order, profiles).await
-            }
+            Ok(ProvisionOutcome::Delivered(profiles)) => self.delivered(order, profiles).await,
             Ok(ProvisionOutcome::Pending(sref)) => {
                 order.supplier_ref = Some(sref);
                 self.again(order, self.policy.poll_interval, None).await
@@ -486,6 +489,68 @@ impl Fulfilment {
             Err(e) => {
                 let failure = OrderFailure::of(&e);
                 self.fail(order, failure).await
+            }
+        }
+    }
+
+    /// Settle `order` with the eSIMs its supplier delivered, if they are as many as ordered.
+    async fn delivered(&self, order: Order, profiles: Vec<EsimProfile>) -> Result<Step, StepError> {
+        let expected = match order.kind {
+            OrderKind::Esim => order.quantity as usize,
+            OrderKind::TopUp { .. } => 0,
+        };
+        if profiles.len() != expected {
+            let failure = bad_output(format!(
+                "supplier delivered {} eSIMs for a quantity of {}",
+                profiles.len(),
+                expected
+            ));
+            return self.fail(order, failure).await;
+        }
+        self.fulfil(order, profiles).await
+    }
+
+    /// What a supplier's webhook says of order `id`, applied under the order's lock (so a
+    /// fulfilment step cannot settle it a second time): only an order of `plugin` that is
+    /// with its supplier changes. `Ready` makes its next step (a poll) due now.
+    pub(crate) async fn supplier_news(
+        &self,
+        plugin: &str,
+        id: OrderId,
+        news: SupplierNews,
+    ) -> Result<bool, StoreError> {
+        let _lock = self.kyc_locks.lock(id).await;
+        let Some(order) = self.store.order(id).await? else {
+            return Ok(false);
+        };
+        if order.plugin != plugin || order.status != OrderStatus::Submitted {
+            return Ok(false);
+        }
+        let now = self.clock.now_ms();
+        let step = match news {
+            SupplierNews::Ready => {
+                self.store.hasten_job(&Job::fulfil(id, now)).await?;
+                self.alarm.set(now);
+                return Ok(true);
+            }
+            SupplierNews::Delivered(profiles) => self.delivered(order, profiles).await,
+            SupplierNews::Failed(reason) => {
+                let failure = OrderFailure {
+                    code: "supplier_rejected".into(),
+                    message: reason,
+                };
+                self.fail(order, failure).await
+            }
+        };
+        match step {
+            Ok(_) => {
+                self.notify(id);
+                Ok(true)
+            }
+            Err(StepError::Store(e)) => Err(e),
+            Err(refused) => {
+                self.left_as_is(id, &refused);
+                Ok(false)
             }
         }
     }
@@ -626,6 +691,15 @@ impl Fulfilment {
         status: EkycStatus,
     ) -> Result<KycDecided, StepError> {
         let _lock = self.lock_kyc(id).await;
+        self.decide_kyc_locked(id, status).await
+    }
+
+    /// [`Fulfilment::decide_kyc`] for a caller that holds the order's lock.
+    async fn decide_kyc_locked(
+        &self,
+        id: OrderId,
+        status: EkycStatus,
+    ) -> Result<KycDecided, StepError> {
         let Some(mut order) = self.store.order(id).await? else {
             return Ok(KycDecided::Unchanged);
         };

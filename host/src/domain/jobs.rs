@@ -50,6 +50,16 @@ pub enum JobKind {
         /// Which try this is, from 1.
         number: u32,
     },
+    /// Apply the events of one accepted supplier webhook.
+    SupplierEvents {
+        /// The plugin that read it.
+        plugin: String,
+        /// What the webhook is known by for deduplication (the supplier's event id, or
+        /// the SHA-256 of its body), hashed.
+        key: String,
+        /// The events, normalised.
+        events: Vec<crate::domain::supplier::SupplierEvent>,
+    },
 }
 
 /// One job, as stored.

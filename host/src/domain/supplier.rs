@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ekyc::{EkycRedirect, EkycRequest, EkycUpdate, Inbound};
 
@@ -63,7 +63,7 @@ pub struct SupplierProduct {
 }
 
 /// The data to install one eSIM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EsimProfile {
     /// ICCID digits.
     pub iccid: String,
@@ -350,6 +350,89 @@ pub trait Supplier: Send + Sync {
     fn ekyc_callback(&self, _req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
         Box::pin(async { Err(SupplierError::NotSupported) })
     }
+    /// Whether the operator lets supplier webhooks for this plugin come from `addr`
+    /// (an allow-list for suppliers that do not sign); everything, by default.
+    fn accepts_webhook_from(&self, _addr: &str) -> bool {
+        true
+    }
+    /// Verify and read a supplier webhook.
+    fn parse_webhook(&self, _req: Inbound) -> BoxFuture<'_, SupplierResult<ParsedWebhook>> {
+        Box::pin(async { Err(SupplierError::NotSupported) })
+    }
+}
+
+/// A supplier webhook its plugin verified and read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedWebhook {
+    /// The supplier's id of the notification, if it has one.
+    pub event_id: Option<String>,
+    /// What it says, normalised.
+    pub events: Vec<SupplierEvent>,
+}
+
+/// The most events one webhook may carry.
+pub const MAX_WEBHOOK_EVENTS: usize = 100;
+
+/// One normalised supplier event. Orders are named by the reference the host gave the
+/// supplier (the order id); eSIMs by ICCID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum SupplierEvent {
+    /// A pending order is done: its eSIMs.
+    OrderDelivered {
+        /// The host's order reference.
+        order_ref: String,
+        /// The eSIMs.
+        esims: Vec<EsimProfile>,
+    },
+    /// A pending order failed for good.
+    OrderFailed {
+        /// The host's order reference.
+        order_ref: String,
+        /// Why, for operators.
+        reason: String,
+    },
+    /// A pending order is ready at the supplier: poll it now.
+    OrderReady {
+        /// The host's order reference.
+        order_ref: String,
+    },
+    /// An eSIM's profile state changed.
+    ProfileChanged {
+        /// The eSIM.
+        iccid: String,
+        /// Its state now.
+        profile: ProfileState,
+        /// The supplier's status text.
+        raw_status: String,
+    },
+    /// An eSIM's plan state changed.
+    PlanChanged {
+        /// The eSIM.
+        iccid: String,
+        /// Its state now.
+        plan: PlanState,
+        /// The supplier's status text.
+        raw_status: String,
+    },
+    /// An eSIM's data usage, as the supplier reports it.
+    UsageChanged {
+        /// The eSIM.
+        iccid: String,
+        /// Bytes used.
+        used_bytes: u64,
+        /// Bytes included, when known.
+        total_bytes: Option<u64>,
+    },
+    /// An eSIM crossed a usage threshold.
+    UsageThreshold {
+        /// The eSIM.
+        iccid: String,
+        /// Bytes used.
+        used_bytes: u64,
+        /// Percent of the plan.
+        percent: u8,
+    },
 }
 
 /// The set of suppliers currently loaded, by plugin id.

@@ -287,6 +287,17 @@ impl JobHandler for GatewayJobs {
                     })
                 }
                 JobKind::ExpireAttempts => Ok(Outcome::Done),
+                JobKind::SupplierEvents {
+                    plugin,
+                    key,
+                    events,
+                } => {
+                    self.gateway
+                        .apply_supplier_events(&plugin, &key, events)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Outcome::Done)
+                }
                 JobKind::SweepRetention => {
                     let swept = self
                         .gateway

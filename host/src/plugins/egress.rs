@@ -2,10 +2,12 @@
 //! every request passes through [`EgressHooks::send_request`]:
 //!
 //! 1. the URL must match an effective outbound rule (scheme, host, port);
-//! 2. `${secret:NAME}` placeholders in header values are filled in here, after the request
-//!    has left plugin memory, only for granted names, and only when the operator bound that
-//!    secret to this destination: secret values never enter the guest, and never reach a
-//!    granted host they were not meant for;
+//! 2. `${secret:NAME}` placeholders in header values (and, for contract 0.2, in the body)
+//!    are filled in here, after the request has left plugin memory, only for granted
+//!    names, and only when the operator bound that secret to this destination: secret
+//!    values never enter the guest, and never reach a granted host they were not meant
+//!    for. `${oauth:NAME}` in a header value becomes the OAuth client's current token
+//!    ([`super::oauth`]), under the same binding rule;
 //! 3. the host name is resolved and every address is checked again by the guard webhook
 //!    delivery shares ([`crate::net`]), so a granted name that resolves to loopback, a
 //!    private range or a cloud metadata address is refused (DNS rebinding); the connection
@@ -13,8 +15,8 @@
 //! 4. connect time, total time and response size are capped;
 //! 5. the response is read whole (within the cap and the call's deadline) and every secret
 //!    value of the plugin, in its common encodings, is scrubbed from its headers and body
-//!    before the plugin reads a byte: a destination that reflects the request hands back
-//!    `[REDACTED]`, not the secret.
+//!    before the plugin reads a byte (and so is every token this request carried): a
+//!    destination that reflects the request hands back `[REDACTED]`, not the secret.
 //!
 //! Errors reach the plugin as `wasi:http` error codes without host detail (no messages,
 //! paths or backtraces of the gateway's own errors).
@@ -35,7 +37,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::secrets::{Scrubber, SecretValues};
+use super::oauth::OAuthClients;
+use super::secrets::{Scrubber, Secret, SecretValues};
 use crate::domain::supplier::BoxFuture;
 use crate::net::AddressError;
 
@@ -181,6 +184,10 @@ pub struct EgressPolicy {
     pub max_response_bytes: usize,
     /// Where allowed requests go instead of the network (tests); `None` in the gateway.
     pub transport: Option<Arc<dyn EgressTransport>>,
+    /// The plugin's OAuth clients.
+    pub oauth: Arc<OAuthClients>,
+    /// Fill `${secret:NAME}` in request bodies too (contract 0.2; 0.1 promised headers).
+    pub fill_bodies: bool,
 }
 
 impl std::fmt::Debug for EgressPolicy {
@@ -194,6 +201,8 @@ impl std::fmt::Debug for EgressPolicy {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("transport", &self.transport.as_ref().map(|_| "custom"))
+            .field("oauth", &self.oauth)
+            .field("fill_bodies", &self.fill_bodies)
             .finish()
     }
 }
@@ -281,7 +290,47 @@ async fn send_checked(
     >,
     Denied,
 > {
-    let uri = request.uri().clone();
+    let (scheme, host, port) = destination(request.uri())?;
+    if !policy.rules.iter().any(|r| r.matches(&scheme, &host, port)) {
+        return Err(Denied(format!(
+            "{scheme}://{host}:{port} is not among the granted outbound hosts"
+        )));
+    }
+    let dest = (scheme.as_str(), host.as_str(), port);
+    fill_secrets(policy, request.headers_mut(), dest)?;
+    let tokens = fill_tokens(policy, request.headers_mut(), dest, deadline).await?;
+    if policy.fill_bodies {
+        let (mut parts, body) = request.into_parts();
+        let body = match collect_capped(body, MAX_TRANSPORT_REQUEST_BYTES, deadline).await {
+            Ok(body) => body,
+            Err(e) => return Ok(Err(e)),
+        };
+        let body = match fill_placeholders(policy, &body, dest)? {
+            Some(filled) => {
+                // The length changed: hyper writes the new one from the body.
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                Bytes::from(filled)
+            }
+            None => body,
+        };
+        request = http::Request::from_parts(parts, full(body));
+    }
+    let sent = send_allowed(policy, request, options, deadline).await?;
+    let scrubber = if tokens.is_empty() {
+        policy.scrubber.clone()
+    } else {
+        policy.scrubber.with(&tokens)
+    };
+    Ok(match sent {
+        Ok((response, io)) => scrubbed(response, &scrubber, policy.max_response_bytes, deadline)
+            .await
+            .map(|response| (response, io)),
+        Err(e) => Err(e),
+    })
+}
+
+/// Scheme, host (without IPv6 brackets) and port of a request URL.
+fn destination(uri: &http::Uri) -> Result<(String, String, u16), Denied> {
     let scheme = uri.scheme_str().unwrap_or("").to_string();
     let host = uri
         .host()
@@ -289,50 +338,94 @@ async fn send_checked(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let tls = scheme == "https";
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    if !policy.rules.iter().any(|r| r.matches(&scheme, &host, port)) {
-        return Err(Denied(format!(
-            "{scheme}://{host}:{port} is not among the granted outbound hosts"
-        )));
-    }
-    fill_secrets(policy, request.headers_mut(), (&scheme, &host, port))?;
-    let sent = if let Some(transport) = &policy.transport {
-        send_via(
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Ok((scheme, host, port))
+}
+
+/// Send a request the policy allowed: to the test transport, or to the checked address.
+async fn send_allowed(
+    policy: &EgressPolicy,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    deadline: tokio::time::Instant,
+) -> Result<Sent, Denied> {
+    if let Some(transport) = &policy.transport {
+        return Ok(send_via(
             transport.as_ref(),
             request,
             deadline,
             policy.max_response_bytes,
         )
+        .await);
+    }
+    let (scheme, host, port) = destination(request.uri())?;
+    let addr = resolve_checked(policy, &host, port).await?;
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(policy.connect_timeout)
+        .min(policy.connect_timeout);
+    Ok(send_to(
+        addr,
+        &host,
+        scheme == "https",
+        request,
+        connect_timeout,
+        deadline,
+        policy.max_response_bytes,
+    )
+    .await)
+}
+
+/// The largest answer the host reads for itself (an OAuth token response).
+const MAX_EXCHANGE_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A request the host itself makes for a plugin (an OAuth token request): same address
+/// checks and deadline as the plugin's own egress, the answer read whole (capped).
+pub(super) async fn exchange(
+    policy: &EgressPolicy,
+    request: http::Request<Bytes>,
+    deadline: tokio::time::Instant,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let request = request.map(full);
+    let (response, _io) = send_allowed(policy, request, None, deadline)
         .await
-    } else {
-        let addr = resolve_checked(policy, &host, port).await?;
-        let connect_timeout = options
-            .and_then(|o| o.connect_timeout)
-            .unwrap_or(policy.connect_timeout)
-            .min(policy.connect_timeout);
-        send_to(
-            addr,
-            &host,
-            tls,
-            request,
-            connect_timeout,
-            deadline,
-            policy.max_response_bytes,
-        )
+        .map_err(|Denied(why)| why)?
+        .map_err(|e| format!("the request failed ({})", guest_text(&e)))?;
+    let status = response.status();
+    let body = collect_capped(response.into_body(), MAX_EXCHANGE_RESPONSE_BYTES, deadline)
         .await
-    };
-    Ok(match sent {
-        Ok((response, io)) => scrubbed(
-            response,
-            &policy.scrubber,
-            policy.max_response_bytes,
-            deadline,
-        )
-        .await
-        .map(|response| (response, io)),
-        Err(e) => Err(e),
-    })
+        .map_err(|e| format!("the answer could not be read ({})", guest_text(&e)))?;
+    Ok((status, body))
+}
+
+/// A body held in memory, as the `wasi:http` body type.
+fn full(bytes: Bytes) -> WasiBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Read a body whole, at most `cap` bytes, within the deadline.
+async fn collect_capped(
+    body: WasiBody,
+    cap: usize,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, HttpError> {
+    Ok(
+        tokio::time::timeout_at(deadline, Limited::new(body, cap).collect())
+            .await
+            .map_err(|_| HttpError::ConnectionWriteTimeout)?
+            .map_err(|e| match e.downcast::<HttpError>() {
+                Ok(e) => *e,
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    HttpError::HttpRequestBodySize(Some(cap as u64))
+                }
+                Err(e) => HttpError::InternalError(Some(e.to_string())),
+            })?
+            .to_bytes(),
+    )
 }
 
 /// The response with every secret form scrubbed from its headers and body. The body is
@@ -422,48 +515,97 @@ fn for_guest(e: HttpError) -> HttpError {
 fn fill_secrets(
     policy: &EgressPolicy,
     headers: &mut http::HeaderMap,
-    (scheme, host, port): (&str, &str, u16),
+    dest: (&str, &str, u16),
 ) -> Result<(), Denied> {
     for value in headers.values_mut() {
-        let Ok(text) = value.to_str() else { continue };
-        if !text.contains("${secret:") {
-            continue;
+        if let Some(out) = fill_placeholders(policy, value.as_bytes(), dest)? {
+            let mut filled = http::HeaderValue::from_bytes(&out)
+                .map_err(|_| Denied("a secret value is not a valid header value".into()))?;
+            filled.set_sensitive(true);
+            *value = filled;
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("${secret:") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + "${secret:".len()..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| Denied("unterminated ${secret:...} placeholder".into()))?;
-            let name = &after[..end];
-            let named = super::runtime::quote(name);
-            let secret = policy
-                .secrets
-                .get(name)
-                .ok_or_else(|| Denied(format!("secret {named} is not granted to this plugin")))?;
-            let bound = policy
-                .secret_hosts
-                .get(name)
-                .is_some_and(|rules| rules.iter().any(|r| r.matches(scheme, host, port)));
-            if !bound {
-                return Err(Denied(format!(
-                    "secret {named} is not bound to {scheme}://{host}:{port}; bind it in the \
-                     grants file under [plugins.{}.secret_hosts]",
-                    policy.plugin
-                )));
-            }
-            out.push_str(secret.expose());
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        let mut filled = http::HeaderValue::from_str(&out)
-            .map_err(|_| Denied("a secret value is not a valid header value".into()))?;
-        filled.set_sensitive(true);
-        *value = filled;
     }
     Ok(())
+}
+
+/// `text` with every `${secret:NAME}` replaced (granted, and bound to `dest`), or `None`
+/// when it holds no placeholder.
+fn fill_placeholders(
+    policy: &EgressPolicy,
+    text: &[u8],
+    (scheme, host, port): (&str, &str, u16),
+) -> Result<Option<Vec<u8>>, Denied> {
+    const OPEN: &[u8] = b"${secret:";
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    if find(text, OPEN).is_none() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = find(rest, OPEN) {
+        out.extend_from_slice(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        let end = after
+            .iter()
+            .position(|&b| b == b'}')
+            .ok_or_else(|| Denied("unterminated ${secret:...} placeholder".into()))?;
+        let name = String::from_utf8_lossy(&after[..end]);
+        let named = super::runtime::quote(&name);
+        let secret = policy
+            .secrets
+            .get(&name)
+            .ok_or_else(|| Denied(format!("secret {named} is not granted to this plugin")))?;
+        let bound = policy
+            .secret_hosts
+            .get(name.as_ref())
+            .is_some_and(|rules| rules.iter().any(|r| r.matches(scheme, host, port)));
+        if !bound {
+            return Err(Denied(format!(
+                "secret {named} is not bound to {scheme}://{host}:{port}; bind it in the \
+                 grants file under [plugins.{}.secret_hosts]",
+                policy.plugin
+            )));
+        }
+        out.extend_from_slice(secret.expose().as_bytes());
+        rest = &after[end + 1..];
+    }
+    out.extend_from_slice(rest);
+    Ok(Some(out))
+}
+
+/// Replace `${oauth:NAME}` in header values with the client's current token (fetched when
+/// none is cached), each only if the client is bound to `dest`. Returns the tokens sent,
+/// to be scrubbed from the answer.
+async fn fill_tokens(
+    policy: &EgressPolicy,
+    headers: &mut http::HeaderMap,
+    dest: (&str, &str, u16),
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Secret>, Denied> {
+    const OPEN: &str = "${oauth:";
+    let mut sent = Vec::new();
+    for value in headers.values_mut() {
+        let Ok(text) = value.to_str() else { continue };
+        let Some(start) = text.find(OPEN) else {
+            continue;
+        };
+        let after = &text[start + OPEN.len()..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| Denied("unterminated ${oauth:...} placeholder".into()))?;
+        let token = policy
+            .oauth
+            .token_for(policy, &after[..end], dest, deadline)
+            .await
+            .map_err(Denied)?;
+        let out = format!("{}{}{}", &text[..start], token.expose(), &after[end + 1..]);
+        let mut filled = http::HeaderValue::from_str(&out)
+            .map_err(|_| Denied("a token is not a valid header value".into()))?;
+        filled.set_sensitive(true);
+        *value = filled;
+        sent.push(token);
+    }
+    Ok(sent)
 }
 
 /// Resolve `host` and return the first address the policy allows; refuse if any resolved
@@ -551,20 +693,7 @@ async fn send_via(
     max_response_bytes: usize,
 ) -> Sent {
     let (parts, body) = request.into_parts();
-    let body = tokio::time::timeout_at(
-        deadline,
-        Limited::new(body, MAX_TRANSPORT_REQUEST_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| HttpError::ConnectionWriteTimeout)?
-    .map_err(|e| match e.downcast::<HttpError>() {
-        Ok(e) => *e,
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            HttpError::HttpRequestBodySize(Some(MAX_TRANSPORT_REQUEST_BYTES as u64))
-        }
-        Err(e) => HttpError::InternalError(Some(e.to_string())),
-    })?
-    .to_bytes();
+    let body = collect_capped(body, MAX_TRANSPORT_REQUEST_BYTES, deadline).await?;
     let req = EgressRequest {
         method: parts.method.to_string(),
         url: parts.uri.to_string(),
@@ -705,6 +834,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             max_response_bytes: 8,
             transport: Some(transport),
+            oauth: Default::default(),
+            fill_bodies: false,
         }
     }
 

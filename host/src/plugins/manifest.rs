@@ -46,6 +46,9 @@ pub struct Requests {
     pub secrets: Vec<String>,
     /// Config keys the plugin reads.
     pub config: Vec<String>,
+    /// OAuth2 client names the plugin refers to as `${oauth:NAME}` (contract 0.2); the
+    /// operator configures each in the grants file.
+    pub oauth: Vec<String>,
 }
 
 impl Manifest {
@@ -154,6 +157,46 @@ pub struct Grant {
     pub allow_private_addresses: bool,
     /// Limits the operator sets for this plugin (may only lower the host's).
     pub limits: LimitOverrides,
+    /// OAuth2 client-credentials clients by name, whose tokens the host fetches, caches
+    /// and attaches for the plugin (contract 0.2).
+    pub oauth: BTreeMap<String, OAuthGrant>,
+    /// Source addresses (IPs or CIDR blocks) a supplier's webhooks may come from. When set,
+    /// `POST /v1/inbound/{plugin}/webhook` refuses every other address before the plugin is
+    /// called: for suppliers that do not sign their webhooks.
+    pub webhook_sources: Vec<String>,
+}
+
+/// One OAuth2 client-credentials client (RFC 6749 section 4.4) the host runs for a plugin.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthGrant {
+    /// The token endpoint, `https://host/path` (or `http://` to a private address in tests).
+    pub token_url: String,
+    /// Name of the secret holding the client id (granted to the plugin under `secrets`).
+    pub client_id: String,
+    /// Name of the secret holding the client secret (granted to the plugin under `secrets`).
+    pub client_secret: String,
+    /// How the token request carries the credentials.
+    #[serde(default)]
+    pub form: TokenForm,
+    /// Optional `scope`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Outbound rules (as `outbound`) the token may be sent to; nowhere else.
+    pub hosts: Vec<String>,
+}
+
+/// The body of a token request.
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenForm {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 says.
+    #[default]
+    Urlencoded,
+    /// `multipart/form-data`, as some supplier APIs take it.
+    Multipart,
 }
 
 impl Grants {
@@ -185,6 +228,10 @@ pub struct Capabilities {
     pub config: BTreeMap<String, String>,
     /// Whether egress may reach non-public addresses.
     pub allow_private_addresses: bool,
+    /// Effective OAuth clients: requested, configured, with both credentials granted.
+    pub oauth: BTreeMap<String, OAuthGrant>,
+    /// Source addresses the plugin's webhooks may come from (empty: any).
+    pub webhook_sources: Vec<String>,
     /// Requested capabilities the operator did not grant, for status and `plugin check`.
     pub denied: Vec<String>,
 }
@@ -196,6 +243,7 @@ impl Capabilities {
         let grant = grant.unwrap_or(&empty);
         let mut caps = Capabilities {
             allow_private_addresses: grant.allow_private_addresses,
+            webhook_sources: grant.webhook_sources.clone(),
             ..Default::default()
         };
         for rule in &requests.outbound {
@@ -231,6 +279,17 @@ impl Capabilities {
                     caps.config.insert(key.clone(), value.clone());
                 }
                 None => caps.denied.push(format!("config {key}")),
+            }
+        }
+        for name in &requests.oauth {
+            match grant.oauth.get(name) {
+                Some(client)
+                    if caps.secrets.contains(&client.client_id)
+                        && caps.secrets.contains(&client.client_secret) =>
+                {
+                    caps.oauth.insert(name.clone(), client.clone());
+                }
+                _ => caps.denied.push(format!("oauth {name}")),
             }
         }
         caps
@@ -275,7 +334,35 @@ mod tests {
             outbound: vec!["https://api.example.com:443".into()],
             secrets: vec!["TOKEN".into(), "OTHER".into()],
             config: vec!["region".into()],
+            oauth: vec!["partner".into()],
         }
+    }
+
+    #[test]
+    fn an_oauth_client_is_effective_only_with_both_its_secrets_granted() {
+        let client = OAuthGrant {
+            token_url: "https://api.example.com/token".into(),
+            client_id: "TOKEN".into(),
+            client_secret: "OTHER".into(),
+            hosts: vec!["https://api.example.com:443".into()],
+            ..Default::default()
+        };
+        let grant = |secrets: &[&str]| Grant {
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            oauth: [("partner".to_string(), client.clone())].into(),
+            ..Default::default()
+        };
+        let caps = Capabilities::effective(&requests(), Some(&grant(&["TOKEN", "OTHER"])));
+        assert_eq!(caps.oauth.get("partner"), Some(&client));
+        let caps = Capabilities::effective(&requests(), Some(&grant(&["TOKEN"])));
+        assert!(caps.oauth.is_empty());
+        assert!(caps.denied.contains(&"oauth partner".to_string()));
+        let unrequested = Requests {
+            oauth: vec![],
+            ..requests()
+        };
+        let caps = Capabilities::effective(&unrequested, Some(&grant(&["TOKEN", "OTHER"])));
+        assert!(caps.oauth.is_empty(), "not requested, not effective");
     }
 
     #[test]
@@ -293,7 +380,7 @@ mod tests {
         assert_eq!(caps.outbound, vec!["https://api.example.com:443"]);
         assert_eq!(caps.secrets, ["TOKEN".to_string()].into());
         assert_eq!(caps.config["region"], "eu");
-        assert_eq!(caps.denied, vec!["secret OTHER"]);
+        assert_eq!(caps.denied, vec!["secret OTHER", "oauth partner"]);
     }
 
     #[test]
@@ -337,7 +424,7 @@ mod tests {
         let caps = Capabilities::effective(&requests(), None);
         assert!(!caps.has_egress());
         assert!(caps.secrets.is_empty() && caps.config.is_empty());
-        assert_eq!(caps.denied.len(), 4);
+        assert_eq!(caps.denied.len(), 5);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Registry {
     reloading: Mutex<()>,
     /// Where plugin changes go for the audit log (see [`Registry::audit_changes_to`]).
     audit: OnceLock<tokio::sync::mpsc::UnboundedSender<NewAuditEntry>>,
+    /// Each plugin's `state` store, kept across generations.
+    kv: super::kv::PluginKvs,
+    /// Each plugin's cached OAuth tokens, kept across generations.
+    tokens: super::oauth::TokenCaches,
 }
 
 /// The last failed load of a plugin id.
@@ -136,6 +140,8 @@ impl Registry {
             stats: Mutex::new(BTreeMap::new()),
             reloading: Mutex::new(()),
             audit: OnceLock::new(),
+            kv: Default::default(),
+            tokens: Default::default(),
         }
     }
 
@@ -198,6 +204,8 @@ impl Registry {
                 limits: self.limits,
                 require_digest: true,
                 transport: None,
+                kv: &self.kv,
+                tokens: &self.tokens,
             };
             LoadedPlugin::load(&dir, &cx)
         });

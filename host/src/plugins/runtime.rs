@@ -22,11 +22,14 @@ use crate::config::PluginLimits;
 use crate::domain::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
 use crate::domain::supplier::*;
 
-use super::bindings::{Supplier as Bindings, SupplierPre, host};
+use super::bindings::v0_2::host;
+use super::bindings::{Contract, v0_1, v0_2};
 use super::egress::{EgressPolicy, EgressTransport, OutboundRule};
 use super::engine::PluginEngine;
 use super::error::{CallError, LoadError};
+use super::kv::{PluginKv, PluginKvs};
 use super::manifest::{Capabilities, Grants, Manifest, sha256_hex};
+use super::oauth::{OAuthClients, TokenCaches};
 use super::secrets::{Scrubber, SecretStore};
 use super::state::PluginState;
 use super::stats::PluginStats;
@@ -50,12 +53,37 @@ pub struct PluginShared {
     pub capabilities: Capabilities,
     /// Egress policy (rules and secret values).
     pub egress: Arc<EgressPolicy>,
+    /// The contract version the component was built against.
+    pub contract: Contract,
+    /// The plugin's `state` store (0.2), shared by every generation of the plugin id.
+    pub kv: Arc<PluginKv>,
+}
+
+/// The pre-linked component, of either contract version.
+enum Pre {
+    V0_1(v0_1::SupplierPre<PluginState>),
+    V0_2(v0_2::SupplierPre<PluginState>),
+}
+
+/// One instance of the component, for one call.
+pub(crate) enum Instance {
+    V0_1(v0_1::Supplier),
+    V0_2(v0_2::Supplier),
+}
+
+/// A 0.1 export's answer as the 0.2 types the checks are written for.
+fn up<T: Into<U>, U, E: Into<host::types::SupplierError>>(
+    r: wasmtime::Result<Result<T, E>>,
+) -> wasmtime::Result<Result<U, host::types::SupplierError>> {
+    r.map(|r| r.map(Into::into).map_err(Into::into))
 }
 
 /// A plugin ready to be called.
 pub struct LoadedPlugin {
     shared: Arc<PluginShared>,
-    pre: SupplierPre<PluginState>,
+    pre: Pre,
+    /// Where the plugin's webhooks may come from (empty: anywhere).
+    webhook_sources: Vec<ipnet::IpNet>,
     slots: Semaphore,
     info: SupplierInfo,
     /// Call counters for status and metrics, shared by every generation of the plugin id
@@ -78,6 +106,10 @@ pub struct LoadContext<'a> {
     /// Where allowed egress goes instead of the network: `None` in the gateway; the SDK
     /// test harness sets one to answer egress from a route table (policy checks still run).
     pub transport: Option<Arc<dyn EgressTransport>>,
+    /// Every plugin's `state` store; a reload keeps the plugin's.
+    pub kv: &'a PluginKvs,
+    /// Every plugin's cached OAuth tokens; a reload keeps the plugin's.
+    pub tokens: &'a TokenCaches,
 }
 
 impl LoadedPlugin {
@@ -137,17 +169,35 @@ impl LoadedPlugin {
         // the operator did not grant still loads, and only calls that reach out fail
         // (`egress_denied`), as with an ungranted secret or config key.
         let requests_egress = !manifest.requests.outbound.is_empty();
+        let contract = {
+            let ty = component.component_type();
+            let names: Vec<String> = ty
+                .exports(cx.engine.engine())
+                .map(|(name, _)| name.to_string())
+                .collect();
+            Contract::of_exports(names.iter().map(String::as_str)).ok_or_else(|| {
+                link_err(
+                    "the component exports neither the simgate:supplier@0.1.0 nor the \
+                     simgate:supplier@0.2.0 world"
+                        .to_string(),
+                )
+            })?
+        };
         check_imports_granted(cx.engine, &component, requests_egress).map_err(link_err)?;
-        let linker =
-            build_linker(cx.engine, requests_egress).map_err(|e| link_err(format!("{e:#}")))?;
+        let linker = build_linker(cx.engine, contract, requests_egress)
+            .map_err(|e| link_err(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| link_err(format!("{e:#}")))?;
-        let pre = SupplierPre::new(instance_pre).map_err(|e| {
+        let not_world = |e: wasmtime::Error| {
             link_err(format!(
-                "the component does not export the simgate:supplier@0.1.0 world: {e:#}"
+                "the component does not export the simgate:supplier@{contract} world: {e:#}"
             ))
-        })?;
+        };
+        let pre = match contract {
+            Contract::V0_1 => Pre::V0_1(v0_1::SupplierPre::new(instance_pre).map_err(not_world)?),
+            Contract::V0_2 => Pre::V0_2(v0_2::SupplierPre::new(instance_pre).map_err(not_world)?),
+        };
 
         let secrets = cx.secrets.for_plugin(&id, &capabilities.secrets);
         let rules = |list: &[String]| -> Vec<OutboundRule> {
@@ -169,6 +219,8 @@ impl LoadedPlugin {
             connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
             max_response_bytes: limits.max_egress_response_bytes,
             transport: cx.transport.clone(),
+            oauth: Arc::new(OAuthClients::new(&id, &capabilities.oauth, cx.tokens)),
+            fill_bodies: contract >= Contract::V0_2,
         });
         let shared = Arc::new(PluginShared {
             id: id.clone(),
@@ -177,8 +229,26 @@ impl LoadedPlugin {
             limits,
             capabilities,
             egress,
+            contract,
+            kv: cx.kv.for_plugin(&id),
         });
+        let webhook_sources = shared
+            .capabilities
+            .webhook_sources
+            .iter()
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        link_err(format!(
+                            "webhook_sources: {} is not an IP address or CIDR block",
+                            quote(s)
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let mut plugin = LoadedPlugin {
+            webhook_sources,
             slots: Semaphore::new(limits.max_concurrency as usize),
             shared,
             pre,
@@ -231,7 +301,7 @@ impl LoadedPlugin {
         &self,
         operation: &'static str,
         f: impl for<'a> FnOnce(
-            &'a Bindings,
+            &'a Instance,
             &'a mut Store<PluginState>,
         )
             -> Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>
@@ -259,8 +329,12 @@ impl LoadedPlugin {
         let _in_flight = self.stats.enter();
         let started = Instant::now();
         let budget = self.shared.limits.timeout();
+        let engine = match &self.pre {
+            Pre::V0_1(pre) => pre.engine(),
+            Pre::V0_2(pre) => pre.engine(),
+        };
         let mut store = Store::new(
-            self.pre.engine(),
+            engine,
             PluginState::new(self.shared.clone(), started + budget),
         );
         store.limiter(|s| &mut s.limiter);
@@ -278,8 +352,11 @@ impl LoadedPlugin {
         });
 
         let run = async {
-            let bindings = self.pre.instantiate_async(&mut store).await?;
-            f(&bindings, &mut store).await
+            let instance = match &self.pre {
+                Pre::V0_1(pre) => Instance::V0_1(pre.instantiate_async(&mut store).await?),
+                Pre::V0_2(pre) => Instance::V0_2(pre.instantiate_async(&mut store).await?),
+            };
+            f(&instance, &mut store).await
         };
         let outcome = tokio::time::timeout(budget + OUTER_TIMEOUT_GRACE, run).await;
         let elapsed = started.elapsed();
@@ -353,7 +430,7 @@ impl LoadedPlugin {
         &self,
         operation: &'static str,
         f: impl for<'a> FnOnce(
-            &'a Bindings,
+            &'a Instance,
             &'a mut Store<PluginState>,
         ) -> Pin<
             Box<
@@ -403,8 +480,15 @@ impl LoadedPlugin {
     /// `plugin.describe`.
     pub async fn describe(&self) -> SupplierResult<SupplierInfo> {
         let (info, _) = self
-            .call("describe", |b, s| {
-                Box::pin(b.simgate_supplier_plugin().call_describe(s))
+            .call("describe", |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => {
+                            Ok(b.simgate_supplier_plugin().call_describe(s).await?.into())
+                        }
+                        Instance::V0_2(b) => b.simgate_supplier_plugin().call_describe(s).await,
+                    }
+                })
             })
             .await
             .map_err(into_fault)?;
@@ -457,7 +541,23 @@ impl Supplier for LoadedPlugin {
         let plugin = self.shared.id.clone();
         Box::pin(self.call_supplier(
             "list-products",
-            |b, s| Box::pin(b.simgate_supplier_catalog().call_list_products(s)),
+            |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => b
+                            .simgate_supplier_catalog()
+                            .call_list_products(s)
+                            .await
+                            .map(|r| {
+                                r.map(|list| list.into_iter().map(Into::into).collect())
+                                    .map_err(Into::into)
+                            }),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_catalog().call_list_products(s).await
+                        }
+                    }
+                })
+            },
             move |products, budget| convert_products(&plugin, products, budget),
         ))
     }
@@ -470,11 +570,19 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "provision",
-            move |b, s| {
+            move |i, s| {
                 Box::pin(async move {
-                    b.simgate_supplier_provisioning()
-                        .call_provision(s, &wit)
-                        .await
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_provisioning()
+                            .call_provision(s, &wit.into())
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_provisioning()
+                                .call_provision(s, &wit)
+                                .await
+                        }
+                    }
                 })
             },
             convert_outcome,
@@ -492,8 +600,18 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "poll",
-            move |b, s| {
-                Box::pin(async move { b.simgate_supplier_provisioning().call_poll(s, &wit).await })
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_provisioning()
+                            .call_poll(s, &wit.into())
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_provisioning().call_poll(s, &wit).await
+                        }
+                    }
+                })
             },
             convert_outcome,
         ))
@@ -502,11 +620,19 @@ impl Supplier for LoadedPlugin {
     fn usage(&self, iccid: String) -> BoxFuture<'_, SupplierResult<Usage>> {
         Box::pin(self.call_supplier(
             "usage",
-            move |b, s| {
+            move |i, s| {
                 Box::pin(async move {
-                    b.simgate_supplier_provisioning()
-                        .call_usage(s, &iccid)
-                        .await
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_provisioning()
+                            .call_usage(s, &iccid)
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_provisioning()
+                                .call_usage(s, &iccid)
+                                .await
+                        }
+                    }
                 })
             },
             |u, budget| {
@@ -536,10 +662,18 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "top-up",
-            move |b, s| {
-                Box::pin(
-                    async move { b.simgate_supplier_provisioning().call_top_up(s, &wit).await },
-                )
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_provisioning()
+                            .call_top_up(s, &wit.into())
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_provisioning().call_top_up(s, &wit).await
+                        }
+                    }
+                })
             },
             |r, budget| budget.short("supplier reference", r),
         ))
@@ -553,14 +687,34 @@ impl Supplier for LoadedPlugin {
         self.call_ekyc_callback(req)
     }
 
+    fn accepts_webhook_from(&self, addr: &str) -> bool {
+        let allowed = &self.webhook_sources;
+        allowed.is_empty()
+            || addr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| allowed.iter().any(|net| net.contains(&ip)))
+    }
+
+    fn parse_webhook(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<ParsedWebhook>> {
+        self.call_webhook_parse(req)
+    }
+
     fn cancel(&self, order_ref: String, iccid: String) -> BoxFuture<'_, SupplierResult<()>> {
         let wit = host::types::CancelRequest { order_ref, iccid };
         Box::pin(self.call_supplier(
             "cancel",
-            move |b, s| {
-                Box::pin(
-                    async move { b.simgate_supplier_provisioning().call_cancel(s, &wit).await },
-                )
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_provisioning()
+                            .call_cancel(s, &wit.into())
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_provisioning().call_cancel(s, &wit).await
+                        }
+                    }
+                })
             },
             |(), _| Ok(()),
         ))
@@ -568,6 +722,41 @@ impl Supplier for LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// `webhooks.parse`: 0.1 plugins have no event id (the host uses the body's digest).
+    fn call_webhook_parse(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<ParsedWebhook>> {
+        let wit = host::types::Inbound {
+            method: req.method,
+            path_and_query: req.path_and_query,
+            headers: req.headers,
+            body: req.body,
+            source_address: req.source_address,
+        };
+        Box::pin(self.call_supplier(
+            "webhooks-parse",
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => b
+                            .simgate_supplier_webhooks()
+                            .call_parse(s, &wit.into())
+                            .await
+                            .map(|r| {
+                                r.map(|events| host::types::Webhook {
+                                    event_id: None,
+                                    events: events.into_iter().map(Into::into).collect(),
+                                })
+                                .map_err(Into::into)
+                            }),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_webhooks().call_parse(s, &wit).await
+                        }
+                    }
+                })
+            },
+            convert_webhook,
+        ))
+    }
+
     /// `ekyc.start`.
     fn call_ekyc_start(&self, req: EkycRequest) -> BoxFuture<'_, SupplierResult<EkycRedirect>> {
         let wit = host::types::EkycRequest {
@@ -577,8 +766,15 @@ impl LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "ekyc-start",
-            move |b, s| {
-                Box::pin(async move { b.simgate_supplier_ekyc().call_start(s, &wit).await })
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => {
+                            up(b.simgate_supplier_ekyc().call_start(s, &wit.into()).await)
+                        }
+                        Instance::V0_2(b) => b.simgate_supplier_ekyc().call_start(s, &wit).await,
+                    }
+                })
             },
             |r, budget| {
                 Ok(EkycRedirect {
@@ -597,13 +793,22 @@ impl LoadedPlugin {
             path_and_query: req.path_and_query,
             headers: req.headers,
             body: req.body,
+            source_address: req.source_address,
         };
         Box::pin(self.call_supplier(
             "ekyc-parse-callback",
-            move |b, s| {
-                Box::pin(
-                    async move { b.simgate_supplier_ekyc().call_parse_callback(s, &wit).await },
-                )
+            move |i, s| {
+                Box::pin(async move {
+                    match i {
+                        Instance::V0_1(b) => up(b
+                            .simgate_supplier_ekyc()
+                            .call_parse_callback(s, &wit.into())
+                            .await),
+                        Instance::V0_2(b) => {
+                            b.simgate_supplier_ekyc().call_parse_callback(s, &wit).await
+                        }
+                    }
+                })
             },
             |u, budget| {
                 use host::types::EkycStatus as S;
@@ -613,6 +818,7 @@ impl LoadedPlugin {
                         S::Pending => EkycStatus::Pending,
                         S::Approved => EkycStatus::Approved,
                         S::Rejected => EkycStatus::Rejected,
+                        S::Expired => EkycStatus::Expired,
                     },
                 })
             },
@@ -969,6 +1175,7 @@ const WASI_IO_ERROR: &str = "wasi:io/error@0.2.12";
 /// `wasi:http` only when the manifest requests egress (the policy refuses what is not granted).
 fn build_linker(
     engine: &PluginEngine,
+    contract: Contract,
     requests_egress: bool,
 ) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine.engine());
@@ -984,13 +1191,89 @@ fn build_linker(
         },
     )?;
     linker.allow_shadowing(false);
-    host::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    host::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    host::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-    host::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    match contract {
+        Contract::V0_1 => {
+            use v0_1::host;
+            host::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        }
+        Contract::V0_2 => {
+            host::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::config::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::secrets::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+            host::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        }
+    }
     if requests_egress {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     }
     Ok(linker)
+}
+
+/// A parsed webhook: at most [`MAX_WEBHOOK_EVENTS`] events, each checked like the results
+/// of the calls they stand for (eSIMs as delivered ones, references as short values).
+fn convert_webhook(
+    w: host::types::Webhook,
+    budget: &mut OutputBudget,
+) -> Result<ParsedWebhook, String> {
+    use host::types::SupplierEvent as E;
+    if w.events.len() > MAX_WEBHOOK_EVENTS {
+        return Err(format!(
+            "{} events in one webhook; at most {MAX_WEBHOOK_EVENTS}",
+            w.events.len()
+        ));
+    }
+    let event_id = w
+        .event_id
+        .map(|id| budget.short("event id", id))
+        .transpose()?;
+    let iccid = |s: String, budget: &mut OutputBudget| budget.short("ICCID", s);
+    let mut events = Vec::with_capacity(w.events.len());
+    for event in w.events {
+        events.push(match event {
+            E::OrderDelivered(d) => SupplierEvent::OrderDelivered {
+                order_ref: budget.short("order reference", d.order_ref)?,
+                esims: d
+                    .esims
+                    .into_iter()
+                    .map(|e| convert_esim(e, budget))
+                    .collect::<Result<_, _>>()?,
+            },
+            E::OrderFailed(f) => SupplierEvent::OrderFailed {
+                order_ref: budget.short("order reference", f.order_ref)?,
+                reason: budget.string(one_line(&f.reason, 512))?,
+            },
+            E::OrderReady(r) => SupplierEvent::OrderReady {
+                order_ref: budget.short("order reference", r.order_ref)?,
+            },
+            E::ProfileChanged(c) => SupplierEvent::ProfileChanged {
+                profile: convert_profile(
+                    c.profile.ok_or("profile-changed without a profile state")?,
+                ),
+                raw_status: budget.short("raw status", c.raw_status)?,
+                iccid: iccid(c.iccid, budget)?,
+            },
+            E::PlanChanged(c) => SupplierEvent::PlanChanged {
+                plan: convert_plan(c.plan.ok_or("plan-changed without a plan state")?),
+                raw_status: budget.short("raw status", c.raw_status)?,
+                iccid: iccid(c.iccid, budget)?,
+            },
+            E::UsageChanged(u) => SupplierEvent::UsageChanged {
+                iccid: iccid(u.iccid, budget)?,
+                used_bytes: u.used_bytes,
+                total_bytes: u.total_bytes,
+            },
+            E::UsageThreshold(t) => SupplierEvent::UsageThreshold {
+                iccid: iccid(t.iccid, budget)?,
+                used_bytes: t.used_bytes,
+                percent: t.percent.min(100),
+            },
+        });
+    }
+    Ok(ParsedWebhook { event_id, events })
 }

@@ -68,6 +68,8 @@ const MIN_SCRUBBED_LEN: usize = 6;
 #[derive(Clone, Default)]
 pub struct Scrubber {
     finder: Option<aho_corasick::AhoCorasick>,
+    /// The values it looks for, so [`Scrubber::with`] can add more.
+    sources: Vec<Secret>,
 }
 
 impl std::fmt::Debug for Scrubber {
@@ -122,8 +124,9 @@ fn encodings(value: &str) -> Vec<String> {
 impl Scrubber {
     /// A scrubber for `secrets`.
     pub fn new<'a>(secrets: impl IntoIterator<Item = &'a Secret>) -> Scrubber {
-        let patterns: Vec<String> = secrets
-            .into_iter()
+        let sources: Vec<Secret> = secrets.into_iter().cloned().collect();
+        let patterns: Vec<String> = sources
+            .iter()
             .map(Secret::expose)
             .filter(|v| v.len() >= MIN_SCRUBBED_LEN)
             .flat_map(encodings)
@@ -137,7 +140,13 @@ impl Scrubber {
             .expect("literal patterns always build");
         Scrubber {
             finder: Some(finder),
+            sources,
         }
+    }
+
+    /// A scrubber that also finds `more` (the tokens one request carried).
+    pub fn with(&self, more: &[Secret]) -> Scrubber {
+        Scrubber::new(self.sources.iter().chain(more))
     }
 
     /// `text` with every secret form replaced.

@@ -9,7 +9,6 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::host;
 use super::egress::{EgressHooks, EgressReport};
 use super::runtime::{PluginShared, one_line};
 use super::secrets;
@@ -160,53 +159,6 @@ impl WasiHttpView for PluginState {
     }
 }
 
-impl host::log::Host for PluginState {
-    fn emit(
-        &mut self,
-        level: host::log::Level,
-        message: String,
-        fields: Vec<(String, String)>,
-    ) -> wasmtime::Result<()> {
-        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        self.log_bytes = self.log_bytes.saturating_add(size);
-        if self.log_bytes > self.shared.limits.max_log_bytes_per_call {
-            self.log_dropped += 1;
-            return Ok(());
-        }
-        let plugin = &self.shared.id;
-        let version = &self.shared.version;
-        // A plugin never holds a secret value, but it may hold what a reflecting bound
-        // host sent back in some encoding the egress scrubber missed: scrub again here.
-        let scrubber = &self.shared.egress.scrubber;
-        // One line each, so a plugin cannot forge log lines with breaks or escapes.
-        let message = one_line(&scrubber.text(&message), usize::MAX);
-        let fields: Vec<(String, String)> = fields
-            .into_iter()
-            .map(|(k, v)| (one_line(&scrubber.owned(k), 64), scrubber.owned(v)))
-            .collect();
-        let fields = FieldsDisplay(&fields);
-        use host::log::Level;
-        match level {
-            Level::Trace => {
-                tracing::trace!(target: "plugin", %plugin, %version, %fields, "{message}")
-            }
-            Level::Debug => {
-                tracing::debug!(target: "plugin", %plugin, %version, %fields, "{message}")
-            }
-            Level::Info => {
-                tracing::info!(target: "plugin", %plugin, %version, %fields, "{message}")
-            }
-            Level::Warn => {
-                tracing::warn!(target: "plugin", %plugin, %version, %fields, "{message}")
-            }
-            Level::Error => {
-                tracing::error!(target: "plugin", %plugin, %version, %fields, "{message}")
-            }
-        }
-        Ok(())
-    }
-}
-
 struct FieldsDisplay<'a>(&'a [(String, String)]);
 
 impl std::fmt::Display for FieldsDisplay<'_> {
@@ -221,37 +173,221 @@ impl std::fmt::Display for FieldsDisplay<'_> {
     }
 }
 
-impl host::config::Host for PluginState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.shared.capabilities.config.get(&key).cloned())
+/// The shared half of the host imports; each contract version's `Host` impls below only
+/// convert their types and call these.
+impl PluginState {
+    /// `log.emit`: one line, scrubbed, one line long, within the per-call log budget.
+    fn emit(&mut self, level: tracing::Level, message: String, fields: Vec<(String, String)>) {
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.log_bytes = self.log_bytes.saturating_add(size);
+        if self.log_bytes > self.shared.limits.max_log_bytes_per_call {
+            self.log_dropped += 1;
+            return;
+        }
+        let plugin = &self.shared.id;
+        let version = &self.shared.version;
+        let scrubber = &self.shared.egress.scrubber;
+        let message = one_line(&scrubber.text(&message), usize::MAX);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .map(|(k, v)| (one_line(&scrubber.owned(k), 64), scrubber.owned(v)))
+            .collect();
+        let fields = FieldsDisplay(&fields);
+        match level {
+            tracing::Level::TRACE => {
+                tracing::trace!(target: "plugin", %plugin, %version, %fields, "{message}")
+            }
+            tracing::Level::DEBUG => {
+                tracing::debug!(target: "plugin", %plugin, %version, %fields, "{message}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(target: "plugin", %plugin, %version, %fields, "{message}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "plugin", %plugin, %version, %fields, "{message}")
+            }
+            tracing::Level::ERROR => {
+                tracing::error!(target: "plugin", %plugin, %version, %fields, "{message}")
+            }
+        }
+    }
+
+    /// `config.get`.
+    fn config_value(&self, key: &str) -> Option<String> {
+        self.shared.capabilities.config.get(key).cloned()
+    }
+
+    /// `secrets.verify-hmac`; `Err(name)` when the secret is not granted.
+    fn verify(
+        &self,
+        name: String,
+        sha512: bool,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, String> {
+        match self.shared.egress.secrets.get(&name) {
+            Some(secret) => Ok(secrets::verify_hmac(secret, sha512, message, signature)),
+            None => Err(name),
+        }
     }
 }
 
-impl host::secrets::Host for PluginState {
-    fn verify_hmac(
-        &mut self,
-        secret_name: String,
-        algorithm: host::secrets::HmacAlgorithm,
-        message: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> wasmtime::Result<Result<bool, host::secrets::SecretError>> {
-        let Some(secret) = self.shared.egress.secrets.get(&secret_name) else {
-            return Ok(Err(host::secrets::SecretError::NotGranted(secret_name)));
-        };
-        let sha512 = matches!(algorithm, host::secrets::HmacAlgorithm::Sha512);
-        Ok(Ok(secrets::verify_hmac(
-            secret, sha512, &message, &signature,
-        )))
+/// The longest message `secrets.sign` signs: a request body and a few header values.
+const MAX_SIGNED_BYTES: usize = 4 * 1024 * 1024;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The imports both contract versions have unchanged: `log`, `config`, `clock`, `types`.
+macro_rules! shared_imports {
+    ($host:ident) => {
+        impl $host::log::Host for PluginState {
+            fn emit(
+                &mut self,
+                level: $host::log::Level,
+                message: String,
+                fields: Vec<(String, String)>,
+            ) -> wasmtime::Result<()> {
+                use $host::log::Level as L;
+                let level = match level {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                };
+                PluginState::emit(self, level, message, fields);
+                Ok(())
+            }
+        }
+
+        impl $host::config::Host for PluginState {
+            fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+                Ok(self.config_value(&key))
+            }
+        }
+
+        impl $host::clock::Host for PluginState {
+            fn now_ms(&mut self) -> wasmtime::Result<u64> {
+                Ok(super::now_ms())
+            }
+        }
+
+        impl $host::types::Host for PluginState {}
+    };
+}
+
+mod v0_1_imports {
+    use super::super::bindings::v0_1::host;
+    use super::PluginState;
+
+    shared_imports!(host);
+
+    impl host::secrets::Host for PluginState {
+        fn verify_hmac(
+            &mut self,
+            secret_name: String,
+            algorithm: host::secrets::HmacAlgorithm,
+            message: Vec<u8>,
+            signature: Vec<u8>,
+        ) -> wasmtime::Result<Result<bool, host::secrets::SecretError>> {
+            let sha512 = matches!(algorithm, host::secrets::HmacAlgorithm::Sha512);
+            Ok(self
+                .verify(secret_name, sha512, &message, &signature)
+                .map_err(host::secrets::SecretError::NotGranted))
+        }
     }
 }
 
-impl host::clock::Host for PluginState {
-    fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0))
+mod v0_2_imports {
+    use base64::Engine as _;
+
+    use super::super::bindings::v0_2::host;
+    use super::PluginState;
+
+    shared_imports!(host);
+
+    impl host::secrets::Host for PluginState {
+        fn verify_hmac(
+            &mut self,
+            secret_name: String,
+            algorithm: host::secrets::HmacAlgorithm,
+            message: Vec<u8>,
+            signature: Vec<u8>,
+        ) -> wasmtime::Result<Result<bool, host::secrets::SecretError>> {
+            let sha512 = matches!(algorithm, host::secrets::HmacAlgorithm::Sha512);
+            Ok(self
+                .verify(secret_name, sha512, &message, &signature)
+                .map_err(host::secrets::SecretError::NotGranted))
+        }
+
+        fn sign(
+            &mut self,
+            secret_name: String,
+            algorithm: host::secrets::HmacAlgorithm,
+            message: Vec<u8>,
+            encoding: host::secrets::Encoding,
+        ) -> wasmtime::Result<Result<String, host::secrets::SecretError>> {
+            let Some(secret) = self.shared.egress.secrets.get(&secret_name) else {
+                return Ok(Err(host::secrets::SecretError::NotGranted(secret_name)));
+            };
+            if message.len() > super::MAX_SIGNED_BYTES {
+                // A guest error, not a refusal the plugin could misread as "not granted".
+                wasmtime::bail!(
+                    "secrets.sign: message over {} bytes",
+                    super::MAX_SIGNED_BYTES
+                );
+            }
+            let alg = match algorithm {
+                host::secrets::HmacAlgorithm::Sha256 => ring::hmac::HMAC_SHA256,
+                host::secrets::HmacAlgorithm::Sha512 => ring::hmac::HMAC_SHA512,
+            };
+            let key = ring::hmac::Key::new(alg, secret.expose().as_bytes());
+            let tag = ring::hmac::sign(&key, &message);
+            Ok(Ok(match encoding {
+                host::secrets::Encoding::Hex => hex::encode(tag.as_ref()),
+                host::secrets::Encoding::Base64 => {
+                    base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+                }
+            }))
+        }
+
+        fn invalidate_token(
+            &mut self,
+            client: String,
+        ) -> wasmtime::Result<Result<(), host::secrets::SecretError>> {
+            Ok(if self.shared.egress.oauth.invalidate(&client) {
+                Ok(())
+            } else {
+                Err(host::secrets::SecretError::NotGranted(client))
+            })
+        }
+    }
+
+    impl host::state::Host for PluginState {
+        fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+            Ok(self.shared.kv.get(&key))
+        }
+
+        fn set(
+            &mut self,
+            key: String,
+            value: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), host::state::StateError>> {
+            Ok(self
+                .shared
+                .kv
+                .set(key, value)
+                .map_err(host::state::StateError::TooLarge))
+        }
+
+        fn remove(&mut self, key: String) -> wasmtime::Result<()> {
+            self.shared.kv.remove(&key);
+            Ok(())
+        }
     }
 }
-
-impl host::types::Host for PluginState {}

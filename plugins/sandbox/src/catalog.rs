@@ -1,7 +1,7 @@
 //! The fixed product table. Everything the sandbox does with a SKU is decided here, so the
 //! tests and the demo can rely on each product's behaviour.
 
-use simgate_sdk::{DataAllowance, Money, Product, SupplierError};
+use simgate_sdk::v0_1::{DataAllowance, Money, Product, SupplierError};
 
 /// 1 GiB: the sandbox counts plan sizes in binary units, as most supplier APIs do.
 pub const GIB: u64 = 1024 * 1024 * 1024;

@@ -2,7 +2,7 @@
 //! each call runs in a fresh instance, and the same `order-ref` must give the same eSIMs
 //! (provisioning is idempotent), so there is no state to keep.
 
-use simgate_sdk::{Esim, SupplierError};
+use simgate_sdk::v0_1::{Esim, SupplierError};
 
 /// The SM-DP+ every sandbox eSIM points at (a reserved `.test` name: it never resolves).
 pub const SMDP_ADDRESS: &str = "smdp.sandbox.simgate.test";

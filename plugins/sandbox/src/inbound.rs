@@ -5,8 +5,8 @@
 //! the check calls the host.
 
 use serde::Deserialize;
-use simgate_sdk::secrets::{self, HmacAlgorithm, SecretError};
-use simgate_sdk::{
+use simgate_sdk::v0_1::secrets::{self, HmacAlgorithm, SecretError};
+use simgate_sdk::v0_1::{
     EkycStatus, EkycUpdate, Inbound, OrderDelivered, OrderFailed, PlanState, ProfileState,
     StateChange, SupplierError, SupplierEvent, UsageThreshold, log,
 };

@@ -57,7 +57,7 @@ pub mod derive;
 pub mod inbound;
 pub mod provider;
 
-use simgate_sdk::{
+use simgate_sdk::v0_1::{
     CancelRequest, Catalog, Ekyc, EkycRedirect, EkycRequest, EkycUpdate, Feature, Inbound, Info,
     PlanState, Plugin, PollRequest, Product, ProfileState, ProvisionOutcome, ProvisionRequest,
     Provisioning, SupplierError, SupplierEvent, TopUpRequest, Usage, Webhooks, clock, config, log,
@@ -215,7 +215,7 @@ fn kyc_url(req: &EkycRequest) -> String {
     )
 }
 
-simgate_sdk::export!(Sandbox);
+simgate_sdk::export_v0_1!(Sandbox);
 
 #[cfg(test)]
 mod tests {

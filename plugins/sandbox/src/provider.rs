@@ -17,8 +17,8 @@
 //! bytes and strings, unit tested natively.
 
 use serde::{Deserialize, Serialize};
-use simgate_sdk::secrets::{self, HmacAlgorithm, SecretError};
-use simgate_sdk::{
+use simgate_sdk::v0_1::secrets::{self, HmacAlgorithm, SecretError};
+use simgate_sdk::v0_1::{
     EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound, SupplierError, config, http,
     secret_ref,
 };

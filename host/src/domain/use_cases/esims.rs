@@ -115,31 +115,16 @@ impl Gateway {
             .ok_or_else(|| DomainError::SupplierNotLoaded(rec.plugin.clone()))?;
         let usage = supplier.usage(rec.iccid.clone()).await?;
         let observed_at_ms = self.clock.now_ms();
-        let moved = (rec.profile, rec.plan, rec.raw_status.as_str())
-            != (usage.profile, usage.plan, usage.raw_status.as_str());
-        let threshold = usage
-            .total_bytes
-            .and_then(|total| Event::of_usage(&rec, usage.used_bytes, total, observed_at_ms));
-        if moved || threshold.is_some() {
-            let before = (rec.profile, rec.plan);
-            rec.profile = usage.profile;
-            rec.plan = usage.plan;
-            rec.raw_status = usage.raw_status.clone();
-            // The new states and the events they raise, together.
-            let mut events = Event::of_esim(&rec, before, observed_at_ms);
-            if let Some((percent, event)) = threshold {
-                rec.usage_told_pct = percent;
-                events.push(event);
-            }
-            let change = Commit::change(None, vec![rec.clone()], events);
-            if let Err(rejected) = self.store.commit(&change).await? {
-                return Err(StoreError::Backend(format!(
-                    "eSIM {} could not be updated: {rejected}",
-                    rec.iccid
-                ))
-                .into());
-            }
-        }
+        self.observe_esim(
+            &mut rec,
+            Observation {
+                profile: Some(usage.profile),
+                plan: Some(usage.plan),
+                raw_status: Some(usage.raw_status.clone()),
+                usage: usage.total_bytes.map(|total| (usage.used_bytes, total)),
+            },
+        )
+        .await?;
         Ok(UsageView {
             iccid: rec.iccid,
             used_bytes: usage.used_bytes,
@@ -151,4 +136,52 @@ impl Gateway {
             observed_at_ms,
         })
     }
+
+    /// Keep what a supplier says of an eSIM (from a usage call or a webhook) on its record,
+    /// with the events it raises, in one commit; nothing is written when nothing moved.
+    pub(crate) async fn observe_esim(
+        &self,
+        rec: &mut EsimRecord,
+        seen: Observation,
+    ) -> Result<(), DomainError> {
+        let observed_at_ms = self.clock.now_ms();
+        let before = (rec.profile, rec.plan, rec.raw_status.clone());
+        rec.profile = seen.profile.unwrap_or(rec.profile);
+        rec.plan = seen.plan.unwrap_or(rec.plan);
+        if let Some(raw) = seen.raw_status {
+            rec.raw_status = raw;
+        }
+        let moved = before != (rec.profile, rec.plan, rec.raw_status.clone());
+        let threshold = seen
+            .usage
+            .and_then(|(used, total)| Event::of_usage(rec, used, total, observed_at_ms));
+        if !moved && threshold.is_none() {
+            return Ok(());
+        }
+        // The new states and the events they raise, together.
+        let mut events = Event::of_esim(rec, (before.0, before.1), observed_at_ms);
+        if let Some((percent, event)) = threshold {
+            rec.usage_told_pct = percent;
+            events.push(event);
+        }
+        let change = Commit::change(None, vec![rec.clone()], events);
+        if let Err(rejected) = self.store.commit(&change).await? {
+            return Err(StoreError::Backend(format!(
+                "eSIM {} could not be updated: {rejected}",
+                rec.iccid
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// What a supplier says of an eSIM; `None` leaves that part as it is.
+#[derive(Debug, Default)]
+pub(crate) struct Observation {
+    pub profile: Option<ProfileState>,
+    pub plan: Option<PlanState>,
+    pub raw_status: Option<String>,
+    /// Bytes used and included.
+    pub usage: Option<(u64, u64)>,
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod orders;
 pub mod retention;
 pub mod subjects;
+pub mod supplier_webhooks;
 pub mod webhooks;
 
 #[cfg(test)]

@@ -717,6 +717,7 @@ async fn an_ekyc_session_expires_at_its_time_and_not_before_and_releases_the_hol
         path_and_query: "/".into(),
         headers: Vec::new(),
         body: format!("{}=approved", EkycSessionId::of(order.id)).into_bytes(),
+        source_address: "127.0.0.1".into(),
     };
     assert_eq!(
         f.gateway.ekyc_callback("kyc", late).await.unwrap(),
@@ -748,6 +749,7 @@ async fn an_approved_session_sends_the_order_to_its_supplier_and_a_rejected_one_
         path_and_query: "/v1/inbound/kyc/ekyc".into(),
         headers: Vec::new(),
         body: format!("{}={status}", EkycSessionId::of(order)).into_bytes(),
+        source_address: "127.0.0.1".into(),
     };
     let approved = kyc_order(&f, &who, "user-4").await;
     let rejected = kyc_order(&f, &who, "user-4").await;

@@ -6,7 +6,7 @@
 //! name and checks that none of them ever arrives: the supplier sees only what the WIT
 //! records carry.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Canary;
 
@@ -55,4 +55,4 @@ impl Catalog for Canary {
 impl Ekyc for Canary {}
 impl Webhooks for Canary {}
 
-simgate_sdk::export!(Canary);
+simgate_sdk::export_v0_1!(Canary);

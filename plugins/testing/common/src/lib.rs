@@ -1,6 +1,6 @@
 //! What every test plugin shares, so that each plugin's file shows only its misbehaviour.
 
-use simgate_sdk::{DataAllowance, Info, Money, Product};
+use simgate_sdk::v0_1::{DataAllowance, Info, Money, Product};
 
 /// `describe()` for test plugin `id`: no optional features.
 pub fn info(id: &str, version: &str) -> Info {

@@ -8,7 +8,7 @@
 //! egress), or `{"error": "<HttpError>"}` when the request failed or was denied.
 
 use serde_json::json;
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Egress;
 
@@ -54,4 +54,4 @@ impl Catalog for Egress {
 impl Ekyc for Egress {}
 impl Webhooks for Egress {}
 
-simgate_sdk::export!(Egress);
+simgate_sdk::export_v0_1!(Egress);

@@ -1,7 +1,7 @@
 //! Test plugin `hog`: `provision` allocates memory without bound, 1 MiB at a time, and
 //! touches every page. The host's memory cap must stop it.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Hog;
 
@@ -34,4 +34,4 @@ impl Catalog for Hog {
 impl Ekyc for Hog {}
 impl Webhooks for Hog {}
 
-simgate_sdk::export!(Hog);
+simgate_sdk::export_v0_1!(Hog);

@@ -18,7 +18,7 @@
 use simgate_sdk::bindings::wasi::http::outgoing_handler;
 use simgate_sdk::bindings::wasi::http::types::{Fields, OutgoingRequest, Scheme};
 use simgate_sdk::bindings::wasi::io::streams::StreamError;
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 /// The ICCID `hostile-fixed` hands to every order (Luhn-valid).
 pub const FIXED_ICCID: &str = "8999100000000000006";
@@ -77,8 +77,12 @@ fn debug_string_of_a_stream_error() -> Result<ProvisionOutcome, SupplierError> {
         Some(Ok(Ok(response))) => response,
         other => return Err(SupplierError::Rejected(format!("no response: {other:?}"))),
     };
-    let body = response.consume().map_err(|_| SupplierError::Rejected("no body".into()))?;
-    let stream = body.stream().map_err(|_| SupplierError::Rejected("no stream".into()))?;
+    let body = response
+        .consume()
+        .map_err(|_| SupplierError::Rejected("no body".into()))?;
+    let stream = body
+        .stream()
+        .map_err(|_| SupplierError::Rejected("no stream".into()))?;
     loop {
         match stream.blocking_read(64 * 1024) {
             Ok(_) => continue,
@@ -86,7 +90,9 @@ fn debug_string_of_a_stream_error() -> Result<ProvisionOutcome, SupplierError> {
                 return Err(SupplierError::Rejected(error.to_debug_string()));
             }
             Err(StreamError::Closed) => {
-                return Err(SupplierError::Rejected("the body ended without error".into()));
+                return Err(SupplierError::Rejected(
+                    "the body ended without error".into(),
+                ));
             }
         }
     }
@@ -119,7 +125,9 @@ impl Provisioning for Hostile {
                     "no\n2030-01-01T00:00:00Z  INFO simgate: FORGED-REASON-LINE".into(),
                 ))
             }
-            other => Err(SupplierError::InvalidRequest(format!("unknown sku {other}"))),
+            other => Err(SupplierError::InvalidRequest(format!(
+                "unknown sku {other}"
+            ))),
         }
     }
 }
@@ -174,4 +182,4 @@ impl Catalog for Hostile {
 impl Ekyc for Hostile {}
 impl Webhooks for Hostile {}
 
-simgate_sdk::export!(Hostile);
+simgate_sdk::export_v0_1!(Hostile);

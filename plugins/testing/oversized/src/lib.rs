@@ -3,7 +3,7 @@
 //! 16 MiB too), while the guest itself peaks near 20 MiB, under the default 32 MiB memory
 //! cap, so that the output limit and not the memory limit is what trips.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Oversized;
 
@@ -38,4 +38,4 @@ impl Catalog for Oversized {
 impl Ekyc for Oversized {}
 impl Webhooks for Oversized {}
 
-simgate_sdk::export!(Oversized);
+simgate_sdk::export_v0_1!(Oversized);

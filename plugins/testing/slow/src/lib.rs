@@ -2,7 +2,7 @@
 //! then delivers one eSIM. It keeps a request in flight long enough to test what happens
 //! to it during a shutdown or a reload.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 /// How long `provision` takes.
 const DELAY_MS: u64 = 2_000;
@@ -44,4 +44,4 @@ impl Catalog for Slow {
 impl Ekyc for Slow {}
 impl Webhooks for Slow {}
 
-simgate_sdk::export!(Slow);
+simgate_sdk::export_v0_1!(Slow);

@@ -1,7 +1,7 @@
 //! Test plugin `spin`: `provision` loops forever. The host must interrupt it at the
 //! per-call deadline and fail over, without a stuck worker.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Spin;
 
@@ -30,4 +30,4 @@ impl Catalog for Spin {
 impl Ekyc for Spin {}
 impl Webhooks for Spin {}
 
-simgate_sdk::export!(Spin);
+simgate_sdk::export_v0_1!(Spin);

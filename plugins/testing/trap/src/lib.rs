@@ -2,7 +2,7 @@
 //! printing the message to stderr the instance traps; the host must report the trap and
 //! drop the instance.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Trap;
 
@@ -27,4 +27,4 @@ impl Catalog for Trap {
 impl Ekyc for Trap {}
 impl Webhooks for Trap {}
 
-simgate_sdk::export!(Trap);
+simgate_sdk::export_v0_1!(Trap);

@@ -2,7 +2,7 @@
 //! `provision`) while its plugin.toml requests no outbound host. The host must refuse to
 //! link it, so `provision` never runs.
 
-use simgate_sdk::*;
+use simgate_sdk::v0_1::*;
 
 struct Undeclared;
 
@@ -31,4 +31,4 @@ impl Catalog for Undeclared {
 impl Ekyc for Undeclared {}
 impl Webhooks for Undeclared {}
 
-simgate_sdk::export!(Undeclared);
+simgate_sdk::export_v0_1!(Undeclared);

@@ -1,0 +1,256 @@
+//! Real supplier APIs through the real gateway: the `esim-access` adapter (contract 0.2)
+//! against a loopback simulator of an eSIM Access-style API: host-signed requests, an
+//! async order finished by the supplier's webhook, eSIM states from webhooks, the source
+//! allow-list, deduplication, and how supplier errors are acted on.
+
+use std::time::{Duration, Instant};
+
+use simgate_test_support::{EsimAccessSim, Fault, Gateway, GatewayBuilder, Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_simgate");
+const ACCESS_CODE: &str = "acc-5d1f0a";
+const SECRET: &str = "esim-access-signing-secret-b7e2";
+const PRODUCT: &str = "esim-access:PJP1G7D";
+
+struct Setup {
+    gw: Gateway,
+    sim: EsimAccessSim,
+    key: String,
+}
+
+/// A gateway with the adapter granted, webhooks allowed from `sources`. Polls are slow
+/// (10 min), so an order that completes promptly was completed by its webhook.
+fn setup(sources: &str) -> Setup {
+    let sim = EsimAccessSim::start(ACCESS_CODE, SECRET);
+    sim.set_manual_allocation(true);
+    let grants = format!(
+        r#"
+[plugins.esim-access]
+outbound = ["http://127.0.0.1:*"]
+allow_private_addresses = true
+secrets = ["ESIM_ACCESS_SECRET"]
+config = {{ base_url = "{}", access_code = "{ACCESS_CODE}" }}
+webhook_sources = [{sources}]
+"#,
+        sim.base()
+    );
+    let gw = GatewayBuilder::new(BIN)
+        .plugins(&["esim-access"])
+        .grants(&grants)
+        .secrets(&format!(
+            "[esim-access]\nESIM_ACCESS_SECRET = \"{SECRET}\"\n"
+        ))
+        .config("[orders]\nsync_wait_ms = 300\npoll_interval_ms = 600000\nbase_backoff_ms = 200\n")
+        .capture_log()
+        .start();
+    sim.set_webhook_url(&format!("{}/v1/inbound/esim-access/webhook", gw.base));
+    let (_, key) = gw.new_reseller(0, Some(100_000));
+    Setup { gw, sim, key }
+}
+
+impl Setup {
+    fn place(&self) -> String {
+        let r = self.gw.post_idem_as(
+            &self.key,
+            "/v1/orders",
+            &json!({"product_id": PRODUCT, "quantity": 1}),
+            &simgate_test_support::unique_key(),
+        );
+        assert!([200, 201, 202].contains(&r.status), "{:?}", r.json);
+        r.json["id"].as_str().unwrap().to_string()
+    }
+
+    fn order(&self, id: &str) -> Value {
+        let r = self
+            .gw
+            .call("GET", &format!("/v1/orders/{id}"), Some(&self.key), None);
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        r.json
+    }
+
+    /// Order `id` once `done` holds of it (within 20 s).
+    fn wait_order(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let order = self.order(id);
+            if done(&order) {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order never got there: {order:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The supplier's order for gateway order `id`, once placed.
+    fn supplier_order_no(&self, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(o) = self
+                .sim
+                .orders()
+                .into_iter()
+                .find(|o| o.transaction_id == id)
+            {
+                return o.order_no;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the supplier never got order {id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn esim(&self, iccid: &str) -> Value {
+        let r = self
+            .gw
+            .call("GET", &format!("/v1/esims/{iccid}"), Some(&self.key), None);
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        r.json
+    }
+}
+
+#[test]
+fn an_order_completes_by_the_suppliers_webhook_with_requests_signed_by_the_host() {
+    let s = setup(r#""127.0.0.1/32""#);
+    let id = s.place();
+    let order_no = s.supplier_order_no(&id);
+    let pending = s.wait_order(&id, |o| o["status"] == "submitted");
+    assert_eq!(pending["status"], "submitted");
+
+    // The supplier allocates and says so by webhook; the gateway polls at once.
+    assert_eq!(s.sim.allocate(&order_no), Some(200));
+    let done = s.wait_order(&id, |o| o["status"] == "fulfilled");
+    let iccid = done["esims"][0]["iccid"].as_str().unwrap().to_string();
+    assert_eq!(s.esim(&iccid)["iccid"], iccid);
+
+    // Every request reached the simulator signed (it refuses bad signatures), the order
+    // carried the gateway's reference as its idempotency key, and the secret itself was
+    // never sent anywhere or logged.
+    let requests = s.sim.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(r.header("rt-accesscode"), ACCESS_CODE);
+        assert_eq!(r.header("rt-signature").len(), 64);
+        let raw = format!("{:?}{}", r.headers, String::from_utf8_lossy(&r.body));
+        assert!(!raw.contains(SECRET), "secret sent: {raw}");
+    }
+    let orders = s.sim.requests_to("/api/v1/open/esim/order");
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].json()["transactionId"], id);
+    assert!(!s.gw.log().contains(SECRET));
+
+    // eSIM states and usage from the supplier's webhooks land on the eSIM.
+    assert_eq!(s.sim.smdp_event(&iccid, "INSTALLATION"), 200);
+    assert_eq!(s.sim.esim_status(&iccid, "IN_USE"), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let esim = s.esim(&iccid);
+        if esim["profile_state"] == "installed" && esim["plan_state"] == "active" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "states never arrived: {esim:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_webhook_from_an_address_not_allowed_or_unreadable_changes_nothing() {
+    // Only 10.0.0.0/8 may send: the simulator on loopback may not.
+    let s = setup(r#""10.0.0.0/8""#);
+    let id = s.place();
+    let order_no = s.supplier_order_no(&id);
+    assert_eq!(
+        s.sim.allocate(&order_no),
+        Some(400),
+        "refused before the plugin"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.order(&id)["status"], "submitted", "nothing changed");
+    assert!(s.gw.log().contains("address not allowed"));
+
+    let open = setup(r#""127.0.0.1/32""#);
+    for body in [&b"not json"[..], br#"{"content":{}}"#] {
+        let r = open.gw.raw(
+            "POST",
+            "/v1/inbound/esim-access/webhook",
+            None,
+            &[],
+            Some(body.to_vec()),
+            Some("application/json"),
+        );
+        assert_eq!(r.status, 400, "{body:?}");
+        assert_eq!(r.json["code"], "inbound_rejected");
+    }
+    let r = open.gw.raw(
+        "POST",
+        "/v1/inbound/nobody/webhook",
+        None,
+        &[],
+        Some(b"{}".to_vec()),
+        Some("application/json"),
+    );
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_redelivered_webhook_is_applied_once() {
+    let s = setup(r#""127.0.0.1/32""#);
+    let id = s.place();
+    let order_no = s.supplier_order_no(&id);
+    assert_eq!(s.sim.allocate(&order_no), Some(200));
+    s.wait_order(&id, |o| o["status"] == "fulfilled");
+    // The very bytes the supplier sent (its body carries the notification's id).
+    let body = s.sim.webhooks().last().unwrap().body.clone();
+    let again = s.gw.raw(
+        "POST",
+        "/v1/inbound/esim-access/webhook",
+        None,
+        &[],
+        Some(body),
+        Some("application/json"),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["duplicate"], true, "{:?}", again.json);
+}
+
+#[test]
+fn a_429_retry_after_is_honoured_and_a_400_is_not_retried() {
+    let s = setup(r#""127.0.0.1/32""#);
+    s.sim.fail_next(
+        1,
+        Fault::RateLimited {
+            retry_after_secs: 2,
+        },
+    );
+    let before = Instant::now();
+    let id = s.place();
+    s.supplier_order_no(&id);
+    // The first call came after `before`; the second at least Retry-After later.
+    let waited = before.elapsed();
+    let calls = s.sim.requests_to("/api/v1/open/esim/order");
+    assert_eq!(calls.len(), 2, "refused once, then placed");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried after {waited:?}, before the supplier's Retry-After"
+    );
+
+    s.sim.fail_next(1, Fault::BadRequest);
+    let bad = s.place();
+    let failed = s.wait_order(&bad, |o| o["status"] == "failed");
+    assert_eq!(
+        failed["failure"]["code"], "supplier_invalid_request",
+        "{failed:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let tries = s
+        .sim
+        .requests_to("/api/v1/open/esim/order")
+        .into_iter()
+        .filter(|r| r.json()["transactionId"] == bad.as_str())
+        .count();
+    assert_eq!(tries, 1, "a 400 is final");
+}
