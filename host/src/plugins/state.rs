@@ -242,9 +242,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The imports both contract versions have unchanged: `log`, `config`, `clock`, `types`.
+/// The imports both contract versions share: `log`, `config`, `clock`, `types`, and
+/// `secrets.verify-hmac` (the rest of a version's `secrets` comes in as `$secrets`).
 macro_rules! shared_imports {
-    ($host:ident) => {
+    ($host:ident; { $($secrets:tt)* }) => {
         impl $host::log::Host for PluginState {
             fn emit(
                 &mut self,
@@ -271,6 +272,23 @@ macro_rules! shared_imports {
             }
         }
 
+        impl $host::secrets::Host for PluginState {
+            fn verify_hmac(
+                &mut self,
+                secret_name: String,
+                algorithm: $host::secrets::HmacAlgorithm,
+                message: Vec<u8>,
+                signature: Vec<u8>,
+            ) -> wasmtime::Result<Result<bool, $host::secrets::SecretError>> {
+                let sha512 = matches!(algorithm, $host::secrets::HmacAlgorithm::Sha512);
+                Ok(self
+                    .verify(secret_name, sha512, &message, &signature)
+                    .map_err($host::secrets::SecretError::NotGranted))
+            }
+
+            $($secrets)*
+        }
+
         impl $host::clock::Host for PluginState {
             fn now_ms(&mut self) -> wasmtime::Result<u64> {
                 Ok(super::now_ms())
@@ -285,22 +303,7 @@ mod v0_1_imports {
     use super::super::bindings::v0_1::host;
     use super::PluginState;
 
-    shared_imports!(host);
-
-    impl host::secrets::Host for PluginState {
-        fn verify_hmac(
-            &mut self,
-            secret_name: String,
-            algorithm: host::secrets::HmacAlgorithm,
-            message: Vec<u8>,
-            signature: Vec<u8>,
-        ) -> wasmtime::Result<Result<bool, host::secrets::SecretError>> {
-            let sha512 = matches!(algorithm, host::secrets::HmacAlgorithm::Sha512);
-            Ok(self
-                .verify(secret_name, sha512, &message, &signature)
-                .map_err(host::secrets::SecretError::NotGranted))
-        }
-    }
+    shared_imports!(host; {});
 }
 
 mod v0_2_imports {
@@ -309,22 +312,7 @@ mod v0_2_imports {
     use super::super::bindings::v0_2::host;
     use super::PluginState;
 
-    shared_imports!(host);
-
-    impl host::secrets::Host for PluginState {
-        fn verify_hmac(
-            &mut self,
-            secret_name: String,
-            algorithm: host::secrets::HmacAlgorithm,
-            message: Vec<u8>,
-            signature: Vec<u8>,
-        ) -> wasmtime::Result<Result<bool, host::secrets::SecretError>> {
-            let sha512 = matches!(algorithm, host::secrets::HmacAlgorithm::Sha512);
-            Ok(self
-                .verify(secret_name, sha512, &message, &signature)
-                .map_err(host::secrets::SecretError::NotGranted))
-        }
-
+    shared_imports!(host; {
         fn sign(
             &mut self,
             secret_name: String,
@@ -366,7 +354,7 @@ mod v0_2_imports {
                 Err(host::secrets::SecretError::NotGranted(client))
             })
         }
-    }
+    });
 
     impl host::state::Host for PluginState {
         fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {

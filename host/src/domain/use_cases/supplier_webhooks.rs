@@ -128,68 +128,57 @@ impl Gateway {
         plugin: &str,
         event: SupplierEvent,
     ) -> Result<(), DomainError> {
-        let unknown = |what: &str, reference: &str| {
-            tracing::warn!(plugin, what, reference = %short(reference), "supplier event names nothing of this plugin; ignored");
-            Ok(())
-        };
-        let (order_ref, news) = match event {
+        let (iccid, seen) = match event {
             SupplierEvent::OrderDelivered { order_ref, esims } => {
-                (order_ref, SupplierNews::Delivered(esims))
+                return self
+                    .order_news(plugin, &order_ref, SupplierNews::Delivered(esims))
+                    .await;
             }
             SupplierEvent::OrderFailed { order_ref, reason } => {
-                (order_ref, SupplierNews::Failed(reason))
+                return self
+                    .order_news(plugin, &order_ref, SupplierNews::Failed(reason))
+                    .await;
             }
-            SupplierEvent::OrderReady { order_ref } => (order_ref, SupplierNews::Ready),
+            SupplierEvent::OrderReady { order_ref } => {
+                return self
+                    .order_news(plugin, &order_ref, SupplierNews::Ready)
+                    .await;
+            }
             SupplierEvent::ProfileChanged {
                 iccid,
                 profile,
                 raw_status,
-            } => {
-                return self
-                    .observe_plugin_esim(
-                        plugin,
-                        &iccid,
-                        Observation {
-                            profile: Some(profile),
-                            raw_status: Some(raw_status),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-            }
+            } => (
+                iccid,
+                Observation {
+                    profile: Some(profile),
+                    raw_status: Some(raw_status),
+                    ..Default::default()
+                },
+            ),
             SupplierEvent::PlanChanged {
                 iccid,
                 plan,
                 raw_status,
-            } => {
-                return self
-                    .observe_plugin_esim(
-                        plugin,
-                        &iccid,
-                        Observation {
-                            plan: Some(plan),
-                            raw_status: Some(raw_status),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-            }
+            } => (
+                iccid,
+                Observation {
+                    plan: Some(plan),
+                    raw_status: Some(raw_status),
+                    ..Default::default()
+                },
+            ),
             SupplierEvent::UsageChanged {
                 iccid,
                 used_bytes,
                 total_bytes,
-            } => {
-                return self
-                    .observe_plugin_esim(
-                        plugin,
-                        &iccid,
-                        Observation {
-                            usage: total_bytes.map(|total| (used_bytes, total)),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-            }
+            } => (
+                iccid,
+                Observation {
+                    usage: total_bytes.map(|total| (used_bytes, total)),
+                    ..Default::default()
+                },
+            ),
             SupplierEvent::UsageThreshold {
                 iccid,
                 used_bytes,
@@ -199,23 +188,34 @@ impl Gateway {
                 let total = (percent > 0)
                     .then(|| u128::from(used_bytes) * 100 / u128::from(percent))
                     .and_then(|t| u64::try_from(t).ok());
-                return self
-                    .observe_plugin_esim(
-                        plugin,
-                        &iccid,
-                        Observation {
-                            usage: total.map(|total| (used_bytes, total)),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
+                (
+                    iccid,
+                    Observation {
+                        usage: total.map(|total| (used_bytes, total)),
+                        ..Default::default()
+                    },
+                )
             }
         };
+        self.observe_plugin_esim(plugin, &iccid, seen).await
+    }
+
+    /// Apply `news` to the order `order_ref` names, if it is an open order of `plugin`.
+    async fn order_news(
+        &self,
+        plugin: &str,
+        order_ref: &str,
+        news: SupplierNews,
+    ) -> Result<(), DomainError> {
+        let unknown = || {
+            tracing::warn!(plugin, reference = %short(order_ref), "supplier event names no open order of this plugin; ignored");
+            Ok(())
+        };
         let Ok(id) = order_ref.parse::<OrderId>() else {
-            return unknown("order", &order_ref);
+            return unknown();
         };
         if !self.fulfilment.supplier_news(plugin, id, news).await? {
-            return unknown("open order", &order_ref);
+            return unknown();
         }
         Ok(())
     }
