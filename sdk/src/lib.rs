@@ -145,11 +145,16 @@ pub use bindings::simgate::supplier::types::{
 impl Inbound {
     /// The first value of header `name` (compared case-insensitively), if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        first_header(&self.headers, name)
     }
+}
+
+/// The first value of header `name` in `headers` (names compared case-insensitively).
+fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
 }
 
 /// Export a type as the plugin's implementation of the whole contract.

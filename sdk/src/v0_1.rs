@@ -78,10 +78,7 @@ pub use imports::{clock, config, log, secret_ref, secrets};
 impl Inbound {
     /// The first value of header `name` (compared case-insensitively), if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        crate::first_header(&self.headers, name)
     }
 }
 

@@ -162,9 +162,10 @@ pub struct Fulfilment {
     alarm: Arc<Alarm>,
     slots: Semaphore,
     waiters: Mutex<HashMap<OrderId, Vec<oneshot::Sender<()>>>>,
-    /// Serialises the changes an order awaiting eKYC can meet at once: its session
-    /// opening, a provider's callback, and its wait running out.
-    kyc_locks: OrderLocks,
+    /// Serialises the changes one order can meet at once: a fulfilment step, a supplier's
+    /// webhook settling it, its eKYC session opening, a provider's callback, its wait
+    /// running out, a rectification.
+    order_locks: OrderLocks,
     /// Status counts for metrics.
     pub counters: OrderCounters,
 }
@@ -274,7 +275,7 @@ impl Fulfilment {
             slots: Semaphore::new(policy.concurrency),
             policy,
             waiters: Mutex::new(HashMap::new()),
-            kyc_locks: OrderLocks::default(),
+            order_locks: OrderLocks::default(),
             counters: OrderCounters::default(),
         })
     }
@@ -334,7 +335,7 @@ impl Fulfilment {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
             // The order as just written: no supplier can name it before this step's own
             // call, which happens under the lock, so nothing can have changed it.
-            let _lock = self.kyc_locks.lock(id).await;
+            let _lock = self.order_locks.lock(id).await;
             self.advance(order).await
         };
         let again = match step {
@@ -366,7 +367,7 @@ impl Fulfilment {
     pub async fn step(&self, id: OrderId) -> Result<Option<Duration>, String> {
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
-            let _lock = self.kyc_locks.lock(id).await;
+            let _lock = self.order_locks.lock(id).await;
             match self.store.order(id).await {
                 Ok(Some(order)) => self.advance(order).await,
                 Ok(None) => Ok(Step::Settled(None)),
@@ -519,7 +520,7 @@ impl Fulfilment {
         id: OrderId,
         news: SupplierNews,
     ) -> Result<bool, StoreError> {
-        let _lock = self.kyc_locks.lock(id).await;
+        let _lock = self.order_locks.lock(id).await;
         let Some(order) = self.store.order(id).await? else {
             return Ok(false);
         };
@@ -673,10 +674,10 @@ impl Fulfilment {
         }))))
     }
 
-    /// Wait for order `id`'s eKYC lock: whoever changes an order that awaits eKYC holds
-    /// it, and reads the order afresh under it.
-    pub(crate) async fn lock_kyc(&self, id: OrderId) -> OrderGuard<'_> {
-        self.kyc_locks.lock(id).await
+    /// Wait for order `id`'s lock: whoever changes an order outside its fulfilment step
+    /// holds it, and reads the order afresh under it.
+    pub(crate) async fn lock_order(&self, id: OrderId) -> OrderGuard<'_> {
+        self.order_locks.lock(id).await
     }
 
     /// Apply a verification outcome to order `id`, under its eKYC lock. `Approved` sends
@@ -690,7 +691,7 @@ impl Fulfilment {
         id: OrderId,
         status: EkycStatus,
     ) -> Result<KycDecided, StepError> {
-        let _lock = self.lock_kyc(id).await;
+        let _lock = self.lock_order(id).await;
         self.decide_kyc_locked(id, status).await
     }
 

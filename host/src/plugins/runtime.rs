@@ -71,6 +71,36 @@ pub(crate) enum Instance {
     V0_2(v0_2::Supplier),
 }
 
+/// Call export `$iface.$f` on an instance of either version: a 0.2 instance gets `$arg`
+/// as it is; a 0.1 instance gets it converted to the 0.1 type (`into`), or `as is` where
+/// the type is the same in both (`$arg` prefixed with `same`), and its answer is converted
+/// up to the 0.2 types with [`up`].
+macro_rules! call_either {
+    ($i:expr, $s:expr, $iface:ident . $f:ident ( $($arg:tt)* )) => {
+        Box::pin(async move {
+            match $i {
+                Instance::V0_1(b) => up(b.$iface().$f($s, call_either!(@old $($arg)*)).await),
+                Instance::V0_2(b) => b.$iface().$f($s, call_either!(@new $($arg)*)).await,
+            }
+        })
+    };
+    (@old same $arg:expr) => { &$arg };
+    (@old $arg:expr) => { &$arg.into() };
+    (@new same $arg:expr) => { &$arg };
+    (@new $arg:expr) => { &$arg };
+}
+
+/// An inbound request as the contract's record.
+fn wit_inbound(req: Inbound) -> host::types::Inbound {
+    host::types::Inbound {
+        method: req.method,
+        path_and_query: req.path_and_query,
+        headers: req.headers,
+        body: req.body,
+        source_address: req.source_address,
+    }
+}
+
 /// A 0.1 export's answer as the 0.2 types the checks are written for.
 fn up<T: Into<U>, U, E: Into<host::types::SupplierError>>(
     r: wasmtime::Result<Result<T, E>>,
@@ -570,21 +600,7 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "provision",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_provisioning()
-                            .call_provision(s, &wit.into())
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_provisioning()
-                                .call_provision(s, &wit)
-                                .await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_provisioning.call_provision(wit)),
             convert_outcome,
         ))
     }
@@ -600,19 +616,7 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "poll",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_provisioning()
-                            .call_poll(s, &wit.into())
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_provisioning().call_poll(s, &wit).await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_provisioning.call_poll(wit)),
             convert_outcome,
         ))
     }
@@ -620,21 +624,7 @@ impl Supplier for LoadedPlugin {
     fn usage(&self, iccid: String) -> BoxFuture<'_, SupplierResult<Usage>> {
         Box::pin(self.call_supplier(
             "usage",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_provisioning()
-                            .call_usage(s, &iccid)
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_provisioning()
-                                .call_usage(s, &iccid)
-                                .await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_provisioning.call_usage(same iccid)),
             |u, budget| {
                 let raw_status = budget.short("raw status", u.raw_status)?;
                 Ok(Usage {
@@ -662,19 +652,7 @@ impl Supplier for LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "top-up",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_provisioning()
-                            .call_top_up(s, &wit.into())
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_provisioning().call_top_up(s, &wit).await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_provisioning.call_top_up(wit)),
             |r, budget| budget.short("supplier reference", r),
         ))
     }
@@ -703,19 +681,7 @@ impl Supplier for LoadedPlugin {
         let wit = host::types::CancelRequest { order_ref, iccid };
         Box::pin(self.call_supplier(
             "cancel",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_provisioning()
-                            .call_cancel(s, &wit.into())
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_provisioning().call_cancel(s, &wit).await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_provisioning.call_cancel(wit)),
             |(), _| Ok(()),
         ))
     }
@@ -724,13 +690,7 @@ impl Supplier for LoadedPlugin {
 impl LoadedPlugin {
     /// `webhooks.parse`: 0.1 plugins have no event id (the host uses the body's digest).
     fn call_webhook_parse(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<ParsedWebhook>> {
-        let wit = host::types::Inbound {
-            method: req.method,
-            path_and_query: req.path_and_query,
-            headers: req.headers,
-            body: req.body,
-            source_address: req.source_address,
-        };
+        let wit = wit_inbound(req);
         Box::pin(self.call_supplier(
             "webhooks-parse",
             move |i, s| {
@@ -766,16 +726,7 @@ impl LoadedPlugin {
         };
         Box::pin(self.call_supplier(
             "ekyc-start",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => {
-                            up(b.simgate_supplier_ekyc().call_start(s, &wit.into()).await)
-                        }
-                        Instance::V0_2(b) => b.simgate_supplier_ekyc().call_start(s, &wit).await,
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_ekyc.call_start(wit)),
             |r, budget| {
                 Ok(EkycRedirect {
                     url: budget.string(r.url)?,
@@ -788,28 +739,10 @@ impl LoadedPlugin {
 
     /// `ekyc.parse-callback`.
     fn call_ekyc_callback(&self, req: Inbound) -> BoxFuture<'_, SupplierResult<EkycUpdate>> {
-        let wit = host::types::Inbound {
-            method: req.method,
-            path_and_query: req.path_and_query,
-            headers: req.headers,
-            body: req.body,
-            source_address: req.source_address,
-        };
+        let wit = wit_inbound(req);
         Box::pin(self.call_supplier(
             "ekyc-parse-callback",
-            move |i, s| {
-                Box::pin(async move {
-                    match i {
-                        Instance::V0_1(b) => up(b
-                            .simgate_supplier_ekyc()
-                            .call_parse_callback(s, &wit.into())
-                            .await),
-                        Instance::V0_2(b) => {
-                            b.simgate_supplier_ekyc().call_parse_callback(s, &wit).await
-                        }
-                    }
-                })
-            },
+            move |i, s| call_either!(i, s, simgate_supplier_ekyc.call_parse_callback(wit)),
             |u, budget| {
                 use host::types::EkycStatus as S;
                 Ok(EkycUpdate {

@@ -1,6 +1,6 @@
 //! A wholesale eSIM supplier for black-box tests, modelled on the Airalo Partner API v2: a
 //! real HTTP/1.1 server on a loopback port that keeps connections alive (so a benchmark can
-//! tell pooled from unpooled egress; [`AiraloSim::connections`] counts them).
+//! tell pooled from unpooled egress; [`SimCore::connections`] counts them).
 //!
 //! | route | does |
 //! |---|---|
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::http1::{self, Reply};
-use crate::sim::{self, Core, Delivery, Fault, MAX_BODY, Recorded, SMDP_ADDRESS, lock};
+use crate::sim::{self, Fault, MAX_BODY, SMDP_ADDRESS, SimCore, lock};
 
 /// The first ten digits of every ICCID this simulator hands out.
 const ICCID_PREFIX: &str = "8944470000";
@@ -211,7 +211,7 @@ struct State {
 }
 
 struct Shared {
-    core: Core,
+    core: SimCore,
     client_id: String,
     client_secret: String,
     state: Mutex<State>,
@@ -225,6 +225,15 @@ pub struct AiraloSim {
     shared: Arc<Shared>,
 }
 
+/// What every simulator offers (port, base URL, recorded requests, faults, webhooks).
+impl std::ops::Deref for AiraloSim {
+    type Target = SimCore;
+
+    fn deref(&self) -> &SimCore {
+        &self.shared.core
+    }
+}
+
 impl AiraloSim {
     /// `meta.code` of the out-of-stock answer ([`Fault::OutOfStock`]).
     pub const OUT_OF_STOCK_CODE: u64 = 53;
@@ -234,7 +243,7 @@ impl AiraloSim {
     pub fn start(client_id: &str, client_secret: &str) -> AiraloSim {
         let (listener, port) = http1::bind_loopback();
         let shared = Arc::new(Shared {
-            core: Core::new(port),
+            core: SimCore::new(port),
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
             state: Mutex::new(State {
@@ -253,50 +262,6 @@ impl AiraloSim {
         });
         http1::spawn_keep_alive(listener, MAX_BODY, Arc::new(Server(shared.clone())));
         AiraloSim { shared }
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.shared.core.port
-    }
-
-    /// `http://127.0.0.1:PORT`, the base URL to configure as the supplier's (routes are
-    /// under `/v2/`).
-    pub fn base(&self) -> String {
-        self.shared.core.base()
-    }
-
-    /// How many TCP connections it accepted.
-    pub fn connections(&self) -> u64 {
-        self.shared.core.connections()
-    }
-
-    /// Every request it got (token calls included), oldest first.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.shared.core.requests()
-    }
-
-    /// The requests to `path` (e.g. `/v2/orders`), oldest first.
-    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
-        let mut requests = self.requests();
-        requests.retain(|r| r.path == path);
-        requests
-    }
-
-    /// Answer the next `n` API calls with `fault` (see [`Fault`]; `OutOfStock` waits for
-    /// order calls). Token calls are never faulted; faults hit authenticated calls only.
-    pub fn fail_next(&self, n: usize, fault: Fault) {
-        self.shared.core.fail_next(n, fault);
-    }
-
-    /// Where webhooks go (async orders that named no `webhook_url`, low-data notices).
-    pub fn set_webhook_url(&self, url: &str) {
-        self.shared.core.set_webhook_url(url);
-    }
-
-    /// Every webhook posted, with what the receiver answered, oldest first.
-    pub fn webhooks(&self) -> Vec<Delivery> {
-        self.shared.core.deliveries()
     }
 
     /// Tokens issued from now on live `secs` seconds (`expires_in`).
@@ -1067,11 +1032,7 @@ mod tests {
     const SECRET: &str = "test-client-secret-c19";
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into()
+        crate::sim::agent(Duration::from_secs(10))
     }
 
     fn read(mut response: ureq::http::Response<ureq::Body>) -> (u16, Option<String>, Value) {

@@ -1,6 +1,6 @@
 //! A wholesale eSIM supplier for black-box tests, modelled on eSIM Access's open API: a real
 //! HTTP/1.1 server on a loopback port that keeps connections alive (so a benchmark can tell
-//! pooled from unpooled egress; [`EsimAccessSim::connections`] counts them).
+//! pooled from unpooled egress; [`SimCore::connections`] counts them).
 //!
 //! Every `POST /api/v1/open/...` call must carry `RT-AccessCode`, `RT-RequestID`,
 //! `RT-Timestamp` (ms since the epoch, at most 5 minutes off) and `RT-Signature`: hex (either
@@ -58,7 +58,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::http1::{self, Reply};
-use crate::sim::{self, Core, Delivery, Fault, MAX_BODY, Recorded, SMDP_ADDRESS, lock};
+use crate::sim::{self, Fault, MAX_BODY, SMDP_ADDRESS, SimCore, lock};
 
 /// The first ten digits of every ICCID this simulator allocates.
 const ICCID_PREFIX: &str = "8948010000";
@@ -242,7 +242,7 @@ struct State {
 }
 
 struct Shared {
-    core: Core,
+    core: SimCore,
     access_code: String,
     secret_key: String,
     state: Mutex<State>,
@@ -254,6 +254,15 @@ struct Server(Arc<Shared>);
 /// A loopback eSIM Access-style supplier; stops with the test process.
 pub struct EsimAccessSim {
     shared: Arc<Shared>,
+}
+
+/// What every simulator offers (port, base URL, recorded requests, faults, webhooks).
+impl std::ops::Deref for EsimAccessSim {
+    type Target = SimCore;
+
+    fn deref(&self) -> &SimCore {
+        &self.shared.core
+    }
 }
 
 impl EsimAccessSim {
@@ -284,7 +293,7 @@ impl EsimAccessSim {
     pub fn start(access_code: &str, secret_key: &str) -> EsimAccessSim {
         let (listener, port) = http1::bind_loopback();
         let shared = Arc::new(Shared {
-            core: Core::new(port),
+            core: SimCore::new(port),
             access_code: access_code.to_string(),
             secret_key: secret_key.to_string(),
             state: Mutex::new(State {
@@ -300,49 +309,6 @@ impl EsimAccessSim {
         });
         http1::spawn_keep_alive(listener, MAX_BODY, Arc::new(Server(shared.clone())));
         EsimAccessSim { shared }
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.shared.core.port
-    }
-
-    /// `http://127.0.0.1:PORT`, the base URL to configure as the supplier's.
-    pub fn base(&self) -> String {
-        self.shared.core.base()
-    }
-
-    /// How many TCP connections it accepted.
-    pub fn connections(&self) -> u64 {
-        self.shared.core.connections()
-    }
-
-    /// Every request it got, oldest first.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.shared.core.requests()
-    }
-
-    /// The requests to `path` (e.g. `/api/v1/open/esim/order`), oldest first.
-    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
-        let mut requests = self.requests();
-        requests.retain(|r| r.path == path);
-        requests
-    }
-
-    /// Answer the next `n` API calls with `fault` (see [`Fault`]; `OutOfStock` waits for
-    /// order calls). Faults hit authenticated calls only, after the signature check.
-    pub fn fail_next(&self, n: usize, fault: Fault) {
-        self.shared.core.fail_next(n, fault);
-    }
-
-    /// Where webhooks go: the gateway's inbound URL for this supplier.
-    pub fn set_webhook_url(&self, url: &str) {
-        self.shared.core.set_webhook_url(url);
-    }
-
-    /// Every webhook posted, with what the receiver answered, oldest first.
-    pub fn webhooks(&self) -> Vec<Delivery> {
-        self.shared.core.deliveries()
     }
 
     /// Replace the catalogue.
@@ -1093,11 +1059,7 @@ mod tests {
     const SECRET: &str = "test-secret-key-0d4e";
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into()
+        crate::sim::agent(Duration::from_secs(10))
     }
 
     /// POST `body` to `route` with `headers`; the status, `Retry-After` and JSON answer.

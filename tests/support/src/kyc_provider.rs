@@ -226,7 +226,7 @@ impl KycProvider {
 
     /// The `x-hmac-signature` of `body`: lowercase hex HMAC-SHA256 under the callback secret.
     pub fn sign(&self, body: &[u8]) -> String {
-        hmac_sha256_hex(&self.callback_secret, body)
+        crate::sim::hmac_hex(ring::hmac::HMAC_SHA256, &self.callback_secret, body)
     }
 
     /// Post decision `decision` for session `session_id` to the callback URL, signed;
@@ -245,7 +245,11 @@ impl KycProvider {
         canary: &str,
     ) -> u16 {
         let body = self.decision_body(session_id, decision, canary);
-        let signature = hmac_sha256_hex(&format!("not-{}", self.callback_secret), &body);
+        let signature = crate::sim::hmac_hex(
+            ring::hmac::HMAC_SHA256,
+            &format!("not-{}", self.callback_secret),
+            &body,
+        );
         self.post_callback(&body, Some(&signature))
     }
 
@@ -405,11 +409,6 @@ fn now_rfc3339() -> String {
         .expect("formatting the time")
 }
 
-fn hmac_sha256_hex(secret: &str, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    hex::encode(ring::hmac::sign(&key, body).as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,11 +418,7 @@ mod tests {
     const SECRET: &str = "test-callback-secret-9c2a";
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into()
+        crate::sim::agent(Duration::from_secs(10))
     }
 
     fn open(provider: &KycProvider, key: Option<&str>, body: &[u8]) -> (u16, Value) {

@@ -25,7 +25,7 @@ pub use esim_access::{EsimAccessEsim, EsimAccessOrder, EsimAccessPackage, EsimAc
 pub use kyc_provider::{Decision, KycProvider, ProviderSession};
 pub use receiver::{Received, Receiver, standardwebhooks_python, verify_with_standardwebhooks};
 pub use reflector::Reflector;
-pub use sim::{Delivery, Fault, Recorded, SMDP_ADDRESS};
+pub use sim::{Delivery, Fault, Recorded, SMDP_ADDRESS, SimCore};
 
 /// Every file under `dir`, read whole, with its path (to search a data directory for
 /// values that must not be there).
@@ -257,11 +257,7 @@ impl GatewayBuilder {
                 .unwrap_or_default()
                 .to_string()
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = sim::agent(Duration::from_secs(60));
         Gateway {
             admin_key: key_after("admin API key"),
             demo_key: key_after("demo reseller"),

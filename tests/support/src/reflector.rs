@@ -115,11 +115,7 @@ mod tests {
     #[test]
     fn every_request_is_echoed_and_recorded() {
         let reflector = Reflector::start();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = crate::sim::agent(Duration::from_secs(10));
         let mut response = agent
             .post(reflector.url("/any/path?q=1"))
             .header("authorization", "Bearer canary-token")

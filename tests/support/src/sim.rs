@@ -136,9 +136,8 @@ impl Delivery {
 
 /// The state every simulator has: its port, its connections, injected faults, recorded
 /// requests, the webhook URL and the webhooks posted.
-pub(crate) struct Core {
-    /// The loopback port it listens on.
-    pub port: u16,
+pub struct SimCore {
+    port: u16,
     connections: AtomicU64,
     faults: Mutex<VecDeque<Fault>>,
     requests: Mutex<Vec<Recorded>>,
@@ -147,15 +146,15 @@ pub(crate) struct Core {
     agent: ureq::Agent,
 }
 
-impl Core {
-    pub(crate) fn new(port: u16) -> Core {
+impl SimCore {
+    pub(crate) fn new(port: u16) -> SimCore {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
             .timeout_global(Some(WEBHOOK_TIMEOUT))
             .build()
             .into();
-        Core {
+        SimCore {
             port,
             connections: AtomicU64::new(0),
             faults: Mutex::new(VecDeque::new()),
@@ -166,13 +165,18 @@ impl Core {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`, the base URL to configure as the supplier's.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Count an accepted connection; returns its number.
-    pub fn accepted(&self) -> u64 {
+    pub(crate) fn accepted(&self) -> u64 {
         self.connections.fetch_add(1, Ordering::SeqCst) + 1
     }
 
@@ -182,16 +186,24 @@ impl Core {
     }
 
     /// Record `request`.
-    pub fn record(&self, request: &http1::Request, connection: u64) {
+    pub(crate) fn record(&self, request: &http1::Request, connection: u64) {
         lock(&self.requests).push(Recorded::new(request, connection));
     }
 
-    /// Every request recorded, oldest first.
+    /// Every request it got, oldest first.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.requests).clone()
     }
 
-    /// Queue `fault` for the next `n` calls it applies to.
+    /// The requests to `path` (e.g. `/api/v1/open/esim/order`), oldest first.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        let mut requests = self.requests();
+        requests.retain(|r| r.path == path);
+        requests
+    }
+
+    /// Answer the next `n` API calls with `fault` (see [`Fault`]; `OutOfStock` waits for
+    /// an order call). Faults hit authenticated calls only, never token calls.
     pub fn fail_next(&self, n: usize, fault: Fault) {
         let mut faults = lock(&self.faults);
         faults.extend(std::iter::repeat_n(fault, n));
@@ -199,7 +211,7 @@ impl Core {
 
     /// Take the first queued fault if it applies to this call (`OutOfStock` only to
     /// order calls).
-    pub fn take_fault(&self, is_order: bool) -> Option<Fault> {
+    pub(crate) fn take_fault(&self, is_order: bool) -> Option<Fault> {
         let mut faults = lock(&self.faults);
         match faults.front() {
             Some(Fault::OutOfStock) if !is_order => None,
@@ -208,23 +220,24 @@ impl Core {
         }
     }
 
-    /// Where webhooks go unless a request named another URL.
+    /// Where webhooks go (the gateway's inbound URL for this supplier) unless a request
+    /// named another URL.
     pub fn set_webhook_url(&self, url: &str) {
         *lock(&self.webhook_url) = Some(url.to_string());
     }
 
     /// The webhook URL the test set.
-    pub fn webhook_url(&self) -> Option<String> {
+    pub(crate) fn webhook_url(&self) -> Option<String> {
         lock(&self.webhook_url).clone()
     }
 
-    /// Every webhook posted, oldest first.
-    pub fn deliveries(&self) -> Vec<Delivery> {
+    /// Every webhook posted, with what the receiver answered, oldest first.
+    pub fn webhooks(&self) -> Vec<Delivery> {
         lock(&self.deliveries).clone()
     }
 
     /// POST `body` as JSON with `headers` to `url`, record the delivery and return it.
-    pub fn deliver(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Delivery {
+    pub(crate) fn deliver(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Delivery {
         let mut request = self
             .agent
             .post(url)
@@ -255,7 +268,7 @@ impl Core {
 
     /// POST `body` to the webhook URL the test set; the status the receiver answered.
     /// Panics when no URL is set or the receiver cannot be reached (test helpers only).
-    pub fn post_to_webhook_url(&self, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    pub(crate) fn post_to_webhook_url(&self, headers: &[(&str, &str)], body: &[u8]) -> u16 {
         let url = self
             .webhook_url()
             .expect("set_webhook_url before posting webhooks");
@@ -347,6 +360,15 @@ pub(crate) fn iccid(prefix: &str, n: u64) -> String {
     format!("{payload}{}", (10 - sum % 10) % 10)
 }
 
+/// An HTTP client that takes any status as an answer (tests assert on it), within `timeout`.
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
 /// Hex HMAC of `body` keyed with `key`.
 pub(crate) fn hmac_hex(algorithm: ring::hmac::Algorithm, key: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(algorithm, key.as_bytes());
@@ -422,7 +444,7 @@ mod tests {
 
     #[test]
     fn out_of_stock_waits_for_an_order_call() {
-        let core = Core::new(0);
+        let core = SimCore::new(0);
         core.fail_next(1, Fault::OutOfStock);
         core.fail_next(1, Fault::ServerError);
         assert_eq!(core.take_fault(false), None);
