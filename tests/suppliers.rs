@@ -254,3 +254,22 @@ fn a_429_retry_after_is_honoured_and_a_400_is_not_retried() {
         .count();
     assert_eq!(tries, 1, "a 400 is final");
 }
+
+#[test]
+fn calls_to_a_supplier_reuse_keep_alive_connections() {
+    let s = setup(r#""127.0.0.1/32""#);
+    for _ in 0..3 {
+        let id = s.place();
+        let order_no = s.supplier_order_no(&id);
+        assert_eq!(s.sim.allocate(&order_no), Some(200));
+        s.wait_order(&id, |o| o["status"] == "fulfilled");
+    }
+    let requests = s.sim.requests().len();
+    assert!(requests >= 6, "catalog, orders and queries: {requests}");
+    // Sequential calls share a connection; a new one is opened only when none is idle.
+    assert!(
+        s.sim.connections() < requests as u64 / 2,
+        "{} connections for {requests} requests",
+        s.sim.connections()
+    );
+}

@@ -125,6 +125,9 @@ pub struct PluginLimits {
     pub max_egress_response_bytes: usize,
     /// Connect timeout for egress.
     pub egress_connect_timeout_ms: u64,
+    /// Idle keep-alive connections kept per destination for a plugin's egress (0: a new
+    /// connection for every request).
+    pub egress_idle_per_host: usize,
     /// Host-side resources (HTTP fields, requests, bodies, streams, pollables) one call may
     /// hold at once. They live in gateway memory, outside the plugin's memory cap; a real
     /// adapter holds a few dozen while it makes one request. Past the cap the call fails
@@ -148,6 +151,7 @@ impl Default for PluginLimits {
             queue_timeout_ms: 2_000,
             max_egress_response_bytes: 4 * 1024 * 1024,
             egress_connect_timeout_ms: 3_000,
+            egress_idle_per_host: 16,
             max_host_resources: 256,
             max_header_bytes: 16 * 1024,
         }

@@ -8,10 +8,11 @@
 //!    values never enter the guest, and never reach a granted host they were not meant
 //!    for. `${oauth:NAME}` in a header value becomes the OAuth client's current token
 //!    ([`super::oauth`]), under the same binding rule;
-//! 3. the host name is resolved and every address is checked again by the guard webhook
-//!    delivery shares ([`crate::net`]), so a granted name that resolves to loopback, a
-//!    private range or a cloud metadata address is refused (DNS rebinding); the connection
-//!    then goes to the checked address, not to a second lookup;
+//! 3. the request goes out on the plugin's keep-alive pool ([`super::pool`]); a new
+//!    connection resolves the host name and checks every address again with the guard
+//!    webhook delivery shares ([`crate::net`]), so a granted name that resolves to
+//!    loopback, a private range or a cloud metadata address is refused (DNS rebinding),
+//!    and connects to the checked address, not to a second lookup;
 //! 4. connect time, total time and response size are capped;
 //! 5. the response is read whole (within the cap and the call's deadline) and every secret
 //!    value of the plugin, in its common encodings, is scrubbed from its headers and body
@@ -28,19 +29,15 @@
 //! A denial is returned to the plugin as `HTTP-request-denied` and recorded in the call's
 //! [`EgressReport`] so the runtime can report the call as `egress_denied`.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::oauth::OAuthClients;
 use super::secrets::{Scrubber, Secret, SecretValues};
 use crate::domain::supplier::BoxFuture;
-use crate::net::AddressError;
 
 /// The largest request body handed to an [`EgressTransport`]; supplier API requests are
 /// small, and the body is buffered whole.
@@ -176,10 +173,6 @@ pub struct EgressPolicy {
     pub secret_hosts: std::collections::BTreeMap<String, Vec<OutboundRule>>,
     /// Finds the secret values in what the plugin reads back or hands out.
     pub scrubber: Scrubber,
-    /// Whether non-public addresses may be reached.
-    pub allow_private_addresses: bool,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
     /// Cap on a response body.
     pub max_response_bytes: usize,
     /// Where allowed requests go instead of the network (tests); `None` in the gateway.
@@ -188,6 +181,8 @@ pub struct EgressPolicy {
     pub oauth: Arc<OAuthClients>,
     /// Fill `${secret:NAME}` in request bodies too (contract 0.2; 0.1 promised headers).
     pub fill_bodies: bool,
+    /// Keep-alive connections of this plugin generation ([`super::pool`]).
+    pub client: super::pool::EgressClient,
 }
 
 impl std::fmt::Debug for EgressPolicy {
@@ -197,8 +192,6 @@ impl std::fmt::Debug for EgressPolicy {
             .field("rules", &self.rules)
             .field("secrets", &self.secrets)
             .field("secret_hosts", &self.secret_hosts)
-            .field("allow_private_addresses", &self.allow_private_addresses)
-            .field("connect_timeout", &self.connect_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("transport", &self.transport.as_ref().map(|_| "custom"))
             .field("oauth", &self.oauth)
@@ -246,14 +239,16 @@ impl WasiHttpHooks for EgressHooks {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
+        // A plugin's own connect timeout is not taken: the pool's connector has the
+        // operator's, and the call's deadline bounds everything.
+        _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         let policy = self.policy.clone();
         let report = self.report.clone();
         let deadline = self.deadline;
         Box::new(async move {
-            match send_checked(&policy, request, options, deadline).await {
+            match send_checked(&policy, request, deadline).await {
                 Err(Denied(reason)) => {
                     tracing::warn!(plugin = %policy.plugin, %reason, "egress denied");
                     lock(&report).denied.push(reason);
@@ -278,7 +273,6 @@ struct Denied(String);
 async fn send_checked(
     policy: &EgressPolicy,
     mut request: http::Request<WasiBody>,
-    options: Option<RequestOptions>,
     deadline: tokio::time::Instant,
 ) -> Result<
     Result<
@@ -315,7 +309,7 @@ async fn send_checked(
         };
         request = http::Request::from_parts(parts, full(body));
     }
-    let sent = send_allowed(policy, request, options, deadline).await?;
+    let sent = send_allowed(policy, request, deadline).await?;
     let scrubber = if tokens.is_empty() {
         policy.scrubber.clone()
     } else {
@@ -348,7 +342,6 @@ fn destination(uri: &http::Uri) -> Result<(String, String, u16), Denied> {
 async fn send_allowed(
     policy: &EgressPolicy,
     request: http::Request<WasiBody>,
-    options: Option<RequestOptions>,
     deadline: tokio::time::Instant,
 ) -> Result<Sent, Denied> {
     if let Some(transport) = &policy.transport {
@@ -360,22 +353,25 @@ async fn send_allowed(
         )
         .await);
     }
-    let (scheme, host, port) = destination(request.uri())?;
-    let addr = resolve_checked(policy, &host, port).await?;
-    let connect_timeout = options
-        .and_then(|o| o.connect_timeout)
-        .unwrap_or(policy.connect_timeout)
-        .min(policy.connect_timeout);
-    Ok(send_to(
-        addr,
-        &host,
-        scheme == "https",
-        request,
-        connect_timeout,
-        deadline,
-        policy.max_response_bytes,
-    )
-    .await)
+    let mut request = request;
+    // The pool speaks origin-form to the destination and sets `host` itself.
+    request.headers_mut().remove(http::header::HOST);
+    let response = match tokio::time::timeout_at(deadline, policy.client.request(request)).await {
+        Err(_) => return Ok(Err(HttpError::HttpResponseTimeout)),
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            return match super::pool::classify(e) {
+                Err(denied) => Err(Denied(denied)),
+                Ok(code) => Ok(Err(code)),
+            };
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = capped(body, policy.max_response_bytes);
+    Ok(Ok((
+        http::Response::from_parts(parts, body),
+        Box::new(async { Ok(()) }),
+    )))
 }
 
 /// The largest answer the host reads for itself (an OAuth token response).
@@ -389,7 +385,7 @@ pub(super) async fn exchange(
     deadline: tokio::time::Instant,
 ) -> Result<(http::StatusCode, Bytes), String> {
     let request = request.map(full);
-    let (response, _io) = send_allowed(policy, request, None, deadline)
+    let (response, _io) = send_allowed(policy, request, deadline)
         .await
         .map_err(|Denied(why)| why)?
         .map_err(|e| format!("the request failed ({})", guest_text(&e)))?;
@@ -573,7 +569,7 @@ fn fill_placeholders(
     Ok(Some(out))
 }
 
-/// Replace `${oauth:NAME}` in header values with the client's current token (fetched when
+/// Replace every `${oauth:NAME}` in header values with the client's current token (fetched when
 /// none is cached), each only if the client is bound to `dest`. Returns the tokens sent,
 /// to be scrubbed from the answer.
 async fn fill_tokens(
@@ -586,82 +582,33 @@ async fn fill_tokens(
     let mut sent = Vec::new();
     for value in headers.values_mut() {
         let Ok(text) = value.to_str() else { continue };
-        let Some(start) = text.find(OPEN) else {
+        if !text.contains(OPEN) {
             continue;
-        };
-        let after = &text[start + OPEN.len()..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| Denied("unterminated ${oauth:...} placeholder".into()))?;
-        let token = policy
-            .oauth
-            .token_for(policy, &after[..end], dest, deadline)
-            .await
-            .map_err(Denied)?;
-        let out = format!("{}{}{}", &text[..start], token.expose(), &after[end + 1..]);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find(OPEN) {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + OPEN.len()..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| Denied("unterminated ${oauth:...} placeholder".into()))?;
+            let token = policy
+                .oauth
+                .token_for(policy, &after[..end], dest, deadline)
+                .await
+                .map_err(Denied)?;
+            out.push_str(token.expose());
+            sent.push(token);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
         let mut filled = http::HeaderValue::from_str(&out)
             .map_err(|_| Denied("a token is not a valid header value".into()))?;
         filled.set_sensitive(true);
         *value = filled;
-        sent.push(token);
     }
     Ok(sent)
-}
-
-/// Resolve `host` and return the first address the policy allows; refuse if any resolved
-/// address is not allowed (the shared guard, [`crate::net::resolve_vetted`]).
-async fn resolve_checked(
-    policy: &EgressPolicy,
-    host: &str,
-    port: u16,
-) -> Result<SocketAddr, Denied> {
-    let addrs = crate::net::resolve_vetted(host, port, policy.allow_private_addresses)
-        .await
-        .map_err(|e| match e {
-            AddressError::NonPublic { .. } => {
-                Denied(format!("{e}; grant allow_private_addresses to permit"))
-            }
-            e => Denied(e.to_string()),
-        })?;
-    Ok(addrs[0])
-}
-
-async fn send_to(
-    addr: SocketAddr,
-    host: &str,
-    tls: bool,
-    request: http::Request<WasiBody>,
-    connect_timeout: Duration,
-    deadline: tokio::time::Instant,
-    max_response_bytes: usize,
-) -> Sent {
-    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
-            _ => HttpError::Connect(e),
-        })?;
-    let _ = tcp.set_nodelay(true);
-
-    let (mut sender, worker) = if tls {
-        handshake(super::tls::connect(host, tcp).await?).await?
-    } else {
-        handshake(tcp).await?
-    };
-    let resp = tokio::time::timeout_at(deadline, sender.send_request(request))
-        .await
-        .map_err(|_| HttpError::HttpResponseTimeout)?;
-    let resp = resp.map_err(HttpError::Hyper)?;
-    let (parts, body) = resp.into_parts();
-    let body = capped(body, max_response_bytes);
-    let io = async move {
-        match worker.await {
-            Ok(r) => r,
-            Err(e) => Err(HttpError::InternalError(Some(e.to_string()))),
-        }
-    };
-    Ok((http::Response::from_parts(parts, body), Box::new(io)))
 }
 
 /// Cap a response body: the plugin reads at most `max_response_bytes`, then gets an error.
@@ -724,28 +671,10 @@ async fn send_via(
     Ok((response, Box::new(async { Ok(()) })))
 }
 
-/// HTTP/1 handshake over a connected stream; the connection is driven by a spawned task.
-async fn handshake<S>(
-    io: S,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<WasiBody>,
-        tokio::task::JoinHandle<Result<(), HttpError>>,
-    ),
-    HttpError,
->
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(HttpError::Hyper)?;
-    let worker = tokio::spawn(async move { conn.await.map_err(HttpError::Hyper) });
-    Ok((sender, worker))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -830,12 +759,11 @@ mod tests {
             scrubber: Scrubber::new(secrets.values()),
             secret_hosts: [("TOKEN".to_string(), vec![rule])].into(),
             secrets,
-            allow_private_addresses: false,
-            connect_timeout: Duration::from_secs(1),
             max_response_bytes: 8,
             transport: Some(transport),
             oauth: Default::default(),
             fill_bodies: false,
+            client: super::super::pool::client(false, Duration::from_secs(1), 0),
         }
     }
 
@@ -855,7 +783,7 @@ mod tests {
 
     /// [`post`] `url` through `policy`, within five seconds.
     async fn send_post(policy: &EgressPolicy, url: &str) -> Result<Sent, Denied> {
-        send_checked(policy, post(url), None, in_five_seconds()).await
+        send_checked(policy, post(url), in_five_seconds()).await
     }
 
     #[tokio::test]
@@ -959,14 +887,14 @@ mod tests {
         let transport = recorder(4);
         let policy = policy_with(transport.clone());
         for url in ["https://evil.example.com/", "http://api.example.com:443/"] {
-            let sent = send_checked(&policy, post(url), None, in_five_seconds()).await;
+            let sent = send_checked(&policy, post(url), in_five_seconds()).await;
             assert!(matches!(sent, Err(Denied(_))), "{url}");
         }
         let mut ungranted = post("https://api.example.com/");
         ungranted
             .headers_mut()
             .insert("x-other", "${secret:OTHER}".parse().unwrap());
-        let sent = send_checked(&policy, ungranted, None, in_five_seconds()).await;
+        let sent = send_checked(&policy, ungranted, in_five_seconds()).await;
         assert!(matches!(sent, Err(Denied(_))));
         assert!(transport.seen.lock().unwrap().is_empty());
     }

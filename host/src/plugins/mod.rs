@@ -14,6 +14,7 @@ pub mod error;
 pub mod kv;
 pub mod manifest;
 pub mod oauth;
+pub mod pool;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

@@ -245,8 +245,11 @@ impl LoadedPlugin {
                 .collect(),
             scrubber: Scrubber::new(secrets.values()),
             secrets,
-            allow_private_addresses: capabilities.allow_private_addresses,
-            connect_timeout: Duration::from_millis(limits.egress_connect_timeout_ms),
+            client: super::pool::client(
+                capabilities.allow_private_addresses,
+                Duration::from_millis(limits.egress_connect_timeout_ms),
+                limits.egress_idle_per_host,
+            ),
             max_response_bytes: limits.max_egress_response_bytes,
             transport: cx.transport.clone(),
             oauth: Arc::new(OAuthClients::new(&id, &capabilities.oauth, cx.tokens)),
