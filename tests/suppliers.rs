@@ -273,3 +273,102 @@ fn calls_to_a_supplier_reuse_keep_alive_connections() {
         s.sim.connections()
     );
 }
+
+#[test]
+fn a_routed_order_fails_over_when_the_first_supplier_is_out_of_stock_with_one_hold_and_one_capture()
+{
+    let sim = EsimAccessSim::start(ACCESS_CODE, SECRET);
+    let grants = format!(
+        r#"
+[plugins.esim-access]
+outbound = ["http://127.0.0.1:*"]
+allow_private_addresses = true
+secrets = ["ESIM_ACCESS_SECRET"]
+config = {{ base_url = "{}", access_code = "{ACCESS_CODE}" }}
+"#,
+        sim.base()
+    );
+    let gw = GatewayBuilder::new(BIN)
+        .plugins(&["esim-access", "sandbox"])
+        .grants(&grants)
+        .secrets(&format!(
+            "[esim-access]\nESIM_ACCESS_SECRET = \"{SECRET}\"\n"
+        ))
+        .config(
+            "[orders]\nsync_wait_ms = 3000\n\
+             [routing.products]\njp-5gb = [\"esim-access:PJP5G30D\", \"sandbox:SBX-JP-5GB-30D\"]\n",
+        )
+        .start();
+    let (_, key) = gw.new_reseller(0, Some(100_000));
+
+    // Listed under its own name, priced at the dearer of its offers (eSIM Access's
+    // 65000/10000 USD = 650 cents against the sandbox's 1100: 1100).
+    let products = gw.call("GET", "/v1/products", Some(&key), None);
+    let routed = products.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "jp-5gb")
+        .cloned()
+        .expect("the routed product is listed");
+    assert_eq!(routed["price"]["minor"], 1100);
+
+    sim.fail_next(1, Fault::OutOfStock);
+    let placed = gw.post_idem_as(
+        &key,
+        "/v1/orders",
+        &json!({"product_id": "jp-5gb", "quantity": 1}),
+        &simgate_test_support::unique_key(),
+    );
+    assert!(
+        [200, 201, 202].contains(&placed.status),
+        "{:?}",
+        placed.json
+    );
+    let id = placed.json["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let order = loop {
+        let o = gw
+            .call("GET", &format!("/v1/orders/{id}"), Some(&key), None)
+            .json;
+        if o["status"] == "fulfilled" {
+            break o;
+        }
+        assert_ne!(o["status"], "failed", "{o:?}");
+        assert!(Instant::now() < deadline, "never fulfilled: {o:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Supplier A was asked and said out of stock; B served it, and the order says so.
+    assert_eq!(sim.requests_to("/api/v1/open/esim/order").len(), 1);
+    assert!(sim.orders().is_empty(), "A took no order");
+    assert_eq!(order["supplier"], "sandbox");
+    assert_eq!(order["product_id"], "jp-5gb");
+    assert_eq!(order["esims"].as_array().unwrap().len(), 1);
+
+    // Exactly one hold and one capture for this order, at the routed price.
+    let ledger = gw.call(
+        "GET",
+        "/v1/balance/transactions?limit=100",
+        Some(&key),
+        None,
+    );
+    let mine: Vec<&Value> = ledger.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["order_id"] == id.as_str())
+        .collect();
+    let kinds: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "hold").count(),
+        1,
+        "{mine:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "capture").count(),
+        1,
+        "{mine:?}"
+    );
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(gw.balance_of(&key), (100_000 - 1100, 0));
+}

@@ -42,6 +42,8 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// How long each class of record is kept.
     pub retention: RetentionSettings,
+    /// Gateway products offered by several suppliers, with failover.
+    pub routing: crate::domain::catalog::Routes,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             watch: WatchSettings::default(),
             webhooks: WebhookSettings::default(),
             retention: RetentionSettings::default(),
+            routing: Default::default(),
         }
     }
 }
@@ -282,7 +285,8 @@ pub struct OrderTuning {
     /// How long `POST /v1/orders` waits for fulfilment before answering with the order as
     /// it stands. Most suppliers deliver in well under a second.
     pub sync_wait_ms: u64,
-    /// Supplier calls per order before it fails (provision attempts plus polls).
+    /// Failed supplier calls in a row before an order fails (a poll that finds the order
+    /// still pending is not a failure).
     pub max_attempts: u32,
     /// First retry delay after `unavailable`/`rate-limited`; doubles per attempt.
     pub base_backoff_ms: u64,
@@ -290,6 +294,9 @@ pub struct OrderTuning {
     pub max_backoff_ms: u64,
     /// Delay between polls of a pending supplier order.
     pub poll_interval_ms: u64,
+    /// How long an order may stay pending at its supplier (from acceptance) before it
+    /// fails `supplier_timeout`; polls of a pending order do not count as attempts.
+    pub pending_timeout_secs: u64,
     /// Orders fulfilled at once (each holds at most one plugin call).
     pub concurrency: usize,
     /// Catalogs older than this are refreshed; also the period of the background refresh.
@@ -314,6 +321,7 @@ impl Default for OrderTuning {
             base_backoff_ms: 1_000,
             max_backoff_ms: 60_000,
             poll_interval_ms: 2_000,
+            pending_timeout_secs: 24 * 3600,
             concurrency: 64,
             catalog_ttl_secs: 600,
             key_rotation_grace_secs: 24 * 3600,

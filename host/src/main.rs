@@ -385,6 +385,7 @@ fn gateway(
         base_backoff: Duration::from_millis(o.base_backoff_ms),
         max_backoff: Duration::from_millis(o.max_backoff_ms),
         poll_interval: Duration::from_millis(o.poll_interval_ms),
+        pending_timeout: Duration::from_secs(o.pending_timeout_secs),
         concurrency: o.concurrency,
     };
     let tuning = GatewayTuning {
@@ -396,6 +397,7 @@ fn gateway(
         webhooks: config.webhooks.tuning(),
         ekyc_wait: Duration::from_secs(o.ekyc_wait_secs),
         retention: config.retention.policy(),
+        routes: config.routing.clone(),
     };
     let webhooks = simgate::webhooks::HttpWebhooks::new(simgate::webhooks::DeliveryPolicy {
         timeout: Duration::from_millis(config.webhooks.timeout_ms),

@@ -7,10 +7,39 @@ use serde::Serialize;
 
 use super::supplier::{DataAllowance, Money, SupplierProduct};
 
+/// Gateway products the operator offers from several suppliers, by name (`[routing]`
+/// in the config):
+///
+/// ```toml
+/// [routing.products]
+/// jp-5gb-30d = ["esim-access:PJP5G30D", "sandbox:SBX-JP-5GB-30D"]
+/// ```
+///
+/// A routed product's id is its name (no `:`, so it never reads as `<plugin>:<sku>`). An
+/// order for it goes to the first offer that is loaded and listed, and fails over to the
+/// next on out of stock, or once retries of an unavailable or rate-limited supplier are
+/// spent, before any supplier took it (no pending reference). It is priced at the
+/// highest of its offers' prices, so its one hold covers whichever supplier serves it and
+/// is captured once. Offers that need eKYC, or priced in another currency than the first,
+/// are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Routes {
+    /// Routed product name to offers (`<plugin>:<sku>`), in order of preference.
+    pub products: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Routes {
+    /// The offers of routed product `id`, if it is one.
+    pub fn offers(&self, id: &str) -> Option<&[String]> {
+        self.products.get(id).map(Vec::as_slice)
+    }
+}
+
 /// A product as a reseller sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Product {
-    /// Gateway product id: `<plugin>:<sku>`.
+    /// Gateway product id: `<plugin>:<sku>`, or a routed product's name.
     pub id: String,
     /// Title.
     pub title: String,

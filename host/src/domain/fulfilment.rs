@@ -41,7 +41,8 @@ use super::supplier::{
 /// How hard fulfilment tries. Defaults suit real suppliers; tests shorten them.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Supplier calls (provision attempts plus polls) before an order fails.
+    /// Failed supplier calls in a row before an order fails. A poll that finds the order
+    /// still pending is not a failure.
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt up to `max_backoff`.
     pub base_backoff: Duration,
@@ -49,6 +50,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Delay between polls of a pending order.
     pub poll_interval: Duration,
+    /// How long, from acceptance, an order may stay pending at its supplier before it fails
+    /// `supplier_timeout`. Suppliers that finish by webhook can take hours.
+    pub pending_timeout: Duration,
     /// Orders processed at once.
     pub concurrency: usize,
 }
@@ -60,6 +64,7 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
+            pending_timeout: Duration::from_secs(24 * 3600),
             concurrency: 64,
         }
     }
@@ -467,8 +472,22 @@ impl Fulfilment {
             Ok(ProvisionOutcome::Delivered(profiles)) => self.delivered(order, profiles).await,
             Ok(ProvisionOutcome::Pending(sref)) => {
                 order.supplier_ref = Some(sref);
-                self.again(order, self.policy.poll_interval, None).await
+                if now.saturating_sub(order.created_at_ms)
+                    >= self.policy.pending_timeout.as_millis() as u64
+                {
+                    let failure = OrderFailure {
+                        code: "supplier_timeout".into(),
+                        message: "the supplier did not deliver in time".into(),
+                    };
+                    return self.fail(order, failure).await;
+                }
+                // The supplier is working on it: progress, not a failure. Failures after
+                // this get their full run of attempts again.
+                order.attempts = 0;
+                self.again(order, self.policy.poll_interval, None, first_call)
+                    .await
             }
+            Err(e) if self.fails_over(&order, &e) => self.fail_over(order, e, first_call).await,
             Err(e)
                 if e.is_retryable()
                     || matches!(
@@ -485,13 +504,58 @@ impl Fulfilment {
                     }
                     _ => self.policy.backoff(order.attempts),
                 };
-                self.again(order, delay, Some(e)).await
+                self.again(order, delay, Some(e), first_call).await
             }
             Err(e) => {
                 let failure = OrderFailure::of(&e);
                 self.fail(order, failure).await
             }
         }
+    }
+
+    /// Whether `order` goes to its next offer after `e`: a routed order that no supplier
+    /// has taken yet (no pending reference), on out of stock, or once retries of a
+    /// supplier that is unavailable, rate limited or not loaded are spent.
+    fn fails_over(&self, order: &Order, e: &SupplierError) -> bool {
+        let spent = order.attempts >= self.policy.max_attempts
+            && (e.is_retryable()
+                || matches!(
+                    e,
+                    SupplierError::Fault {
+                        kind: FaultKind::NotLoaded,
+                        ..
+                    }
+                ));
+        !order.fallbacks.is_empty()
+            && order.supplier_ref.is_none()
+            && matches!(order.kind, OrderKind::Esim)
+            && (matches!(e, SupplierError::OutOfStock) || spent)
+    }
+
+    /// Send `order` to its next offer, at once. Its hold stays as it is: one hold, one
+    /// capture (or release), whichever supplier serves it.
+    async fn fail_over(
+        &self,
+        mut order: Order,
+        e: SupplierError,
+        first_step: bool,
+    ) -> Result<Step, StepError> {
+        // An offer that is not `<plugin>:<sku>` (a config mistake) is passed over.
+        let next = loop {
+            if order.fallbacks.is_empty() {
+                return self.fail(order, OrderFailure::of(&e)).await;
+            }
+            let offer = order.fallbacks.remove(0);
+            if let Some((plugin, sku)) = super::catalog::split_product_id(&offer) {
+                break (plugin.to_string(), sku.to_string());
+            }
+        };
+        let (plugin, sku) = next;
+        tracing::warn!(order = %order.id, from = %order.plugin, to = %plugin, error = %e, "supplier failed; order goes to the next offer");
+        order.plugin = plugin;
+        order.sku = sku;
+        order.attempts = 0;
+        self.again(order, Duration::ZERO, None, first_step).await
     }
 
     /// Settle `order` with the eSIMs its supplier delivered, if they are as many as ordered.
@@ -557,11 +621,13 @@ impl Fulfilment {
     }
 
     /// Schedule another attempt, or fail the order when its attempts are spent.
+    /// `first_step`: this was the order's first call to its supplier.
     async fn again(
         &self,
         mut order: Order,
         delay: Duration,
         error: Option<SupplierError>,
+        first_step: bool,
     ) -> Result<Step, StepError> {
         if order.attempts >= self.policy.max_attempts {
             let failure = match &error {
@@ -579,7 +645,7 @@ impl Fulfilment {
         let now = self.clock.now_ms();
         order.next_attempt_ms = now.saturating_add(delay.as_millis() as u64);
         order.updated_at_ms = now;
-        if order.attempts == 1 {
+        if first_step {
             // Its first step did not settle it: the reseller hears it is with the supplier.
             let submitted = Commit::change(
                 Some(order.clone()),
@@ -853,12 +919,27 @@ mod tests {
         Order,
         tempfile::TempDir,
     ) {
+        let (flaky, calls) = flaky(failures);
+        let (f, store, order, dir, _) = setup_with(flaky, max_attempts).await;
+        (f, store, calls, order, dir)
+    }
+
+    /// Accept an order for `supplier` against a funded reseller.
+    async fn setup_with(
+        flaky: FakeSupplier,
+        max_attempts: u32,
+    ) -> (
+        Arc<Fulfilment>,
+        Arc<crate::store::MemoryStore>,
+        Order,
+        tempfile::TempDir,
+        Arc<crate::domain::clock::FixedClock>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         // The rules run on the in-memory store: the store's own behaviour is the
         // conformance suite's to prove.
         let store = Arc::new(crate::store::MemoryStore::new());
         let keyring = Arc::new(crate::privacy::FileKeyring::open(dir.path()).unwrap());
-        let (flaky, calls) = flaky(failures);
         let policy = RetryPolicy {
             max_attempts,
             base_backoff: Duration::from_millis(5),
@@ -870,7 +951,7 @@ mod tests {
             store.clone(),
             Arc::new(OnlySupplier(Arc::new(flaky))),
             keyring,
-            clock,
+            clock.clone(),
             policy,
             Arc::default(),
         );
@@ -911,13 +992,14 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
             ekyc: None,
+            fallbacks: Vec::new(),
         };
         store
             .commit(&Commit::accept(order.clone()).unwrap())
             .await
             .unwrap()
             .unwrap();
-        (f, store, calls, order, dir)
+        (f, store, order, dir, clock)
     }
 
     /// The due time of `order`'s fulfilment job, if it has one.
@@ -1002,6 +1084,82 @@ mod tests {
         // Once the order is final, recovery has nothing to resume.
         assert_eq!(f.step(order.id).await, Ok(None));
         assert_eq!(f.recover().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn polls_of_a_pending_order_spend_no_attempts_and_its_wait_is_bounded_in_time() {
+        let mut pending = FakeSupplier::new("flaky");
+        pending.provision = Box::new(|_| Ok(ProvisionOutcome::Pending("S-1".into())));
+        pending.poll = Box::new(|_, _| Ok(ProvisionOutcome::Pending("S-1".into())));
+        let (f, store, order, _dir, clock) = setup_with(pending, 2).await;
+        // Accepted now, by the test clock.
+        let mut order = order;
+        order.created_at_ms = CLOCK_START;
+        store.put_order(&order).await.unwrap();
+        assert!(f.clone().run(order.clone()).await.is_none());
+        // Far more polls than `max_attempts` (2): still waiting for its supplier.
+        for _ in 0..10 {
+            assert!(matches!(f.step(order.id).await, Ok(Some(_))));
+        }
+        let o = store.order(order.id).await.unwrap().unwrap();
+        assert_eq!(o.status, OrderStatus::Submitted);
+        assert_eq!(o.supplier_ref.as_deref(), Some("S-1"));
+        // Past the pending timeout, it fails and its hold is released.
+        clock.advance(RetryPolicy::default().pending_timeout.as_millis() as u64);
+        assert_eq!(f.step(order.id).await, Ok(None));
+        let o = store.order(order.id).await.unwrap().unwrap();
+        assert_eq!(o.status, OrderStatus::Failed);
+        assert_eq!(o.failure.unwrap().code, "supplier_timeout");
+        let b = store.balance(order.reseller, "USD").await.unwrap();
+        assert_eq!((b.available, b.held), (1000, 0), "released");
+    }
+
+    #[tokio::test]
+    async fn a_routed_order_fails_over_once_retries_are_spent_and_is_captured_once() {
+        let mut two_offers = FakeSupplier::new("flaky");
+        two_offers.provision = Box::new(|req| match req.sku.as_str() {
+            "SKU" => Err(SupplierError::Unavailable("down".into())),
+            _ => Ok(ProvisionOutcome::Delivered(vec![EsimProfile {
+                iccid: "8999000000000000005".into(),
+                smdp_address: "smdp.test".into(),
+                matching_id: format!("M-{}", req.sku),
+                confirmation_code_required: false,
+            }])),
+        });
+        let (f, store, order, _dir, _clock) = setup_with(two_offers, 2).await;
+        let mut order = order;
+        order.fallbacks = vec!["not-an-offer".into(), "flaky:OTHER".into()];
+        store.put_order(&order).await.unwrap();
+        assert!(
+            f.clone().run(order.clone()).await.is_none(),
+            "retried first"
+        );
+        // The second failure spends the attempts: on to the next offer, at once.
+        assert_eq!(f.step(order.id).await, Ok(Some(Duration::ZERO)));
+        let moved = store.order(order.id).await.unwrap().unwrap();
+        assert_eq!(
+            (moved.plugin.as_str(), moved.sku.as_str()),
+            ("flaky", "OTHER")
+        );
+        assert!(
+            moved.fallbacks.is_empty(),
+            "the malformed offer was passed over"
+        );
+        assert_eq!(f.step(order.id).await, Ok(None));
+        let done = store.order(order.id).await.unwrap().unwrap();
+        assert_eq!(done.status, OrderStatus::Fulfilled);
+        let b = store.balance(order.reseller, "USD").await.unwrap();
+        assert_eq!((b.available, b.held), (700, 0), "one hold, captured once");
+        let entries = store
+            .ledger_page(order.reseller, None, 10)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(
+            entries.iter().filter(|e| e.order == Some(order.id)).count(),
+            2,
+            "a hold and a capture: {entries:?}"
+        );
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub struct GatewayTuning {
     pub ekyc_wait: Duration,
     /// How long each class of record is kept.
     pub retention: super::use_cases::retention::RetentionPolicy,
+    /// Gateway products offered by several suppliers.
+    pub routes: super::catalog::Routes,
 }
 
 impl Default for GatewayTuning {
@@ -144,6 +146,7 @@ impl Default for GatewayTuning {
             webhooks: WebhookTuning::default(),
             ekyc_wait: Duration::from_secs(7 * 24 * 3600),
             retention: Default::default(),
+            routes: Default::default(),
         }
     }
 }

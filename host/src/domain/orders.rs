@@ -104,6 +104,10 @@ pub struct Order {
     /// Its identity verification, for a product that needs one (see [`super::ekyc`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ekyc: Option<EkycSession>,
+    /// A routed product's other offers (`<plugin>:<sku>`) not yet tried, in order of
+    /// preference: where the order fails over to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 /// What a new order buys and from whom; the rest of an [`Order`] starts out the same.
@@ -156,6 +160,7 @@ impl Order {
             attempts: 0,
             next_attempt_ms: 0,
             ekyc: None,
+            fallbacks: Vec::new(),
         }
     }
 

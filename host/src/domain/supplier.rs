@@ -459,6 +459,8 @@ pub(crate) struct FakeSupplier {
     pub catalog: Box<dyn Fn() -> SupplierResult<Vec<SupplierProduct>> + Send + Sync>,
     /// Answers `provision`.
     pub provision: Box<dyn Fn(ProvisionRequest) -> SupplierResult<ProvisionOutcome> + Send + Sync>,
+    /// Answers `poll` (order ref, supplier ref).
+    pub poll: Box<dyn Fn(String, String) -> SupplierResult<ProvisionOutcome> + Send + Sync>,
     /// Answers `usage`.
     pub usage: Box<dyn Fn(String) -> SupplierResult<Usage> + Send + Sync>,
     /// Answers `ekyc_start`.
@@ -480,6 +482,7 @@ impl FakeSupplier {
             },
             catalog: Box::new(|| Ok(Vec::new())),
             provision: Box::new(|_| Err(SupplierError::NotSupported)),
+            poll: Box::new(|_, _| Err(SupplierError::NotSupported)),
             usage: Box::new(|_| Err(SupplierError::NotSupported)),
             ekyc_start: Box::new(|_| Err(SupplierError::NotSupported)),
             ekyc_callback: Box::new(|_| Err(SupplierError::NotSupported)),
@@ -500,8 +503,13 @@ impl Supplier for FakeSupplier {
         let answer = (self.provision)(req);
         Box::pin(async move { answer })
     }
-    fn poll(&self, _: String, _: String) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
-        Box::pin(async { Err(SupplierError::NotSupported) })
+    fn poll(
+        &self,
+        order_ref: String,
+        supplier_ref: String,
+    ) -> BoxFuture<'_, SupplierResult<ProvisionOutcome>> {
+        let answer = (self.poll)(order_ref, supplier_ref);
+        Box::pin(async move { answer })
     }
     fn usage(&self, iccid: String) -> BoxFuture<'_, SupplierResult<Usage>> {
         let answer = (self.usage)(iccid);

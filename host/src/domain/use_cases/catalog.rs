@@ -194,8 +194,75 @@ impl Gateway {
                 );
             }
         }
+        for name in self.tuning.routes.products.keys() {
+            if let Ok(found) = self.find_routed(name, "/product_id").await
+                && let Some(mut product) =
+                    catalog::for_reseller(&found.plugin, &found.product, markup)
+                && filter.accepts(&product)
+            {
+                product.id = name.clone();
+                product.top_up_able = false;
+                out.push(product);
+            }
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// What an order for `product_id` goes to: a supplier's product, or for a routed
+    /// product (see [`catalog::Routes`]) the first offer available now, priced at the
+    /// highest of the available offers, with the others to fail over to.
+    pub(crate) async fn find_offer(
+        &self,
+        product_id: &str,
+        field: &'static str,
+    ) -> Result<Found, DomainError> {
+        if !product_id.contains(':') && self.tuning.routes.offers(product_id).is_some() {
+            return self.find_routed(product_id, field).await;
+        }
+        let (supplier, product) = self.find_product(product_id, field).await?;
+        Ok(Found {
+            plugin: supplier.info().id.clone(),
+            supplier,
+            product,
+            fallbacks: Vec::new(),
+        })
+    }
+
+    async fn find_routed(&self, name: &str, field: &'static str) -> Result<Found, DomainError> {
+        let offers = self
+            .tuning
+            .routes
+            .offers(name)
+            .ok_or(DomainError::NotFound("product"))?;
+        let mut usable = Vec::new();
+        for offer in offers {
+            // An offer that is not loaded, not listed or needs eKYC is skipped.
+            if let Ok((supplier, product)) = self.find_product(offer, field).await
+                && !product.needs_kyc
+            {
+                usable.push((offer.clone(), supplier, product));
+            }
+        }
+        let currency = usable
+            .first()
+            .map(|(_, _, p)| p.wholesale.currency.clone())
+            .ok_or_else(|| DomainError::SupplierNotLoaded(name.to_string()))?;
+        usable.retain(|(_, _, p)| p.wholesale.currency == currency);
+        let highest = usable
+            .iter()
+            .map(|(_, _, p)| p.wholesale.minor)
+            .max()
+            .unwrap_or(0);
+        let mut rest = usable.into_iter();
+        let (_, supplier, mut product) = rest.next().expect("one usable offer at least");
+        product.wholesale.minor = highest;
+        Ok(Found {
+            plugin: supplier.info().id.clone(),
+            supplier,
+            product,
+            fallbacks: rest.map(|(offer, _, _)| offer).collect(),
+        })
     }
 
     /// Find a product by gateway id in its plugin's catalog.
@@ -231,6 +298,18 @@ impl Gateway {
             .ok_or(DomainError::NotFound("product"))?;
         Ok((supplier, product))
     }
+}
+
+/// What an order for a product goes to.
+pub(crate) struct Found {
+    /// The plugin id of the supplier it goes to first.
+    pub plugin: String,
+    /// That supplier.
+    pub supplier: Arc<dyn Supplier>,
+    /// Its product; for a routed product, priced at the highest of its offers.
+    pub product: CachedProduct,
+    /// Routed products: the other offers (`<plugin>:<sku>`), in order of preference.
+    pub fallbacks: Vec<String>,
 }
 
 /// What one unit of `product` costs a reseller with `markup_bps`.

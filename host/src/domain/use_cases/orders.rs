@@ -40,6 +40,9 @@ pub struct OrderView {
     pub status: OrderStatus,
     /// Gateway product id.
     pub product_id: String,
+    /// The supplier (plugin id) the order is with; for a routed product, the one that
+    /// took it after any failover, so the one that served it once fulfilled.
+    pub supplier: String,
     /// eSIMs ordered.
     pub quantity: u32,
     /// Price per eSIM.
@@ -89,7 +92,8 @@ impl Gateway {
         }
         let reseller = self.reseller_of(who).await?;
         validate_new_order(&new)?;
-        let (supplier, product) = self.find_product(&new.product_id, "/product_id").await?;
+        let found = self.find_offer(&new.product_id, "/product_id").await?;
+        let (supplier, product) = (&found.supplier, &found.product);
         if product.needs_kyc && !supplier.info().features.contains(&Feature::Ekyc) {
             return Err(DomainError::Conflict {
                 code: "ekyc_required",
@@ -104,9 +108,10 @@ impl Gateway {
             plugin: supplier.info().id.clone(),
             sku: product.sku.clone(),
             quantity: new.quantity,
-            unit_price: unit_price(&product, reseller.markup_bps)?,
+            unit_price: unit_price(product, reseller.markup_bps)?,
             kind: OrderKind::Esim,
         };
+        let needs_kyc = product.needs_kyc;
         // The id is the one the idempotency key was claimed with: the claim names it.
         let id = idem.map_or_else(OrderId::new, |key| key.order);
         if let Some(subject_ref) = &new.subject_ref {
@@ -124,7 +129,8 @@ impl Gateway {
         let personal = self.seal_personal(reseller.id, id, &personal).await?;
         let now = self.clock.now_ms();
         let mut order = Order::accepted(spec, id, personal, now);
-        if product.needs_kyc {
+        order.fallbacks = found.fallbacks;
+        if needs_kyc {
             // Paid for now, sent to the supplier once the end user is verified.
             order
                 .transition(OrderStatus::AwaitingKyc, now)
@@ -200,6 +206,7 @@ impl Gateway {
             id: order.id,
             status: order.status,
             product_id: order.product_id,
+            supplier: order.plugin,
             quantity: order.quantity,
             unit_price: order.unit_price,
             kind: order.kind,
