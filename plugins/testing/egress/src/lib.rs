@@ -1,7 +1,9 @@
 //! Test plugin `egress`: probes the host's outbound rules and reports what it saw.
 //!
 //! `provision` GETs the URL in config `target_url` (or `forbidden_url` for SKU
-//! `egress-forbidden`) with `authorization: Bearer ${secret:PROBE_TOKEN}`, then fails with
+//! `egress-forbidden`) with `authorization: Bearer ${secret:PROBE_TOKEN}` (SKU
+//! `egress-body` POSTs there instead, with [`BODY`], a placeholder in the body, which
+//! contract 0.1 leaves as written), then fails with
 //! `rejected` carrying a JSON report, so a test can read it from the order's failure:
 //! `{"status": 200, "body": "...", "sent_authorization": "Bearer ${secret:PROBE_TOKEN}"}`
 //! on a response (the placeholder as the plugin knows it: the host substitutes it at
@@ -12,6 +14,9 @@ use simgate_sdk::v0_1::*;
 
 struct Egress;
 
+/// The body SKU `egress-body` sends: contract 0.1 fills placeholders in headers only.
+const BODY: &str = r#"{"token":"${secret:PROBE_TOKEN}"}"#;
+
 impl Provisioning for Egress {
     fn provision(req: ProvisionRequest) -> Result<ProvisionOutcome, SupplierError> {
         let key = match req.sku.as_str() {
@@ -21,7 +26,13 @@ impl Provisioning for Egress {
         let url = config::get(key)
             .ok_or_else(|| SupplierError::InvalidRequest(format!("config {key} is not set")))?;
         let authorization = format!("Bearer {}", secret_ref("PROBE_TOKEN"));
-        let report = match http::Request::get(url)
+        let request = match req.sku.as_str() {
+            "egress-body" => http::Request::post(url)
+                .header("content-type", "application/json")
+                .body(BODY),
+            _ => http::Request::get(url),
+        };
+        let report = match request
             .header("authorization", authorization.as_str())
             .send()
         {
@@ -47,6 +58,7 @@ impl Catalog for Egress {
         Ok(vec![
             testing_common::product("egress-1"),
             testing_common::product("egress-forbidden"),
+            testing_common::product("egress-body"),
         ])
     }
 }
