@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use simgate_test_support::{GatewayBuilder, Value, json};
+use simgate_test_support::{GatewayBuilder, Value, assert_nowhere, json};
 
 const SECRET: &str = "s3cr3t-probe-token-7f1c";
 
@@ -163,7 +163,6 @@ fn reflecting_server(n: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn a_secret_reaches_only_its_bound_host_and_never_comes_back_to_the_plugin_the_reseller_or_the_log()
 {
-    use base64::Engine as _;
     let (bound, bound_saw) = reflecting_server(1);
     let (other, other_saw) = reflecting_server(1);
     let grants = format!(
@@ -206,15 +205,11 @@ config = {{ target_url = "http://127.0.0.1:{bound}/probe", forbidden_url = "http
     let _ = other;
 
     // Nothing the reseller reads, and no log line, holds the value in any common form.
-    let forms = [
-        SECRET.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(SECRET),
-        hex::encode(SECRET),
-    ];
     let orders = gw.get("/v1/orders");
     let log = gw.log();
-    for form in &forms {
-        for (what, text) in [
+    assert_nowhere(
+        SECRET,
+        &[
             ("order", String::from_utf8_lossy(&order.bytes).into_owned()),
             (
                 "refused order",
@@ -225,10 +220,8 @@ config = {{ target_url = "http://127.0.0.1:{bound}/probe", forbidden_url = "http
                 String::from_utf8_lossy(&orders.bytes).into_owned(),
             ),
             ("log", log.clone()),
-        ] {
-            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
-        }
-    }
+        ],
+    );
     assert!(
         log.contains("not bound"),
         "the denial is logged for the operator"

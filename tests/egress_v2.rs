@@ -3,7 +3,9 @@
 //! bound the secret to and comes back scrubbed; an OAuth token goes only to the hosts its
 //! client is bound to; and a 0.1 plugin keeps 0.1's rule (placeholders in headers only).
 
-use simgate_test_support::{AiraloSim, Gateway, GatewayBuilder, Reflector, Value, json};
+use simgate_test_support::{
+    AiraloSim, Gateway, GatewayBuilder, Reflector, Value, assert_nowhere, json,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 const SECRET: &str = "s3cr3t-body-token-2b7e";
@@ -29,25 +31,6 @@ fn gateway(grant: &str) -> Gateway {
         .env("SIMGATE_LOG", "debug")
         .capture_log()
         .start()
-}
-
-/// `value` in the forms a leak would most likely take.
-fn forms(value: &str) -> [String; 3] {
-    use base64::Engine as _;
-    [
-        value.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(value),
-        hex::encode(value),
-    ]
-}
-
-/// Assert that no text in `seen` holds `value` in any of its [`forms`].
-fn nowhere(value: &str, seen: &[(&str, String)]) {
-    for form in forms(value) {
-        for (what, text) in seen {
-            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
-        }
-    }
 }
 
 #[test]
@@ -97,7 +80,7 @@ config = {{ target_url = "{}", other_url = "{}" }}
 
     let orders = gw.get("/v1/orders");
     let log = gw.log();
-    nowhere(
+    assert_nowhere(
         SECRET,
         &[
             ("order", String::from_utf8_lossy(&order.bytes).into_owned()),
@@ -184,8 +167,8 @@ hosts = ["http://127.0.0.1:{bound}"]
         ),
         ("log", log.clone()),
     ];
-    nowhere(&token, &seen);
-    nowhere(CLIENT_SECRET, &seen);
+    assert_nowhere(&token, &seen);
+    assert_nowhere(CLIENT_SECRET, &seen);
     assert!(!other.saw(&token));
     assert!(log.contains("not bound"), "the denial is logged: {log}");
 }

@@ -50,38 +50,16 @@ webhook_sources = [{sources}]
 
 impl Setup {
     fn place(&self) -> String {
-        let r = self.gw.post_idem_as(
-            &self.key,
-            "/v1/orders",
-            &json!({"product_id": PRODUCT, "quantity": 1}),
-            &simgate_test_support::unique_key(),
-        );
-        assert!([200, 201, 202].contains(&r.status), "{:?}", r.json);
-        r.json["id"].as_str().unwrap().to_string()
+        self.gw
+            .place_order_as(&self.key, &json!({"product_id": PRODUCT, "quantity": 1}))
     }
 
     fn order(&self, id: &str) -> Value {
-        let r = self
-            .gw
-            .call("GET", &format!("/v1/orders/{id}"), Some(&self.key), None);
-        assert_eq!(r.status, 200, "{:?}", r.json);
-        r.json
+        self.gw.order_as(&self.key, id)
     }
 
-    /// Order `id` once `done` holds of it (within 20 s).
     fn wait_order(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let order = self.order(id);
-            if done(&order) {
-                return order;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "order never got there: {order:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.gw.wait_order_as(&self.key, id, done)
     }
 
     /// The supplier's order for gateway order `id`, once placed.
@@ -314,30 +292,9 @@ config = {{ base_url = "{}", access_code = "{ACCESS_CODE}" }}
     assert_eq!(routed["price"]["minor"], 1100);
 
     sim.fail_next(1, Fault::OutOfStock);
-    let placed = gw.post_idem_as(
-        &key,
-        "/v1/orders",
-        &json!({"product_id": "jp-5gb", "quantity": 1}),
-        &simgate_test_support::unique_key(),
-    );
-    assert!(
-        [200, 201, 202].contains(&placed.status),
-        "{:?}",
-        placed.json
-    );
-    let id = placed.json["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let order = loop {
-        let o = gw
-            .call("GET", &format!("/v1/orders/{id}"), Some(&key), None)
-            .json;
-        if o["status"] == "fulfilled" {
-            break o;
-        }
-        assert_ne!(o["status"], "failed", "{o:?}");
-        assert!(Instant::now() < deadline, "never fulfilled: {o:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let id = gw.place_order_as(&key, &json!({"product_id": "jp-5gb", "quantity": 1}));
+    let order = gw.wait_order_as(&key, &id, |o| o["status"] != "submitted");
+    assert_eq!(order["status"], "fulfilled", "{order:?}");
     // Supplier A was asked and said out of stock; B served it, and the order says so.
     assert_eq!(sim.requests_to("/api/v1/open/esim/order").len(), 1);
     assert!(sim.orders().is_empty(), "A took no order");

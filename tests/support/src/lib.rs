@@ -449,6 +449,27 @@ impl Gateway {
         )
     }
 
+    /// Place an order as `key` (a fresh `Idempotency-Key`); its id. Panics unless accepted.
+    pub fn place_order_as(&self, key: &str, body: &Value) -> String {
+        let r = self.post_idem_as(key, "/v1/orders", body, &unique_key());
+        assert!([200, 201, 202].contains(&r.status), "{:?}", r.json);
+        r.json["id"].as_str().expect("an order id").to_string()
+    }
+
+    /// Order `id` as `key` sees it.
+    pub fn order_as(&self, key: &str, id: &str) -> Value {
+        let r = self.call("GET", &format!("/v1/orders/{id}"), Some(key), None);
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        r.json
+    }
+
+    /// Order `id` as `key` sees it, once `done` holds of it (within 20 s).
+    pub fn wait_order_as(&self, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("order {id}"), || {
+            Some(self.order_as(key, id)).filter(|o| done(o))
+        })
+    }
+
     /// The USD balance `key` sees: (available, held).
     pub fn balance_of(&self, key: &str) -> (i64, i64) {
         let b = self.call("GET", "/v1/balance", Some(key), None);
@@ -727,5 +748,37 @@ mod tests {
             check.check("GET", "/v1/other", &ok).is_err(),
             "an undocumented path"
         );
+    }
+}
+
+/// What `probe` finds, polled every 50 ms for up to 20 s; panics naming `what` if nothing.
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `value` in the forms a leak would most likely take: as is, base64 and hex.
+pub fn leak_forms(value: &str) -> [String; 3] {
+    use base64::Engine as _;
+    [
+        value.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        hex::encode(value),
+    ]
+}
+
+/// Assert that no text in `seen` (named, for the message) holds `value` in any of its
+/// [`leak_forms`].
+pub fn assert_nowhere(value: &str, seen: &[(&str, String)]) {
+    for form in leak_forms(value) {
+        for (what, text) in seen {
+            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
+        }
     }
 }
