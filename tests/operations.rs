@@ -568,24 +568,29 @@ fn plugin_new_scaffolds_a_crate_whose_own_tests_pass_and_that_the_gateway_loads(
         "{log}"
     );
 
-    // The component its test built loads into the gateway's runtime.
-    // The harness built it into the crate's own target/harness.
-    let built = crate_dir.join("target/harness/wasm32-wasip2/release/x.wasm");
+    // `simgate plugin build` builds and packs it in one step (reusing the component its
+    // harness test built into the crate's target/harness), and it loads into the
+    // gateway's runtime.
     let plugins = tempfile::tempdir().unwrap();
-    let out = simgate(
-        &[
-            "plugin",
-            "pack",
-            "--manifest",
-            crate_dir.join("plugin.toml").to_str().unwrap(),
-            "--wasm",
-            built.to_str().unwrap(),
-            "--out",
-            plugins.path().to_str().unwrap(),
-        ],
-        None,
-    );
+    let out = Command::new(BIN)
+        .args(["plugin", "build", "--out"])
+        .arg(plugins.path())
+        .arg(&crate_dir)
+        .env("SIMGATE_LOG", "error")
+        .env("CARGO_TARGET_DIR", crate_dir.join("target/harness"))
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_PRIMARY_PACKAGE")
+        .output()
+        .expect("running simgate plugin build");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("packed x 0.1.0"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(plugins.path().join("x/x.wasm").exists());
     let out = simgate(
         &[
             "plugin",

@@ -159,6 +159,15 @@ enum PluginCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build a plugin crate for wasm32-wasip2 (release) and pack it into a plugins folder.
+    Build {
+        /// The plugin crate (holding Cargo.toml and plugin.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The plugins folder to place it in (creates OUT/<id>/).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Validate a plugin folder as the gateway would load it: print what it requests, what
     /// is granted and whether it links; exit non-zero with the reason.
     Check {
@@ -199,9 +208,10 @@ fn main() -> ExitCode {
             manifest,
             wasm,
             out,
-        }) => pack(&manifest, &wasm, &out),
+        }) => cli::pack::run(&manifest, &wasm, &out),
         Command::Reseller(cmd) => offline(cmd.data_dir(), async |gw| reseller_cmd(gw, cmd).await),
         Command::Keys(cmd) => offline(cmd.data_dir(), async |gw| keys_cmd(gw, cmd).await),
+        Command::Plugin(PluginCommand::Build { dir, out }) => cli::build::run(&dir, &out),
         Command::Plugin(PluginCommand::Check { dir, grants }) => {
             cli::check::run(&dir, grants.as_deref())
         }
@@ -598,26 +608,5 @@ async fn keys_cmd(gw: &Gateway, cmd: KeysCommand) -> anyhow::Result<()> {
             println!("revoked {}", key.id);
         }
     }
-    Ok(())
-}
-
-fn pack(
-    manifest: &std::path::Path,
-    wasm: &std::path::Path,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(manifest)
-        .with_context(|| format!("reading {}", manifest.display()))?;
-    let mut m: plugins::Manifest =
-        toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
-    let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    m.sha256 = Some(plugins::manifest::sha256_hex(&bytes));
-    let dir = out.join(&m.id);
-    std::fs::create_dir_all(&dir)?;
-    // Component first, manifest last: the watcher sees a complete package once the
-    // manifest names the new digest.
-    plugins::engine::write_atomically(&dir.join(&m.wasm), &bytes)?;
-    plugins::engine::write_atomically(&dir.join("plugin.toml"), toml::to_string(&m)?.as_bytes())?;
-    println!("packed {} {} into {}", m.id, m.version, dir.display());
     Ok(())
 }

@@ -157,6 +157,51 @@ fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a s
         .map(|(_, value)| value.as_str())
 }
 
+/// Log a line with `key = value` fields at a level: `log_at!(Level::Info, "order placed",
+/// order = req.order_ref, count = 3)`. Each value is written with `Display`; the host
+/// tags the line with the plugin's identity, scrubs secret values from it and counts it
+/// against the per-call log budget. [`log_info!`] and its siblings name the level.
+#[macro_export]
+macro_rules! log_at {
+    ($level:expr, $message:expr $(, $key:ident = $value:expr)* $(,)?) => {
+        $crate::log::emit(
+            $level,
+            &$message,
+            &[$((stringify!($key), ::std::format!("{}", $value).as_str())),*],
+        )
+    };
+}
+
+/// [`log_at!`] at `trace`.
+#[macro_export]
+macro_rules! log_trace {
+    ($($arg:tt)+) => { $crate::log_at!($crate::log::Level::Trace, $($arg)+) };
+}
+
+/// [`log_at!`] at `debug`.
+#[macro_export]
+macro_rules! log_debug {
+    ($($arg:tt)+) => { $crate::log_at!($crate::log::Level::Debug, $($arg)+) };
+}
+
+/// [`log_at!`] at `info`.
+#[macro_export]
+macro_rules! log_info {
+    ($($arg:tt)+) => { $crate::log_at!($crate::log::Level::Info, $($arg)+) };
+}
+
+/// [`log_at!`] at `warn`.
+#[macro_export]
+macro_rules! log_warn {
+    ($($arg:tt)+) => { $crate::log_at!($crate::log::Level::Warn, $($arg)+) };
+}
+
+/// [`log_at!`] at `error`.
+#[macro_export]
+macro_rules! log_error {
+    ($($arg:tt)+) => { $crate::log_at!($crate::log::Level::Error, $($arg)+) };
+}
+
 /// Export a type as the plugin's implementation of the whole contract.
 ///
 /// The type must implement [`Plugin`], [`Catalog`], [`Provisioning`], [`Ekyc`] and

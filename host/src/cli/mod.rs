@@ -2,5 +2,7 @@
 //! only parses arguments and dispatches.
 
 pub mod audit;
+pub mod build;
 pub mod check;
+pub mod pack;
 pub mod scaffold;

@@ -102,7 +102,7 @@ fn prices() -> Result<BTreeMap<String, i64>, SupplierError> {
 
 fn remember(prices: &BTreeMap<String, i64>) {
     if let Err(e) = state::set_json(PRICES, prices) {
-        log::warn(&format!("package prices not kept: {e:?}"));
+        log_warn!("package prices not kept", error = format!("{e:?}"));
     }
 }
 
@@ -132,6 +132,7 @@ impl Catalog for EsimAccess {
 
 impl Provisioning for EsimAccess {
     fn provision(req: ProvisionRequest) -> Result<ProvisionOutcome, SupplierError> {
+        log_debug!("placing order", order = req.order_ref, package = req.sku);
         let price = *prices()?
             .get(&req.sku)
             .ok_or_else(|| SupplierError::InvalidRequest(format!("unknown package {}", req.sku)))?;

@@ -693,6 +693,38 @@ pub fn luhn(digits: &str) -> bool {
     !digits.is_empty() && sum % 10 == 0
 }
 
+/// What `probe` finds, polled every 50 ms for up to 20 s; panics naming `what` if nothing.
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `value` in the forms a leak would most likely take: as is, base64 and hex.
+pub fn leak_forms(value: &str) -> [String; 3] {
+    use base64::Engine as _;
+    [
+        value.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        hex::encode(value),
+    ]
+}
+
+/// Assert that no text in `seen` (named, for the message) holds `value` in any of its
+/// [`leak_forms`].
+pub fn assert_nowhere(value: &str, seen: &[(&str, String)]) {
+    for form in leak_forms(value) {
+        for (what, text) in seen {
+            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,37 +780,5 @@ mod tests {
             check.check("GET", "/v1/other", &ok).is_err(),
             "an undocumented path"
         );
-    }
-}
-
-/// What `probe` finds, polled every 50 ms for up to 20 s; panics naming `what` if nothing.
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `value` in the forms a leak would most likely take: as is, base64 and hex.
-pub fn leak_forms(value: &str) -> [String; 3] {
-    use base64::Engine as _;
-    [
-        value.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(value),
-        hex::encode(value),
-    ]
-}
-
-/// Assert that no text in `seen` (named, for the message) holds `value` in any of its
-/// [`leak_forms`].
-pub fn assert_nowhere(value: &str, seen: &[(&str, String)]) {
-    for form in leak_forms(value) {
-        for (what, text) in seen {
-            assert!(!text.contains(form.as_str()), "the {what} holds {form}");
-        }
     }
 }
