@@ -47,7 +47,9 @@ pub struct Requests {
     /// Config keys the plugin reads.
     pub config: Vec<String>,
     /// OAuth2 client names the plugin refers to as `${oauth:NAME}` (contract 0.2); the
-    /// operator configures each in the grants file.
+    /// operator configures each in the grants file. Left out of a packed manifest when
+    /// empty, so a package that uses no OAuth still loads in a gateway that predates it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub oauth: Vec<String>,
 }
 
@@ -336,6 +338,18 @@ mod tests {
             config: vec!["region".into()],
             oauth: vec!["partner".into()],
         }
+    }
+
+    #[test]
+    fn a_manifest_without_oauth_packs_as_a_gateway_before_oauth_can_read_it() {
+        let plain = Requests {
+            oauth: vec![],
+            ..requests()
+        };
+        let text = toml::to_string(&plain).unwrap();
+        assert!(!text.contains("oauth"), "{text}");
+        let with = toml::to_string(&requests()).unwrap();
+        assert!(with.contains("oauth"), "{with}");
     }
 
     #[test]
