@@ -144,6 +144,13 @@ impl Gateway {
         rec: &mut EsimRecord,
         seen: Observation,
     ) -> Result<(), DomainError> {
+        // Observations of one eSIM (webhooks applied by concurrent jobs, a usage call) are
+        // serialised under its order's lock and applied to the record as stored now: none
+        // is lost to another's stale copy.
+        let _lock = self.fulfilment.lock_order(rec.order).await;
+        if let Some(stored) = self.store.esim(&rec.iccid).await? {
+            *rec = stored;
+        }
         let observed_at_ms = self.clock.now_ms();
         let before = (rec.profile, rec.plan, rec.raw_status.clone());
         rec.profile = seen.profile.unwrap_or(rec.profile);

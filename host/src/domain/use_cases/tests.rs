@@ -440,6 +440,31 @@ async fn an_esims_new_states_are_kept_with_one_event_per_axis_that_moved() {
     );
     f.gateway.usage(&who, &esim.iccid).await.unwrap();
     assert!(kinds().await.is_empty(), "nothing moved, nothing raised");
+    // Two observations made from copies read before either was kept (two webhooks'
+    // jobs at once): each is applied to the record as stored, so neither is lost.
+    let (mut stale_a, mut stale_b) = (esim.clone(), esim.clone());
+    let seen = |profile, plan| super::esims::Observation {
+        profile,
+        plan,
+        ..Default::default()
+    };
+    f.gateway
+        .observe_esim(&mut stale_a, seen(Some(ProfileState::Enabled), None))
+        .await
+        .unwrap();
+    f.gateway
+        .observe_esim(&mut stale_b, seen(None, Some(PlanState::Depleted)))
+        .await
+        .unwrap();
+    let kept = store.esim(&esim.iccid).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.profile, kept.plan),
+        (ProfileState::Enabled, PlanState::Depleted)
+    );
+    let _ = kinds().await;
+    *f.native.states.lock().unwrap() = (ProfileState::Installed, PlanState::Active);
+    f.gateway.usage(&who, &esim.iccid).await.unwrap();
+    let _ = kinds().await;
     // 85% of the data: told once, with the record.
     f.native.used.store(850, Ordering::SeqCst);
     f.gateway.usage(&who, &esim.iccid).await.unwrap();
