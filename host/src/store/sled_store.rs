@@ -2215,11 +2215,11 @@ mod tests {
             closed_at_ms: None,
         };
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             s.put_reseller(&r).await.unwrap();
             s.durable().await.unwrap();
         }
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.reseller(r.id).await.unwrap(), Some(r));
     }
 
@@ -2227,7 +2227,7 @@ mod tests {
     async fn finished_idempotency_records_expire_and_running_ones_stay() {
         use crate::domain::idempotency::{Claim, IdemKey};
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let reseller = ResellerId::new();
         let key = |k: &str| IdemKey {
             reseller,
@@ -2310,6 +2310,25 @@ mod tests {
         Order::accepted(spec, OrderId::new(), None, 1)
     }
 
+    /// Open the store in `dir`, waiting (up to 10 s) for a handle just dropped to let go
+    /// of sled's lock file: its background flusher still holds the database for a moment,
+    /// longer on a loaded machine, and a crash test reopens at once.
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, 8) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("opening the store: {e}"),
+            }
+        }
+    }
+
     async fn credit(s: &SledStore, reseller: ResellerId, amount: i64) {
         let e = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
         s.commit(&Commit::credit(e)).await.unwrap().unwrap();
@@ -2348,7 +2367,7 @@ mod tests {
         .unwrap();
         let event = settle.events()[0].clone();
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             credit(&s, r, 1000).await;
             accept(&s, &accepted).await;
             // The process dies right after the capture's commit record: the order and
@@ -2367,7 +2386,7 @@ mod tests {
             );
             s.durable().await.unwrap();
         }
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.order(accepted.id).await.unwrap(), Some(fulfilled));
         assert_eq!(
             s.esim(&esim_of(&accepted).iccid).await.unwrap(),
@@ -2409,7 +2428,7 @@ mod tests {
         let mut refreshed = esim.clone();
         refreshed.profile = ProfileState::Installed;
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             credit(&s, r, 1000).await;
             accept(&s, &accepted).await;
             s.commit(&settle).await.unwrap().unwrap();
@@ -2440,7 +2459,7 @@ mod tests {
             s.durable().await.unwrap();
         }
         // Replaying the ledger after a crash keeps the newer record.
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(
             s.order_and_esims(accepted.id).await.unwrap(),
             Some((fulfilled, vec![refreshed]))
@@ -2493,7 +2512,7 @@ mod tests {
         let r = ResellerId::new();
         let open = order_for(r, 250);
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             credit(&s, r, 1000).await;
             accept(&s, &open).await;
             s.close().await.unwrap();
@@ -2510,7 +2529,7 @@ mod tests {
             held: 250,
         };
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             assert_eq!(s.balance(r, "USD").await.unwrap(), expected);
             assert_eq!(s.open_orders().await.unwrap().len(), 1);
             assert!(s.meta(CLEAN).await.unwrap().is_none());
@@ -2519,7 +2538,7 @@ mod tests {
             credit(&s, r, 50).await;
             s.durable().await.unwrap();
         }
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(
             s.balance(r, "USD").await.unwrap(),
             Balance {
@@ -2547,7 +2566,7 @@ mod tests {
     async fn a_claim_answers_as_its_order_once_the_order_exists() {
         use crate::domain::idempotency::{Claim, IdemKey};
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let r = ResellerId::new();
         credit(&s, r, 1000).await;
         let key = IdemKey {
@@ -2619,7 +2638,7 @@ mod tests {
     #[tokio::test]
     async fn an_iccid_that_belongs_to_one_order_is_refused_to_another_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let (a, b) = (ResellerId::new(), ResellerId::new());
         credit(&s, a, 1000).await;
         credit(&s, b, 1000).await;
@@ -2666,7 +2685,7 @@ mod tests {
     #[tokio::test]
     async fn of_orders_racing_for_one_iccid_exactly_one_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let s = Arc::new(reopen(dir.path()));
         let mut racers = Vec::new();
         for _ in 0..8 {
             let r = ResellerId::new();
@@ -2692,7 +2711,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_a_crash_left_behind_is_invisible_stays_with_its_order_and_expires_with_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let (a, b) = (ResellerId::new(), ResellerId::new());
         credit(&s, a, 1000).await;
         credit(&s, b, 1000).await;
@@ -2737,7 +2756,7 @@ mod tests {
         use crate::domain::jobs::JobKind;
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path(), 8).unwrap();
+            let s = reopen(dir.path());
             for n in 0..500u64 {
                 let job = Job::new(format!("later-{n}"), JobKind::RefreshCatalogs, 10_000 + n);
                 s.put_job(&job).await.unwrap();
@@ -2770,7 +2789,7 @@ mod tests {
             s.durable().await.unwrap();
         }
         // ...and opening the store rebuilds it.
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let due: Vec<String> = s
             .claim_jobs(10_002, 50, 10)
             .await
@@ -2784,7 +2803,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_subject_gets_one_data_key_even_when_two_orders_race_to_create_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let s = Arc::new(reopen(dir.path()));
         let lookup = SubjectLookup([9; 32]);
         assert_eq!(s.subject_key(&lookup).await.unwrap(), None);
         let racers: Vec<_> = (0..8u8)
@@ -2808,7 +2827,7 @@ mod tests {
     async fn a_claim_whose_credit_was_posted_before_a_crash_replays_instead_of_running_again() {
         use crate::domain::idempotency::{Claim, IdemKey, LEASE_MS};
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path(), 8).unwrap();
+        let s = reopen(dir.path());
         let r = ResellerId::new();
         let key = IdemKey {
             reseller: r,
@@ -2875,7 +2894,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+        let s = Arc::new(reopen(dir.path()));
         let mut tasks = Vec::new();
         for i in 0..64u32 {
             let s = s.clone();
