@@ -21,8 +21,10 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod jobs;
-pub mod net;
 pub mod plugins;
 pub mod privacy;
 pub mod store;
 pub mod webhooks;
+
+/// The address guard and TLS client, from the plugin runtime (shared with webhooks).
+pub use simgate_runtime::net;

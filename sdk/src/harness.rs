@@ -34,18 +34,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use simgate::plugins::egress::EgressTransport;
-use simgate::plugins::manifest::sha256_hex;
-use simgate::plugins::{LoadContext, LoadedPlugin, Manifest, PluginEngine, SecretStore};
+use simgate_runtime::egress::EgressTransport;
+use simgate_runtime::manifest::sha256_hex;
+use simgate_runtime::{LoadContext, LoadedPlugin, Manifest, PluginEngine, SecretStore};
 
-pub use simgate::config::{LimitOverrides, PluginLimits};
-pub use simgate::domain::supplier::{
+pub use simgate_runtime::egress::{EgressRequest, EgressResponse};
+pub use simgate_runtime::limits::{LimitOverrides, PluginLimits};
+pub use simgate_runtime::supplier::{
     DataAllowance, EsimProfile, FaultKind, Feature, Money, PlanState, ProfileState,
     ProvisionOutcome, ProvisionRequest, Supplier, SupplierError, SupplierInfo, SupplierProduct,
     SupplierResult, Usage,
 };
-pub use simgate::plugins::egress::{EgressRequest, EgressResponse};
-pub use simgate::plugins::{Grant, Grants, LoadError};
+pub use simgate_runtime::{Grant, Grants, LoadError};
 
 /// How to load one plugin: its manifest, its component, and what the operator grants it.
 #[derive(Debug, Clone)]
@@ -413,7 +413,7 @@ impl EgressTransport for RecordingEgress {
     fn send(
         &self,
         req: EgressRequest,
-    ) -> simgate::domain::supplier::BoxFuture<'static, Result<EgressResponse, String>> {
+    ) -> simgate_runtime::supplier::BoxFuture<'static, Result<EgressResponse, String>> {
         let mut recording = self.lock();
         let response = recording
             .routes

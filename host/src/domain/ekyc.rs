@@ -15,26 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{EkycSessionId, OrderId};
 
-/// Where a verification stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EkycStatus {
-    /// Open: the end user has not finished, or the provider has not decided.
-    Pending,
-    /// Verified: the order goes on to its supplier.
-    Approved,
-    /// Refused by the provider: the order fails and its hold is released.
-    Rejected,
-    /// Not decided in time: the order fails and its hold is released.
-    Expired,
-}
-
-impl EkycStatus {
-    /// Whether the session is decided for good.
-    pub fn is_final(self) -> bool {
-        self != EkycStatus::Pending
-    }
-}
+pub use simgate_runtime::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
 
 /// An order's verification session, kept inside the order so that every change of the
 /// one is written with the other in a single commit.
@@ -89,54 +70,6 @@ impl EkycSessionView {
             expires_at_ms: session.expires_at_ms,
         }
     }
-}
-
-/// Ask a supplier to open a verification session. Only what the provider needs to send
-/// the end user back: no person.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EkycRequest {
-    /// The session's id, as the provider will name it in its callback.
-    pub session_ref: String,
-    /// The supplier SKU that needs verification.
-    pub sku: String,
-    /// Where the provider sends the end user when done.
-    pub return_url: String,
-}
-
-/// Where a supplier says to send the end user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EkycRedirect {
-    /// The provider's URL (checked: http or https, at most [`MAX_URL`] bytes).
-    pub url: String,
-    /// The provider's reference for the session.
-    pub supplier_ref: String,
-    /// When the redirect stops working, ms since the epoch.
-    pub expires_at_ms: u64,
-}
-
-/// What a provider's callback says, as the plugin read it: a session and a status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EkycUpdate {
-    /// The session the callback is about (the `session_ref` the plugin was given).
-    pub session_ref: String,
-    /// Its status now (a plugin reports pending, approved or rejected).
-    pub status: EkycStatus,
-}
-
-/// An HTTP request received for a plugin (a provider callback, a supplier webhook), as
-/// the plugin sees it: capped in size before it gets there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    /// Method, upper case.
-    pub method: String,
-    /// Path and query as received.
-    pub path_and_query: String,
-    /// Header names (lower case) and values.
-    pub headers: Vec<(String, String)>,
-    /// The raw body.
-    pub body: Vec<u8>,
-    /// The address the request came from (IP, no port).
-    pub source_address: String,
 }
 
 /// Longest redirect or return URL.

@@ -154,7 +154,7 @@ mod tests {
     fn a_restart_loads_the_compiled_component_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let wasm = std::fs::read(simgate_test_support::wasm("sandbox")).unwrap();
-        let sha = crate::plugins::manifest::sha256_hex(&wasm);
+        let sha = crate::manifest::sha256_hex(&wasm);
         {
             let engine = PluginEngine::new(Some(dir.path().to_owned())).unwrap();
             engine.compile(&wasm, &sha).unwrap();
@@ -176,7 +176,7 @@ mod tests {
     fn a_corrupt_cache_entry_is_ignored_and_recompiled() {
         let dir = tempfile::tempdir().unwrap();
         let wasm = std::fs::read(simgate_test_support::wasm("sandbox")).unwrap();
-        let sha = crate::plugins::manifest::sha256_hex(&wasm);
+        let sha = crate::manifest::sha256_hex(&wasm);
         let engine = PluginEngine::new(Some(dir.path().to_owned())).unwrap();
         engine.compile(&wasm, &sha).unwrap();
         let entry = std::fs::read_dir(dir.path())

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LimitOverrides;
+use crate::limits::LimitOverrides;
 
 use super::egress::OutboundRule;
 use super::error::LoadError;

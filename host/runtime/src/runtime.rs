@@ -18,9 +18,9 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::config::PluginLimits;
-use crate::domain::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
-use crate::domain::supplier::*;
+use crate::ekyc::{EkycRedirect, EkycRequest, EkycStatus, EkycUpdate, Inbound};
+use crate::limits::PluginLimits;
+use crate::supplier::*;
 
 use super::bindings::v0_2::host;
 use super::bindings::{Contract, v0_1, v0_2};

@@ -37,7 +37,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::oauth::OAuthClients;
 use super::secrets::{Scrubber, Secret, SecretValues};
-use crate::domain::supplier::BoxFuture;
+use crate::supplier::BoxFuture;
 
 /// The largest request body handed to an [`EgressTransport`]; supplier API requests are
 /// small, and the body is buffered whole.

@@ -1,6 +1,6 @@
 //! Outbound network guard: the one place that decides which addresses the gateway may
-//! connect to on someone else's behalf. Plugin egress ([`crate::plugins::egress`]) and
-//! webhook delivery ([`crate::webhooks::delivery`]) both go through it, so a rule added
+//! connect to on someone else's behalf. Plugin egress ([`crate::egress`]) and
+//! webhook delivery (the gateway's `webhooks::delivery`) both go through it, so a rule added
 //! here (a new reserved range, a new way to embed an IPv4 address in IPv6) protects both.
 //!
 //! Why a resolver and not just a check of the URL: a host name is a promise about nothing.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::domain::FaultKind;
+use crate::supplier::FaultKind;
 
 /// Every fault kind, in a fixed order (index into the counters).
 pub const FAULT_KINDS: [FaultKind; 9] = [

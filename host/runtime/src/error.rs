@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::domain::FaultKind;
+use crate::supplier::FaultKind;
 
 /// A plugin package could not be loaded. The previous version (if any) keeps serving.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@
 pub mod v0_1 {
     wasmtime::component::bindgen!({
         world: "supplier",
-        path: "../wit/v0",
+        path: "../../wit/v0",
         imports: { default: trappable },
         exports: { default: async },
         require_store_data_send: true,
@@ -28,7 +28,7 @@ pub mod v0_1 {
 pub mod v0_2 {
     wasmtime::component::bindgen!({
         world: "adapter",
-        path: "../wit/v0.2",
+        path: "../../wit/v0.2",
         imports: { default: trappable },
         exports: { default: async },
         require_store_data_send: true,
