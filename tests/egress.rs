@@ -210,15 +210,9 @@ config = {{ target_url = "http://127.0.0.1:{bound}/probe", forbidden_url = "http
     assert_nowhere(
         SECRET,
         &[
-            ("order", String::from_utf8_lossy(&order.bytes).into_owned()),
-            (
-                "refused order",
-                String::from_utf8_lossy(&refused.bytes).into_owned(),
-            ),
-            (
-                "order list",
-                String::from_utf8_lossy(&orders.bytes).into_owned(),
-            ),
+            ("order", order.text()),
+            ("refused order", refused.text()),
+            ("order list", orders.text()),
             ("log", log.clone()),
         ],
     );

@@ -18,22 +18,27 @@ struct Setup {
     key: String,
 }
 
-/// A gateway with the adapter granted, webhooks allowed from `sources`. Polls are slow
-/// (10 min), so an order that completes promptly was completed by its webhook.
-fn setup(sources: &str) -> Setup {
-    let sim = EsimAccessSim::start(ACCESS_CODE, SECRET);
-    sim.set_manual_allocation(true);
-    let grants = format!(
+/// The adapter's grant against `sim`, with `extra` lines.
+fn grants(sim: &EsimAccessSim, extra: &str) -> String {
+    format!(
         r#"
 [plugins.esim-access]
 outbound = ["http://127.0.0.1:*"]
 allow_private_addresses = true
 secrets = ["ESIM_ACCESS_SECRET"]
 config = {{ base_url = "{}", access_code = "{ACCESS_CODE}" }}
-webhook_sources = [{sources}]
+{extra}
 "#,
         sim.base()
-    );
+    )
+}
+
+/// A gateway with the adapter granted, webhooks allowed from `sources`. Polls are slow
+/// (10 min), so an order that completes promptly was completed by its webhook.
+fn setup(sources: &str) -> Setup {
+    let sim = EsimAccessSim::start(ACCESS_CODE, SECRET);
+    sim.set_manual_allocation(true);
+    let grants = grants(&sim, &format!("webhook_sources = [{sources}]"));
     let gw = GatewayBuilder::new(BIN)
         .plugins(&["esim-access"])
         .grants(&grants)
@@ -256,16 +261,7 @@ fn calls_to_a_supplier_reuse_keep_alive_connections() {
 fn a_routed_order_fails_over_when_the_first_supplier_is_out_of_stock_with_one_hold_and_one_capture()
 {
     let sim = EsimAccessSim::start(ACCESS_CODE, SECRET);
-    let grants = format!(
-        r#"
-[plugins.esim-access]
-outbound = ["http://127.0.0.1:*"]
-allow_private_addresses = true
-secrets = ["ESIM_ACCESS_SECRET"]
-config = {{ base_url = "{}", access_code = "{ACCESS_CODE}" }}
-"#,
-        sim.base()
-    );
+    let grants = grants(&sim, "");
     let gw = GatewayBuilder::new(BIN)
         .plugins(&["esim-access", "sandbox"])
         .grants(&grants)

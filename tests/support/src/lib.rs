@@ -287,6 +287,11 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// The raw body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
     /// A header value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
