@@ -247,11 +247,12 @@ fn a_retried_credit_is_applied_once() {
     let gw = GatewayBuilder::new(env!("CARGO_BIN_EXE_simgate")).start();
     let (id, key) = gw.new_reseller(0, None);
     let path = format!("/v1/admin/resellers/{id}/credits");
-    let body = json!({"amount": 2_500, "currency": "USD", "note": "wire 42"});
+    // The harness's reseller holds a test key, which spends the test balance.
+    let body = json!({"amount": 2_500, "currency": "USD", "note": "wire 42", "mode": "test"});
     let first = gw.post_idem_as(&gw.admin_key, &path, &body, "credit-wire-42");
     assert_eq!(first.status, 201, "{:?}", first.json);
     // The same request again (keys reordered, as another client library would send it).
-    let reordered = json!({"note": "wire 42", "currency": "USD", "amount": 2_500});
+    let reordered = json!({"mode": "test", "note": "wire 42", "currency": "USD", "amount": 2_500});
     let again = gw.post_idem_as(&gw.admin_key, &path, &reordered, "credit-wire-42");
     assert_eq!(again.status, 201, "{:?}", again.json);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));

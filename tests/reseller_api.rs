@@ -720,6 +720,8 @@ fn operators_manage_resellers_and_keys_from_the_cli() {
         &reseller,
         "--amount",
         "5000",
+        "--mode",
+        "test",
     ]);
     assert!(ok, "{err}");
     let (ok, key, err) = run(&[

@@ -215,7 +215,7 @@ impl FlushSoon {
 /// An entry of `who`'s doing, from `address`.
 pub(super) fn by(who: &Principal, action: AuditAction, address: &AddressPrefix) -> NewAuditEntry {
     NewAuditEntry::new(Actor::Key(who.key), action)
-        .reseller(who.reseller)
+        .reseller(who.reseller_id())
         .from(Some(address.clone()))
 }
 

@@ -38,6 +38,31 @@ pub enum KeyMode {
     Test,
 }
 
+impl KeyMode {
+    /// The account whose records a key of this mode reads and writes for reseller
+    /// `reseller`. Live records are under the reseller's id; test-mode records (orders,
+    /// eSIMs, ledger and balances, events, webhook endpoints, consents) under its *test
+    /// account*, an id derived from it by flipping its last bit. A test key therefore
+    /// cannot name a live record, nor a live key a test one: the separation is in every
+    /// store key, not in a filter each read must remember.
+    pub fn account(self, reseller: ResellerId) -> ResellerId {
+        match self {
+            KeyMode::Live => reseller,
+            KeyMode::Test => {
+                let mut bytes = reseller.to_bytes();
+                bytes[15] ^= 1;
+                ResellerId::from_bytes(bytes)
+            }
+        }
+    }
+
+    /// The reseller whose account of this mode `account` is.
+    pub fn reseller_of(self, account: ResellerId) -> ResellerId {
+        // Flipping the bit back: the mapping is its own inverse.
+        self.account(account)
+    }
+}
+
 /// A reseller account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reseller {
@@ -53,6 +78,9 @@ pub struct Reseller {
     /// raises `balance.low`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub low_balance_alerts: std::collections::BTreeMap<String, i64>,
+    /// The same, for the test account (test-mode keys set and trigger them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub test_low_balance_alerts: std::collections::BTreeMap<String, i64>,
     /// When the account was closed: its keys stop working, and its account data are
     /// deleted once the retention period after closure is over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,5 +217,73 @@ mod tests {
         assert_eq!(check_key_format(&String::from_utf8(typo).unwrap()), None);
         assert_eq!(check_key_format(&key[..key.len() - 1]), None);
         assert_eq!(check_key_format("Bearer nonsense"), None);
+    }
+}
+
+/// Properties of the key checksum: every minted key passes, no single typo or truncation
+/// does, and no string makes the check panic.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn mode() -> impl Strategy<Value = KeyMode> {
+        prop_oneof![Just(KeyMode::Live), Just(KeyMode::Test)]
+    }
+
+    fn minted(mode: KeyMode) -> String {
+        mint_key(mode, &ring::rand::SystemRandom::new())
+    }
+
+    proptest! {
+        #[test]
+        fn every_minted_key_checks_in_its_mode(mode in mode()) {
+            let key = minted(mode);
+            prop_assert_eq!(check_key_format(&key), Some(mode));
+            prop_assert_eq!(key.len(), "sgk_live_".len() + BODY_LEN + 1 + CHECK_LEN);
+            prop_assert!(key.is_ascii());
+        }
+
+        #[test]
+        fn a_key_with_any_one_character_changed_is_refused(
+            mode in mode(),
+            at in any::<prop::sample::Index>(),
+            with in any::<char>(),
+        ) {
+            let key = minted(mode);
+            let at = at.index(key.len());
+            let old = key.as_bytes()[at] as char;
+            prop_assume!(with != old);
+            let mut typo = key.clone();
+            typo.replace_range(at..at + 1, with.encode_utf8(&mut [0; 4]));
+            prop_assert_eq!(check_key_format(&typo), None, "{} accepted", typo);
+        }
+
+        #[test]
+        fn a_truncated_or_extended_key_is_refused(
+            mode in mode(),
+            cut in any::<prop::sample::Index>(),
+            tail in "\\PC{1,4}",
+        ) {
+            let key = minted(mode);
+            let cut = cut.index(key.len());
+            prop_assert_eq!(check_key_format(&key[..cut]), None);
+            prop_assert_eq!(check_key_format(&format!("{key}{tail}")), None);
+            prop_assert_eq!(check_key_format(&format!("{tail}{key}")), None);
+        }
+
+        #[test]
+        fn any_string_is_checked_without_panicking(s in "\\PC*", prefixed in "sgk_(live|test)_\\PC{0,40}") {
+            for s in [s, prefixed] {
+                if let Some(mode) = check_key_format(&s) {
+                    // Only the documented shape passes.
+                    prop_assert!(s.starts_with(prefix(mode)));
+                    prop_assert_eq!(s.len(), "sgk_live_".len() + BODY_LEN + 1 + CHECK_LEN);
+                }
+                let hint = key_hint(&s);
+                prop_assert!(hint.chars().count() <= 14);
+            }
+        }
     }
 }

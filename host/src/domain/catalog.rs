@@ -36,6 +36,32 @@ impl Routes {
     }
 }
 
+/// The plugins the operator marks as sandboxes: test-mode keys see and order only their
+/// products, live keys never do (`[test_mode] sandbox_plugins`). `"*"` marks every plugin
+/// (a staging gateway that buys nothing for real).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sandboxes {
+    /// Plugin ids.
+    pub sandbox_plugins: Vec<String>,
+}
+
+impl Default for Sandboxes {
+    /// The sandbox supplier shipped with the gateway.
+    fn default() -> Self {
+        Sandboxes {
+            sandbox_plugins: vec!["sandbox".into()],
+        }
+    }
+}
+
+impl Sandboxes {
+    /// Whether `plugin` is one.
+    pub fn contains(&self, plugin: &str) -> bool {
+        self.sandbox_plugins.iter().any(|p| p == plugin || p == "*")
+    }
+}
+
 /// A product as a reseller sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Product {

@@ -961,6 +961,7 @@ mod tests {
             markup_bps: 0,
             created_at_ms: 0,
             low_balance_alerts: Default::default(),
+            test_low_balance_alerts: Default::default(),
             closed_at_ms: None,
         };
         store.put_reseller(&reseller).await.unwrap();

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::accounts::{Reseller, Role};
+use super::accounts::{KeyMode, Reseller, Role};
 use super::catalog::CatalogCache;
 use super::clock::Clock;
 use super::fulfilment::{Fulfilment, RetryPolicy};
@@ -27,8 +27,19 @@ pub struct Principal {
     pub key: KeyId,
     /// The key's role.
     pub role: Role,
-    /// The reseller it acts for (`None` for admin keys).
+    /// The account it acts for (`None` for admin keys): the reseller's id for a live
+    /// key, its test account for a test key (see [`KeyMode::account`]).
     pub reseller: Option<ResellerId>,
+    /// The key's mode.
+    pub mode: KeyMode,
+}
+
+impl Principal {
+    /// The reseller behind the key, whichever account its mode works on (for the
+    /// operator's records: the audit log names resellers, not their test accounts).
+    pub fn reseller_id(&self) -> Option<ResellerId> {
+        self.reseller.map(|account| self.mode.reseller_of(account))
+    }
 }
 
 /// Why a use case refused or failed. The API maps each variant to one problem code.
@@ -133,6 +144,8 @@ pub struct GatewayTuning {
     pub retention: super::use_cases::retention::RetentionPolicy,
     /// Gateway products offered by several suppliers.
     pub routes: super::catalog::Routes,
+    /// The plugins test-mode keys order from (and live keys never do).
+    pub sandboxes: super::catalog::Sandboxes,
 }
 
 impl Default for GatewayTuning {
@@ -147,6 +160,7 @@ impl Default for GatewayTuning {
             ekyc_wait: Duration::from_secs(7 * 24 * 3600),
             retention: Default::default(),
             routes: Default::default(),
+            sandboxes: Default::default(),
         }
     }
 }
@@ -240,13 +254,33 @@ impl Gateway {
         self.alarm.clone()
     }
 
-    /// The caller's reseller account (reseller keys only).
+    /// The caller's reseller account (reseller keys only), as its key's mode sees it:
+    /// for a test key, `id` is the test account and the alerts are the test account's.
     pub(crate) async fn reseller_of(&self, who: &Principal) -> Result<Reseller, DomainError> {
-        let id = who.reseller.ok_or(DomainError::Forbidden)?;
+        let mut reseller = self.stored_reseller_of(who).await?;
+        if who.mode == KeyMode::Test {
+            reseller.id = who.reseller.ok_or(DomainError::Forbidden)?;
+            reseller.low_balance_alerts = std::mem::take(&mut reseller.test_low_balance_alerts);
+        }
+        Ok(reseller)
+    }
+
+    /// The caller's reseller record as stored (reseller keys only), whatever its mode.
+    pub(crate) async fn stored_reseller_of(
+        &self,
+        who: &Principal,
+    ) -> Result<Reseller, DomainError> {
+        let id = who.reseller_id().ok_or(DomainError::Forbidden)?;
         self.store
             .reseller(id)
             .await?
             .ok_or(DomainError::Unauthenticated)
+    }
+
+    /// Whether a key of `mode` may reach plugin `plugin`: test keys only the plugins the
+    /// operator marks as sandboxes, live keys only the others.
+    pub(crate) fn reachable(&self, mode: KeyMode, plugin: &str) -> bool {
+        self.tuning.sandboxes.contains(plugin) == (mode == KeyMode::Test)
     }
 
     /// Whether the caller may see a record owned by `owner`.

@@ -34,8 +34,10 @@ impl Gateway {
             let (key, _) = self
                 .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
                 .await?;
+            // The demo key is a test key: the credit goes to the test account it spends.
             self.credit(
                 reseller.id,
+                KeyMode::Test,
                 self.tuning.demo_credit_minor,
                 "USD",
                 Some("demo credit".into()),
@@ -76,6 +78,7 @@ impl Gateway {
             markup_bps,
             created_at_ms: self.clock.now_ms(),
             low_balance_alerts: Default::default(),
+            test_low_balance_alerts: Default::default(),
             closed_at_ms: None,
         };
         self.store.put_reseller(&reseller).await?;
@@ -165,21 +168,27 @@ impl Gateway {
                 message: format!("must be 1 to {MAX_ALERT_MINOR} minor units"),
             });
         }
-        let mut reseller = self.reseller_of(who).await?;
+        let mut reseller = self.stored_reseller_of(who).await?;
+        let alerts = match who.mode {
+            KeyMode::Live => &mut reseller.low_balance_alerts,
+            KeyMode::Test => &mut reseller.test_low_balance_alerts,
+        };
         match below_minor {
-            Some(b) => reseller.low_balance_alerts.insert(currency.to_string(), b),
-            None => reseller.low_balance_alerts.remove(currency),
+            Some(b) => alerts.insert(currency.to_string(), b),
+            None => alerts.remove(currency),
         };
         self.store.put_reseller(&reseller).await?;
-        Ok(reseller)
+        self.reseller_of(who).await
     }
 
-    /// Add money to a reseller's prepaid balance, as ledger entry `entry_id` (under an
-    /// idempotency key, the id the key was claimed with: a retry after a crash then finds
-    /// the credit instead of posting it again).
+    /// Add money to a reseller's prepaid balance in `mode` (its live account, or its test
+    /// account that test keys spend), as ledger entry `entry_id` (under an idempotency
+    /// key, the id the key was claimed with: a retry after a crash then finds the credit
+    /// instead of posting it again).
     pub async fn credit(
         &self,
         reseller: ResellerId,
+        mode: KeyMode,
         amount: i64,
         currency: &str,
         note: Option<String>,
@@ -202,7 +211,7 @@ impl Gateway {
             .await?
             .ok_or(DomainError::NotFound("reseller"))?;
         let mut entry = LedgerEntry::new(
-            reseller,
+            mode.account(reseller),
             EntryKind::Credit,
             amount,
             currency,
@@ -220,20 +229,21 @@ impl Gateway {
         }
     }
 
-    /// A credit posted earlier as ledger entry `entry_id` (replaying its idempotency key),
-    /// with the balance of its currency as it is now.
+    /// A credit posted earlier to `account` (a reseller's live or test account) as ledger
+    /// entry `entry_id` (replaying its idempotency key), with the balance of its currency
+    /// as it is now.
     pub async fn posted_credit(
         &self,
-        reseller: ResellerId,
+        account: ResellerId,
         entry_id: ulid::Ulid,
     ) -> Result<(LedgerEntry, Balance), DomainError> {
         let entry = self
             .store
-            .ledger_entry(reseller, entry_id)
+            .ledger_entry(account, entry_id)
             .await?
             .filter(|e| e.kind == EntryKind::Credit)
             .ok_or(DomainError::NotFound("credit"))?;
-        let balance = self.store.balance(reseller, &entry.currency).await?;
+        let balance = self.store.balance(account, &entry.currency).await?;
         Ok((entry, balance))
     }
 
@@ -254,7 +264,7 @@ impl Gateway {
             .open_orders()
             .await?
             .iter()
-            .any(|o| o.reseller == id)
+            .any(|o| o.reseller == id || o.reseller == KeyMode::Test.account(id))
         {
             return Err(DomainError::Conflict {
                 code: "reseller_has_open_orders",
@@ -288,7 +298,8 @@ impl Gateway {
         Ok(Principal {
             key: record.id,
             role: record.role,
-            reseller: record.reseller,
+            reseller: record.reseller.map(|r| record.mode.account(r)),
+            mode: record.mode,
         })
     }
 

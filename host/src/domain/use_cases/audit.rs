@@ -202,6 +202,7 @@ mod tests {
             key: KeyId::new(),
             role,
             reseller: (role != Role::Admin).then(ResellerId::new),
+            mode: crate::domain::accounts::KeyMode::Live,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::accounts::KeyMode;
 use crate::domain::catalog::{
     self, CachedCatalog, CachedProduct, CatalogFailure, Product, ProductFilter,
 };
@@ -184,6 +185,9 @@ impl Gateway {
         let markup = self.reseller_of(who).await?.markup_bps;
         let mut out = Vec::new();
         for supplier in self.suppliers.all() {
+            if !self.reachable(who.mode, &supplier.info().id) {
+                continue;
+            }
             if let Some(catalog) = self.plugin_catalog(&supplier).await? {
                 out.extend(
                     catalog
@@ -195,7 +199,7 @@ impl Gateway {
             }
         }
         for name in self.tuning.routes.products.keys() {
-            if let Ok(found) = self.find_routed(name, "/product_id").await
+            if let Ok(found) = self.find_routed(name, "/product_id", who.mode).await
                 && let Some(mut product) =
                     catalog::for_reseller(&found.plugin, &found.product, markup)
                 && filter.accepts(&product)
@@ -209,18 +213,20 @@ impl Gateway {
         Ok(out)
     }
 
-    /// What an order for `product_id` goes to: a supplier's product, or for a routed
-    /// product (see [`catalog::Routes`]) the first offer available now, priced at the
-    /// highest of the available offers, with the others to fail over to.
+    /// What an order for `product_id` by a key of `mode` goes to: a supplier's product, or
+    /// for a routed product (see [`catalog::Routes`]) the first offer available now,
+    /// priced at the highest of the available offers, with the others to fail over to.
+    /// Only suppliers the key's mode may reach count (see [`Gateway::reachable`]).
     pub(crate) async fn find_offer(
         &self,
         product_id: &str,
         field: &'static str,
+        mode: KeyMode,
     ) -> Result<Found, DomainError> {
         if !product_id.contains(':') && self.tuning.routes.offers(product_id).is_some() {
-            return self.find_routed(product_id, field).await;
+            return self.find_routed(product_id, field, mode).await;
         }
-        let (supplier, product) = self.find_product(product_id, field).await?;
+        let (supplier, product) = self.find_product(product_id, field, mode).await?;
         Ok(Found {
             plugin: supplier.info().id.clone(),
             supplier,
@@ -229,7 +235,12 @@ impl Gateway {
         })
     }
 
-    async fn find_routed(&self, name: &str, field: &'static str) -> Result<Found, DomainError> {
+    async fn find_routed(
+        &self,
+        name: &str,
+        field: &'static str,
+        mode: KeyMode,
+    ) -> Result<Found, DomainError> {
         let offers = self
             .tuning
             .routes
@@ -238,7 +249,7 @@ impl Gateway {
         let mut usable = Vec::new();
         for offer in offers {
             // An offer that is not loaded, not listed or needs eKYC is skipped.
-            if let Ok((supplier, product)) = self.find_product(offer, field).await
+            if let Ok((supplier, product)) = self.find_product(offer, field, mode).await
                 && !product.needs_kyc
             {
                 usable.push((offer.clone(), supplier, product));
@@ -265,16 +276,22 @@ impl Gateway {
         })
     }
 
-    /// Find a product by gateway id in its plugin's catalog.
+    /// Find a product by gateway id in its plugin's catalog. A plugin a key of `mode` may
+    /// not reach has no products for it: a test key cannot learn what live suppliers
+    /// sell, nor a live key buy from a sandbox.
     pub(crate) async fn find_product(
         &self,
         product_id: &str,
         field: &'static str,
+        mode: KeyMode,
     ) -> Result<(Arc<dyn Supplier>, CachedProduct), DomainError> {
         let (plugin, sku) = catalog::split_product_id(product_id).ok_or(DomainError::Invalid {
             field,
             message: "expected <plugin>:<sku> as listed by GET /v1/products".into(),
         })?;
+        if !self.reachable(mode, plugin) {
+            return Err(DomainError::NotFound("product"));
+        }
         let Some(supplier) = self.suppliers.get(plugin) else {
             // A plugin that exists (or served before) but is not loaded now is ours to
             // fix; a plugin nobody ever deployed is a product that does not exist.

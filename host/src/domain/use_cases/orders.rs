@@ -92,7 +92,9 @@ impl Gateway {
         }
         let reseller = self.reseller_of(who).await?;
         validate_new_order(&new)?;
-        let found = self.find_offer(&new.product_id, "/product_id").await?;
+        let found = self
+            .find_offer(&new.product_id, "/product_id", who.mode)
+            .await?;
         let (supplier, product) = (&found.supplier, &found.product);
         if product.needs_kyc && !supplier.info().features.contains(&Feature::Ekyc) {
             return Err(DomainError::Conflict {
@@ -293,7 +295,9 @@ impl Gateway {
         }
         let reseller = self.reseller_of(who).await?;
         let esim = self.esim_record(who, iccid).await?;
-        let (supplier, product) = self.find_product(product_id, "/product_id").await?;
+        let (supplier, product) = self
+            .find_product(product_id, "/product_id", who.mode)
+            .await?;
         if supplier.info().id != esim.plugin || !product.top_up_able {
             return Err(DomainError::Invalid {
                 field: "/product_id",
@@ -325,6 +329,9 @@ impl Gateway {
         if !who.role.can_write() {
             return Err(DomainError::Forbidden);
         }
+        // Two cancels of one order (a client retrying with a new key) are serialised under
+        // its lock and the second reads it cancelled: it is refunded once.
+        let _lock = self.fulfilment.lock_order(id).await;
         let mut order = self
             .store
             .order(id)

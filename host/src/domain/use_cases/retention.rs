@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::domain::accounts::KeyMode;
 use crate::domain::gateway::{DomainError, Gateway};
 
 /// How long each class of record is kept. Defaults from the privacy policies served.
@@ -127,12 +128,16 @@ impl Gateway {
             if reseller.closed_at_ms.is_none_or(|at| at >= cutoff_ms) {
                 continue;
             }
-            deleted += self
-                .store
-                .forget_account(reseller.id, SWEEP_BATCH - deleted)
-                .await?;
-            if deleted == SWEEP_BATCH {
-                break;
+            // The test account first: the reseller record, which lists the account for
+            // this sweep, goes last with the live one.
+            for mode in [KeyMode::Test, KeyMode::Live] {
+                deleted += self
+                    .store
+                    .forget_account(mode.account(reseller.id), SWEEP_BATCH - deleted)
+                    .await?;
+                if deleted == SWEEP_BATCH {
+                    return Ok(deleted);
+                }
             }
         }
         Ok(deleted)

@@ -247,7 +247,7 @@ async fn subscribed_with_an_event(
     let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
     let (key, _) = f
         .gateway
-        .create_key(Some(reseller.id), Role::Reseller, KeyMode::Test)
+        .create_key(Some(reseller.id), Role::Reseller, KeyMode::Live)
         .await
         .unwrap();
     let who = f.gateway.authenticate(&key).await.unwrap();
@@ -579,7 +579,14 @@ fn kyc_fixture(session_ms: u64) -> (Fixture, Arc<std::sync::Mutex<Vec<EkycReques
 async fn funded_reseller(f: &Fixture) -> crate::domain::gateway::Principal {
     let reseller = f.gateway.create_reseller("R", 0).await.unwrap();
     f.gateway
-        .credit(reseller.id, 10_000, "USD", None, ulid::Ulid::new())
+        .credit(
+            reseller.id,
+            KeyMode::Live,
+            10_000,
+            "USD",
+            None,
+            ulid::Ulid::new(),
+        )
         .await
         .unwrap();
     let (key, _) = f
