@@ -218,6 +218,19 @@ pub enum Rejected {
     IccidTaken(#[from] IccidTaken),
 }
 
+/// What a backup holds (see [`Store::backup_to`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BackupSummary {
+    /// Trees (tables) copied.
+    pub trees: usize,
+    /// Records copied, over every tree.
+    pub entries: u64,
+    /// Size of the file.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex (as `sha256sum` prints it).
+    pub sha256: String,
+}
+
 /// Records the gateway keeps.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -449,6 +462,13 @@ pub trait Store: Send + Sync {
     /// Make everything durable and stop: commits fail afterwards. What an implementation
     /// does to start faster next time is its own affair.
     async fn close(&self) -> StoreResult<()>;
+
+    /// Copy every record to a new file `to`, as the store stood at one moment between two
+    /// writes: what a crash then would have left, which opening the copy repairs. `None`:
+    /// this backend is backed up with its own tools.
+    async fn backup_to(&self, _to: &std::path::Path) -> StoreResult<Option<BackupSummary>> {
+        Ok(None)
+    }
 
     /// Append `entry` to the audit log at `at_ms` (or the previous entry's time, if that
     /// is later: times never go back along the log). The store gives it the next sequence

@@ -86,6 +86,7 @@ fn reseller() -> Reseller {
         markup_bps: 250,
         created_at_ms: 1,
         low_balance_alerts: Default::default(),
+        test_low_balance_alerts: Default::default(),
         closed_at_ms: None,
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ulid::Ulid;
 
-use crate::domain::accounts::{ApiKey, KeyHash, Reseller};
+use crate::domain::accounts::{ApiKey, KeyHash, KeyMode, Reseller};
 use crate::domain::audit::{AuditCheckpoint, AuditEntry, AuditFilter, GENESIS, NewAuditEntry};
 use crate::domain::catalog::CachedCatalog;
 use crate::domain::consent::ConsentEvent;
@@ -131,9 +131,13 @@ impl State {
     }
 
     /// Whether what a request of `reseller` creates under `id` exists (an order, or a
-    /// ledger entry of that id).
+    /// ledger entry of that id in either of its accounts: an admin's credit under the
+    /// reseller's key may go to its test account).
     fn created(&self, reseller: ResellerId, id: OrderId) -> bool {
-        self.orders.contains_key(&id) || self.ledger.contains_key(&(reseller, id.0))
+        self.orders.contains_key(&id)
+            || [KeyMode::Live, KeyMode::Test]
+                .iter()
+                .any(|m| self.ledger.contains_key(&(m.account(reseller), id.0)))
     }
 }
 
