@@ -315,6 +315,9 @@ impl Gateway {
             .arg("--data-dir")
             .arg(dir.path())
             .env("SIMGATE_LOG", "error")
+            // The demo reseller places the orders (an environment variable, which builds
+            // before `--demo` ignore: they made it by default).
+            .env("SIMGATE_DEMO", "true")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
@@ -328,6 +331,11 @@ impl Gateway {
             webhooks: hooks.is_some(),
             _dir: dir,
         };
+        // The port answers before the gateway is ready (builds since the port is bound
+        // first).
+        while gw.call("GET", "/readyz", "", String::new()).0 != 200 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if let Some(hooks) = hooks {
             let body = format!(r#"{{"url":"http://{hooks}/hooks"}}"#);
             let (status, _) = gw.call("POST", "/v1/webhook-endpoints", &gw.auth, body);
@@ -611,16 +619,24 @@ fn read_addr(stdout: std::process::ChildStdout, prefix: &str) -> SocketAddr {
 fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String, String) {
     let mut key = String::new();
     let mut admin = String::new();
+    let mut addr = None;
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    // Builds before the admin key file print the keys before the address, later ones
+    // after it.
     for line in lines.by_ref() {
         if line.starts_with("demo reseller") {
             key = line.rsplit(' ').next().unwrap().to_string();
         }
-        if line.starts_with("admin API key") {
+        if let Some(rest) = line.strip_prefix("admin API key written to ") {
+            let path = &rest[..rest.rfind(" (readable").unwrap()];
+            admin = std::fs::read_to_string(path).unwrap().trim().to_string();
+        } else if line.starts_with("admin API key") {
             admin = line.rsplit(' ').next().unwrap().to_string();
         }
         if let Some(rest) = line.strip_prefix("simgate listening on http://") {
-            let addr = rest.trim().parse().unwrap();
+            addr = Some(rest.trim().parse().unwrap());
+        }
+        if let Some(addr) = addr.filter(|_| !key.is_empty() && !admin.is_empty()) {
             // Keep draining stdout in the background.
             std::thread::spawn(move || for _ in lines {});
             return (addr, key, admin);

@@ -28,8 +28,12 @@ pub struct Config {
     pub grants_file: Option<PathBuf>,
     /// Secret values for plugins, by plugin and name. Defaults to `DATA_DIR/secrets.toml`.
     pub secrets_file: Option<PathBuf>,
-    /// Whether to create a demo reseller with a test key and credit on first start.
+    /// Whether to create a demo reseller with a test key and credit on first start. Off
+    /// by default: a production gateway must not start with an account nobody asked for
+    /// (`--demo`, `SIMGATE_DEMO=true` or `./dev serve` turn it on for a trial).
     pub demo: bool,
+    /// How the process logs.
+    pub log: LogSettings,
     /// Limits for plugin calls (operator grants may lower them per plugin, never raise).
     pub plugin_limits: PluginLimits,
     /// Limits for the HTTP API.
@@ -40,12 +44,17 @@ pub struct Config {
     pub orders: OrderTuning,
     /// Hot reload of the plugins folder.
     pub watch: WatchSettings,
+    /// The durable job worker.
+    pub jobs: JobSettings,
     /// Outbound webhooks to resellers.
     pub webhooks: WebhookSettings,
     /// How long each class of record is kept.
     pub retention: RetentionSettings,
     /// Gateway products offered by several suppliers, with failover.
     pub routing: crate::domain::catalog::Routes,
+    /// Test mode: which plugins are sandboxes (`[test_mode] sandbox_plugins`, default
+    /// `["sandbox"]`). Test-mode keys order only from them; live keys never do.
+    pub test_mode: crate::domain::catalog::Sandboxes,
 }
 
 impl Default for Config {
@@ -56,15 +65,18 @@ impl Default for Config {
             plugins_dir: None,
             grants_file: None,
             secrets_file: None,
-            demo: true,
+            demo: false,
+            log: LogSettings::default(),
             plugin_limits: PluginLimits::default(),
             http: HttpLimits::default(),
             store: StoreTuning::default(),
             orders: OrderTuning::default(),
             watch: WatchSettings::default(),
+            jobs: JobSettings::default(),
             webhooks: WebhookSettings::default(),
             retention: RetentionSettings::default(),
             routing: Default::default(),
+            test_mode: Default::default(),
         }
     }
 }
@@ -164,20 +176,115 @@ impl Default for HttpLimits {
     }
 }
 
-/// How the store makes writes durable.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// Where the gateway keeps its records, and how the store makes writes durable.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreTuning {
+    /// `sled` (default: an embedded database in the data directory, one node) or
+    /// `postgres` (a PostgreSQL database at `url`, which several nodes can share).
+    pub backend: StoreBackend,
+    /// The PostgreSQL URL (`postgresql://user@host/db` or `key=value` pairs); the
+    /// `SIMGATE_STORE_URL` environment variable overrides it, so a password need not sit
+    /// in the config file. Never logged whole (see [`StoreTuning::url_for_log`]).
+    pub url: Option<String>,
+    /// PostgreSQL connections a node opens at most. A commit holds one for a few round
+    /// trips; sixteen keep a node's workers busy while leaving room for several nodes
+    /// within PostgreSQL's default of 100 connections.
+    pub pool_size: usize,
+    /// How long connecting to PostgreSQL may take before the call fails (503) instead of
+    /// hanging: a local database answers in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long a call waits for a free PostgreSQL connection when all are busy, before
+    /// it fails (503): longer than any honest commit, short enough that a client's retry
+    /// is not stacked behind a stuck pool.
+    pub pool_wait_ms: u64,
     /// sled page cache (an upper bound; it fills as data grows). Lookups by ICCID and by
     /// idempotency key land on random tree nodes; once those trees outgrow the cache every
     /// order reads pages back from disk (measured: 64 MiB -> 512 MiB took order creation
     /// with ~150k orders stored from ~7% to ~9% of hello world, BENCHMARKS.md).
     pub cache_mib: u64,
+    /// Write the books down after this many ledger entries, so that opening after a
+    /// crash reads at most about this many (plus `checkpoint_every_secs`' worth).
+    pub checkpoint_every_entries: usize,
+    /// ...and at least this often while entries are written.
+    pub checkpoint_every_secs: u64,
+}
+
+/// Which store the gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled in `DATA_DIR/db`: one node, nothing else to run.
+    #[default]
+    Sled,
+    /// PostgreSQL at `[store] url`: several nodes on one database.
+    Postgres,
+}
+
+impl StoreTuning {
+    /// When the store writes checkpoints.
+    pub fn checkpoints(&self) -> crate::store::CheckpointPolicy {
+        crate::store::CheckpointPolicy {
+            every_entries: self.checkpoint_every_entries.max(1),
+            every: std::time::Duration::from_secs(self.checkpoint_every_secs.max(1)),
+        }
+    }
+
+    /// How to reach PostgreSQL beyond its URL.
+    pub fn pg_options(&self) -> crate::store::PgOptions {
+        crate::store::PgOptions {
+            max_connections: self.pool_size.max(1),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.max(1)),
+            pool_wait: Duration::from_millis(self.pool_wait_ms.max(1)),
+            schema: None,
+        }
+    }
+
+    /// The URL with any password and query left out, for logs and errors.
+    pub fn url_for_log(&self) -> String {
+        self.url.as_deref().map(redact_url).unwrap_or_default()
+    }
+}
+
+/// `url` with what may be secret left out: the user info's password, the query (which
+/// can carry `password=`), or all of a `key=value` string but its host and database.
+fn redact_url(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgresql://")
+        .or_else(|| url.strip_prefix("postgres://"))
+    {
+        let rest = rest.split('?').next().unwrap_or_default();
+        let (user, host) = match rest.rsplit_once('@') {
+            Some((user, host)) => (user.split(':').next().unwrap_or_default(), host),
+            None => ("", rest),
+        };
+        let at = if user.is_empty() { "" } else { "@" };
+        return format!("postgresql://{user}{at}{host}");
+    }
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|pair| {
+            ["host=", "port=", "dbname=", "user="]
+                .iter()
+                .any(|k| pair.starts_with(k))
+        })
+        .collect();
+    kept.join(" ")
 }
 
 impl Default for StoreTuning {
     fn default() -> Self {
-        StoreTuning { cache_mib: 512 }
+        let checkpoints = crate::store::CheckpointPolicy::default();
+        StoreTuning {
+            backend: StoreBackend::Sled,
+            url: None,
+            pool_size: 16,
+            connect_timeout_ms: 5_000,
+            pool_wait_ms: 10_000,
+            cache_mib: 512,
+            checkpoint_every_entries: checkpoints.every_entries,
+            checkpoint_every_secs: checkpoints.every.as_secs(),
+        }
     }
 }
 
@@ -231,6 +338,39 @@ impl Default for OrderTuning {
             demo_credit_minor: 100_000,
             idempotency_retention_secs: 24 * 3600,
             ekyc_wait_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Logging (`[log]`). The level is `SIMGATE_LOG` (an env-filter, default `info`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (the default, for a terminal or journal) or `json` (one JSON object a line,
+    /// for a log collector). `--log-format` and `SIMGATE_LOG_FORMAT` override it.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines on stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields at the top level.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?}: text or json")),
         }
     }
 }
@@ -344,6 +484,33 @@ impl RetentionSettings {
     }
 }
 
+/// The durable job worker (fulfilment steps, webhook deliveries, housekeeping).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// How long a claim holds a job: longer than any run, or another node (or the next
+    /// round) runs it again meanwhile. It is also how long a job claimed by a node that
+    /// was killed waits before another node (or the restarted one) takes it: leases are
+    /// not yet tied to a node, so a restart cannot void its own (10 minutes).
+    pub lease_secs: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings { lease_secs: 600 }
+    }
+}
+
+impl JobSettings {
+    /// The worker's pacing with this lease.
+    pub fn worker(&self) -> crate::jobs::WorkerTuning {
+        crate::jobs::WorkerTuning {
+            lease: Duration::from_secs(self.lease_secs.max(1)),
+            ..Default::default()
+        }
+    }
+}
+
 /// Hot reload: the watcher on the plugins folder, the grants file and the secrets file.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -409,6 +576,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_store_is_sled_unless_postgres_is_asked_for() {
+        assert_eq!(Config::default().store.backend, StoreBackend::Sled);
+        let c: Config =
+            toml::from_str("[store]\nbackend = \"postgres\"\nurl = \"postgresql://a@/b\"\n")
+                .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        assert_eq!(c.store.pool_size, 16);
+        assert!(toml::from_str::<Config>("[store]\nbackend = \"mysql\"\n").is_err());
+    }
+
+    #[test]
+    fn a_logged_store_url_leaves_out_the_password() {
+        let shown = |url: &str| {
+            StoreTuning {
+                url: Some(url.into()),
+                ..Default::default()
+            }
+            .url_for_log()
+        };
+        assert_eq!(
+            shown("postgresql://gw:s3cret@db.local:5432/simgate?sslmode=disable&password=x"),
+            "postgresql://gw@db.local:5432/simgate"
+        );
+        assert_eq!(shown("postgres://db/simgate"), "postgresql://db/simgate");
+        assert_eq!(
+            shown("host=/run/pg dbname=simgate password=s3cret"),
+            "host=/run/pg dbname=simgate"
+        );
+    }
+
+    #[test]
     fn defaults_work_without_a_file() {
         let c = Config::default();
         assert_eq!(c.plugins_dir(), PathBuf::from("simgate-data/plugins"));
@@ -448,6 +646,18 @@ mod tests {
             c.retention.policy().audit,
             Duration::from_secs(30 * 24 * 3600)
         );
+    }
+
+    #[test]
+    fn no_demo_account_and_text_logs_unless_asked_for() {
+        let c = Config::default();
+        assert!(!c.demo);
+        assert_eq!(c.log.format, LogFormat::Text);
+        let c: Config = toml::from_str("demo = true\n[log]\nformat = \"json\"\n").unwrap();
+        assert!(c.demo);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("[log]\nformat = \"xml\"\n").is_err());
+        assert_eq!("JSON".parse(), Ok(LogFormat::Json));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod qr;
 pub mod ratelimit;
 pub mod request_log;
 pub mod routes;
+pub mod startup;
 mod subjects;
 mod views;
 mod webhooks;
@@ -36,6 +37,8 @@ use crate::domain::gateway::Gateway;
 use crate::domain::request_log::RequestRecord;
 use crate::plugins::Registry;
 
+pub use startup::Startup;
+
 /// What every handler can reach.
 pub struct AppState {
     /// The use cases.
@@ -56,21 +59,27 @@ pub struct AppState {
     pub flush_soon: Arc<audit::FlushSoon>,
     /// The API request log's writer.
     pub request_log: Arc<request_log::RequestLog>,
+    /// Where `POST /v1/admin/backups` writes its copies (`DATA_DIR/backups`).
+    pub backups: std::path::PathBuf,
 }
 
 /// The response type of every handler.
 pub type Response = http::Response<Full<Bytes>>;
 
 /// Accept connections until `shutdown` flips to true, then stop accepting and give
-/// in-flight requests `shutdown_grace_ms` to finish.
+/// in-flight requests `shutdown_grace_ms` to finish. Until `startup` is ready, requests
+/// are answered by [`startup::answer`] (alive, not ready); the connection limits apply
+/// from the first connection on.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<AppState>,
+    limits: HttpLimits,
+    startup: Startup,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (conn_done_tx, mut conn_done_rx) = watch::channel(());
-    let grace = Duration::from_millis(state.limits.shutdown_grace_ms);
-    let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
+    let grace = Duration::from_millis(limits.shutdown_grace_ms);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -87,12 +96,19 @@ pub async fn serve(
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let state = state.clone();
+                let startup = startup.clone();
                 let mut shutdown = shutdown.clone();
                 let alive = conn_done_tx.clone();
-                let header_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), peer, req));
+                    let service = service_fn(move |req| {
+                        let startup = startup.clone();
+                        async move {
+                            match startup.state() {
+                                Some(state) => handle(state.clone(), peer, req).await,
+                                None => Ok(startup::answer(req, &limits).await),
+                            }
+                        }
+                    });
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(header_timeout)

@@ -9,16 +9,16 @@ use anyhow::Context;
 pub fn run(manifest: &Path, wasm: &Path, out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
-    let mut m: crate::plugins::Manifest =
+    let mut m: simgate::plugins::Manifest =
         toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    m.sha256 = Some(crate::plugins::manifest::sha256_hex(&bytes));
+    m.sha256 = Some(simgate::plugins::manifest::sha256_hex(&bytes));
     let dir = out.join(&m.id);
     std::fs::create_dir_all(&dir)?;
     // Component first, manifest last: the watcher sees a complete package once the
     // manifest names the new digest.
-    crate::plugins::engine::write_atomically(&dir.join(&m.wasm), &bytes)?;
-    crate::plugins::engine::write_atomically(
+    simgate::plugins::engine::write_atomically(&dir.join(&m.wasm), &bytes)?;
+    simgate::plugins::engine::write_atomically(
         &dir.join("plugin.toml"),
         toml::to_string(&m)?.as_bytes(),
     )?;

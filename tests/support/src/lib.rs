@@ -91,16 +91,50 @@ pub struct GatewayBuilder {
     env: Vec<(String, String)>,
     data_dir: Option<tempfile::TempDir>,
     capture_log: bool,
+    demo: bool,
+    /// Where the gateway keeps its records (sled in its data directory unless told).
+    store: StoreChoice,
 }
+
+/// Which store a built gateway runs on.
+#[derive(Clone)]
+enum StoreChoice {
+    /// sled in the data directory (the gateway's default).
+    Sled,
+    /// A fresh database of its own on the PostgreSQL server this URL reaches (the URL
+    /// names a maintenance database, used for `CREATE DATABASE`).
+    FreshPostgres(String),
+    /// This PostgreSQL database as it is, shared with another gateway started on it.
+    SharedPostgres(String),
+}
+
+/// Environment variable naming a PostgreSQL server: when set, every gateway the builder
+/// starts runs on a fresh database of its own there (see [`GatewayBuilder::postgres`]).
+pub const TEST_STORE_URL_VAR: &str = "SIMGATE_TEST_STORE_URL";
+
+/// Environment variable naming a PostgreSQL server for the tests that need one (the
+/// multi-node tests); they are skipped, with a notice, when it is not set.
+pub const TEST_PG_URL_VAR: &str = "SIMGATE_TEST_PG_URL";
+
+/// In a data directory, the PostgreSQL database its gateway runs on: a restart on the
+/// directory reuses it.
+const STORE_URL_FILE: &str = "test-store-url";
+
+/// What `simgate serve` prints on the first start of a data directory: where the admin key
+/// is, then (with `--demo`) the demo reseller's key.
+const ADMIN_KEY_LINE: &str = "admin API key written to ";
+const DEMO_KEY_LINE: &str = "demo reseller ";
 
 /// A running `simgate serve`. Killed when dropped.
 pub struct Gateway {
     child: std::sync::Mutex<Option<Child>>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// The admin key printed on first start.
+    /// The admin key, read from the file named on stdout on first start (empty on a
+    /// restart).
     pub admin_key: String,
-    /// The demo reseller's key printed on first start.
+    /// The demo reseller's key printed on first start (empty on a restart or without the
+    /// demo reseller).
     pub demo_key: String,
     /// The data directory (removed when the gateway is dropped).
     pub data_dir: tempfile::TempDir,
@@ -113,6 +147,9 @@ pub struct Gateway {
     spec: std::sync::OnceLock<SpecCheck>,
     agent: ureq::Agent,
     bin: PathBuf,
+    /// The PostgreSQL database it runs on (`None`: sled in its data directory); another
+    /// node joins it with [`GatewayBuilder::postgres_database`].
+    pub store_url: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -127,7 +164,51 @@ impl GatewayBuilder {
             env: Vec::new(),
             data_dir: None,
             capture_log: false,
+            demo: true,
+            store: match std::env::var(TEST_STORE_URL_VAR) {
+                Ok(url) if !url.is_empty() => StoreChoice::FreshPostgres(url),
+                _ => StoreChoice::Sled,
+            },
         }
+    }
+
+    /// Run on a fresh PostgreSQL database of its own, created on the server `url` reaches
+    /// (a `postgresql://` URL naming a database to connect to for `CREATE DATABASE`).
+    pub fn postgres(mut self, url: &str) -> Self {
+        self.store = StoreChoice::FreshPostgres(url.into());
+        self
+    }
+
+    /// Run on PostgreSQL database `url` as it is, which another gateway has started on
+    /// (its first start is done: no first-start lines are waited for, and the admin and
+    /// demo keys are the other gateway's). Nodes sharing a database must share its key
+    /// files too: see [`GatewayBuilder::keys_from`].
+    pub fn postgres_database(mut self, url: &str) -> Self {
+        self.store = StoreChoice::SharedPostgres(url.into());
+        self
+    }
+
+    /// Use the key files (`*.key`: API key pepper, master key, audit key) of `other`'s
+    /// data directory, as every node on one database must.
+    pub fn keys_from(mut self, other: &Gateway) -> Self {
+        let dir = self
+            .data_dir
+            .take()
+            .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        for name in ["pepper.key", "master.key", "audit.key"] {
+            let from = other.data_dir.path().join(name);
+            let to = dir.path().join(name);
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {from:?}: {e}"));
+        }
+        self.data_dir = Some(dir);
+        self
+    }
+
+    /// Start without `--demo`: no demo reseller on first start (the gateway's default;
+    /// most tests use the demo reseller, so the builder asks for it unless told not to).
+    pub fn no_demo(mut self) -> Self {
+        self.demo = false;
+        self
     }
 
     /// Load these plugins instead of just the sandbox.
@@ -173,11 +254,15 @@ impl GatewayBuilder {
         self
     }
 
-    /// Start the process and wait until it listens.
+    /// Start the process and wait until it is ready (`/readyz` answers 200) and, on a
+    /// fresh data directory, has printed its first-start lines.
     pub fn start(self) -> Gateway {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        // A data directory with a database is taken for a restart: no first-start lines
+        // are waited for.
+        let (store_url, first_start) = choose_store(&self.store, data_dir.path());
         let plugins_dir = data_dir.path().join("plugins");
         std::fs::create_dir_all(&plugins_dir).unwrap();
         for p in &self.plugins {
@@ -194,11 +279,28 @@ impl GatewayBuilder {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path());
-        if let Some(c) = &self.config {
-            let path = data_dir.path().join("config.toml");
-            std::fs::write(&path, c).unwrap();
-            cmd.arg("--config").arg(path);
+        if self.demo {
+            cmd.arg("--demo");
         }
+        // The harness's resellers use test keys: unless a test says otherwise, every
+        // plugin it loads is a sandbox they may order from.
+        let mut config = self.config.clone().unwrap_or_default();
+        if !config.contains("[test_mode]") {
+            config.push_str("\n[test_mode]\nsandbox_plugins = [\"*\"]\n");
+        }
+        if let Some(url) = &store_url {
+            assert!(
+                !config.contains("[store]"),
+                "a PostgreSQL gateway's config has [store]"
+            );
+            config.push_str(&format!(
+                "\n[store]\nbackend = \"postgres\"\nurl = {}\n",
+                Value::from(url.as_str())
+            ));
+        }
+        let path = data_dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        cmd.arg("--config").arg(path);
         let log = self.capture_log.then(|| {
             let dir = tempfile::tempdir().expect("temp dir");
             let path = dir.path().join("simgate.log");
@@ -247,6 +349,32 @@ impl GatewayBuilder {
                 }
             }
         };
+        let agent = sim::agent(Duration::from_secs(60));
+        // The port is bound before the store opens: wait for readiness, and for the
+        // first-start lines, which are printed before the gateway becomes ready.
+        let expected: &[&str] = match (first_start, self.demo) {
+            (false, _) => &[],
+            (true, false) => &[ADMIN_KEY_LINE],
+            (true, true) => &[ADMIN_KEY_LINE, DEMO_KEY_LINE],
+        };
+        let mut ready = false;
+        loop {
+            while let Ok(line) = rx.try_recv() {
+                lines.push(line);
+            }
+            let printed = expected
+                .iter()
+                .all(|prefix| lines.iter().any(|l| l.starts_with(prefix)));
+            ready = ready || is_ready(&agent, &base);
+            if ready && printed {
+                break;
+            }
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                panic!("simgate did not become ready; stdout so far: {lines:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let key_after = |prefix: &str| {
@@ -257,10 +385,17 @@ impl GatewayBuilder {
                 .unwrap_or_default()
                 .to_string()
         };
-        let agent = sim::agent(Duration::from_secs(60));
+        let admin_key = admin_key_file(&lines)
+            .map(|path| {
+                std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("reading the admin key from {path:?}: {e}"))
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
         Gateway {
-            admin_key: key_after("admin API key"),
-            demo_key: key_after("demo reseller"),
+            admin_key,
+            demo_key: key_after(DEMO_KEY_LINE),
             child: std::sync::Mutex::new(Some(child)),
             base,
             data_dir,
@@ -269,8 +404,128 @@ impl GatewayBuilder {
             spec: std::sync::OnceLock::new(),
             agent,
             bin: self.bin,
+            store_url,
         }
     }
+}
+
+/// The PostgreSQL database a gateway on `data_dir` runs on (`None`: sled), and whether
+/// this is the first start of its store (the gateway then prints its first-start lines).
+fn choose_store(choice: &StoreChoice, data_dir: &Path) -> (Option<String>, bool) {
+    let remembered = data_dir.join(STORE_URL_FILE);
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return (Some(url), false);
+    }
+    let (url, first_start) = match choice {
+        StoreChoice::Sled => return (None, !data_dir.join("db").exists()),
+        StoreChoice::SharedPostgres(url) => (url.clone(), false),
+        StoreChoice::FreshPostgres(server) => (create_database(server), true),
+    };
+    std::fs::write(&remembered, &url).unwrap();
+    (Some(url), first_start)
+}
+
+/// Create a fresh database on the server `server_url` reaches; its URL.
+pub fn create_database(server_url: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!(
+        "simgate_test_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    psql(server_url, &format!("CREATE DATABASE {name}"));
+    with_database(server_url, &name)
+}
+
+/// Run one SQL statement with `psql` against `url` (panics, with psql's words, if it fails).
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new(psql_program())
+        .args([
+            "-X",
+            "-q",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("running psql");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `psql` on the PATH, or the newest installed server's (Debian keeps those off the PATH).
+fn psql_program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("psql").is_file()))
+        .unwrap_or(false);
+    if on_path {
+        return PathBuf::from("psql");
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("psql"))
+}
+
+/// `url` (a `postgresql://` URL) naming database `name` instead of its own.
+pub fn with_database(url: &str, name: &str) -> String {
+    let scheme_end = url.find("://").expect("a postgresql:// URL") + 3;
+    let (head, rest) = url.split_at(scheme_end);
+    let query_at = rest.find('?').unwrap_or(rest.len());
+    let (path, query) = rest.split_at(query_at);
+    let authority = path.split('/').next().unwrap_or_default();
+    format!("{head}{authority}/{name}{query}")
+}
+
+/// The PostgreSQL server named by `SIMGATE_TEST_PG_URL`, or `None` after printing why a
+/// test that needs one is skipped.
+pub fn test_pg_url(test: &str) -> Option<String> {
+    match std::env::var(TEST_PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "skipping {test}: {TEST_PG_URL_VAR} is not set (tests/pg/cluster.sh starts a server)"
+            );
+            None
+        }
+    }
+}
+
+/// Whether the gateway at `base` answers `/readyz` with 200 (read without the spec check:
+/// the spec itself is not served before the gateway is ready).
+fn is_ready(agent: &ureq::Agent, base: &str) -> bool {
+    agent
+        .get(format!("{base}/readyz"))
+        .call()
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// The admin key file named on a first start's stdout, if it was.
+pub fn admin_key_file(stdout: &[String]) -> Option<PathBuf> {
+    stdout.iter().find_map(|l| {
+        let rest = l.strip_prefix(ADMIN_KEY_LINE)?;
+        let end = rest.rfind(" (readable only by you")?;
+        Some(PathBuf::from(&rest[..end]))
+    })
 }
 
 /// A response: status, headers, parsed JSON body (or `Value::Null`), raw bytes.
@@ -444,8 +699,15 @@ impl Gateway {
         (id, k.json["key"].as_str().unwrap().to_string())
     }
 
-    /// Credit reseller `id` as the admin, with a fresh `Idempotency-Key`.
+    /// Credit reseller `id`'s test balance (unless `body` names a `mode`) as the admin,
+    /// with a fresh `Idempotency-Key`.
     pub fn credit(&self, id: &str, body: &Value) -> Resp {
+        // The harness's resellers order with test keys, which spend the test balance.
+        let mut body = body.clone();
+        if let Some(fields) = body.as_object_mut() {
+            fields.entry("mode").or_insert_with(|| json!("test"));
+        }
+        let body = &body;
         self.post_idem_as(
             &self.admin_key,
             &format!("/v1/admin/resellers/{id}/credits"),
