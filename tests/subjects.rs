@@ -467,3 +467,38 @@ fn p10_a_closed_account_stops_at_once_and_is_refused_while_orders_are_open() {
     );
     assert_eq!(r.status, 404);
 }
+
+/// Found by the schemathesis run (tests/fuzz): a subject erased and then named on a new
+/// order gets a new data key, under which the erased orders' sealed fields do not open;
+/// those orders must read as erased, not fail with a 503.
+#[test]
+fn an_erased_subject_that_orders_again_leaves_its_erased_orders_readable() {
+    let gw = GatewayBuilder::new(BIN).start();
+    let (_, key) = gw.new_reseller(0, Some(100_000));
+    let subject = format!("AGAIN-{}", unique_key());
+    let body = json!({"product_id": PRODUCT, "subject_ref": subject, "metadata": {"n": 1}});
+    let first = order(&gw, &key, body.clone());
+    let first_id = first.json["id"].as_str().unwrap();
+    assert_eq!(
+        subject_call(&gw, &key, "POST", &subject, "erase").status,
+        200
+    );
+    let second = order(&gw, &key, body);
+
+    let erased = gw.call("GET", &format!("/v1/orders/{first_id}"), Some(&key), None);
+    assert_eq!(erased.status, 200, "{:?}", erased.json);
+    assert_eq!(erased.json["subject_ref"], Value::Null);
+    assert_eq!(erased.json["metadata"], Value::Null);
+    let list = gw.call("GET", "/v1/orders", Some(&key), None);
+    assert_eq!(list.status, 200, "{:?}", list.json);
+    let export = subject_call(&gw, &key, "GET", &subject, "export");
+    assert_eq!(export.status, 200, "{:?}", export.json);
+    // The new order is the subject's, with its fields.
+    let again = gw.call(
+        "GET",
+        &format!("/v1/orders/{}", second.json["id"].as_str().unwrap()),
+        Some(&key),
+        None,
+    );
+    assert_eq!(again.json["subject_ref"], subject.as_str());
+}

@@ -788,20 +788,27 @@ impl OutputBudget {
     }
 
     fn string(&mut self, s: String) -> Result<String, String> {
+        self.counted(s).map(|s| self.scrubber.owned(s))
+    }
+
+    /// `s` counted against the budget as it is (already scrubbed).
+    fn counted(&mut self, s: String) -> Result<String, String> {
         self.take(s.len() + 8)?;
-        Ok(self.scrubber.owned(s))
+        Ok(s)
     }
 
     /// A value the gateway stores on a record and returns with it (a supplier reference,
     /// a raw status): at most [`MAX_SHORT_BYTES`] printable characters.
     fn short(&mut self, what: &str, s: String) -> Result<String, String> {
+        // Checked as stored, secrets scrubbed (scrubbing can lengthen a value).
+        let s = self.string(s)?;
         if s.len() > MAX_SHORT_BYTES || s.chars().any(char::is_control) {
             return Err(format!(
                 "{what} {} must be at most {MAX_SHORT_BYTES} printable bytes",
                 quote(&s)
             ));
         }
-        self.string(s)
+        Ok(s)
     }
 }
 
@@ -851,7 +858,12 @@ fn convert_products(
 ) -> Result<Vec<SupplierProduct>, String> {
     let mut out = Vec::with_capacity(products.len());
     let mut refused = 0usize;
-    for p in products {
+    for mut p in products {
+        // Checked as stored, secrets scrubbed (scrubbing can lengthen a value); a refused
+        // product costs no output budget, so one huge bad value cannot sink the catalog.
+        p.sku = budget.scrubber.owned(p.sku);
+        p.title = budget.scrubber.owned(p.title);
+        p.region = p.region.map(|r| budget.scrubber.owned(r));
         match check_product(&p) {
             Ok(()) => out.push(convert_product(p, budget)?),
             Err(why) => {
@@ -918,16 +930,17 @@ fn check_product(p: &host::types::Product) -> Result<(), String> {
     Ok(())
 }
 
+/// A checked product (its text already scrubbed), counted against the budget.
 fn convert_product(
     p: host::types::Product,
     budget: &mut OutputBudget,
 ) -> Result<SupplierProduct, String> {
     budget.take(64 + p.countries.len() * 4)?;
     Ok(SupplierProduct {
-        sku: budget.string(p.sku)?,
-        title: budget.string(p.title)?,
+        sku: budget.counted(p.sku)?,
+        title: budget.counted(p.title)?,
         countries: p.countries,
-        region: p.region.map(|r| budget.string(r)).transpose()?,
+        region: p.region.map(|r| budget.counted(r)).transpose()?,
         data: match p.data {
             host::types::DataAllowance::Bytes(b) => DataAllowance::Bytes(b),
             host::types::DataAllowance::Unlimited => DataAllowance::Unlimited,
@@ -992,13 +1005,16 @@ pub(crate) fn convert_esim(
     if !(18..=22).contains(&e.iccid.len()) || !e.iccid.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("iccid {} is not 18-22 digits", quote(&e.iccid)));
     }
+    // Checked as stored, secrets scrubbed (scrubbing can lengthen a value).
+    let smdp_address = budget.scrubber.owned(e.smdp_address);
+    let matching_id = budget.scrubber.owned(e.matching_id);
     let clean = |s: &str| {
         !s.is_empty()
             && s.len() <= 255
             && !s.contains('$')
             && !s.chars().any(|c| c.is_control() || c.is_whitespace())
     };
-    if !clean(&e.smdp_address) || !clean(&e.matching_id) {
+    if !clean(&smdp_address) || !clean(&matching_id) {
         return Err(format!(
             "eSIM {}: SM-DP+ address or matching id is empty or malformed",
             quote(&e.iccid)
@@ -1006,8 +1022,8 @@ pub(crate) fn convert_esim(
     }
     Ok(EsimProfile {
         iccid: e.iccid,
-        smdp_address: budget.scrubber.owned(e.smdp_address),
-        matching_id: budget.scrubber.owned(e.matching_id),
+        smdp_address,
+        matching_id,
         confirmation_code_required: e.confirmation_code_required,
     })
 }
@@ -1212,4 +1228,342 @@ fn convert_webhook(
         });
     }
     Ok(ParsedWebhook { event_id, events })
+}
+
+/// Properties of the checks on what a plugin hands back, over generated (and hostile)
+/// outputs: nothing panics, and whatever is accepted keeps the documented limits.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::secrets::Secret;
+
+    /// Text from a plugin: often plausible, sometimes anything at all (long, control
+    /// characters, `$`, white space, multi-byte).
+    fn text(plausible: &'static str) -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => plausible,
+            1 => any::<String>(),
+            1 => "[ -~]{0,300}",
+            1 => "[a-z$\\n\\t ]{0,8}",
+            // The plugin's secret (six characters, the shortest scrubbed), over and over.
+            1 => "(s3cr3t|[a-z0-9]){1,60}",
+        ]
+    }
+
+    /// The plugin's secret value in these tests.
+    const SECRET: &str = "s3cr3t";
+
+    fn budget(cap: usize, secret: bool) -> OutputBudget {
+        let secrets = [Secret::new(SECRET)];
+        let scrubber = if secret {
+            Scrubber::new(secrets.iter())
+        } else {
+            Scrubber::default()
+        };
+        OutputBudget::new(cap, scrubber)
+    }
+
+    fn product() -> impl Strategy<Value = host::types::Product> {
+        (
+            (
+                text("[A-Za-z0-9_-]{1,130}"),
+                text("[A-Za-z0-9 /]{0,260}"),
+                proptest::collection::vec(prop_oneof![4 => "[A-Z]{2}", 1 => "\\PC{0,3}"], 0..6),
+                proptest::option::of(text("[a-z]{1,260}")),
+            ),
+            (
+                prop_oneof![
+                    any::<u64>().prop_map(host::types::DataAllowance::Bytes),
+                    Just(host::types::DataAllowance::Unlimited),
+                ],
+                any::<u32>(),
+                prop_oneof![
+                    3 => -10i64..=MAX_PRICE_MINOR + 10,
+                    1 => any::<i64>(),
+                ],
+                prop_oneof![
+                    Just("USD".to_string()),
+                    Just("EUR".to_string()),
+                    Just("XXX".to_string()),
+                    "[A-Za-z]{3}",
+                    any::<String>(),
+                ],
+                any::<bool>(),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (sku, title, countries, region),
+                    (data, validity_days, minor, currency, needs_kyc, top_up_able),
+                )| {
+                    host::types::Product {
+                        sku,
+                        title,
+                        countries,
+                        region,
+                        data,
+                        validity_days,
+                        wholesale: host::types::Money { minor, currency },
+                        needs_kyc,
+                        top_up_able,
+                    }
+                },
+            )
+    }
+
+    fn esim() -> impl Strategy<Value = host::types::Esim> {
+        (
+            prop_oneof![3 => "[0-9]{17,23}", 1 => "[0-9a-f ]{0,24}", 1 => any::<String>()],
+            text("[a-z0-9.-]{1,256}"),
+            text("[A-Z0-9-]{1,256}"),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(iccid, smdp_address, matching_id, confirmation_code_required)| {
+                    host::types::Esim {
+                        iccid,
+                        smdp_address,
+                        matching_id,
+                        confirmation_code_required,
+                    }
+                },
+            )
+    }
+
+    fn event() -> impl Strategy<Value = host::types::SupplierEvent> {
+        use host::types as t;
+        let short = || text("[A-Za-z0-9_-]{0,260}");
+        prop_oneof![
+            (short(), proptest::collection::vec(esim(), 0..3)).prop_map(|(order_ref, esims)| {
+                t::SupplierEvent::OrderDelivered(t::OrderDelivered { order_ref, esims })
+            }),
+            (short(), any::<String>()).prop_map(|(order_ref, reason)| {
+                t::SupplierEvent::OrderFailed(t::OrderFailed { order_ref, reason })
+            }),
+            short().prop_map(|order_ref| t::SupplierEvent::OrderReady(t::OrderReady { order_ref })),
+            (short(), short(), any::<bool>(), any::<bool>()).prop_map(
+                |(iccid, raw_status, profile, plan)| {
+                    let change = t::StateChange {
+                        iccid,
+                        profile: profile.then_some(t::ProfileState::Enabled),
+                        plan: plan.then_some(t::PlanState::Active),
+                        raw_status,
+                    };
+                    if profile {
+                        t::SupplierEvent::ProfileChanged(change)
+                    } else {
+                        t::SupplierEvent::PlanChanged(change)
+                    }
+                }
+            ),
+            (short(), any::<u64>(), any::<u8>()).prop_map(|(iccid, used_bytes, percent)| {
+                t::SupplierEvent::UsageThreshold(t::UsageThreshold {
+                    iccid,
+                    used_bytes,
+                    percent,
+                })
+            }),
+            (short(), any::<u64>(), any::<Option<u64>>()).prop_map(
+                |(iccid, used_bytes, total_bytes)| {
+                    t::SupplierEvent::UsageChanged(t::UsageChange {
+                        iccid,
+                        used_bytes,
+                        total_bytes,
+                    })
+                }
+            ),
+        ]
+    }
+
+    /// What every accepted eSIM must be: an ICCID of 18 to 22 digits, and an activation
+    /// code `LPA:1$<address>$<matching id>` that splits back into exactly those parts.
+    fn assert_installable(e: &EsimProfile) {
+        assert!((18..=22).contains(&e.iccid.len()), "{:?}", e.iccid);
+        assert!(e.iccid.bytes().all(|b| b.is_ascii_digit()), "{:?}", e.iccid);
+        for part in [&e.smdp_address, &e.matching_id] {
+            assert!(!part.is_empty() && part.len() <= 255, "{part:?}");
+            assert!(
+                !part.chars().any(|c| c.is_control() || c.is_whitespace()),
+                "{part:?}"
+            );
+        }
+        let code = format!("LPA:1${}${}", e.smdp_address, e.matching_id);
+        let parts: Vec<&str> = code.split('$').collect();
+        assert_eq!(
+            parts,
+            ["LPA:1", e.smdp_address.as_str(), e.matching_id.as_str()]
+        );
+    }
+
+    /// A short value the gateway stores and shows: bounded and printable.
+    fn assert_short(s: &str) {
+        assert!(s.len() <= MAX_SHORT_BYTES, "{} bytes", s.len());
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn an_accepted_product_keeps_the_catalog_limits(p in product(), secret in any::<bool>()) {
+            let sellable = |p: &host::types::Product| {
+                !p.sku.is_empty()
+                    && p.sku.len() <= MAX_SKU_BYTES
+                    && !p.sku.chars().any(char::is_control)
+                    && p.title.len() <= MAX_TITLE_BYTES
+                    && p.region.as_ref().is_none_or(|r| r.len() <= MAX_TITLE_BYTES)
+                    && p.countries.len() <= 300
+                    && p.countries.iter().all(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
+                    && is_currency(&p.wholesale.currency)
+                    && (0..=MAX_PRICE_MINOR).contains(&p.wholesale.minor)
+            };
+            let verdict = check_product(&p);
+            prop_assert_eq!(verdict.is_ok(), sellable(&p), "{:?}", verdict);
+            if let Err(why) = verdict {
+                // The reason quotes the plugin's values cut short: it is logged.
+                prop_assert!(why.len() <= 400, "{} bytes", why.len());
+            }
+            // Through the catalog, with the plugin's secret scrubbed out: what is kept is
+            // within the limits as stored.
+            let out = convert_products("fuzz", vec![p], &mut budget(usize::MAX / 2, secret)).unwrap();
+            for p in &out {
+                prop_assert!(!p.sku.is_empty() && p.sku.len() <= MAX_SKU_BYTES);
+                prop_assert!(!p.sku.chars().any(char::is_control));
+                prop_assert!(p.title.len() <= MAX_TITLE_BYTES);
+                prop_assert!(p.region.as_ref().is_none_or(|r| r.len() <= MAX_TITLE_BYTES));
+                if secret {
+                    prop_assert!(!p.sku.contains(SECRET) && !p.title.contains(SECRET));
+                }
+            }
+        }
+
+        #[test]
+        fn a_catalog_keeps_its_good_products_and_its_cap(
+            products in proptest::collection::vec(product(), 0..12),
+            cap in prop_oneof![Just(usize::MAX / 2), 0usize..4096],
+            secret in any::<bool>(),
+        ) {
+            let good = convert_products("fuzz", products.clone(), &mut budget(usize::MAX / 2, secret))
+                .unwrap()
+                .len();
+            match convert_products("fuzz", products, &mut budget(cap, secret)) {
+                Ok(out) => {
+                    prop_assert_eq!(out.len(), good);
+                    for p in &out {
+                        prop_assert!(!p.sku.is_empty() && p.sku.len() <= MAX_SKU_BYTES);
+                        prop_assert!(p.countries.len() <= 300);
+                        prop_assert!(is_currency(&p.wholesale.currency));
+                        prop_assert!((0..=MAX_PRICE_MINOR).contains(&p.wholesale.minor));
+                        if secret {
+                            prop_assert!(!p.sku.contains(SECRET) && !p.title.contains(SECRET));
+                        }
+                    }
+                }
+                Err(why) => prop_assert!(why.contains("output limit"), "{}", why),
+            }
+        }
+
+        #[test]
+        fn an_accepted_esim_is_installable(e in esim(), secret in any::<bool>()) {
+            if let Ok(profile) = convert_esim(e, &mut budget(usize::MAX / 2, secret)) {
+                assert_installable(&profile);
+            }
+        }
+
+        #[test]
+        fn a_delivery_is_all_installable_or_refused(
+            esims in proptest::collection::vec(esim(), 0..5),
+            reference in text("[A-Za-z0-9_-]{0,260}"),
+            pending in any::<bool>(),
+        ) {
+            let outcome = if pending {
+                host::types::ProvisionOutcome::Pending(reference)
+            } else {
+                host::types::ProvisionOutcome::Delivered(esims)
+            };
+            match convert_outcome(outcome, &mut budget(usize::MAX / 2, false)) {
+                Ok(ProvisionOutcome::Delivered(esims)) => esims.iter().for_each(assert_installable),
+                Ok(ProvisionOutcome::Pending(r)) => assert_short(&r),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn an_accepted_webhook_is_bounded_and_its_esims_installable(
+            events in proptest::collection::vec(event(), 0..8),
+            many in proptest::bool::weighted(0.05),
+            event_id in proptest::option::of(text("[A-Za-z0-9-]{1,260}")),
+        ) {
+            let events = if many {
+                events.iter().cycle().take(MAX_WEBHOOK_EVENTS + 1).cloned().collect()
+            } else {
+                events
+            };
+            let Ok(parsed) = convert_webhook(
+                host::types::Webhook { event_id, events },
+                &mut budget(usize::MAX / 2, false),
+            ) else {
+                return Ok(());
+            };
+            prop_assert!(parsed.events.len() <= MAX_WEBHOOK_EVENTS);
+            if let Some(id) = &parsed.event_id {
+                assert_short(id);
+            }
+            for event in &parsed.events {
+                match event {
+                    SupplierEvent::OrderDelivered { order_ref, esims } => {
+                        assert_short(order_ref);
+                        esims.iter().for_each(assert_installable);
+                    }
+                    SupplierEvent::OrderFailed { order_ref, reason } => {
+                        assert_short(order_ref);
+                        prop_assert!(reason.chars().count() <= 512);
+                        prop_assert!(!reason.chars().any(char::is_control));
+                    }
+                    SupplierEvent::OrderReady { order_ref } => assert_short(order_ref),
+                    SupplierEvent::ProfileChanged { iccid, raw_status, .. }
+                    | SupplierEvent::PlanChanged { iccid, raw_status, .. } => {
+                        assert_short(iccid);
+                        assert_short(raw_status);
+                    }
+                    SupplierEvent::UsageChanged { iccid, .. } => assert_short(iccid),
+                    SupplierEvent::UsageThreshold { iccid, percent, .. } => {
+                        assert_short(iccid);
+                        prop_assert!(*percent <= 100);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn the_budget_refuses_what_does_not_fit(strings in proptest::collection::vec(any::<String>(), 0..8), cap in 0usize..512) {
+            let mut b = budget(cap, false);
+            let mut taken = 0usize;
+            for s in strings {
+                let need = s.len() + 8;
+                match b.string(s) {
+                    Ok(_) => {
+                        taken += need;
+                        prop_assert!(taken <= cap);
+                    }
+                    Err(why) => {
+                        prop_assert!(taken + need > cap);
+                        prop_assert!(why.contains("output limit"));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn quoting_a_plugin_value_is_bounded(value in any::<String>(), max in 0usize..600) {
+            let line = one_line(&value, max);
+            prop_assert!(line.chars().count() <= max);
+            prop_assert!(!line.chars().any(char::is_control));
+            let quoted = quote(&value);
+            prop_assert!(quoted.chars().count() <= QUOTE_CHARS * 10 + 40, "{}", quoted);
+        }
+    }
 }

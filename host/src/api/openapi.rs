@@ -27,8 +27,8 @@ use super::routes::{
 };
 use super::subjects::{CreateConsent, Rectify};
 use super::views::{
-    All, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page, Ready,
-    RequestView, ResellerView, TransactionView,
+    All, BackupView, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page,
+    Ready, RequestView, ResellerView, TransactionView,
 };
 use super::webhooks::{
     AttemptView, ChangeEndpoint, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
@@ -50,11 +50,7 @@ fn build() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         params.extend(r.query.iter().map(|(name, description)| {
-            let schema = match *name {
-                "limit" => json!({"type": "integer", "minimum": 1, "maximum": 100}),
-                _ => json!({"type": "string"}),
-            };
-            json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+            json!({"name": name, "in": "query", "required": false, "description": description, "schema": query_schema(name)})
         }));
         if r.idempotent {
             params.push(json!({
@@ -134,6 +130,24 @@ fn build() -> Value {
     })
 }
 
+/// What the handlers accept for a query parameter, by name (a name means one thing on
+/// every route that takes it); anything else is answered 400 `invalid_query`.
+fn query_schema(name: &str) -> Value {
+    match name {
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 100}),
+        "country" => json!({"type": "string", "pattern": "^[A-Za-z]{2}$"}),
+        "region" => json!({"type": "string", "minLength": 1, "maxLength": 64}),
+        "format" => json!({"type": "string", "enum": ["png", "svg"]}),
+        "since_ms" | "until_ms" => json!({"type": "integer", "minimum": 0}),
+        // Named enums and ids, as the bodies that carry them describe them.
+        "status" => json!({"$ref": "#/components/schemas/OrderStatus"}),
+        "type" => json!({"$ref": "#/components/schemas/EventType"}),
+        "action" => json!({"$ref": "#/components/schemas/AuditAction"}),
+        "reseller" => json!({"$ref": "#/components/schemas/ResellerId"}),
+        _ => json!({"type": "string"}),
+    }
+}
+
 /// The problems a route may answer, by status: what every route can meet, plus what its
 /// key, body and idempotency bring.
 fn error_statuses(r: &super::routes::Route) -> Vec<(u16, &'static str)> {
@@ -145,6 +159,24 @@ fn error_statuses(r: &super::routes::Route) -> Vec<(u16, &'static str)> {
     if r.access != Access::Public {
         out.push((401, "missing, unknown or revoked API key"));
         out.push((429, "over the key's rate limit"));
+    }
+    if r.access == Access::Key {
+        out.push((
+            403,
+            "the key's role may not do this: a read-only key changing something, or an admin key (which has no reseller) on a reseller's records",
+        ));
+    }
+    if r.access != Access::Public && r.method != http::Method::GET {
+        out.push((
+            409,
+            "the record's state does not allow it: e.g. an order already installed, a restricted subject, an account with open orders, out of stock",
+        ));
+    }
+    if r.path.contains("{subject_ref}") {
+        out.push((
+            422,
+            "the subject_ref in the path is not 1 to 128 printable characters",
+        ));
     }
     if r.request.is_some() || r.idempotent {
         out.extend([
@@ -199,6 +231,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<BalanceAlertView>,
         SchemaGenerator::subschema_for::<NewKeyView>,
         SchemaGenerator::subschema_for::<KeyView>,
+        SchemaGenerator::subschema_for::<BackupView>,
         SchemaGenerator::subschema_for::<All<PluginStatus>>,
         SchemaGenerator::subschema_for::<All<ResellerView>>,
         SchemaGenerator::subschema_for::<ResellerView>,

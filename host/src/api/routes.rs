@@ -26,8 +26,8 @@ use crate::domain::use_cases::orders::{MAX_QUANTITY, MAX_SUBJECT_REF, NewOrder};
 use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
-    All, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView, Page,
-    Readiness, Ready, RequestView, ResellerView, TransactionView,
+    All, BackupView, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView,
+    Page, Readiness, Ready, RequestView, ResellerView, TransactionView,
 };
 use super::{AppState, Response, audit, ekyc, inbound, qr, subjects, webhooks};
 
@@ -149,6 +149,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/admin/requests", Admin, "The API request log, newest first: route, status, key, client network, latency; no bodies", idem=false, req=None, resp=(200, "RequestLogEntryList"), query=PAGING),
     route!(POST "/v1/admin/resellers/{id}/close", Admin, "Close an account: its keys stop working; its data go after the retention period (409 while orders are open)", idem=false, req=None, resp=(200, "Reseller"), query=&[]),
     route!(POST "/v1/admin/keys/{id}/revoke", Admin, "Revoke an API key now", idem=false, req=None, resp=(200, "Key"), query=&[]),
+    route!(POST "/v1/admin/backups", Admin, "Copy the database as it stands between two writes to a new file under DATA_DIR/backups (writes wait while it is read); `simgate backup` collects it with the key files", idem=false, req=None, resp=(201, "Backup"), query=&[]),
     route!(GET "/v1/admin/audit", Admin, "The audit log of security events, newest first", idem=false, req=None, resp=(200, "AuditEntryList"), query=&[
         ("limit", "page size, 1 to 100 (default 20)"),
         ("starting_after", "seq of the last entry of the previous page"),
@@ -336,6 +337,7 @@ pub async fn route(
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/resellers/{id}/credits") => credit(state, who()?, req, p(0), at).await,
         ("POST", "/v1/admin/keys/{id}/revoke") => revoke_key(state, who()?, p(0), at).await,
+        ("POST", "/v1/admin/backups") => backup(state, who()?, at).await,
         ("POST", "/v1/admin/resellers/{id}/close") => close_reseller(state, who()?, p(0), at).await,
         ("GET", "/v1/admin/requests") => request_log(state, &req).await,
         ("GET", "/v1/admin/audit") => audit::list(state, who()?, &req).await,
@@ -1177,6 +1179,10 @@ pub(super) struct CreateCredit {
     /// Your reference, shown on the transaction.
     #[serde(default)]
     note: Option<String>,
+    /// Which balance: `live` (default), or `test`, the test account that test-mode keys
+    /// spend.
+    #[serde(default = "live")]
+    mode: KeyMode,
 }
 
 fn usd() -> String {
@@ -1193,6 +1199,9 @@ async fn credit(
     let reseller = reseller_id(id)?;
     let path = req.uri().path().to_string();
     let (headers, bytes, body): (_, _, CreateCredit) = json_body(req)?;
+    // Keys are the reseller's, whichever balance a credit goes to: the same key sent
+    // again for the other mode is another request (422), not a second credit.
+    let account = body.mode.account(reseller);
     idempotent(
         state,
         reseller,
@@ -1207,6 +1216,7 @@ async fn credit(
                 .gateway
                 .credit(
                     reseller,
+                    body.mode,
                     body.amount,
                     &body.currency,
                     body.note,
@@ -1222,7 +1232,7 @@ async fn credit(
             Ok(BalanceView::new(&body.currency, balance))
         },
         |entry| async move {
-            let (entry, balance) = state.gateway.posted_credit(reseller, entry.0).await?;
+            let (entry, balance) = state.gateway.posted_credit(account, entry.0).await?;
             Ok(BalanceView::new(&entry.currency, balance))
         },
     )
@@ -1264,6 +1274,67 @@ async fn revoke_key(
     Ok(json(StatusCode::OK, &KeyView::from(key)))
 }
 
+/// `POST /v1/admin/backups`: a consistent copy of the database, written next to it.
+async fn backup(
+    state: &AppState,
+    who: &Principal,
+    at: &AddressPrefix,
+) -> Result<Response, Problem> {
+    if who.role != Role::Admin {
+        return Err(DomainError::Forbidden.into());
+    }
+    let dir = state.backups.clone();
+    let file = dir.join(format!(
+        "backup-{}.sgbk",
+        ulid::Ulid::new().to_string().to_lowercase()
+    ));
+    create_private_dir(&dir).map_err(|e| {
+        Problem::from(DomainError::Store(
+            crate::domain::store::StoreError::Backend(format!("creating {}: {e}", dir.display())),
+        ))
+    })?;
+    let summary = state
+        .gateway
+        .store()
+        .backup_to(&file)
+        .await
+        .map_err(DomainError::from)?
+        .ok_or_else(|| {
+            Problem::from(DomainError::Conflict {
+                code: "backup_unsupported",
+                message: "this store is backed up with its own tools".into(),
+            })
+        })?;
+    let taken = audit::by(who, AuditAction::BackupTaken, at).details(format!(
+        "{} bytes, sha256 {}",
+        summary.bytes, summary.sha256
+    ));
+    audit::record(state, taken).await;
+    durable(state).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &BackupView {
+            file: file.display().to_string(),
+            bytes: summary.bytes,
+            sha256: summary.sha256,
+            trees: summary.trees,
+            entries: summary.entries,
+        },
+    ))
+}
+
+/// A directory only its owner may enter (made if missing).
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1298,5 +1369,139 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c"), "a b c");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
+
+/// Properties of the query-string parsing over generated (and hostile) input: nothing
+/// panics, a refusal is always the 400 `invalid_query`, and what a client encodes decodes
+/// back to what it meant.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Percent-encode everything but RFC 3986's unreserved characters, as a strict client
+    /// does.
+    fn encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    fn request(query: &str) -> Option<http::Request<()>> {
+        http::Request::get(format!("/v1/orders?{query}"))
+            .body(())
+            .ok()
+    }
+
+    proptest! {
+        #[test]
+        fn percent_decoding_never_panics_and_undoes_encoding(s in any::<String>(), junk in any::<String>()) {
+            prop_assert_eq!(percent_decode(&encode(&s)), s.clone());
+            prop_assert_eq!(path_segment(&encode(&s)), s);
+            // Anything else decodes to something, without panicking.
+            let _ = percent_decode(&junk);
+            let _ = path_segment(&junk);
+        }
+
+        #[test]
+        fn a_plus_is_a_space_in_a_query_and_a_plus_in_a_path(a in "[a-z]{0,5}", b in "[a-z]{0,5}") {
+            let raw = format!("{a}+{b}");
+            prop_assert_eq!(percent_decode(&raw), format!("{a} {b}"));
+            prop_assert_eq!(path_segment(&raw), raw);
+        }
+
+        #[test]
+        fn encoded_pairs_come_back_as_sent(pairs in proptest::collection::vec((any::<String>(), any::<String>()), 0..6)) {
+            let query: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect();
+            let req = request(&query.join("&")).expect("an encoded query is a valid URI");
+            // A pair with an empty key and value encodes as `=`, and comes back as such.
+            prop_assert_eq!(query_pairs(&req), pairs);
+        }
+
+        #[test]
+        fn any_query_string_splits_without_panicking(query in "[!-~]{0,80}") {
+            if let Some(req) = request(&query) {
+                let pairs = query_pairs(&req);
+                prop_assert!(pairs.len() <= query.split('&').count());
+            }
+        }
+
+        #[test]
+        fn paging_accepts_exactly_the_documented_limits(limit in prop_oneof![
+            (0i64..150).prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "\\PC{0,8}",
+        ], cursor in proptest::option::of(any::<String>())) {
+            let mut pairs = vec![("limit".to_string(), limit.clone())];
+            if let Some(c) = &cursor {
+                pairs.push(("starting_after".into(), c.clone()));
+            }
+            let valid = limit.parse::<usize>().is_ok_and(|n| (1..=MAX_PAGE).contains(&n));
+            match paging(pairs, |_, _| unreachable!("no other parameter")) {
+                Ok(p) => {
+                    prop_assert!(valid, "limit {limit:?} accepted");
+                    prop_assert_eq!(Ok(p.limit), limit.parse::<usize>());
+                    prop_assert_eq!(p.starting_after, cursor);
+                }
+                Err(p) => {
+                    prop_assert!(!valid, "limit {limit:?} refused");
+                    prop_assert_eq!((p.status, p.code), (400, "invalid_query"));
+                }
+            }
+        }
+
+        #[test]
+        fn a_cursor_is_an_id_of_the_listed_kind_or_a_400(id in any::<u128>(), junk in any::<String>()) {
+            let order = OrderId(ulid::Ulid(id));
+            let at = |cursor: String| Paging { limit: DEFAULT_PAGE, starting_after: Some(cursor) };
+            // Every id the API shows is a cursor back to itself, in either case.
+            prop_assert_eq!(at(order.to_string()).cursor::<OrderId>("an order").unwrap(), Some(order));
+            prop_assert_eq!(
+                at(order.to_string().to_uppercase().replacen("ORD_", "ord_", 1)).cursor::<OrderId>("an order").unwrap(),
+                Some(order)
+            );
+            // Another kind's id, or anything else, is the client's mistake.
+            let other = at(ResellerId(order.0).to_string()).cursor::<OrderId>("an order").unwrap_err();
+            prop_assert_eq!((other.status, other.code), (400, "invalid_query"));
+            if let Err(p) = at(junk).cursor::<OrderId>("an order") {
+                prop_assert_eq!((p.status, p.code), (400, "invalid_query"));
+            }
+        }
+
+        #[test]
+        fn any_method_and_path_routes_or_is_a_404_or_405(
+            method in prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("PATCH"), Just("DELETE"), Just("HEAD"), Just("OPTIONS")],
+            segments in proptest::collection::vec(prop_oneof![
+                Just("v1".to_string()), Just("orders".to_string()), Just("esims".to_string()),
+                Just("admin".to_string()), Just("subjects".to_string()), Just(String::new()),
+                "[ -~]{0,12}",
+            ], 0..6),
+        ) {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let path = format!("/{}", segments.join("/"));
+            match find(&method, &path) {
+                Ok((route, params)) => {
+                    prop_assert_eq!(&route.method, &method);
+                    prop_assert_eq!(params.len(), route.path.matches('{').count());
+                    prop_assert!(params.iter().all(|p| !p.is_empty()));
+                }
+                Err(p) if p.status == 405 => {
+                    let allow = p.allow.expect("a 405 names the allowed methods");
+                    prop_assert!(!allow.is_empty());
+                    prop_assert!(!allow.split(", ").any(|m| m == method.as_str()));
+                }
+                Err(p) => prop_assert_eq!((p.status, p.code), (404, "not_found")),
+            }
+        }
     }
 }

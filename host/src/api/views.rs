@@ -278,3 +278,20 @@ impl From<crate::domain::request_log::RequestRecord> for RequestView {
         }
     }
 }
+
+/// A database copy written by `POST /v1/admin/backups`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Backup")]
+pub struct BackupView {
+    /// Where it was written, on the gateway's host (under `DATA_DIR/backups`). The key
+    /// files are not in it: `simgate backup` collects them beside it.
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// Trees copied.
+    pub trees: usize,
+    /// Records copied.
+    pub entries: u64,
+}

@@ -116,6 +116,8 @@ actions! {
     SubjectUnrestricted = "subject.unrestricted",
     /// A subject objected: every non-essential purpose withdrawn.
     SubjectObjected = "subject.objected",
+    /// A copy of the database was taken (a backup).
+    BackupTaken = "backup.taken",
 }
 
 impl AuditAction {

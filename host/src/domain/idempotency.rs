@@ -253,3 +253,205 @@ mod tests {
         assert!(!valid_key(&"k".repeat(256)));
     }
 }
+
+/// Properties of the idempotency rule over generated requests and sequences of them: the
+/// same request replays what the first created, another request under the key is refused
+/// (422), and a running first request holds the key (409) until its lease runs out.
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn state() -> impl Strategy<Value = IdemState> {
+        prop_oneof![
+            (any::<u64>(), any::<Option<u128>>()).prop_map(|(started_ms, order)| {
+                IdemState::InProgress {
+                    started_ms,
+                    order: order.map(|n| OrderId(ulid::Ulid(n))),
+                }
+            }),
+            any::<u128>().prop_map(|n| IdemState::Order {
+                order: OrderId(ulid::Ulid(n))
+            }),
+        ]
+    }
+
+    /// Arbitrary JSON values, for fingerprints.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map(any::<String>(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `value` as JSON with every object's keys in reverse order and spaces between
+    /// tokens: the same request as another client would write it.
+    fn written_otherwise(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let entries: Vec<_> = map.iter().rev().collect();
+                out.push_str("{ ");
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" ,\n");
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push_str(" : ");
+                    written_otherwise(v, out);
+                }
+                out.push_str(" }");
+            }
+            Value::Array(items) => {
+                out.push_str("[ ");
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    written_otherwise(v, out);
+                }
+                out.push_str(" ]");
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+
+    /// One step of a client's (or several clients') use of keys.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A request under key `key` with body number `body`, `after_ms` after the last step.
+        Request { key: u8, body: u8, after_ms: u64 },
+        /// The running request under `key` created what it was for.
+        Finish { key: u8 },
+        /// The running request under `key` failed: the key is freed.
+        Fail { key: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..3, 0u8..3, prop_oneof![0u64..1_000, LEASE_MS - 10..LEASE_MS + 10])
+                .prop_map(|(key, body, after_ms)| Step::Request { key, body, after_ms }),
+            1 => (0u8..3).prop_map(|key| Step::Finish { key }),
+            1 => (0u8..3).prop_map(|key| Step::Fail { key }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_rule_for_any_record(record_state in state(), same in any::<bool>(), fp in any::<[u8; 32]>(), other in any::<[u8; 32]>(), now in any::<u64>()) {
+            prop_assume!(fp != other);
+            let record = IdemRecord { fingerprint: fp, state: record_state.clone(), created_at_ms: 0 };
+            let presented = if same { fp } else { other };
+            let expected = match (&record_state, same) {
+                (_, false) => Claim::Mismatch,
+                (IdemState::InProgress { started_ms, .. }, true) if now.saturating_sub(*started_ms) > LEASE_MS => Claim::New,
+                (IdemState::InProgress { .. }, true) => Claim::InProgress,
+                (done, true) => Claim::Replay(done.clone()),
+            };
+            prop_assert_eq!(judge(None, &presented, now), Claim::New);
+            prop_assert_eq!(judge(Some(&record), &presented, now), expected);
+        }
+
+        #[test]
+        fn any_sequence_of_requests_follows_the_rule(steps in proptest::collection::vec(step(), 1..40)) {
+            // The store as the gateway keeps it, driven by `judge` alone; beside it what each
+            // key's first request was and created.
+            let mut store: HashMap<u8, IdemRecord> = HashMap::new();
+            let mut created: HashMap<u8, (u8, OrderId)> = HashMap::new();
+            let fp = |body: u8| fingerprint("POST", "/v1/orders", format!("{{\"n\":{body}}}").as_bytes());
+            let mut now = 1_000_000u64;
+            for step in steps {
+                match step {
+                    Step::Request { key, body, after_ms } => {
+                        now += after_ms;
+                        let claim = judge(store.get(&key), &fp(body), now);
+                        match (&claim, store.get(&key), created.get(&key)) {
+                            (Claim::New, None, _) => {}
+                            (Claim::New, Some(r), _) => {
+                                // Only a first request that died may be taken over.
+                                let IdemState::InProgress { started_ms, .. } = r.state else {
+                                    panic!("a finished key was claimed anew");
+                                };
+                                prop_assert!(now - started_ms > LEASE_MS);
+                                prop_assert_eq!(r.fingerprint, fp(body));
+                            }
+                            (Claim::Mismatch, Some(r), _) => prop_assert_ne!(r.fingerprint, fp(body)),
+                            (Claim::InProgress, Some(r), _) => {
+                                prop_assert_eq!(r.fingerprint, fp(body));
+                                let running = matches!(r.state, IdemState::InProgress { .. });
+                                prop_assert!(running, "409 for a finished request");
+                            }
+                            (Claim::Replay(IdemState::Order { order }), Some(_), Some((first, made))) => {
+                                // The same request, and what its first run created.
+                                prop_assert_eq!(*first, body);
+                                prop_assert_eq!(order, made);
+                            }
+                            other => panic!("{other:?} for {step:?}"),
+                        }
+                        if claim == Claim::New {
+                            store.insert(key, IdemRecord {
+                                fingerprint: fp(body),
+                                state: IdemState::InProgress { started_ms: now, order: None },
+                                created_at_ms: now,
+                            });
+                        }
+                    }
+                    Step::Finish { key } => {
+                        if let Some(r) = store.get_mut(&key)
+                            && matches!(r.state, IdemState::InProgress { .. })
+                        {
+                            let order = OrderId::new();
+                            r.state = IdemState::Order { order };
+                            let body = (0..3).find(|b| fp(*b) == r.fingerprint).unwrap();
+                            created.insert(key, (body, order));
+                        }
+                    }
+                    Step::Fail { key } => {
+                        if store.get(&key).is_some_and(|r| matches!(r.state, IdemState::InProgress { .. })) {
+                            store.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_request_fingerprints_by_its_meaning(body in json(), path in "/v1/[a-z/]{0,20}") {
+            let compact = serde_json::to_vec(&body).unwrap();
+            let mut other = String::new();
+            written_otherwise(&body, &mut other);
+            prop_assert_eq!(
+                fingerprint("POST", &path, &compact),
+                fingerprint("POST", &path, other.as_bytes())
+            );
+            // The same body to another route, or by another method, is another request.
+            prop_assert_ne!(fingerprint("POST", &path, &compact), fingerprint("PUT", &path, &compact));
+            prop_assert_ne!(
+                fingerprint("POST", &path, &compact),
+                fingerprint("POST", &format!("{path}x"), &compact)
+            );
+        }
+
+        #[test]
+        fn any_bytes_fingerprint_and_any_key_is_judged_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..256), key in "\\PC{0,300}") {
+            let _ = fingerprint("POST", "/v1/orders", &body);
+            let valid = valid_key(&key);
+            prop_assert_eq!(
+                valid,
+                !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
+            );
+        }
+    }
+}

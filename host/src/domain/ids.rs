@@ -57,6 +57,11 @@ macro_rules! prefixed_id {
                 let rest = s
                     .strip_prefix(concat!($prefix, "_"))
                     .ok_or(InvalidId)?;
+                // 26 base32 digits hold 130 bits; the ulid crate drops the top two, so a
+                // first digit above 7 would make a second text for an existing id.
+                if !rest.starts_with(|c: char| ('0'..='7').contains(&c)) {
+                    return Err(InvalidId);
+                }
                 Ulid::from_string(rest).map($name).map_err(|_| InvalidId)
             }
         }
@@ -160,5 +165,73 @@ mod tests {
         assert_eq!(text.parse::<OrderId>().unwrap(), id);
         assert!(text.replace("ord_", "rsl_").parse::<OrderId>().is_err());
         assert!("ord_nope".parse::<OrderId>().is_err());
+    }
+}
+
+/// Properties of ids as the API shows them and takes them back (path parameters and
+/// `starting_after` cursors): they round-trip, sort as they are made, and nothing else
+/// parses as one.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn every_id_round_trips_through_its_text_and_bytes(n in any::<u128>()) {
+            let id = OrderId(Ulid(n));
+            let text = id.to_string();
+            prop_assert_eq!(text.parse::<OrderId>(), Ok(id));
+            prop_assert_eq!(OrderId::from_bytes(id.to_bytes()), id);
+            // The schema's pattern: prefix, then 26 lowercase Crockford base32 characters.
+            let rest = text.strip_prefix("ord_").unwrap();
+            prop_assert_eq!(rest.len(), 26);
+            prop_assert!(rest.bytes().all(|b| b"0123456789abcdefghjkmnpqrstvwxyz".contains(&b)));
+            // A client that upper-cases the id still names the same one.
+            prop_assert_eq!(format!("ord_{}", rest.to_uppercase()).parse::<OrderId>(), Ok(id));
+            // Every kind reads its own text back.
+            prop_assert_eq!(ResellerId(Ulid(n)).to_string().parse::<ResellerId>(), Ok(ResellerId(Ulid(n))));
+            prop_assert_eq!(KeyId(Ulid(n)).to_string().parse::<KeyId>(), Ok(KeyId(Ulid(n))));
+            prop_assert_eq!(EventId(Ulid(n)).to_string().parse::<EventId>(), Ok(EventId(Ulid(n))));
+            prop_assert_eq!(EndpointId(Ulid(n)).to_string().parse::<EndpointId>(), Ok(EndpointId(Ulid(n))));
+            prop_assert_eq!(AttemptId(Ulid(n)).to_string().parse::<AttemptId>(), Ok(AttemptId(Ulid(n))));
+            prop_assert_eq!(EkycSessionId(Ulid(n)).to_string().parse::<EkycSessionId>(), Ok(EkycSessionId(Ulid(n))));
+            prop_assert_eq!(ConsentId(Ulid(n)).to_string().parse::<ConsentId>(), Ok(ConsentId(Ulid(n))));
+        }
+
+        #[test]
+        fn ids_sort_alike_as_values_text_and_bytes(a in any::<u128>(), b in any::<u128>()) {
+            let (a, b) = (EventId(Ulid(a)), EventId(Ulid(b)));
+            // Cursors page by comparing ids: text, bytes and value must agree.
+            prop_assert_eq!(a.cmp(&b), a.to_string().cmp(&b.to_string()));
+            prop_assert_eq!(a.cmp(&b), a.to_bytes().cmp(&b.to_bytes()));
+        }
+
+        #[test]
+        fn another_kinds_id_is_not_an_id(n in any::<u128>()) {
+            prop_assert_eq!(ResellerId(Ulid(n)).to_string().parse::<OrderId>(), Err(InvalidId));
+            prop_assert_eq!(OrderId(Ulid(n)).to_string().parse::<EkycSessionId>(), Err(InvalidId));
+            prop_assert_eq!(Ulid(n).to_string().parse::<OrderId>(), Err(InvalidId), "no prefix");
+        }
+
+        #[test]
+        fn any_text_parses_as_an_id_or_not_without_panicking(
+            s in "\\PC{0,40}",
+            ulidish in "ord_[0-9A-Za-z]{24,28}",
+        ) {
+            for s in [s, ulidish] {
+                if let Ok(id) = s.parse::<OrderId>() {
+                    // What parses is what the id prints, up to case.
+                    prop_assert_eq!(id.to_string(), s.to_lowercase());
+                }
+            }
+        }
+
+        #[test]
+        fn ids_made_later_sort_later(count in 2usize..200) {
+            let ids: Vec<OrderId> = (0..count).map(|_| OrderId::new()).collect();
+            prop_assert!(ids.windows(2).all(|w| w[0] < w[1] && w[0].to_string() < w[1].to_string()));
+        }
     }
 }

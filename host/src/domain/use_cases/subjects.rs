@@ -62,8 +62,9 @@ impl Gateway {
             .ok_or_else(|| StoreError::Decode("a subject's data key does not open".into()))?)
     }
 
-    /// Open what [`Gateway::seal_for`] sealed; `None` once the subject's key is gone
-    /// (erased).
+    /// Open what [`Gateway::seal_for`] sealed; `None` once the key it was sealed under is
+    /// gone: the subject was erased (no key), or erased and seen again since (its new key
+    /// does not open what was sealed before the erasure).
     pub(crate) async fn open_for(
         &self,
         lookup: &SubjectLookup,
@@ -73,11 +74,22 @@ impl Gateway {
         let Some(wrapped) = self.store.subject_key(lookup).await? else {
             return Ok(None);
         };
-        let plaintext = self
+        if let Some(plaintext) = self
             .keyring
             .open_for_subject(lookup, &wrapped, context, sealed)
-            .ok_or_else(|| StoreError::Decode("a subject's sealed record does not open".into()))?;
-        Ok(Some(plaintext))
+        {
+            return Ok(Some(plaintext));
+        }
+        // A key that does not unwrap is a broken store (or another keyring): an error. A
+        // key that does, under which the record does not open, is a later key.
+        if self
+            .keyring
+            .seal_for_subject(lookup, &wrapped, context, b"")
+            .is_none()
+        {
+            return Err(StoreError::Decode("a subject's data key does not open".into()).into());
+        }
+        Ok(None)
     }
 
     /// The personal fields of an order, opened. A subject whose data key is gone has none
