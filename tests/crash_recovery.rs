@@ -269,12 +269,24 @@ fn activation_data_is_not_readable_in_the_database_files() {
         }
         order_ids.push(id);
     }
+    let store_url = gw.store_url.clone();
     let dir = gw.kill();
-    let mut files = Vec::new();
-    collect_files(&dir.path().join("db"), &mut files);
     let mut all = Vec::new();
-    for f in &files {
-        all.extend(std::fs::read(f).unwrap());
+    match store_url {
+        // On PostgreSQL: every record as the database holds it.
+        Some(url) => {
+            for table in ["orders", "esims", "events", "ledger"] {
+                let sql = format!("SELECT string_agg(record::text, ' ') FROM {table}");
+                all.extend(simgate_test_support::psql(&url, &sql).into_bytes());
+            }
+        }
+        None => {
+            let mut files = Vec::new();
+            collect_files(&dir.path().join("db"), &mut files);
+            for f in &files {
+                all.extend(std::fs::read(f).unwrap());
+            }
+        }
     }
     let contains = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
     // The scan is meaningful: plain records (order ids) are found in the same files.

@@ -1,0 +1,271 @@
+//! Two gateway nodes on one PostgreSQL database: what one node accepts the other serves,
+//! an `Idempotency-Key` sent to both at once makes one order, every job runs once with
+//! both workers running, and `kill -9` of one node loses nothing acknowledged while the
+//! other keeps serving.
+//!
+//! Each node is a real `simgate serve` with its own data directory and plugins folder
+//! (both with the sandbox plugin) and the same key files, as nodes sharing a database
+//! must. Skipped, with a notice, unless `SIMGATE_TEST_PG_URL` names a PostgreSQL server
+//! (`tests/pg/cluster.sh` starts one; `./dev test` does it for you).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use simgate_test_support::{Gateway, GatewayBuilder, Value, json, test_pg_url, unique_key};
+
+/// Orders answer at once (no waiting for fulfilment), pending orders are polled often (so
+/// both workers have jobs to race for), and nothing is rate limited. Job leases are short:
+/// a job the killed node had claimed waits for its lease to run out (leases are not tied
+/// to a node yet), 10 minutes by default; a sandbox step takes milliseconds.
+const CONFIG: &str = "[orders]\nsync_wait_ms = 0\npoll_interval_ms = 300\ndemo_credit_minor = 100000000\n[http]\nrate_limit_per_second = 100000.0\nrate_limit_burst = 100000.0\n[jobs]\nlease_secs = 5\n";
+
+const BIN: &str = env!("CARGO_BIN_EXE_simgate");
+
+/// Node A on a fresh database, and node B joining it (with A's keys); `None` when no
+/// PostgreSQL server is configured.
+fn two_nodes(test: &str) -> Option<(Gateway, Gateway)> {
+    let server = test_pg_url(test)?;
+    let a = GatewayBuilder::new(BIN)
+        .config(CONFIG)
+        .postgres(&server)
+        .start();
+    let b = join(&a, None);
+    Some((a, b))
+}
+
+/// A node on `other`'s database (on `dir` when restarting one), knowing its keys.
+fn join(other: &Gateway, dir: Option<tempfile::TempDir>) -> Gateway {
+    let url = other.store_url.clone().expect("a PostgreSQL node");
+    let builder = GatewayBuilder::new(BIN)
+        .config(CONFIG)
+        .postgres_database(&url);
+    let builder = match dir {
+        Some(dir) => builder.data_dir(dir),
+        None => builder.keys_from(other),
+    };
+    let mut node = builder.start();
+    node.admin_key = other.admin_key.clone();
+    node.demo_key = other.demo_key.clone();
+    node
+}
+
+/// Every page of a list endpoint, as `key` sees it.
+fn all(gw: &Gateway, key: &str, path: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(a) => format!("{path}?limit=100&starting_after={a}"),
+            None => format!("{path}?limit=100"),
+        };
+        let page = gw.call("GET", &url, Some(key), None);
+        assert_eq!(page.status, 200, "GET {url}: {:?}", page.json);
+        let items = page.json["data"].as_array().unwrap().clone();
+        after = items.last().map(|o| o["id"].as_str().unwrap().to_string());
+        out.extend(items);
+        if page.json["has_more"] != true {
+            return out;
+        }
+    }
+}
+
+/// Wait until every order is final; returns them.
+fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let orders = all(gw, key, "/v1/orders");
+        let open: Vec<_> = orders
+            .iter()
+            .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
+            .map(|o| (o["id"].clone(), o["status"].clone()))
+            .collect();
+        if open.is_empty() {
+            return orders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders still unfinished: {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Per order one hold and exactly one capture (fulfilled) or release (failed); no hold
+/// left open; the balance equal to the sum of the entries.
+fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
+    let entries = all(gw, key, "/v1/balance/transactions");
+    let count = |kind: &str, order: &Value| {
+        entries
+            .iter()
+            .filter(|e| e["type"] == kind && &e["order_id"] == order)
+            .count()
+    };
+    for o in orders {
+        let id = &o["id"];
+        assert_eq!(count("hold", id), 1, "order {id}: one hold");
+        let settled = (count("capture", id), count("release", id));
+        match o["status"].as_str().unwrap() {
+            "fulfilled" => assert_eq!(settled, (1, 0), "order {id}: captured once"),
+            _ => assert_eq!(settled, (0, 1), "order {id}: released once"),
+        }
+    }
+    let sum = |kind: &str| {
+        entries
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["amount"].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    let open_holds = sum("hold") - sum("capture") - sum("release");
+    assert_eq!(
+        open_holds, 0,
+        "no hold is left open once every order settled"
+    );
+    let (available, held) = gw.balance_of(key);
+    assert_eq!(held, 0);
+    assert_eq!(
+        available,
+        sum("credit") - sum("capture") + sum("refund"),
+        "the balance is the sum of the entries"
+    );
+}
+
+#[test]
+fn an_order_made_on_one_node_is_read_on_the_other() {
+    let Some((a, b)) = two_nodes("an_order_made_on_one_node_is_read_on_the_other") else {
+        return;
+    };
+    let id = a.place_order_as(
+        &a.demo_key,
+        &json!({"product_id": "sandbox:SBX-US-5GB-30D"}),
+    );
+    let seen = b.wait_order_as(&b.demo_key, &id, |o| o["status"] == "fulfilled");
+    assert_eq!(seen["id"], id.as_str());
+    assert!(!seen["esims"].as_array().unwrap().is_empty());
+    assert_eq!(a.balance_of(&a.demo_key), b.balance_of(&b.demo_key));
+}
+
+#[test]
+fn one_idempotency_key_sent_to_both_nodes_at_once_makes_one_order() {
+    let Some((a, b)) = two_nodes("one_idempotency_key_sent_to_both_nodes_at_once_makes_one_order")
+    else {
+        return;
+    };
+    let rounds = 25;
+    let body = json!({"product_id": "sandbox:SBX-US-5GB-30D"});
+    let barrier = Barrier::new(2);
+    for _ in 0..rounds {
+        let idem = unique_key();
+        let send = |node: &Gateway| {
+            barrier.wait();
+            let r = node.post_idem_as(&node.demo_key, "/v1/orders", &body, &idem);
+            match r.status {
+                200..=202 => Some(r.json["id"].as_str().unwrap().to_string()),
+                // The other node holds the key's claim until its request ends.
+                409 => None,
+                s => panic!("unexpected {s} {:?}", r.json),
+            }
+        };
+        let (send, a, b) = (&send, &a, &b);
+        let ids: Vec<Option<String>> = std::thread::scope(|s| {
+            let on_a = s.spawn(move || send(a));
+            let on_b = s.spawn(move || send(b));
+            vec![on_a.join().unwrap(), on_b.join().unwrap()]
+        });
+        let named: BTreeSet<_> = ids.into_iter().flatten().collect();
+        assert_eq!(named.len(), 1, "both answers name one order: {named:?}");
+    }
+    let orders = settle_all(&b, &b.demo_key);
+    assert_eq!(orders.len(), rounds, "one order per key");
+    assert_ledger_settles(&a, &a.demo_key, &orders);
+}
+
+#[test]
+fn each_job_runs_once_with_both_nodes_running_workers() {
+    let Some((a, b)) = two_nodes("each_job_runs_once_with_both_nodes_running_workers") else {
+        return;
+    };
+    // The async product is polled until it delivers: each poll is a job either node's
+    // worker may claim.
+    let body = json!({"product_id": "sandbox:SBX-ASYNC-1GB-7D"});
+    let placed: Vec<String> = (0..30)
+        .map(|_| a.place_order_as(&a.demo_key, &body))
+        .collect();
+    let orders = settle_all(&b, &b.demo_key);
+    assert_eq!(orders.len(), placed.len());
+    assert_ledger_settles(&b, &b.demo_key, &orders);
+}
+
+#[test]
+fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() {
+    let Some((a, b)) =
+        two_nodes("kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving")
+    else {
+        return;
+    };
+    let key = a.demo_key.clone();
+    let acknowledged = Mutex::new(BTreeSet::new());
+    let after_kill = AtomicUsize::new(0);
+    let (killed, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+    let products = ["sandbox:SBX-ASYNC-1GB-7D", "sandbox:SBX-US-5GB-30D"];
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let node = if t % 2 == 0 { &a } else { &b };
+            let (key, acknowledged, after_kill, killed, stop) =
+                (&key, &acknowledged, &after_kill, &killed, &stop);
+            s.spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({"product_id": products[i % products.len()]});
+                    i += 1;
+                    match node.try_raw(
+                        "POST",
+                        "/v1/orders",
+                        Some(key),
+                        &[("idempotency-key", &unique_key())],
+                        Some(body.to_string().into_bytes()),
+                        Some("application/json"),
+                    ) {
+                        Ok(r) if r.status == 201 => {
+                            let id = r.json["id"].as_str().unwrap().to_string();
+                            acknowledged.lock().unwrap().insert(id);
+                            if killed.load(Ordering::Relaxed) {
+                                after_kill.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
+                        Err(_) => break, // this thread's node died under it
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        a.sigkill();
+        killed.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(
+        acknowledged.len() >= 20,
+        "orders were in flight: {}",
+        acknowledged.len()
+    );
+    assert!(
+        after_kill.load(Ordering::Relaxed) > 0,
+        "the surviving node kept taking orders"
+    );
+    for id in &acknowledged {
+        let r = b.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
+        assert_eq!(
+            r.status, 200,
+            "acknowledged order {id} is missing on the other node"
+        );
+    }
+    let a = join(&b, Some(a.kill()));
+    let orders = settle_all(&a, &key);
+    assert!(orders.len() >= acknowledged.len());
+    assert_ledger_settles(&b, &key, &orders);
+}
