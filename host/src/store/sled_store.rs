@@ -628,7 +628,13 @@ impl SledStore {
         if replayed > 0 {
             tracing::warn!(changes = replayed, "applied changes a crash left journaled");
         }
-        store.reindex_jobs()?;
+        let voided = store.reindex_jobs()?;
+        if voided > 0 {
+            tracing::info!(
+                jobs = voided,
+                "took back the jobs a stopped process had in hand"
+            );
+        }
         *store.lock_audit_head() = store.read_audit_head()?;
         // The books are exact: the next open starts from here.
         store.checkpoint()?;
@@ -987,14 +993,24 @@ impl SledStore {
         Ok(())
     }
 
-    /// Rebuild `jobs_due` from `jobs`.
-    fn reindex_jobs(&self) -> StoreResult<()> {
+    /// Rebuild `jobs_due` from `jobs`, voiding every lease: sled lets one process open
+    /// the database at a time, so a lease found on open was taken by a process that is
+    /// gone (killed mid-step), and its job must not wait the lease out before it runs
+    /// again (an order's money would stay held for the whole lease).
+    fn reindex_jobs(&self) -> StoreResult<usize> {
         self.jobs_due.clear().map_err(backend)?;
+        let mut voided = 0;
         for kv in self.jobs.iter() {
-            let job: Job = decode(&kv.map_err(backend)?.1)?;
+            let (key, value) = kv.map_err(backend)?;
+            let mut job: Job = decode(&value)?;
+            if job.lease_until_ms > 0 {
+                job.lease_until_ms = 0;
+                put(&self.jobs, &key, &job)?;
+                voided += 1;
+            }
             self.index_job(None, Some(&job))?;
         }
-        Ok(())
+        Ok(voided)
     }
 
     /// Write what a change carries, each record in full: the order (unless the stored one
@@ -3300,6 +3316,27 @@ mod tests {
                 Some(credit)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_job_a_killed_process_had_in_hand_runs_at_once_after_a_restart() {
+        use crate::domain::jobs::JobKind;
+        let dir = tempfile::tempdir().unwrap();
+        let order = OrderId::new();
+        {
+            let s = reopen(dir.path());
+            s.put_job(&Job::fulfil(order, 1_000)).await.unwrap();
+            // Claimed with a ten-minute lease; then the process is killed mid-step.
+            let claimed = s.claim_jobs(1_000, 600_000, 10).await.unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert!(s.claim_jobs(2_000, 600_000, 10).await.unwrap().is_empty());
+            s.durable().await.unwrap();
+        }
+        let s = reopen(dir.path());
+        // One process holds a sled database at a time: the lease died with its holder.
+        let again = s.claim_jobs(2_000, 600_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "taken at once, not after the lease");
+        assert_eq!(again[0].kind, JobKind::Fulfil { order });
     }
 
     /// A sled store in a temporary directory, opened on the same files each time.
