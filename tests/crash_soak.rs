@@ -66,8 +66,9 @@ const TOP_UP_PRODUCT: &str = "sandbox:SBX-EU-10GB-30D";
 /// How long a (re)started gateway may take to be ready before the soak gives up on it.
 const READY_WITHIN: Duration = Duration::from_secs(120);
 
-/// How long every order may take to reach a final state after a restart: recovery
-/// resubmits what was never sent and polls what is pending every `poll_interval_ms`.
+/// How long an order found unfinished after a restart may take to reach a final state:
+/// recovery resubmits what was never sent and polls what is pending every
+/// `poll_interval_ms`, so a few seconds are plenty; longer is a stuck order.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// States an order leaves only by settling.
@@ -253,7 +254,6 @@ fn audit(gw: &Gateway, world: &World, orders_before: usize, cx: &str) -> usize {
 /// unfinished orders are listed once (no order is placed meanwhile), then each is read
 /// until it is final; one still unfinished at the deadline is stuck, and named.
 fn wait_until_settled(gw: &Gateway, world: &World, cx: &str) {
-    let deadline = Instant::now() + SETTLE_WITHIN;
     let mut unfinished: Vec<(&str, Value)> = Vec::new();
     for account in &world.accounts {
         for status in UNFINISHED {
@@ -261,6 +261,9 @@ fn wait_until_settled(gw: &Gateway, world: &World, cx: &str) {
             unfinished.extend(listed.into_iter().map(|o| (account.key.as_str(), o)));
         }
     }
+    // Counted from here: listing by status reads every order, which takes seconds on the
+    // books of a long run, and is no part of the orders' settling.
+    let deadline = Instant::now() + SETTLE_WITHIN;
     while !unfinished.is_empty() {
         for (key, order) in &mut unfinished {
             *order = gw.order_as(key, order["id"].as_str().expect("an order id"));
@@ -275,7 +278,8 @@ fn wait_until_settled(gw: &Gateway, world: &World, cx: &str) {
                 .map(|(key, o)| describe_stuck(gw, key, o))
                 .collect();
             panic!(
-                "{cx}: orders stuck unfinished {SETTLE_WITHIN:?} after the restart:\n{}",
+                "{cx}: orders stuck after the restart, unfinished {SETTLE_WITHIN:?} after \
+                 they were listed:\n{}",
                 stuck.join("\n")
             );
         }
