@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use simgate_test_support::{Gateway, GatewayBuilder, Value, json, unique_key, wait_for};
+use simgate_test_support::{GatewayBuilder, json, unique_key, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 const CONFIG: &str = "[orders]\nsync_wait_ms = 0\npoll_interval_ms = 500\ndemo_credit_minor = 100000000\n\
@@ -26,27 +26,6 @@ fn simgate(args: &[&std::ffi::OsStr]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
-
-/// Every item of a reseller's paginated list at `path`.
-fn all(gw: &Gateway, key: &str, path: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = match &after {
-            Some(a) => format!("{path}?limit=100&starting_after={a}"),
-            None => format!("{path}?limit=100"),
-        };
-        let r = gw.call("GET", &page, Some(key), None);
-        assert_eq!(r.status, 200, "{:?}", r.json);
-        let items = r.json["data"].as_array().unwrap().clone();
-        after = items.last().map(|i| i["id"].as_str().unwrap().to_string());
-        out.extend(items);
-        if r.json["has_more"] != true {
-            return out;
-        }
-    }
-}
-
 #[test]
 fn a_backup_taken_under_load_restores_every_acknowledged_order_and_a_ledger_that_adds_up() {
     let gw = GatewayBuilder::new(BIN).config(CONFIG).start();
@@ -153,7 +132,7 @@ fn a_backup_taken_under_load_restores_every_acknowledged_order_and_a_ledger_that
 
     // Every order acknowledged before the backup began is there, and none stays open.
     let orders = wait_for("every restored order to settle", || {
-        let orders = all(&gw, &key, "/v1/orders");
+        let orders = gw.all_pages(&key, "/v1/orders");
         orders
             .iter()
             .all(|o| ["fulfilled", "failed", "cancelled"].contains(&o["status"].as_str().unwrap()))
@@ -170,7 +149,7 @@ fn a_backup_taken_under_load_restores_every_acknowledged_order_and_a_ledger_that
 
     // The ledger invariant: each order one hold and at most one capture or release, and
     // the balance is what the entries add up to.
-    let entries = all(&gw, &key, "/v1/balance/transactions");
+    let entries = gw.all_pages(&key, "/v1/balance/transactions");
     let mut per_order: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let (mut available, mut held) = (0i64, 0i64);
     for e in &entries {

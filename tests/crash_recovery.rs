@@ -23,43 +23,6 @@ fn start(dir: Option<tempfile::TempDir>) -> Gateway {
     .start()
 }
 
-fn all_orders(gw: &Gateway, key: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(a) => format!("/v1/orders?limit=100&starting_after={a}"),
-            None => "/v1/orders?limit=100".into(),
-        };
-        let page = gw.call("GET", &path, Some(key), None);
-        assert_eq!(page.status, 200, "{:?}", page.json);
-        let items = page.json["data"].as_array().unwrap().clone();
-        after = items.last().map(|o| o["id"].as_str().unwrap().to_string());
-        out.extend(items);
-        if page.json["has_more"] != true {
-            return out;
-        }
-    }
-}
-
-fn ledger(gw: &Gateway, key: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(a) => format!("/v1/balance/transactions?limit=100&starting_after={a}"),
-            None => "/v1/balance/transactions?limit=100".into(),
-        };
-        let page = gw.call("GET", &path, Some(key), None);
-        let items = page.json["data"].as_array().unwrap().clone();
-        after = items.last().map(|t| t["id"].as_str().unwrap().to_string());
-        out.extend(items);
-        if page.json["has_more"] != true {
-            return out;
-        }
-    }
-}
-
 #[test]
 fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart() {
     let gw = start(None);
@@ -114,7 +77,8 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
     // Some orders were caught unfinished by the crash (pending at the supplier), so the
     // recovery path is what settles them. Counted first: the recovery polls them once
     // `poll_interval_ms` has passed since they were accepted.
-    let unfinished = all_orders(&gw, &key)
+    let unfinished = gw
+        .all_pages(&key, "/v1/orders")
         .iter()
         .filter(|o| o["status"] == "submitted" || o["status"] == "accepted")
         .count();
@@ -169,7 +133,7 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
     // Unfinished orders complete or fail cleanly.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let orders = all_orders(gw, key);
+        let orders = gw.all_pages(key, "/v1/orders");
         if orders
             .iter()
             .all(|o| o["status"] == "fulfilled" || o["status"] == "failed")
@@ -192,7 +156,7 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
 /// One hold per order, each settled exactly once, no hold left open, and the balance
 /// equal to the invariant recomputed from the listed entries.
 fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
-    let entries = ledger(gw, key);
+    let entries = gw.all_pages(key, "/v1/balance/transactions");
     let count = |kind: &str, order: &Value| {
         entries
             .iter()

@@ -50,32 +50,11 @@ fn join(other: &Gateway, dir: Option<tempfile::TempDir>) -> Gateway {
     node.demo_key = other.demo_key.clone();
     node
 }
-
-/// Every page of a list endpoint, as `key` sees it.
-fn all(gw: &Gateway, key: &str, path: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let url = match &after {
-            Some(a) => format!("{path}?limit=100&starting_after={a}"),
-            None => format!("{path}?limit=100"),
-        };
-        let page = gw.call("GET", &url, Some(key), None);
-        assert_eq!(page.status, 200, "GET {url}: {:?}", page.json);
-        let items = page.json["data"].as_array().unwrap().clone();
-        after = items.last().map(|o| o["id"].as_str().unwrap().to_string());
-        out.extend(items);
-        if page.json["has_more"] != true {
-            return out;
-        }
-    }
-}
-
 /// Wait until every order is final; returns them.
 fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let orders = all(gw, key, "/v1/orders");
+        let orders = gw.all_pages(key, "/v1/orders");
         let open: Vec<_> = orders
             .iter()
             .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
@@ -95,7 +74,7 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
 /// Per order one hold and exactly one capture (fulfilled) or release (failed); no hold
 /// left open; the balance equal to the sum of the entries.
 fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
-    let entries = all(gw, key, "/v1/balance/transactions");
+    let entries = gw.all_pages(key, "/v1/balance/transactions");
     let count = |kind: &str, order: &Value| {
         entries
             .iter()

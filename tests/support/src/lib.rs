@@ -716,6 +716,27 @@ impl Gateway {
         )
     }
 
+    /// Every item of the list at `path` (orders, ledger entries ...) as `key` sees it,
+    /// following `starting_after` page by page.
+    pub fn all_pages(&self, key: &str, path: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(a) => format!("{path}?limit=100&starting_after={a}"),
+                None => format!("{path}?limit=100"),
+            };
+            let page = self.call("GET", &url, Some(key), None);
+            assert_eq!(page.status, 200, "GET {url}: {:?}", page.json);
+            let items = page.json["data"].as_array().unwrap().clone();
+            after = items.last().map(|i| i["id"].as_str().unwrap().to_string());
+            out.extend(items);
+            if page.json["has_more"] != true {
+                return out;
+            }
+        }
+    }
+
     /// Place an order as `key` (a fresh `Idempotency-Key`); its id. Panics unless accepted.
     pub fn place_order_as(&self, key: &str, body: &Value) -> String {
         let r = self.post_idem_as(key, "/v1/orders", body, &unique_key());
