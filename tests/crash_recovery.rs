@@ -93,7 +93,7 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
     }
     let orders = settle_all(&gw, &key);
     assert!(orders.len() >= acknowledged.len());
-    assert_ledger_settles(&gw, &key, &orders);
+    gw.assert_ledger_settles(&key, &orders);
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn a_graceful_restart_keeps_balances_and_resumes_unfinished_orders() {
     let orders = settle_all(&gw, &key);
     assert_eq!(orders.len(), 6);
     assert!(orders.iter().all(|o| o["status"] == "fulfilled"));
-    assert_ledger_settles(&gw, &key, &orders);
+    gw.assert_ledger_settles(&key, &orders);
 }
 
 /// Wait until every order is final (recovery settles the unfinished ones); returns them.
@@ -151,56 +151,6 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// One hold per order, each settled exactly once, no hold left open, and the balance
-/// equal to the invariant recomputed from the listed entries.
-fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
-    let entries = gw.all_pages(key, "/v1/balance/transactions");
-    let count = |kind: &str, order: &Value| {
-        entries
-            .iter()
-            .filter(|e| e["type"] == kind && &e["order_id"] == order)
-            .count()
-    };
-    for o in orders {
-        let id = &o["id"];
-        assert_eq!(count("hold", id), 1, "order {id}");
-        match o["status"].as_str().unwrap() {
-            "fulfilled" => assert_eq!(
-                (count("capture", id), count("release", id)),
-                (1, 0),
-                "order {id}"
-            ),
-            _ => assert_eq!(
-                (count("capture", id), count("release", id)),
-                (0, 1),
-                "order {id}"
-            ),
-        }
-        if o["status"] == "fulfilled" {
-            assert!(!o["esims"].as_array().unwrap().is_empty());
-        }
-    }
-    let sum = |kind: &str| {
-        entries
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .map(|e| e["amount"].as_i64().unwrap())
-            .sum::<i64>()
-    };
-    let open_holds = sum("hold") - sum("capture") - sum("release");
-    let b = gw.call("GET", "/v1/balance", Some(key), None);
-    let usd = &b.json["data"][0];
-    assert_eq!(usd["held"].as_i64().unwrap(), open_holds);
-    assert_eq!(
-        open_holds, 0,
-        "no hold is left open once every order settled"
-    );
-    assert_eq!(
-        usd["available"].as_i64().unwrap(),
-        sum("credit") - sum("capture") - open_holds + sum("refund")
-    );
 }
 
 #[test]

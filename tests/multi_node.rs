@@ -71,46 +71,6 @@ fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
     }
 }
 
-/// Per order one hold and exactly one capture (fulfilled) or release (failed); no hold
-/// left open; the balance equal to the sum of the entries.
-fn assert_ledger_settles(gw: &Gateway, key: &str, orders: &[Value]) {
-    let entries = gw.all_pages(key, "/v1/balance/transactions");
-    let count = |kind: &str, order: &Value| {
-        entries
-            .iter()
-            .filter(|e| e["type"] == kind && &e["order_id"] == order)
-            .count()
-    };
-    for o in orders {
-        let id = &o["id"];
-        assert_eq!(count("hold", id), 1, "order {id}: one hold");
-        let settled = (count("capture", id), count("release", id));
-        match o["status"].as_str().unwrap() {
-            "fulfilled" => assert_eq!(settled, (1, 0), "order {id}: captured once"),
-            _ => assert_eq!(settled, (0, 1), "order {id}: released once"),
-        }
-    }
-    let sum = |kind: &str| {
-        entries
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .map(|e| e["amount"].as_i64().unwrap())
-            .sum::<i64>()
-    };
-    let open_holds = sum("hold") - sum("capture") - sum("release");
-    assert_eq!(
-        open_holds, 0,
-        "no hold is left open once every order settled"
-    );
-    let (available, held) = gw.balance_of(key);
-    assert_eq!(held, 0);
-    assert_eq!(
-        available,
-        sum("credit") - sum("capture") + sum("refund"),
-        "the balance is the sum of the entries"
-    );
-}
-
 #[test]
 fn an_order_made_on_one_node_is_read_on_the_other() {
     let Some((a, b)) = two_nodes("an_order_made_on_one_node_is_read_on_the_other") else {
@@ -158,7 +118,7 @@ fn one_idempotency_key_sent_to_both_nodes_at_once_makes_one_order() {
     }
     let orders = settle_all(&b, &b.demo_key);
     assert_eq!(orders.len(), rounds, "one order per key");
-    assert_ledger_settles(&a, &a.demo_key, &orders);
+    a.assert_ledger_settles(&a.demo_key, &orders);
 }
 
 #[test]
@@ -174,7 +134,7 @@ fn each_job_runs_once_with_both_nodes_running_workers() {
         .collect();
     let orders = settle_all(&b, &b.demo_key);
     assert_eq!(orders.len(), placed.len());
-    assert_ledger_settles(&b, &b.demo_key, &orders);
+    b.assert_ledger_settles(&b.demo_key, &orders);
 }
 
 #[test]
@@ -246,5 +206,5 @@ fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() 
     let a = join(&b, Some(a.kill()));
     let orders = settle_all(&a, &key);
     assert!(orders.len() >= acknowledged.len());
-    assert_ledger_settles(&b, &key, &orders);
+    b.assert_ledger_settles(&key, &orders);
 }

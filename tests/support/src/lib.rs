@@ -737,6 +737,50 @@ impl Gateway {
         }
     }
 
+    /// The ledger of `key`'s account after every one of `orders` is final: per order one
+    /// hold and exactly one capture (fulfilled, with its eSIMs) or release (failed), no
+    /// hold left open, and the balance equal to the sum of the entries.
+    pub fn assert_ledger_settles(&self, key: &str, orders: &[Value]) {
+        let entries = self.all_pages(key, "/v1/balance/transactions");
+        let count = |kind: &str, order: &Value| {
+            entries
+                .iter()
+                .filter(|e| e["type"] == kind && &e["order_id"] == order)
+                .count()
+        };
+        for o in orders {
+            let id = &o["id"];
+            assert_eq!(count("hold", id), 1, "order {id}: one hold");
+            let settled = (count("capture", id), count("release", id));
+            match o["status"].as_str().unwrap() {
+                "fulfilled" => {
+                    assert_eq!(settled, (1, 0), "order {id}: captured once");
+                    assert!(!o["esims"].as_array().unwrap().is_empty(), "order {id}");
+                }
+                _ => assert_eq!(settled, (0, 1), "order {id}: released once"),
+            }
+        }
+        let sum = |kind: &str| {
+            entries
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .map(|e| e["amount"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        let open_holds = sum("hold") - sum("capture") - sum("release");
+        assert_eq!(
+            open_holds, 0,
+            "no hold is left open once every order settled"
+        );
+        let (available, held) = self.balance_of(key);
+        assert_eq!(held, 0);
+        assert_eq!(
+            available,
+            sum("credit") - sum("capture") + sum("refund"),
+            "the balance is the sum of the entries"
+        );
+    }
+
     /// Place an order as `key` (a fresh `Idempotency-Key`); its id. Panics unless accepted.
     pub fn place_order_as(&self, key: &str, body: &Value) -> String {
         let r = self.post_idem_as(key, "/v1/orders", body, &unique_key());
