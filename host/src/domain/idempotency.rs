@@ -70,6 +70,21 @@ pub struct IdemRecord {
     pub created_at_ms: u64,
 }
 
+impl IdemRecord {
+    /// A new claim of `key` at `now_ms` by a request with `fingerprint`: in progress, for
+    /// the id its creation will have.
+    pub fn claim(key: &IdemKey, fingerprint: &[u8; 32], now_ms: u64) -> IdemRecord {
+        IdemRecord {
+            fingerprint: *fingerprint,
+            state: IdemState::InProgress {
+                started_ms: now_ms,
+                order: Some(key.order),
+            },
+            created_at_ms: now_ms,
+        }
+    }
+}
+
 /// Result of claiming a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

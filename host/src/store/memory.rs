@@ -448,17 +448,9 @@ impl Store for MemoryStore {
         }
         let claim = idempotency::judge(existing.as_ref(), fingerprint, now_ms);
         if claim == Claim::New {
-            state.idempotency.insert(
-                k,
-                IdemRecord {
-                    fingerprint: *fingerprint,
-                    state: IdemState::InProgress {
-                        started_ms: now_ms,
-                        order: Some(key.order),
-                    },
-                    created_at_ms: now_ms,
-                },
-            );
+            state
+                .idempotency
+                .insert(k, IdemRecord::claim(key, fingerprint, now_ms));
         }
         Ok(claim)
     }

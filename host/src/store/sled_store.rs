@@ -1749,14 +1749,7 @@ impl Store for SledStore {
         now_ms: u64,
     ) -> StoreResult<Claim> {
         let k = key.storage_key();
-        let claim = IdemRecord {
-            fingerprint: *fingerprint,
-            state: IdemState::InProgress {
-                started_ms: now_ms,
-                order: Some(key.order),
-            },
-            created_at_ms: now_ms,
-        };
+        let claim = IdemRecord::claim(key, fingerprint, now_ms);
         let claim = encode_idem(&claim);
         // Most keys are new: try to take the key outright before reading anything.
         let mut current = match self

@@ -18,14 +18,7 @@ pub(super) async fn claim(
     now_ms: u64,
 ) -> Faulty<Claim> {
     let k = key.storage_key();
-    let claim = IdemRecord {
-        fingerprint: *fingerprint,
-        state: IdemState::InProgress {
-            started_ms: now_ms,
-            order: Some(key.order),
-        },
-        created_at_ms: now_ms,
-    };
+    let claim = IdemRecord::claim(key, fingerprint, now_ms);
     let accounts = accounts_of(key.reseller);
     let tx = client.transaction().await?;
     let judged = loop {
