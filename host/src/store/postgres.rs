@@ -302,6 +302,18 @@ async fn query_opt<C: GenericClient>(c: &C, sql: &str, params: &Params<'_>) -> F
     Ok(c.query_opt(&statement, params).await?)
 }
 
+/// The JSON record (column `record`) of the row `sql` returns, if any.
+async fn record_opt<C: GenericClient, T: DeserializeOwned>(
+    c: &C,
+    sql: &str,
+    params: &Params<'_>,
+) -> Faulty<Option<T>> {
+    query_opt(c, sql, params)
+        .await?
+        .map(|row| record(&row, "record"))
+        .transpose()
+}
+
 /// Run `sql`; returns how many rows it changed.
 async fn execute<C: GenericClient>(c: &C, sql: &str, params: &Params<'_>) -> Faulty<u64> {
     let statement = c.prepare_cached(sql).await?;
@@ -440,13 +452,12 @@ async fn with_esims<C: GenericClient>(
 impl Store for PgStore {
     async fn reseller(&self, id: ResellerId) -> StoreResult<Option<Reseller>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM resellers WHERE id = $1",
             &[&&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn resellers(&self) -> StoreResult<Vec<Reseller>> {
@@ -469,25 +480,23 @@ impl Store for PgStore {
 
     async fn api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKey>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM api_keys WHERE hash = $1",
             &[&&hash.0[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn api_key_by_id(&self, id: KeyId) -> StoreResult<Option<ApiKey>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT k.record FROM api_key_ids i JOIN api_keys k ON k.hash = i.hash
              WHERE i.id = $1",
             &[&&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
@@ -515,13 +524,12 @@ impl Store for PgStore {
 
     async fn order(&self, id: OrderId) -> StoreResult<Option<Order>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM orders WHERE id = $1",
             &[&&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
@@ -627,13 +635,12 @@ impl Store for PgStore {
 
     async fn event(&self, reseller: ResellerId, id: EventId) -> StoreResult<Option<Event>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM events WHERE reseller = $1 AND id = $2",
             &[&&reseller.to_bytes()[..], &&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn outbox(&self, n: usize) -> StoreResult<Vec<Event>> {
@@ -667,13 +674,12 @@ impl Store for PgStore {
         id: EndpointId,
     ) -> StoreResult<Option<Endpoint>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM webhook_endpoints WHERE reseller = $1 AND id = $2",
             &[&&reseller.to_bytes()[..], &&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn endpoints(&self, reseller: ResellerId) -> StoreResult<Vec<Endpoint>> {
@@ -782,13 +788,12 @@ impl Store for PgStore {
         id: Ulid,
     ) -> StoreResult<Option<LedgerEntry>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM ledger WHERE reseller = $1 AND id = $2",
             &[&&reseller.to_bytes()[..], &&id.to_bytes()[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn ledger_page(
@@ -814,8 +819,7 @@ impl Store for PgStore {
 
     async fn esim(&self, iccid: &str) -> StoreResult<Option<EsimRecord>> {
         let c = self.client().await?;
-        let row = query_opt(&c, "SELECT record FROM esims WHERE iccid = $1", &[&iccid]).await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        Ok(record_opt(&c, "SELECT record FROM esims WHERE iccid = $1", &[&iccid]).await?)
     }
 
     async fn claim_idempotency(
@@ -949,13 +953,12 @@ impl Store for PgStore {
         subject: &SubjectLookup,
     ) -> StoreResult<Option<Restriction>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM restrictions WHERE reseller = $1 AND subject = $2",
             &[&&reseller.to_bytes()[..], &&subject.0[..]],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn set_restriction(
@@ -1088,8 +1091,7 @@ impl Store for PgStore {
 
     async fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         let c = self.client().await?;
-        let row = query_opt(&c, "SELECT record FROM jobs WHERE id = $1", &[&id]).await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        Ok(record_opt(&c, "SELECT record FROM jobs WHERE id = $1", &[&id]).await?)
     }
 
     async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>> {
@@ -1116,13 +1118,12 @@ impl Store for PgStore {
 
     async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
         let c = self.client().await?;
-        let row = query_opt(
+        Ok(record_opt(
             &c,
             "SELECT record FROM catalogs WHERE plugin = $1",
             &[&plugin],
         )
-        .await?;
-        Ok(row.map(|r| record(&r, "record")).transpose()?)
+        .await?)
     }
 
     async fn put_catalog(&self, catalog: &CachedCatalog) -> StoreResult<()> {
