@@ -1,7 +1,9 @@
 //! Two gateway nodes on one PostgreSQL database: what one node accepts the other serves,
 //! an `Idempotency-Key` sent to both at once makes one order, every job runs once with
-//! both workers running, and `kill -9` of one node loses nothing acknowledged while the
-//! other keeps serving.
+//! both workers running, `kill -9` of one node loses nothing acknowledged while the other
+//! keeps serving and finishes the killed node's work on its own, the admin status shows
+//! each node and the plugin versions it serves, and a node with other key files is
+//! refused.
 //!
 //! Each node is a real `simgate serve` with its own data directory and plugins folder
 //! (both with the sandbox plugin) and the same key files, as nodes sharing a database
@@ -16,10 +18,11 @@ use std::time::{Duration, Instant};
 use simgate_test_support::{Gateway, GatewayBuilder, Value, json, test_pg_url, unique_key};
 
 /// Orders answer at once (no waiting for fulfilment), pending orders are polled often (so
-/// both workers have jobs to race for), and nothing is rate limited. Job leases are short:
-/// a job the killed node had claimed waits for its lease to run out (leases are not tied
-/// to a node yet), 10 minutes by default; a sandbox step takes milliseconds.
-const CONFIG: &str = "[orders]\nsync_wait_ms = 0\npoll_interval_ms = 300\ndemo_credit_minor = 100000000\n[http]\nrate_limit_per_second = 100000.0\nrate_limit_burst = 100000.0\n[jobs]\nlease_secs = 5\n";
+/// both workers have jobs to race for), and nothing is rate limited. Nodes beat every
+/// 300 ms (gone after four missed beats), and orders left without a next step are taken
+/// up after a second; job leases keep their default of ten minutes, so a killed node's
+/// jobs are taken up because its node is gone, not because a lease ran out.
+const CONFIG: &str = "[orders]\nsync_wait_ms = 0\npoll_interval_ms = 300\ndemo_credit_minor = 100000000\n[http]\nrate_limit_per_second = 100000.0\nrate_limit_burst = 100000.0\n[jobs]\nheartbeat_ms = 300\nadopt_after_secs = 1\n";
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 
@@ -203,8 +206,110 @@ fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() 
             "acknowledged order {id} is missing on the other node"
         );
     }
-    let a = join(&b, Some(a.kill()));
-    let orders = settle_all(&a, &key);
+    // The survivor alone finishes everything: the jobs the killed node had in hand (its
+    // heartbeats stopped) and the orders whose first step died with it (no job yet).
+    let orders = settle_all(&b, &key);
     assert!(orders.len() >= acknowledged.len());
     b.assert_ledger_settles(&key, &orders);
+    let status = b.call("GET", "/v1/admin/nodes", Some(&b.admin_key), None);
+    let gone: Vec<_> = status.json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "gone")
+        .collect();
+    assert_eq!(gone.len(), 1, "the killed node is gone: {:?}", status.json);
+    // The killed node restarts on its data directory and finds nothing left to do.
+    let a = join(&b, Some(a.kill()));
+    let again = settle_all(&a, &key);
+    assert_eq!(again.len(), orders.len());
+    a.assert_ledger_settles(&key, &again);
+}
+
+#[test]
+fn the_admin_status_shows_each_node_and_the_plugin_version_it_serves() {
+    let Some((a, b)) =
+        two_nodes("the_admin_status_shows_each_node_and_the_plugin_version_it_serves")
+    else {
+        return;
+    };
+    let nodes = |gw: &Gateway| {
+        let r = gw.call("GET", "/v1/admin/nodes", Some(&gw.admin_key), None);
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        r.json["data"].as_array().unwrap().clone()
+    };
+    let seen = nodes(&a);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let plugins_of_a = a.call("GET", "/v1/admin/plugins", Some(&a.admin_key), None);
+    let version = plugins_of_a.json["data"][0]["version"].clone();
+    assert!(version.is_string());
+    for node in &seen {
+        assert_eq!(node["status"], "alive");
+        assert_eq!(node["plugins"][0]["id"], "sandbox");
+        assert_eq!(node["plugins"][0]["state"], "serving");
+        assert_eq!(node["plugins"][0]["version"], version);
+    }
+    let this = |list: &[Value]| {
+        list.iter()
+            .filter(|n| n["this_node"] == true)
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (from_a, from_b) = (this(&seen), this(&nodes(&b)));
+    assert_eq!((from_a.len(), from_b.len()), (1, 1));
+    assert_ne!(from_a, from_b, "each answers as itself");
+    // Resellers never reach admin routes (404, not 403).
+    let r = a.call("GET", "/v1/admin/nodes", Some(&a.demo_key), None);
+    assert_eq!(r.status, 404);
+    // b stops cleanly: a sees it stopped at once, not gone after its beats run out.
+    let b_id = from_b[0].clone();
+    let (status, _dir) = b.terminate();
+    assert!(status.success());
+    let b_now = nodes(&a)
+        .into_iter()
+        .find(|n| n["id"] == b_id.as_str())
+        .unwrap();
+    assert_eq!(b_now["status"], "stopped");
+}
+
+#[test]
+fn a_node_with_other_key_files_is_refused() {
+    let Some(server) = test_pg_url("a_node_with_other_key_files_is_refused") else {
+        return;
+    };
+    let a = GatewayBuilder::new(BIN)
+        .config(CONFIG)
+        .postgres(&server)
+        .start();
+    let url = a.store_url.clone().unwrap();
+    // A second node that was not given a's key files makes keys of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = {}\n",
+            Value::from(url.as_str())
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a node with other keys must not serve"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pepper.key, master.key and audit.key"),
+        "says why: {stderr}"
+    );
+    // The first node is unharmed.
+    let r = a.call("GET", "/v1/orders", Some(&a.demo_key), None);
+    assert_eq!(r.status, 200);
 }

@@ -191,6 +191,13 @@ pub struct StoreTuning {
     /// trips; sixteen keep a node's workers busy while leaving room for several nodes
     /// within PostgreSQL's default of 100 connections.
     pub pool_size: usize,
+    /// PostgreSQL connections a node keeps apart for order locks: each change to an order
+    /// (a fulfilment step with its supplier call, a cancel, a supplier's webhook) holds
+    /// that order's lock, across every node, on one of them. Changes to more orders at
+    /// once than this wait for a free one. A database serving N nodes needs
+    /// `max_connections` of at least N × (`pool_size` + `lock_pool_size`): 80 for two
+    /// nodes with the defaults.
+    pub lock_pool_size: usize,
     /// How long connecting to PostgreSQL may take before the call fails (503) instead of
     /// hanging: a local database answers in milliseconds.
     pub connect_timeout_ms: u64,
@@ -236,6 +243,7 @@ impl StoreTuning {
             max_connections: self.pool_size.max(1),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms.max(1)),
             pool_wait: Duration::from_millis(self.pool_wait_ms.max(1)),
+            lock_connections: self.lock_pool_size.max(1),
             schema: None,
         }
     }
@@ -279,6 +287,7 @@ impl Default for StoreTuning {
             backend: StoreBackend::Sled,
             url: None,
             pool_size: 16,
+            lock_pool_size: 24,
             connect_timeout_ms: 5_000,
             pool_wait_ms: 10_000,
             cache_mib: 512,
@@ -489,19 +498,42 @@ impl RetentionSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct JobSettings {
     /// How long a claim holds a job: longer than any run, or another node (or the next
-    /// round) runs it again meanwhile. It is also how long a job claimed by a node that
-    /// was killed waits before another node (or the restarted one) takes it: leases are
-    /// not yet tied to a node, so a restart cannot void its own (10 minutes).
+    /// round) runs it again meanwhile (10 minutes). A job whose node is gone (killed, or
+    /// restarted) is taken up sooner, once the node misses its heartbeats.
     pub lease_secs: u64,
+    /// How often a node renews its record in the store (`GET /v1/admin/nodes`). A node
+    /// that misses four beats counts as gone, and the others take up the jobs it had in
+    /// hand (5 s: a killed node's jobs wait about 20 s).
+    pub heartbeat_ms: u64,
+    /// How often a node looks for unfinished orders left without a next step (their
+    /// node died during the first step, which runs in the request), and how long such an
+    /// order must have been left alone to be taken up (60 s).
+    pub adopt_after_secs: u64,
 }
 
 impl Default for JobSettings {
     fn default() -> Self {
-        JobSettings { lease_secs: 600 }
+        JobSettings {
+            lease_secs: 600,
+            heartbeat_ms: 5_000,
+            adopt_after_secs: 60,
+        }
     }
 }
 
 impl JobSettings {
+    /// How this node beats.
+    pub fn heartbeat(&self) -> crate::domain::nodes::Heartbeat {
+        crate::domain::nodes::Heartbeat {
+            every: Duration::from_millis(self.heartbeat_ms.max(10)),
+        }
+    }
+
+    /// How often orders left without a next step are looked for.
+    pub fn adopt_every(&self) -> Duration {
+        Duration::from_secs(self.adopt_after_secs.max(1))
+    }
+
     /// The worker's pacing with this lease.
     pub fn worker(&self) -> crate::jobs::WorkerTuning {
         crate::jobs::WorkerTuning {

@@ -10,6 +10,7 @@
 //! - [`store`]: the `Store` trait's sled and in-memory implementations, and the
 //!   conformance suite both pass.
 //! - [`jobs`]: the worker that runs durable background jobs.
+//! - [`node`]: this process as one node of those sharing a store (id, run, heartbeat).
 //! - [`plugins`]: wasmtime: supplier plugins as sandboxed components.
 //! - [`webhooks`]: Standard Webhooks signing and delivery: the domain's `Webhooks` port.
 //! - [`net`]: the address guard and TLS client shared by plugin egress and webhooks.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod jobs;
+pub mod node;
 pub mod plugins;
 pub mod privacy;
 pub mod store;

@@ -61,6 +61,8 @@ pub struct AppState {
     pub request_log: Arc<request_log::RequestLog>,
     /// Where `POST /v1/admin/backups` writes its copies (`DATA_DIR/backups`).
     pub backups: std::path::PathBuf,
+    /// This node, among those sharing the store (`GET /v1/admin/nodes`).
+    pub node: Arc<crate::node::ThisNode>,
 }
 
 /// The response type of every handler.

@@ -27,8 +27,8 @@ use super::routes::{
 };
 use super::subjects::{CreateConsent, Rectify};
 use super::views::{
-    All, BackupView, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView, Page,
-    Ready, RequestView, ResellerView, TransactionView,
+    All, BackupView, BalanceAlertView, BalanceView, EventView, Health, KeyView, NewKeyView,
+    NodeView, Page, Ready, RequestView, ResellerView, TransactionView,
 };
 use super::webhooks::{
     AttemptView, ChangeEndpoint, CreateEndpoint, EndpointView, EndpointWithSecret, RedeliveryView,
@@ -233,6 +233,7 @@ fn schemas() -> serde_json::Map<String, Value> {
         SchemaGenerator::subschema_for::<KeyView>,
         SchemaGenerator::subschema_for::<BackupView>,
         SchemaGenerator::subschema_for::<All<PluginStatus>>,
+        SchemaGenerator::subschema_for::<All<NodeView>>,
         SchemaGenerator::subschema_for::<All<ResellerView>>,
         SchemaGenerator::subschema_for::<ResellerView>,
         SchemaGenerator::subschema_for::<EkycSessionView>,

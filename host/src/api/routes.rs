@@ -27,7 +27,7 @@ use super::body::{drain, parse_json, read_capped, require_json};
 use super::problem::{Problem, problems};
 use super::views::{
     All, BackupView, BalanceAlertView, BalanceView, EventView, Health, KeyView, Live, NewKeyView,
-    Page, Readiness, Ready, RequestView, ResellerView, TransactionView,
+    NodeView, Page, Readiness, Ready, RequestView, ResellerView, TransactionView,
 };
 use super::{AppState, Response, audit, ekyc, inbound, qr, subjects, webhooks};
 
@@ -141,6 +141,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/subjects/{subject_ref}/object", Key, "The subject objects: every non-essential purpose it granted is withdrawn", idem=false, req=None, resp=(200, "SubjectAction"), query=&[]),
     route!(POST "/v1/keys/rotate", Key, "Replace the calling key; the old one works for a grace period", idem=false, req=None, resp=(201, "NewKey"), query=&[]),
     route!(GET "/v1/admin/plugins", Admin, "Plugin status", idem=false, req=None, resp=(200, "PluginList"), query=&[]),
+    route!(GET "/v1/admin/nodes", Admin, "The gateway nodes sharing this store: which is alive, and which plugin versions each serves", idem=false, req=None, resp=(200, "NodeList"), query=&[]),
     route!(GET "/metrics", Admin, "Prometheus metrics: aggregate counters only", idem=false, req=None, resp=(200, "MetricsText"), query=&[]),
     route!(GET "/v1/admin/resellers", Admin, "All resellers", idem=false, req=None, resp=(200, "ResellerList"), query=&[]),
     route!(POST "/v1/admin/resellers", Admin, "Create a reseller", idem=false, req=Some("NewReseller"), resp=(201, "Reseller"), query=&[]),
@@ -332,6 +333,7 @@ pub async fn route(
                 data: state.registry.status(),
             },
         )),
+        ("GET", "/v1/admin/nodes") => nodes(state).await,
         ("GET", "/v1/admin/resellers") => resellers(state).await,
         ("POST", "/v1/admin/resellers") => create_reseller(state, who()?, req, at).await,
         ("POST", "/v1/admin/resellers/{id}/keys") => create_key(state, who()?, req, p(0), at).await,
@@ -1090,6 +1092,26 @@ async fn create_reseller(
     audit::record(state, created).await;
     durable(state).await?;
     Ok(json(StatusCode::CREATED, &ResellerView::from(reseller)))
+}
+
+/// `GET /v1/admin/nodes`: every node's last heartbeat, by id.
+async fn nodes(state: &AppState) -> Result<Response, Problem> {
+    let nodes = state
+        .gateway
+        .store()
+        .nodes()
+        .await
+        .map_err(DomainError::from)?;
+    let now = state.gateway.clock.now_ms();
+    Ok(json(
+        StatusCode::OK,
+        &All {
+            data: nodes
+                .into_iter()
+                .map(|n| NodeView::of(n, &state.node.id, now))
+                .collect(),
+        },
+    ))
 }
 
 async fn resellers(state: &AppState) -> Result<Response, Problem> {

@@ -8,9 +8,11 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::domain::accounts::{ApiKey, KeyMode, Reseller, Role};
+use crate::domain::clock::rfc3339;
 use crate::domain::events::{Event, EventData, EventType};
 use crate::domain::ids::{EventId, KeyId, OrderId, ResellerId};
 use crate::domain::ledger::{Balance, EntryKind, LedgerEntry};
+use crate::domain::nodes::NodeRecord;
 
 /// `GET /healthz`: the process answers.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -275,6 +277,76 @@ impl From<crate::domain::request_log::RequestRecord> for RequestView {
             key_id: r.key,
             client: r.client,
             latency_us: r.micros,
+        }
+    }
+}
+
+/// A gateway node sharing this store, as its last heartbeat described it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "Node")]
+pub struct NodeView {
+    /// The node (kept in its data directory across restarts).
+    pub id: String,
+    /// The address it listens on.
+    pub address: String,
+    /// The simgate version it runs.
+    pub version: String,
+    /// `alive` (beating), `stopped` (shut down cleanly) or `gone` (silent for four
+    /// heartbeats: killed, or cut off from the store; its jobs are taken up by others).
+    pub status: &'static str,
+    /// Whether this is the node that answered.
+    pub this_node: bool,
+    /// When its current run started (RFC 3339).
+    pub started_at: String,
+    /// Its last heartbeat (RFC 3339).
+    pub last_seen_at: String,
+    /// The plugins it loaded: what each node serves may differ while a new package is
+    /// being rolled out, as each node watches its own plugins folder.
+    pub plugins: Vec<NodePluginView>,
+}
+
+/// One plugin as one node serves it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "NodePlugin")]
+pub struct NodePluginView {
+    /// Plugin id.
+    pub id: String,
+    /// `serving`, `failed_reload` (its latest package failed; an older one serves) or
+    /// `failed`.
+    pub state: String,
+    /// The version it serves, if any.
+    pub version: Option<String>,
+    /// The package's SHA-256, if serving.
+    pub sha256: Option<String>,
+}
+
+impl NodeView {
+    /// `node` as seen at `now_ms` by node `this`.
+    pub fn of(node: NodeRecord, this: &str, now_ms: u64) -> NodeView {
+        NodeView {
+            status: if node.stopped {
+                "stopped"
+            } else if node.alive(now_ms) {
+                "alive"
+            } else {
+                "gone"
+            },
+            this_node: node.id == this,
+            started_at: rfc3339(node.started_ms),
+            last_seen_at: rfc3339(node.heartbeat_ms),
+            plugins: node
+                .plugins
+                .into_iter()
+                .map(|p| NodePluginView {
+                    id: p.id,
+                    state: p.state,
+                    version: p.version,
+                    sha256: p.sha256,
+                })
+                .collect(),
+            id: node.id,
+            address: node.address,
+            version: node.version,
         }
     }
 }

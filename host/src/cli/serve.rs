@@ -22,6 +22,7 @@ use simgate::domain::fulfilment::RetryPolicy;
 use simgate::domain::gateway::{Gateway, GatewayTuning};
 use simgate::domain::store::Store;
 use simgate::jobs::{GatewayJobs, Worker};
+use simgate::node::ThisNode;
 use simgate::plugins::{PluginEngine, PluginWatcher, Registry};
 use simgate::privacy::FileKeyring;
 use simgate::store::{PgStore, SledStore};
@@ -111,8 +112,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
     // Tests and scripts read the port from this line: keep its prefix.
-    println!("simgate listening on http://{}", listener.local_addr()?);
+    println!("simgate listening on http://{address}");
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -132,13 +134,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         worker,
         _watcher,
-    } = start(&config, shutdown).await?;
-    startup.ready(state);
+    } = start(&config, address.to_string(), shutdown).await?;
+    startup.ready(state.clone());
     let ms = began.elapsed().as_millis();
     tracing::info!("ready in {ms} ms");
     let _ = server.await;
     // The worker finishes the jobs in hand, then stops.
     let _ = worker.await;
+    // Holding no job now: the other nodes may count this one gone at once.
+    let stopped = state
+        .node
+        .stopped(store.as_ref(), &state.registry, SystemClock.now_ms())
+        .await;
+    if let Err(e) = stopped {
+        tracing::warn!(error = %e, "could not record this node's stop; peers see it gone after its heartbeats run out");
+    }
     // Orders still with a supplier stay unfinished; the next start resumes them.
     Store::close(store.as_ref())
         .await
@@ -160,12 +170,19 @@ struct Running {
 
 /// Open the store, load the plugins, mint the first keys, recover unfinished work and
 /// start the job worker: everything the API needs before it can serve.
-async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Running> {
+async fn start(
+    config: &Config,
+    address: String,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     std::fs::create_dir_all(config.plugins_dir())?;
     let keyring = Arc::new(FileKeyring::open(&config.data_dir)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let node = Arc::new(ThisNode::open(&config.data_dir, address, clock.now_ms())?);
     let store = open_store(config).await?;
+    check_keys(store.as_ref(), &keyring, &config.data_dir).await?;
     let engine = PluginEngine::new(Some(config.data_dir.join("compiled")))
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .context("creating the wasm engine")?;
@@ -198,7 +215,18 @@ async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Resu
     // refresh (so reads never wait on a supplier) and the idempotency sweep, each
     // rescheduling itself.
     gateway.recover().await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Alive before the first claim: the jobs this run claims name it.
+    node.clone()
+        .start_heartbeat(
+            store.clone(),
+            registry.clone(),
+            clock.clone(),
+            config.jobs.heartbeat(),
+            shutdown.clone(),
+        )
+        .await
+        .context("recording this node in the store")?;
+    tracing::info!(node = %node.id, run = %node.run, "node registered");
     GatewayJobs::schedule(store.as_ref(), clock.now_ms())
         .await
         .context("scheduling jobs")?;
@@ -207,8 +235,10 @@ async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Resu
             gateway: gateway.clone(),
             catalog_every: Duration::from_secs(config.orders.catalog_ttl_secs.max(1)),
             sweep_every: Duration::from_secs(3600),
+            adopt_every: config.jobs.adopt_every(),
         });
         let worker = Worker::new(
+            node.run.clone(),
             store.clone(),
             clock,
             handler,
@@ -236,6 +266,7 @@ async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Resu
         flush_soon: api::audit::FlushSoon::start(store.clone()),
         audit: Default::default(),
         backups: config.data_dir.join("backups"),
+        node,
     });
     Ok(Running {
         state,
@@ -243,6 +274,34 @@ async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Resu
         worker,
         _watcher: watcher,
     })
+}
+
+/// Where the store keeps the fingerprint of the key files it was first used with.
+const KEYS_FINGERPRINT: &str = "keys/fingerprint";
+
+/// Refuse to start with key files other than those the store was first used with (the
+/// first start records their fingerprint): every node sharing a database needs the same
+/// `pepper.key`, `master.key` and `audit.key`, or it could neither recognise API keys
+/// nor open what another node sealed.
+async fn check_keys(
+    store: &dyn Store,
+    keyring: &FileKeyring,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let ours = keyring.fingerprint().as_bytes();
+    match store.meta(KEYS_FINGERPRINT).await? {
+        None => {
+            store.put_meta(KEYS_FINGERPRINT, ours).await?;
+            Ok(())
+        }
+        Some(theirs) if theirs == ours => Ok(()),
+        Some(_) => anyhow::bail!(
+            "the key files in {} are not those this store was first used with: every node \
+             sharing a database needs the same pepper.key, master.key and audit.key (copy \
+             them from a node already serving it)",
+            data_dir.display()
+        ),
+    }
 }
 
 /// Open the store the configuration names: sled in the data directory (recovering what

@@ -32,7 +32,7 @@ use super::ledger::EntryKind;
 use super::orders::{
     ActivationData, EsimRecord, IllegalTransition, Order, OrderFailure, OrderKind, OrderStatus,
 };
-use super::store::{Commit, Rejected, Store, StoreError};
+use super::store::{Commit, HeldLock, Rejected, Store, StoreError};
 use super::supplier::{
     EsimProfile, FaultKind, PlanState, ProfileState, ProvisionOutcome, ProvisionRequest,
     SupplierError, Suppliers,
@@ -185,11 +185,18 @@ pub(crate) struct OrderGuard<'a> {
     locks: &'a OrderLocks,
     id: OrderId,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The order's lock across processes, when the store is shared (`Store::lock_order`).
+    shared: Option<HeldLock>,
 }
 
 impl OrderLocks {
-    /// Wait for order `id`'s lock.
-    pub(crate) async fn lock(&self, id: OrderId) -> OrderGuard<'_> {
+    /// Wait for order `id`'s lock: this process's first (so that tasks here queue without
+    /// each holding a database connection), then the store's, across nodes.
+    pub(crate) async fn lock(
+        &self,
+        id: OrderId,
+        store: &dyn Store,
+    ) -> Result<OrderGuard<'_>, StoreError> {
         let lock = self
             .0
             .lock()
@@ -197,16 +204,20 @@ impl OrderLocks {
             .entry(id)
             .or_default()
             .clone();
-        OrderGuard {
+        let mut guard = OrderGuard {
             locks: self,
             id,
             guard: Some(lock.lock_owned().await),
-        }
+            shared: None,
+        };
+        guard.shared = store.lock_order(id).await?;
+        Ok(guard)
     }
 }
 
 impl Drop for OrderGuard<'_> {
     fn drop(&mut self) {
+        drop(self.shared.take());
         drop(self.guard.take());
         let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
         // Only the map's own handle left: nobody holds or waits for it.
@@ -299,6 +310,33 @@ impl Fulfilment {
         Ok(open.len())
     }
 
+    /// Give each unfinished order without a fulfilment job one, due now: a node killed
+    /// during an order's first step (taken in the request, before any job) leaves it
+    /// so. On one node the restart's [`Fulfilment::recover`] does this; with several, a
+    /// live node must. Orders changed within `grace` are left alone, their first step
+    /// perhaps still running (were one taken meanwhile, it would wait for the order's
+    /// lock and find the order further along). Returns how many were adopted.
+    pub async fn adopt(&self, grace: Duration) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        let before = now.saturating_sub(grace.as_millis() as u64);
+        let mut adopted = 0;
+        for order in self.store.open_orders().await? {
+            if order.updated_at_ms < before
+                && self.store.add_job(&Job::fulfil(order.id, now)).await?
+            {
+                adopted += 1;
+            }
+        }
+        if adopted > 0 {
+            self.alarm.set(now);
+            tracing::info!(
+                orders = adopted,
+                "took up unfinished orders left without a next step"
+            );
+        }
+        Ok(adopted)
+    }
+
     /// Register interest in an order reaching a final state. Call before `run`.
     pub fn watch(&self, id: OrderId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
@@ -338,10 +376,12 @@ impl Fulfilment {
         let id = order.id;
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
-            // The order as just written: no supplier can name it before this step's own
-            // call, which happens under the lock, so nothing can have changed it.
-            let _lock = self.order_locks.lock(id).await;
-            self.advance(order).await
+            match self.order_locks.lock(id, self.store.as_ref()).await {
+                // The order as just written: no supplier can name it before this step's
+                // own call, which happens under the lock, so nothing can have changed it.
+                Ok(_lock) => self.advance(order).await,
+                Err(e) => Err(e.into()),
+            }
         };
         let again = match step {
             Ok(Step::Settled(settled)) => {
@@ -372,10 +412,13 @@ impl Fulfilment {
     pub async fn step(&self, id: OrderId) -> Result<Option<Duration>, String> {
         let step = {
             let _slot = self.slots.acquire().await.expect("semaphore never closed");
-            let _lock = self.order_locks.lock(id).await;
-            match self.store.order(id).await {
-                Ok(Some(order)) => self.advance(order).await,
-                Ok(None) => Ok(Step::Settled(None)),
+            let locked = self.order_locks.lock(id, self.store.as_ref()).await;
+            match locked {
+                Ok(_lock) => match self.store.order(id).await {
+                    Ok(Some(order)) => self.advance(order).await,
+                    Ok(None) => Ok(Step::Settled(None)),
+                    Err(e) => Err(e.into()),
+                },
                 Err(e) => Err(e.into()),
             }
         };
@@ -584,7 +627,7 @@ impl Fulfilment {
         id: OrderId,
         news: SupplierNews,
     ) -> Result<bool, StoreError> {
-        let _lock = self.order_locks.lock(id).await;
+        let _lock = self.order_locks.lock(id, self.store.as_ref()).await?;
         let Some(order) = self.store.order(id).await? else {
             return Ok(false);
         };
@@ -742,8 +785,8 @@ impl Fulfilment {
 
     /// Wait for order `id`'s lock: whoever changes an order outside its fulfilment step
     /// holds it, and reads the order afresh under it.
-    pub(crate) async fn lock_order(&self, id: OrderId) -> OrderGuard<'_> {
-        self.order_locks.lock(id).await
+    pub(crate) async fn lock_order(&self, id: OrderId) -> Result<OrderGuard<'_>, StoreError> {
+        self.order_locks.lock(id, self.store.as_ref()).await
     }
 
     /// Apply a verification outcome to order `id`, under its eKYC lock. `Approved` sends
@@ -757,7 +800,7 @@ impl Fulfilment {
         id: OrderId,
         status: EkycStatus,
     ) -> Result<KycDecided, StepError> {
-        let _lock = self.lock_order(id).await;
+        let _lock = self.lock_order(id).await?;
         self.decide_kyc_locked(id, status).await
     }
 
@@ -1077,7 +1120,10 @@ mod tests {
         assert_eq!(f.recover().await.unwrap(), 1);
         assert_eq!(job_due(&store, &order).await, Some(order.next_attempt_ms));
         // A job in hand (perhaps leased by a worker) is left as it is.
-        let leased = store.claim_jobs(CLOCK_START, 60_000, 10).await.unwrap();
+        let leased = store
+            .claim_jobs("run-1", CLOCK_START, 60_000, 10)
+            .await
+            .unwrap();
         assert_eq!(leased.len(), 1);
         assert_eq!(f.recover().await.unwrap(), 1);
         let job = store.job(&leased[0].id).await.unwrap().unwrap();

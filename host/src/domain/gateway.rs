@@ -238,6 +238,11 @@ impl Gateway {
         Ok(self.fulfilment.recover().await?)
     }
 
+    /// Give unfinished orders left without a next step a job (`Fulfilment::adopt`).
+    pub async fn adopt_orders(&self, grace: Duration) -> Result<usize, DomainError> {
+        Ok(self.fulfilment.adopt(grace).await?)
+    }
+
     /// Take unfinished order `id`'s next step (its fulfilment job): `Ok(None)` once it is
     /// final, `Ok(Some(delay))` to step again after `delay`.
     pub async fn fulfil(&self, id: OrderId) -> Result<Option<Duration>, String> {

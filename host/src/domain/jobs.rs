@@ -39,6 +39,9 @@ pub enum JobKind {
     ExpireAttempts,
     /// Delete one bounded batch of each class of record past its retention.
     SweepRetention,
+    /// Give each unfinished order left without a next step (its node died during its
+    /// first step) a fulfilment job, on whichever node runs this.
+    AdoptOrders,
     /// Deliver an event to one webhook endpoint.
     Deliver {
         /// The event.
@@ -76,6 +79,10 @@ pub struct Job {
     pub attempts: u32,
     /// Claimed by a worker until this time (0: not claimed).
     pub lease_until_ms: u64,
+    /// The node run that claimed it (`NodeRecord::run`): when that run is no longer
+    /// alive, the job is claimable before its lease ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Why the last run failed.
     pub last_error: Option<String>,
     /// The retry schedule is spent: the job no longer runs.
@@ -91,6 +98,7 @@ impl Job {
             due_ms,
             attempts: 0,
             lease_until_ms: 0,
+            owner: None,
             last_error: None,
             dead: false,
         }
@@ -119,9 +127,21 @@ impl Job {
         )
     }
 
-    /// Whether a worker may claim it at `now_ms`.
-    pub fn claimable(&self, now_ms: u64) -> bool {
-        !self.dead && self.due_ms <= now_ms && self.lease_until_ms <= now_ms
+    /// Whether a worker may claim it at `now_ms`, when the node runs `alive` says are
+    /// alive (the claimer's own run always is: a job in its hand is not claimable by
+    /// it): a job leased by a run that is gone is claimable before its lease ends.
+    pub fn claimable(&self, now_ms: u64, alive: impl Fn(&str) -> bool) -> bool {
+        let leased = self.lease_until_ms > now_ms && self.owner.as_deref().is_none_or(alive);
+        !self.dead && self.due_ms <= now_ms && !leased
+    }
+
+    /// This job leased by run `owner` until `until_ms`.
+    pub fn leased(self, owner: &str, until_ms: u64) -> Job {
+        Job {
+            lease_until_ms: until_ms,
+            owner: Some(owner.to_string()),
+            ..self
+        }
     }
 }
 
@@ -269,13 +289,30 @@ mod tests {
 
     #[test]
     fn only_due_unleased_live_jobs_are_claimable() {
+        let all_alive = |_: &str| true;
         let mut j = Job::new("j", JobKind::RefreshCatalogs, 100);
-        assert!(!j.claimable(99));
-        assert!(j.claimable(100));
+        assert!(!j.claimable(99, all_alive));
+        assert!(j.claimable(100, all_alive));
         j.lease_until_ms = 200;
-        assert!(!j.claimable(150));
-        assert!(j.claimable(200));
+        assert!(!j.claimable(150, all_alive));
+        assert!(j.claimable(200, all_alive));
         j.dead = true;
-        assert!(!j.claimable(300));
+        assert!(!j.claimable(300, all_alive));
+    }
+
+    #[test]
+    fn a_job_leased_by_a_run_that_is_gone_is_claimable_before_its_lease_ends() {
+        let j = Job::new("j", JobKind::RefreshCatalogs, 100).leased("run-a", 1_000);
+        assert!(!j.claimable(150, |run| run == "run-a"));
+        assert!(j.claimable(150, |run| run == "run-b"));
+        assert!(!j.claimable(99, |_| false), "not before it is due");
+        let unowned = Job {
+            owner: None,
+            ..j.clone()
+        };
+        assert!(
+            !unowned.claimable(150, |_| false),
+            "no owner: the lease decides"
+        );
     }
 }

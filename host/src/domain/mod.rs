@@ -17,6 +17,7 @@ pub mod ids;
 pub mod jobs;
 pub mod keyring;
 pub mod ledger;
+pub mod nodes;
 pub mod orders;
 pub mod personal;
 pub mod request_log;

@@ -18,6 +18,7 @@ use super::idempotency::{Claim, IdemKey, IdemState};
 use super::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use super::jobs::Job;
 use super::ledger::{Balance, EntryKind, LedgerEntry, Refused};
+use super::nodes::NodeRecord;
 use super::orders::{EsimRecord, Order, OrderStatus, TotalOutOfRange};
 use super::personal::{Restriction, SubjectLookup};
 use super::request_log::RequestRecord;
@@ -231,6 +232,10 @@ pub struct BackupSummary {
     pub sha256: String,
 }
 
+/// An order's lock held across processes (see [`Store::lock_order`]); dropping it lets
+/// the next holder in.
+pub type HeldLock = Box<dyn std::any::Any + Send + Sync>;
+
 /// Records the gateway keeps.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
@@ -441,12 +446,32 @@ pub trait Store: Send + Sync {
     async fn job(&self, id: &str) -> StoreResult<Option<Job>>;
     /// Every job whose id starts with `prefix` (metrics: what waits of one kind).
     async fn jobs_with_prefix(&self, prefix: &str) -> StoreResult<Vec<Job>>;
-    /// Claim up to `limit` jobs claimable at `now_ms` (due, live, not leased), leasing each
-    /// until `now_ms + lease_ms`: of two workers claiming at once, each job goes to one
-    /// (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
-    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>>;
+    /// Claim up to `limit` jobs claimable at `now_ms` (due, live, and not leased, or
+    /// leased by another node run no longer alive by its [`NodeRecord`]), leasing each to run
+    /// `run` until `now_ms + lease_ms`: of two workers claiming at once, each job goes to
+    /// one (PostgreSQL: `FOR UPDATE SKIP LOCKED`).
+    async fn claim_jobs(
+        &self,
+        run: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>>;
     /// Remove a job that is done for good.
     async fn finish_job(&self, id: &str) -> StoreResult<()>;
+
+    /// Keep a node's record, replacing the one of its id.
+    async fn put_node(&self, node: &NodeRecord) -> StoreResult<()>;
+    /// Every node's record, by id.
+    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Forget a node's record; returns whether there was one.
+    async fn delete_node(&self, id: &str) -> StoreResult<bool>;
+    /// Take order `id`'s lock across every process sharing this store, held until the
+    /// value returned is dropped (waiting while another holds it). `None`: only one
+    /// process opens this store, and the caller's own lock is enough.
+    async fn lock_order(&self, _id: OrderId) -> StoreResult<Option<HeldLock>> {
+        Ok(None)
+    }
 
     /// The cached catalog of a plugin.
     async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>>;

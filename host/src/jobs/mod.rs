@@ -51,6 +51,9 @@ pub struct WorkerTuning {
     pub retry: RetrySchedule,
 }
 
+/// This process's run of its node (`domain::nodes`): the jobs it claims name it.
+pub type Run = Arc<str>;
+
 impl Default for WorkerTuning {
     fn default() -> Self {
         WorkerTuning {
@@ -66,6 +69,7 @@ impl Default for WorkerTuning {
 
 /// The job worker.
 pub struct Worker {
+    run: Run,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     handler: Arc<dyn JobHandler>,
@@ -78,8 +82,10 @@ pub struct Worker {
 type Ran = Result<(Job, Result<Outcome, String>), tokio::task::JoinError>;
 
 impl Worker {
-    /// A worker over the store's jobs; `alarm` wakes it for jobs due before its next look.
+    /// A worker of node run `run` over the store's jobs; `alarm` wakes it for jobs due
+    /// before its next look.
     pub fn new(
+        run: Run,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         handler: Arc<dyn JobHandler>,
@@ -87,6 +93,7 @@ impl Worker {
         alarm: Arc<Alarm>,
     ) -> Worker {
         Worker {
+            run,
             store,
             clock,
             handler,
@@ -142,7 +149,7 @@ impl Worker {
     async fn claim(&self, limit: usize) -> StoreResult<Vec<Job>> {
         let lease_ms = self.tuning.lease.as_millis() as u64;
         self.store
-            .claim_jobs(self.clock.now_ms(), lease_ms, limit)
+            .claim_jobs(&self.run, self.clock.now_ms(), lease_ms, limit)
             .await
     }
 
@@ -174,6 +181,7 @@ impl Worker {
     async fn record(&self, mut job: Job, outcome: Result<Outcome, String>) -> StoreResult<()> {
         let now = self.clock.now_ms();
         job.lease_until_ms = 0;
+        job.owner = None;
         match outcome {
             Ok(Outcome::Done) => return self.store.finish_job(&job.id).await,
             Ok(Outcome::AgainAs(after, kind)) => {
@@ -221,22 +229,26 @@ pub struct GatewayJobs {
     pub catalog_every: Duration,
     /// How often idempotency keys and delivery attempts past their retention are swept.
     pub sweep_every: Duration,
+    /// How often unfinished orders left without a next step are looked for; also how
+    /// long an order must have been left alone to count.
+    pub adopt_every: Duration,
 }
 
 impl GatewayJobs {
     /// Make the housekeeping jobs due now, as every start should refresh catalogs and
-    /// sweep keys at once. This also voids a lease that a killed process left on them: on
-    /// one node nothing else can hold it, and with several nodes a start only makes the
-    /// next run come sooner.
+    /// sweep keys at once. One that another node has in hand is left to it; one that a
+    /// killed process had in hand is claimable anyway (its run is gone; on sled, opening
+    /// the store voided every lease).
     pub async fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
         let housekeeping = [
             ("refresh-catalogs", JobKind::RefreshCatalogs),
             ("expire-idempotency", JobKind::ExpireIdempotency),
             ("dispatch-events", JobKind::DispatchEvents),
             ("sweep-retention", JobKind::SweepRetention),
+            ("adopt-orders", JobKind::AdoptOrders),
         ];
         for (id, kind) in housekeeping {
-            store.put_job(&Job::new(id, kind, now_ms)).await?;
+            store.hasten_job(&Job::new(id, kind, now_ms)).await?;
         }
         Ok(())
     }
@@ -287,6 +299,13 @@ impl JobHandler for GatewayJobs {
                     })
                 }
                 JobKind::ExpireAttempts => Ok(Outcome::Done),
+                JobKind::AdoptOrders => {
+                    self.gateway
+                        .adopt_orders(self.adopt_every)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(Outcome::Again(self.adopt_every))
+                }
                 JobKind::SupplierEvents {
                     plugin,
                     key,
@@ -385,6 +404,7 @@ mod tests {
             ..Default::default()
         };
         let w = Worker::new(
+            "run-1".into(),
             store.clone(),
             clock.clone(),
             handler.clone(),
@@ -474,18 +494,25 @@ mod schedule_tests {
     async fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it() {
         let store = MemoryStore::new();
         GatewayJobs::schedule(&store, 1_000).await.unwrap();
-        // The previous process claimed both (10-minute leases) and was killed.
-        assert_eq!(store.claim_jobs(1_000, 600_000, 10).await.unwrap().len(), 4);
+        // The previous process claimed them all (10-minute leases) and was killed.
+        assert_eq!(
+            store
+                .claim_jobs("run-old", 1_000, 600_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
         assert!(
             store
-                .claim_jobs(2_000, 600_000, 10)
+                .claim_jobs("run-old", 2_000, 600_000, 10)
                 .await
                 .unwrap()
                 .is_empty()
         );
         GatewayJobs::schedule(&store, 2_000).await.unwrap();
         let due: Vec<String> = store
-            .claim_jobs(2_000, 600_000, 10)
+            .claim_jobs("run-new", 2_000, 600_000, 10)
             .await
             .unwrap()
             .into_iter()
@@ -494,6 +521,7 @@ mod schedule_tests {
         assert_eq!(
             due,
             [
+                "adopt-orders",
                 "dispatch-events",
                 "expire-idempotency",
                 "refresh-catalogs",

@@ -36,6 +36,8 @@ pub struct FileKeyring {
     master: LessSafeKey,
     /// Signs audit checkpoints; a key of its own, so no other signature can pass as one.
     audit: hmac::Key,
+    /// Names the three keys without revealing them (see [`FileKeyring::fingerprint`]).
+    fingerprint: String,
     rng: SystemRandom,
 }
 
@@ -46,6 +48,7 @@ impl FileKeyring {
         let pepper = load_or_create(&dir.join("pepper.key"), &rng)?;
         let master = load_or_create(&dir.join("master.key"), &rng)?;
         let audit = load_or_create(&dir.join("audit.key"), &rng)?;
+        let fingerprint = fingerprint_of(&[&pepper, &master, &audit]);
         let pepper = hmac::Key::new(hmac::HMAC_SHA256, &pepper);
         let subjects = hmac::sign(&pepper, b"simgate subject lookup v1");
         Ok(FileKeyring {
@@ -53,9 +56,29 @@ impl FileKeyring {
             pepper,
             master: aes_key(&master),
             audit: hmac::Key::new(hmac::HMAC_SHA256, &audit),
+            fingerprint,
             rng,
         })
     }
+
+    /// What the three keys are known by: the same on every node that shares them, and
+    /// different for any other keys, without revealing anything of them (each key
+    /// signs a fixed label; the signatures are hashed together). Nodes sharing one
+    /// database check it at start: keys that differ could neither find API keys nor open
+    /// what another node sealed.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// SHA-256 over an HMAC of a fixed label under each of `keys`, hex.
+fn fingerprint_of(keys: &[&[u8; 32]]) -> String {
+    let mut all = ring::digest::Context::new(&ring::digest::SHA256);
+    for key in keys {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &key[..]);
+        all.update(hmac::sign(&key, b"simgate key fingerprint v1").as_ref());
+    }
+    hex::encode(all.finish())
 }
 
 fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {

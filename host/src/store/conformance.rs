@@ -67,6 +67,7 @@ macro_rules! store_conformance {
             audit_entries_are_numbered_without_gaps_and_each_links_to_the_one_before,
             audit_pages_come_newest_first_with_cursor_and_filters,
             a_purged_audit_log_stays_verifiable_from_its_checkpoint,
+            node_records_are_kept_by_id_and_a_job_names_the_run_that_claimed_it,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -835,18 +836,22 @@ pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn 
         "the last put wins"
     );
 
-    let claimed = store.claim_jobs(1_000, 100, 10).await.unwrap();
+    let claimed = store.claim_jobs("run-1", 1_000, 100, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(
         (claimed[0].id.as_str(), claimed[0].lease_until_ms),
         ("now", 1_100)
     );
     assert!(
-        store.claim_jobs(1_050, 100, 10).await.unwrap().is_empty(),
+        store
+            .claim_jobs("run-1", 1_050, 100, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased"
     );
     // The worker died: the lease runs out and the job is claimed again.
-    let again = store.claim_jobs(1_100, 100, 10).await.unwrap();
+    let again = store.claim_jobs("run-1", 1_100, 100, 10).await.unwrap();
     assert_eq!(
         again.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
         ["now"]
@@ -855,21 +860,29 @@ pub async fn jobs_are_claimed_once_while_leased_and_only_when_due(backend: &dyn 
     dead.dead = true;
     store.put_job(&dead).await.unwrap();
     assert!(
-        store.claim_jobs(2_000, 100, 10).await.unwrap().is_empty(),
+        store
+            .claim_jobs("run-1", 2_000, 100, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "dead"
     );
     assert_eq!(
-        store.claim_jobs(5_000, 100, 10).await.unwrap().len(),
+        store
+            .claim_jobs("run-1", 5_000, 100, 10)
+            .await
+            .unwrap()
+            .len(),
         1,
         "later is due"
     );
     store.finish_job("later").await.unwrap();
     assert_eq!(store.job("later").await.unwrap(), None);
     // Adding leaves a job in hand (perhaps leased elsewhere) as it is.
-    let leased = store.claim_jobs(9_999, 100, 10).await.unwrap();
+    let leased = store.claim_jobs("run-1", 9_999, 100, 10).await.unwrap();
     assert!(leased.is_empty(), "`now` is dead");
     assert!(store.add_job(&later).await.unwrap(), "a new job is added");
-    let claimed = store.claim_jobs(5_000, 100, 10).await.unwrap();
+    let claimed = store.claim_jobs("run-1", 5_000, 100, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let mut fresh = later.clone();
     fresh.due_ms = 1;
@@ -1289,14 +1302,24 @@ pub async fn a_job_is_brought_forward_unless_a_worker_holds_it(backend: &dyn Bac
     );
     store.hasten_job(&Job::fulfil(order, 2_000)).await.unwrap();
     assert_eq!(store.job(&id).await.unwrap().unwrap().due_ms, 2_000);
-    assert!(store.claim_jobs(1_999, 100, 10).await.unwrap().is_empty());
-    let claimed = store.claim_jobs(2_000, 1_000, 10).await.unwrap();
+    assert!(
+        store
+            .claim_jobs("run-1", 1_999, 100, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = store.claim_jobs("run-1", 2_000, 1_000, 10).await.unwrap();
     assert_eq!(claimed.len(), 1, "found by its new due time");
     // Leased until 3_000: bringing it forward to 2_500 is left to its worker.
     store.hasten_job(&Job::fulfil(order, 2_500)).await.unwrap();
     assert_eq!(store.job(&id).await.unwrap(), Some(claimed[0].clone()));
     assert!(
-        store.claim_jobs(2_600, 100, 10).await.unwrap().is_empty(),
+        store
+            .claim_jobs("run-1", 2_600, 100, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "still leased"
     );
 }
@@ -1828,4 +1851,67 @@ pub async fn a_purged_audit_log_stays_verifiable_from_its_checkpoint(backend: &d
     );
     let kept = whole_audit_log(&*store).await;
     assert_eq!(verify(&kept, 11, &last.hash).unwrap().entries, 1);
+}
+
+/// A node's record is kept under its id (a new run replaces the last), listed by id and
+/// forgotten on request; a claimed job names the run that claimed it, and a run does not
+/// claim again the jobs it has in hand.
+pub async fn node_records_are_kept_by_id_and_a_job_names_the_run_that_claimed_it(
+    backend: &dyn Backend,
+) {
+    use crate::domain::nodes::{NodePlugin, NodeRecord};
+    let store = backend.open();
+    let node = |id: &str, run: &str| NodeRecord {
+        id: id.into(),
+        run: run.into(),
+        address: "127.0.0.1:8080".into(),
+        version: "1.2.3".into(),
+        started_ms: 10,
+        heartbeat_ms: 20,
+        alive_until_ms: 1_000_000,
+        stopped: false,
+        plugins: vec![NodePlugin {
+            id: "sandbox".into(),
+            state: "serving".into(),
+            version: Some("0.3.0".into()),
+            sha256: Some("ab".repeat(32)),
+        }],
+    };
+    store.put_node(&node("node_b", "run-b1")).await.unwrap();
+    store.put_node(&node("node_a", "run-a1")).await.unwrap();
+    store.put_node(&node("node_b", "run-b2")).await.unwrap();
+    let nodes = store.nodes().await.unwrap();
+    assert_eq!(
+        nodes,
+        vec![node("node_a", "run-a1"), node("node_b", "run-b2")]
+    );
+    assert!(store.delete_node("node_a").await.unwrap());
+    assert!(!store.delete_node("node_a").await.unwrap());
+    assert_eq!(store.nodes().await.unwrap().len(), 1);
+
+    store
+        .put_job(&Job::new("j", JobKind::RefreshCatalogs, 100))
+        .await
+        .unwrap();
+    let claimed = store.claim_jobs("run-b2", 100, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].owner.as_deref(), Some("run-b2"));
+    assert_eq!(
+        store.job("j").await.unwrap().unwrap().owner.as_deref(),
+        Some("run-b2"),
+        "the stored job names its run"
+    );
+    assert!(
+        store
+            .claim_jobs("run-b2", 200, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a run does not claim what it has in hand"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(store.nodes().await.unwrap(), vec![node("node_b", "run-b2")]);
+    store.close().await.unwrap();
 }

@@ -18,6 +18,7 @@ use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{AttemptId, ConsentId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, LedgerEntry, Refused};
+use crate::domain::nodes::{NodeRecord, live_runs};
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::{Restriction, SubjectLookup};
 use crate::domain::request_log::RequestRecord;
@@ -75,6 +76,7 @@ struct State {
     restrictions: HashMap<(ResellerId, SubjectLookup), Restriction>,
     catalogs: HashMap<String, CachedCatalog>,
     jobs: BTreeMap<String, Job>,
+    nodes: BTreeMap<String, NodeRecord>,
     events: BTreeMap<(ResellerId, EventId), Event>,
     outbox: BTreeMap<EventId, ResellerId>,
     endpoints: BTreeMap<(ResellerId, EndpointId), Endpoint>,
@@ -729,19 +731,40 @@ impl Store for MemoryStore {
         Ok(self.lock().jobs.get(id).cloned())
     }
 
-    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+    async fn claim_jobs(
+        &self,
+        run: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
         let mut state = self.lock();
+        let state = &mut *state;
+        let live = live_runs(&state.nodes.values().cloned().collect::<Vec<_>>(), now_ms);
         let mut claimed = Vec::new();
         for job in state.jobs.values_mut() {
             if claimed.len() == limit {
                 break;
             }
-            if job.claimable(now_ms) {
-                job.lease_until_ms = now_ms.saturating_add(lease_ms);
+            if job.claimable(now_ms, |r| r == run || live.contains(r)) {
+                *job = job.clone().leased(run, now_ms.saturating_add(lease_ms));
                 claimed.push(job.clone());
             }
         }
         Ok(claimed)
+    }
+
+    async fn put_node(&self, node: &NodeRecord) -> StoreResult<()> {
+        self.lock().nodes.insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        Ok(self.lock().nodes.values().cloned().collect())
+    }
+
+    async fn delete_node(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.lock().nodes.remove(id).is_some())
     }
 
     async fn finish_job(&self, id: &str) -> StoreResult<()> {

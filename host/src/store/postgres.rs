@@ -64,10 +64,11 @@ use crate::domain::idempotency::{Claim, IdemKey, IdemState};
 use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, LedgerEntry};
+use crate::domain::nodes::NodeRecord;
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::{Restriction, SubjectLookup};
 use crate::domain::request_log::RequestRecord;
-use crate::domain::store::{Commit, Page, Rejected, Store, StoreError, StoreResult};
+use crate::domain::store::{Commit, HeldLock, Page, Rejected, Store, StoreError, StoreResult};
 use crate::domain::webhooks::{Attempt, Endpoint};
 
 /// Tries of a commit that lost a deadlock to another one (the database picks a victim
@@ -83,6 +84,9 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// How long a call waits for a free connection when all are busy.
     pub pool_wait: Duration,
+    /// Connections kept apart for order locks (`[store] lock_pool_size`): each holds one
+    /// order's lock while a change to it runs, supplier call included.
+    pub lock_connections: usize,
     /// The schema the tables live in (created if missing), when not the user's default:
     /// lowercase letters, digits and `_`, at most 63 characters. Several gateways (or
     /// test runs) can then share a database.
@@ -101,6 +105,9 @@ impl Default for PgOptions {
 pub struct PgStore {
     /// The node's connections.
     pool: Pool,
+    /// Connections that hold order locks (`Store::lock_order`), apart from `pool`: a lock
+    /// held across a supplier call never takes a connection the store's calls need.
+    locks: Pool,
     /// The schema named in [`PgOptions::schema`], validated.
     schema: Option<String>,
     /// Set once the schema is migrated and checked (by `open`, or by the first call).
@@ -122,22 +129,25 @@ impl PgStore {
     pub fn lazy(url: &str, options: PgOptions) -> StoreResult<PgStore> {
         let schema = options.schema.map(valid_schema).transpose()?;
         let config = connection_config(url, schema.as_deref(), options.connect_timeout)?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(options.connect_timeout))
-            .wait_timeout(Some(options.pool_wait))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        let pool = |config: tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_config(
+                config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(options.connect_timeout))
+                .wait_timeout(Some(options.pool_wait))
+                .build()
+                .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))
+        };
         Ok(PgStore {
-            pool,
+            locks: pool(config.clone(), options.lock_connections)?,
+            pool: pool(config, options.max_connections)?,
             schema,
             ready: tokio::sync::OnceCell::new(),
         })
@@ -159,6 +169,50 @@ impl PgStore {
     async fn client(&self) -> Faulty<Object> {
         self.ensure_ready().await?;
         Ok(self.pool.get().await?)
+    }
+}
+
+/// The advisory lock of order `id`: in its own class (the two-number keys, apart from the
+/// one-number key migrations take), keyed by 32 random bits of the id. Two orders that
+/// share a key only wait for each other; nothing holds two order locks at once.
+fn order_lock_key(id: OrderId) -> (i32, i32) {
+    const ORDERS: i32 = 0x6f72_6472; // "ordr"
+    let bytes = id.0.to_bytes();
+    let key = i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    (ORDERS, key)
+}
+
+/// An order's advisory lock, on a connection of the lock pool; dropping it unlocks.
+struct OrderLock(Option<Object>);
+
+impl OrderLock {
+    fn connection(&self) -> &Object {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for OrderLock {
+    fn drop(&mut self) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        // `unlock_all`: also what a taking cancelled half-way went on to take, since it
+        // runs after that on the same connection.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if connection
+                        .batch_execute("SELECT pg_advisory_unlock_all()")
+                        .await
+                        .is_err()
+                    {
+                        // It may still hold the lock: closing it is what frees it.
+                        drop(Object::take(connection));
+                    }
+                });
+            }
+            Err(_) => drop(Object::take(connection)),
+        }
     }
 }
 
@@ -1105,9 +1159,43 @@ impl Store for PgStore {
         Ok(records(&rows)?)
     }
 
-    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, n: usize) -> StoreResult<Vec<Job>> {
+    async fn claim_jobs(
+        &self,
+        run: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        n: usize,
+    ) -> StoreResult<Vec<Job>> {
         let mut c = self.client().await?;
-        Ok(jobs::claim(&mut c, now_ms, lease_ms, n).await?)
+        Ok(jobs::claim(&mut c, run, now_ms, lease_ms, n).await?)
+    }
+
+    async fn put_node(&self, node: &NodeRecord) -> StoreResult<()> {
+        let c = self.client().await?;
+        Ok(jobs::put_node(&c, node).await?)
+    }
+
+    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        let c = self.client().await?;
+        Ok(jobs::nodes(&c).await?)
+    }
+
+    async fn delete_node(&self, id: &str) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, "DELETE FROM nodes WHERE id = $1", &[&id]).await? == 1)
+    }
+
+    async fn lock_order(&self, id: OrderId) -> StoreResult<Option<HeldLock>> {
+        self.ensure_ready().await?;
+        let lock = OrderLock(Some(self.locks.get().await.map_err(Fault::from)?));
+        let (class, key) = order_lock_key(id);
+        // Waits while another node (or task) holds it. Dropped half-way, `lock` still
+        // frees whatever the call went on to take.
+        lock.connection()
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key])
+            .await
+            .map_err(Fault::from)?;
+        Ok(Some(Box::new(lock)))
     }
 
     async fn finish_job(&self, id: &str) -> StoreResult<()> {

@@ -105,6 +105,7 @@ use crate::domain::idempotency::{self, Claim, IdemKey, IdemRecord, IdemState};
 use crate::domain::ids::{AttemptId, EndpointId, EventId, KeyId, OrderId, ResellerId};
 use crate::domain::jobs::Job;
 use crate::domain::ledger::{Balance, Books, EntryKind, LedgerEntry, Refused};
+use crate::domain::nodes::NodeRecord;
 use crate::domain::orders::{EsimRecord, Order, OrderStatus};
 use crate::domain::personal::{Restriction, SubjectLookup};
 use crate::domain::request_log::RequestRecord;
@@ -178,6 +179,7 @@ pub struct SledStore {
     idempotency: Tree,
     esims: Tree,
     catalogs: Tree,
+    nodes: Tree,
     subject_keys: Tree,
     consents: Tree,
     subject_orders: Tree,
@@ -586,6 +588,7 @@ impl SledStore {
             idempotency: tree("idempotency")?,
             esims: tree("esims")?,
             catalogs: tree("catalogs")?,
+            nodes: tree("nodes")?,
             subject_keys: tree("subject_keys")?,
             consents: tree("consents")?,
             subject_orders: tree("subject_orders")?,
@@ -1005,6 +1008,7 @@ impl SledStore {
             let mut job: Job = decode(&value)?;
             if job.lease_until_ms > 0 {
                 job.lease_until_ms = 0;
+                job.owner = None;
                 put(&self.jobs, &key, &job)?;
                 voided += 1;
             }
@@ -2226,7 +2230,13 @@ impl Store for SledStore {
         get(&self.jobs, id.as_bytes())
     }
 
-    async fn claim_jobs(&self, now_ms: u64, lease_ms: u64, limit: usize) -> StoreResult<Vec<Job>> {
+    async fn claim_jobs(
+        &self,
+        run: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
         let mut claimed = Vec::new();
         // Only entries due by now: later jobs are never read.
         let upto = now_ms.saturating_add(1).to_be_bytes();
@@ -2246,11 +2256,13 @@ impl Store for SledStore {
                 self.jobs_due.remove(&entry).map_err(backend)?;
                 continue;
             }
-            if !job.claimable(now_ms) {
+            // One process opens a sled store, and opening it voided every lease of the
+            // runs before: every lease is this run's.
+            if !job.claimable(now_ms, |_| true) {
                 continue;
             }
             let before = job.clone();
-            job.lease_until_ms = now_ms.saturating_add(lease_ms);
+            job = job.leased(run, now_ms.saturating_add(lease_ms));
             // Compare-and-swap: of two claimers, one leases the job.
             if self
                 .jobs
@@ -2269,6 +2281,21 @@ impl Store for SledStore {
         let old = self.jobs.remove(id.as_bytes()).map_err(backend)?;
         let old: Option<Job> = old.map(|v| decode(&v)).transpose()?;
         self.index_job(old.as_ref(), None)
+    }
+
+    async fn put_node(&self, node: &NodeRecord) -> StoreResult<()> {
+        put(&self.nodes, node.id.as_bytes(), node)
+    }
+
+    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        self.nodes
+            .iter()
+            .map(|kv| decode(&kv.map_err(backend)?.1))
+            .collect()
+    }
+
+    async fn delete_node(&self, id: &str) -> StoreResult<bool> {
+        Ok(self.nodes.remove(id.as_bytes()).map_err(backend)?.is_some())
     }
 
     async fn catalog(&self, plugin: &str) -> StoreResult<Option<CachedCatalog>> {
@@ -3204,14 +3231,14 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(s.jobs_due.len(), 501, "one entry per live job");
-            let claimed = s.claim_jobs(100, 50, 10).await.unwrap();
+            let claimed = s.claim_jobs("run-1", 100, 50, 10).await.unwrap();
             assert_eq!(
                 claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
                 ["now"]
             );
             // Leased: indexed at its lease's end, claimable again only then.
-            assert!(s.claim_jobs(149, 50, 10).await.unwrap().is_empty());
-            assert_eq!(s.claim_jobs(150, 50, 10).await.unwrap().len(), 1);
+            assert!(s.claim_jobs("run-1", 149, 50, 10).await.unwrap().is_empty());
+            assert_eq!(s.claim_jobs("run-1", 150, 50, 10).await.unwrap().len(), 1);
             s.finish_job("now").await.unwrap();
             let mut dead = s.job("later-0").await.unwrap().unwrap();
             dead.dead = true;
@@ -3230,7 +3257,7 @@ mod tests {
         // ...and opening the store rebuilds it.
         let s = reopen(dir.path());
         let due: Vec<String> = s
-            .claim_jobs(10_002, 50, 10)
+            .claim_jobs("run-1", 10_002, 50, 10)
             .await
             .unwrap()
             .into_iter()
@@ -3320,14 +3347,19 @@ mod tests {
             let s = reopen(dir.path());
             s.put_job(&Job::fulfil(order, 1_000)).await.unwrap();
             // Claimed with a ten-minute lease; then the process is killed mid-step.
-            let claimed = s.claim_jobs(1_000, 600_000, 10).await.unwrap();
+            let claimed = s.claim_jobs("run-1", 1_000, 600_000, 10).await.unwrap();
             assert_eq!(claimed.len(), 1);
-            assert!(s.claim_jobs(2_000, 600_000, 10).await.unwrap().is_empty());
+            assert!(
+                s.claim_jobs("run-1", 2_000, 600_000, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
             s.durable().await.unwrap();
         }
         let s = reopen(dir.path());
         // One process holds a sled database at a time: the lease died with its holder.
-        let again = s.claim_jobs(2_000, 600_000, 10).await.unwrap();
+        let again = s.claim_jobs("run-1", 2_000, 600_000, 10).await.unwrap();
         assert_eq!(again.len(), 1, "taken at once, not after the lease");
         assert_eq!(again[0].kind, JobKind::Fulfil { order });
     }

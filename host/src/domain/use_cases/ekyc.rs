@@ -64,7 +64,7 @@ impl Gateway {
         self.check_can_start(&order).await?;
         let supplier = self.ekyc_supplier(&order.plugin)?;
 
-        let _lock = self.fulfilment.lock_order(id).await;
+        let _lock = self.fulfilment.lock_order(id).await?;
         // Read again under the lock: another request may have opened it, or the wait
         // may have run out, while this one waited.
         let mut order = self.own_order(who, id).await?;

@@ -147,7 +147,7 @@ impl Gateway {
         // Observations of one eSIM (webhooks applied by concurrent jobs, a usage call) are
         // serialised under its order's lock and applied to the record as stored now: none
         // is lost to another's stale copy.
-        let _lock = self.fulfilment.lock_order(rec.order).await;
+        let _lock = self.fulfilment.lock_order(rec.order).await?;
         if let Some(stored) = self.store.esim(&rec.iccid).await? {
             *rec = stored;
         }

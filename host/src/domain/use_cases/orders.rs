@@ -331,7 +331,7 @@ impl Gateway {
         }
         // Two cancels of one order (a client retrying with a new key) are serialised under
         // its lock and the second reads it cancelled: it is refunded once.
-        let _lock = self.fulfilment.lock_order(id).await;
+        let _lock = self.fulfilment.lock_order(id).await?;
         let mut order = self
             .store
             .order(id)

@@ -344,7 +344,7 @@ impl Gateway {
         let now = self.clock.now_ms();
         let mut changed = 0;
         for mut order in orders {
-            let _lock = self.fulfilment.lock_order(order.id).await;
+            let _lock = self.fulfilment.lock_order(order.id).await?;
             let mut personal = self.open_personal(&order).await?;
             if personal.subject_ref.is_none() {
                 // Erased already: nothing personal left to rectify.

@@ -279,7 +279,12 @@ async fn an_endpoint_failing_for_the_limit_is_disabled_and_a_delivery_in_between
     let (who, endpoint, event) = subscribed_with_an_event(&f).await;
     assert_eq!(f.gateway.dispatch_events().await.unwrap(), 1);
     assert_eq!(f.gateway.dispatch_events().await.unwrap(), 0, "taken out");
-    let due = f.gateway.store().claim_jobs(START, 1, 10).await.unwrap();
+    let due = f
+        .gateway
+        .store()
+        .claim_jobs("run-1", START, 1, 10)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1, "one delivery job for one endpoint");
     let deliver = |n| f.gateway.deliver(event.reseller, endpoint.id, event.id, n);
     let state = || f.gateway.endpoint(&who, endpoint.id);

@@ -8,21 +8,24 @@ use tokio_postgres::types::Json;
 
 use super::{Faulty, big, execute, limit, query, query_opt, record, records};
 use crate::domain::jobs::Job;
+use crate::domain::nodes::NodeRecord;
 
 /// Add or replace `job`.
 pub(super) async fn put<C: GenericClient>(c: &C, job: &Job) -> Faulty<()> {
     execute(
         c,
-        "INSERT INTO jobs (id, due_ms, lease_until_ms, dead, record) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO jobs (id, due_ms, lease_until_ms, dead, record, owner)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO UPDATE SET due_ms = excluded.due_ms,
              lease_until_ms = excluded.lease_until_ms, dead = excluded.dead,
-             record = excluded.record",
+             record = excluded.record, owner = excluded.owner",
         &[
             &job.id,
             &big(job.due_ms),
             &big(job.lease_until_ms),
             &job.dead,
             &Json(job),
+            &job.owner,
         ],
     )
     .await?;
@@ -33,7 +36,8 @@ pub(super) async fn put<C: GenericClient>(c: &C, job: &Job) -> Faulty<()> {
 pub(super) async fn add<C: GenericClient>(c: &C, job: &Job) -> Faulty<bool> {
     let added = execute(
         c,
-        "INSERT INTO jobs (id, due_ms, lease_until_ms, dead, record) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO jobs (id, due_ms, lease_until_ms, dead, record, owner)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO NOTHING",
         &[
             &job.id,
@@ -41,6 +45,7 @@ pub(super) async fn add<C: GenericClient>(c: &C, job: &Job) -> Faulty<bool> {
             &big(job.lease_until_ms),
             &job.dead,
             &Json(job),
+            &job.owner,
         ],
     )
     .await?;
@@ -76,10 +81,12 @@ pub(super) async fn hasten(client: &mut Object, job: &Job) -> Faulty<()> {
     Ok(())
 }
 
-/// Claim up to `n` jobs claimable at `now_ms`, soonest due first, leasing each until
-/// `now_ms + lease_ms`.
+/// Claim up to `n` jobs claimable at `now_ms`, soonest due first, leasing each to `run`
+/// until `now_ms + lease_ms`. A job leased by another run that has no live node record is
+/// claimable: its node was killed or restarted.
 pub(super) async fn claim(
     client: &mut Object,
+    run: &str,
     now_ms: u64,
     lease_ms: u64,
     n: usize,
@@ -90,35 +97,66 @@ pub(super) async fn claim(
     let tx = client.transaction().await?;
     let rows = query(
         &tx,
-        "SELECT record FROM jobs
-         WHERE NOT dead AND due_ms <= $1 AND lease_until_ms <= $1
-         ORDER BY due_ms, id LIMIT $2
-         FOR UPDATE SKIP LOCKED",
-        &[&big(now_ms), &limit(n)],
+        "SELECT j.record, j.owner IS NOT NULL AND j.owner <> $3 AND NOT EXISTS (
+                 SELECT 1 FROM nodes n WHERE n.run = j.owner AND n.alive_until_ms > $1
+             ) AS orphaned
+         FROM jobs j
+         WHERE NOT j.dead AND j.due_ms <= $1
+           AND (j.lease_until_ms <= $1
+                OR j.owner IS NOT NULL AND j.owner <> $3 AND NOT EXISTS (
+                    SELECT 1 FROM nodes n WHERE n.run = j.owner AND n.alive_until_ms > $1))
+         ORDER BY j.due_ms, j.id LIMIT $2
+         FOR UPDATE OF j SKIP LOCKED",
+        &[&big(now_ms), &limit(n), &run],
     )
     .await?;
     let lease_until = now_ms.saturating_add(lease_ms);
-    let claimed: Vec<Job> = records::<Job>(&rows)?
-        .into_iter()
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job: Job = record(row, "record")?;
+        let orphaned: bool = row.try_get("orphaned")?;
         // The columns hold times past `i64::MAX` as `i64::MAX`: the record decides.
-        .filter(|job| job.claimable(now_ms))
-        .map(|job| Job {
-            lease_until_ms: lease_until,
-            ..job
-        })
-        .collect();
+        if job.claimable(now_ms, |_| !orphaned) {
+            claimed.push(job.leased(run, lease_until));
+        }
+    }
     if !claimed.is_empty() {
         let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
         let bodies: Vec<Json<&Job>> = claimed.iter().map(Json).collect();
         execute(
             &tx,
-            "UPDATE jobs SET lease_until_ms = $2, record = leased.record
+            "UPDATE jobs SET lease_until_ms = $2, owner = $4, record = leased.record
              FROM unnest($1::text[], $3::json[]) AS leased (id, record)
              WHERE jobs.id = leased.id",
-            &[&ids, &big(lease_until), &bodies],
+            &[&ids, &big(lease_until), &bodies, &run],
         )
         .await?;
     }
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// Keep `node`'s record, replacing the one of its id.
+pub(super) async fn put_node<C: GenericClient>(c: &C, node: &NodeRecord) -> Faulty<()> {
+    execute(
+        c,
+        "INSERT INTO nodes (id, run, alive_until_ms, record) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET run = excluded.run,
+             alive_until_ms = excluded.alive_until_ms, record = excluded.record",
+        &[
+            &node.id,
+            &node.run,
+            // A stopped node is alive for nobody.
+            &big(if node.stopped { 0 } else { node.alive_until_ms }),
+            &Json(node),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every node's record, by id.
+pub(super) async fn nodes<C: GenericClient>(c: &C) -> Faulty<Vec<NodeRecord>> {
+    let rows = query(c, "SELECT record FROM nodes ORDER BY id", &[]).await?;
+    records(&rows)
 }

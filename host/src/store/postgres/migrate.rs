@@ -20,11 +20,18 @@ pub(super) struct Migration {
 }
 
 /// Every migration, oldest first. Released ones never change: a change is a new file.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/0001_init.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "nodes",
+        sql: include_str!("../../../migrations/0002_nodes.sql"),
+    },
+];
 
 /// The advisory lock migrations take (the bytes of "simgate"): one database-wide number,
 /// so stores in different schemas of one database take turns too.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::jobs::JobKind;
 use crate::domain::ledger::EntryKind;
 use crate::domain::orders::{OrderKind, OrderSpec};
 use crate::domain::supplier::{Money, PlanState, ProfileState};
@@ -263,7 +264,7 @@ async fn a_job_is_claimed_by_one_node_only() {
         tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = node.claim_jobs(1_000, 60_000, 4).await.unwrap();
+                let claimed = node.claim_jobs("run-1", 1_000, 60_000, 4).await.unwrap();
                 if claimed.is_empty() {
                     return mine;
                 }
@@ -279,14 +280,149 @@ async fn a_job_is_claimed_by_one_node_only() {
     expected.sort();
     assert_eq!(all, expected, "every job claimed, none twice");
     assert!(
-        b.claim_jobs(30_000, 60_000, 100).await.unwrap().is_empty(),
+        b.claim_jobs("run-1", 30_000, 60_000, 100)
+            .await
+            .unwrap()
+            .is_empty(),
         "leased by the claim"
     );
     assert_eq!(
-        a.claim_jobs(61_000, 1_000, 100).await.unwrap().len(),
+        a.claim_jobs("run-1", 61_000, 1_000, 100)
+            .await
+            .unwrap()
+            .len(),
         60,
         "claimable again once the lease ran out"
     );
+}
+
+/// A node record alive until `alive_until_ms` for run `run`.
+fn node_record(id: &str, run: &str, alive_until_ms: u64) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        run: run.into(),
+        address: "127.0.0.1:0".into(),
+        version: "0".into(),
+        started_ms: 0,
+        heartbeat_ms: 0,
+        alive_until_ms,
+        stopped: false,
+        plugins: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_node_is_gone_is_taken_up_before_its_lease_ends() {
+    let Some(db) = fresh() else { return };
+    let (a, b) = (db.node(), db.node());
+    a.put_node(&node_record("node_a", "run-a", 5_000))
+        .await
+        .unwrap();
+    b.put_node(&node_record("node_b", "run-b", 5_000))
+        .await
+        .unwrap();
+    for id in ["j1", "j2"] {
+        a.put_job(&Job::new(id, JobKind::RefreshCatalogs, 1_000))
+            .await
+            .unwrap();
+    }
+    // Node a claims both for ten minutes.
+    assert_eq!(
+        a.claim_jobs("run-a", 1_000, 600_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        b.claim_jobs("run-b", 2_000, 600_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a's run is alive: its jobs stay with it"
+    );
+    // Node a goes silent: at 5 s it has missed its beats.
+    let taken = b.claim_jobs("run-b", 5_000, 600_000, 10).await.unwrap();
+    assert_eq!(taken.len(), 2, "taken up long before the lease ends");
+    assert!(taken.iter().all(|j| j.owner.as_deref() == Some("run-b")));
+    // Node a restarts as a new run: b's run is alive, so the jobs stay with b.
+    a.put_node(&node_record("node_a", "run-a2", 900_000))
+        .await
+        .unwrap();
+    b.put_node(&node_record("node_b", "run-b", 900_000))
+        .await
+        .unwrap();
+    assert!(
+        a.claim_jobs("run-a2", 6_000, 600_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // b stops cleanly (its record says so): a takes them at once.
+    b.put_node(&NodeRecord {
+        stopped: true,
+        ..node_record("node_b", "run-b", 900_000)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.claim_jobs("run-a2", 7_000, 600_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // A job of a run no node record names (a record forgotten) is claimable too.
+    a.put_job(&Job::new("j3", JobKind::RefreshCatalogs, 1_000).leased("run-x", 600_000))
+        .await
+        .unwrap();
+    let orphan = b.claim_jobs("run-b", 8_000, 600_000, 10).await.unwrap();
+    assert_eq!(
+        orphan.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["j3"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orders_lock_is_held_across_nodes_and_freed_when_dropped_even_half_taken() {
+    let Some(db) = fresh() else { return };
+    let (a, b) = (Arc::new(db.node()), Arc::new(db.node()));
+    let id = OrderId::new();
+    let held = a.lock_order(id).await.unwrap().expect("shared stores lock");
+    // b waits while a holds it.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.lock_order(id).await.unwrap() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "b waits for a's lock");
+    // Another order is not held up.
+    let other = b.lock_order(OrderId::new()).await.unwrap();
+    drop(other);
+    drop(held);
+    let from_b = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("b gets the lock once a lets go")
+        .unwrap();
+    // A taking dropped while it waits leaves nothing held behind it.
+    let cancelled = {
+        let a = a.clone();
+        tokio::spawn(async move { a.lock_order(id).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cancelled.abort();
+    let _ = cancelled.await;
+    drop(from_b);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), a.lock_order(id))
+        .await
+        .expect("nothing kept the lock after the abandoned taking")
+        .unwrap();
+    drop(again);
+    let by_b = tokio::time::timeout(std::time::Duration::from_secs(10), b.lock_order(id))
+        .await
+        .expect("free again after the last holder let go")
+        .unwrap();
+    drop(by_b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
