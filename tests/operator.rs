@@ -175,7 +175,8 @@ fn json_logs_are_one_json_object_a_line() {
             .any(|l| l["message"].as_str().is_some_and(|s| s.starts_with(m)))
     };
     for progress in [
-        "opening the store",
+        // "opening the store" on sled, "opening the PostgreSQL store" on PostgreSQL.
+        "opening the",
         "loading plugins",
         "recovering",
         "ready in",

@@ -2,7 +2,7 @@
 //! erase (crypto-shredding, legal retention kept), restrict and lift, object.
 
 use base64::Engine as _;
-use simgate_test_support::{Gateway, GatewayBuilder, Resp, Value, files_under, json, unique_key};
+use simgate_test_support::{Gateway, GatewayBuilder, Resp, Value, json, stored_under, unique_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simgate");
 const PRODUCT: &str = "sandbox:SBX-US-5GB-30D";
@@ -138,8 +138,7 @@ fn p11_erasure_leaves_no_personal_value_on_disk_keeps_transactions_and_spares_ot
 
     let (status, dir) = gw.terminate();
     assert!(status.success());
-    let files = files_under(dir.path());
-    assert!(files.iter().any(|(p, _)| p.ends_with("db")));
+    let files = stored_under(dir.path());
     for value in [&erased, &erased_meta] {
         for encoded in encodings(value) {
             for (path, bytes) in &files {

@@ -45,6 +45,63 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// The name [`stored_under`] gives a PostgreSQL gateway's database, dumped.
+pub const PG_DUMP: &str = "postgresql-dump";
+
+/// Everything a gateway stored, to search for values that must not be there: every file
+/// under its data directory and, for a gateway on PostgreSQL (the data directory names
+/// its database), the whole database dumped as text, each `bytea` value decoded beside
+/// its hex, as one more file named [`PG_DUMP`]. Panics unless the store's own records
+/// (sled's `db` files, or the dump) are among them.
+pub fn stored_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = files_under(dir);
+    if let Ok(url) = std::fs::read_to_string(dir.join(STORE_URL_FILE)) {
+        let out = Command::new(pg_program("pg_dump"))
+            .args(["--data-only", "--no-owner", "-d", url.trim()])
+            .output()
+            .expect("running pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut dump = out.stdout.clone();
+        dump.extend(decoded_bytea(&out.stdout));
+        files.push((dir.join(PG_DUMP), dump));
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(p, _)| p.ends_with("db") || p.ends_with(PG_DUMP)),
+        "the store's records were read"
+    );
+    files
+}
+
+/// Every `\x...` hex run in a dump, decoded, one after another.
+fn decoded_bytea(dump: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(dump);
+    let mut out = Vec::new();
+    for run in text.split("\\x").skip(1) {
+        let hex: String = run.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        if let Ok(bytes) = hex::decode(&hex[..hex.len() - hex.len() % 2]) {
+            out.extend(bytes);
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Whether the black-box tests run on PostgreSQL (`SIMGATE_TEST_STORE_URL` is set): the
+/// few that need sled itself (its files, the offline commands) say so and skip.
+pub fn on_postgres(test: &str) -> bool {
+    let set = std::env::var(TEST_STORE_URL_VAR).is_ok_and(|u| !u.is_empty());
+    if set {
+        eprintln!("skipping {test} on PostgreSQL: it needs a sled data directory");
+    }
+    set
+}
+
 /// Where the plugins' `.wasm` files were built.
 pub fn wasm_dir() -> PathBuf {
     PathBuf::from(env!("SIMGATE_WASM_DIR"))
@@ -467,23 +524,29 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `psql` on the PATH, or the newest installed server's (Debian keeps those off the PATH).
+/// `psql`.
 fn psql_program() -> PathBuf {
+    pg_program("psql")
+}
+
+/// PostgreSQL's program `name` on the PATH, or the newest installed server's (Debian
+/// keeps those off the PATH).
+fn pg_program(name: &str) -> PathBuf {
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("psql").is_file()))
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
     if on_path {
-        return PathBuf::from("psql");
+        return PathBuf::from(name);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path().join("bin/psql"))
+        .map(|e| e.path().join("bin").join(name))
         .filter(|p| p.is_file())
         .collect();
     found.sort();
-    found.pop().unwrap_or_else(|| PathBuf::from("psql"))
+    found.pop().unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// `url` (a `postgresql://` URL) naming database `name` instead of its own.
