@@ -15,6 +15,12 @@
 //! commit's release binary, say), measured in the same rounds right after this build:
 //! before and after a change, side by side, under the same machine conditions.
 //!
+//! `BENCH_STORE_URL=postgresql://...` (a PostgreSQL server the bench may create databases
+//! on: `tests/pg/cluster.sh target/pg` prints one) measures instead this build on sled
+//! beside this build on PostgreSQL with one node, and with two nodes sharing one database
+//! (the load's connections split between them, their CPU added up), each on a fresh
+//! database; PostgreSQL's own CPU is not in the gateway's figures.
+//!
 //! `BENCH_WEBHOOKS=1` adds instead a second gateway of this build whose reseller has one
 //! webhook endpoint (another hello-world process on loopback as the receiver): the cost
 //! of the outbox beside the same build without one, and the deliveries per second it then
@@ -73,9 +79,34 @@ fn main() {
         .ok()
         .filter(|v| !v.is_empty());
     let this_build = env!("CARGO_BIN_EXE_simgate").to_string();
-    let mut builds = vec![("this build", this_build.clone(), None)];
+    let mut builds = vec![("this build", this_build.clone(), None, Store::Sled)];
     let mut receiver = None;
-    if std::env::var("BENCH_WEBHOOKS").is_ok_and(|v| v == "1") {
+    if let Some(server) = std::env::var("BENCH_STORE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        builds = vec![
+            ("sled, one node", this_build.clone(), None, Store::Sled),
+            (
+                "PostgreSQL, one node",
+                this_build.clone(),
+                None,
+                Store::Postgres {
+                    url: simgate_test_support::create_database(&server),
+                    nodes: 1,
+                },
+            ),
+            (
+                "PostgreSQL, two nodes",
+                this_build.clone(),
+                None,
+                Store::Postgres {
+                    url: simgate_test_support::create_database(&server),
+                    nodes: 2,
+                },
+            ),
+        ];
+    } else if std::env::var("BENCH_WEBHOOKS").is_ok_and(|v| v == "1") {
         let mut hooks = Command::new(std::env::current_exe().unwrap())
             .arg("hello")
             .stdout(Stdio::piped())
@@ -87,17 +118,25 @@ fn main() {
             "this build, one webhook endpoint",
             this_build.clone(),
             Some(addr),
+            Store::Sled,
         ));
     } else if let Some(base) = std::env::var("BENCH_BASE_BIN")
         .ok()
         .filter(|b| !b.is_empty())
     {
-        builds.push(("baseline", base, None));
+        builds.push(("baseline", base, None, Store::Sled));
     }
     let gateways: Vec<Gateway> = builds
         .into_iter()
-        .map(|(label, bin, hooks)| {
-            Gateway::start(label, &bin, &this_build, sync_wait.as_deref(), hooks)
+        .map(|(label, bin, hooks, store)| {
+            Gateway::start(
+                label,
+                &bin,
+                &this_build,
+                sync_wait.as_deref(),
+                hooks,
+                &store,
+            )
         })
         .collect();
     let mut deliveries: Vec<(u64, Duration)> = Vec::new();
@@ -107,7 +146,7 @@ fn main() {
     let mut table: Vec<(Run, Vec<(Run, Run)>)> = Vec::new();
     let (mut drain, mut accepted, mut settled) = (Duration::ZERO, 0, 0);
     for round in 0..rounds {
-        let hello_run = load(hello_addr, hello.id(), connections, duration, |_| {
+        let hello_run = load(&[(hello_addr, hello.id())], connections, duration, |_| {
             Req::get("/".into(), None)
         });
         let mut runs = Vec::new();
@@ -118,7 +157,7 @@ fn main() {
             let label = gw.label.replace(' ', "-");
             let post_started = Instant::now();
             let delivered_before = gw.metrics().delivered;
-            let post_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
+            let post_run = load(&gw.targets(), connections, duration, move |n| {
                 Req::post(
                     "/v1/orders".into(),
                     post_auth.clone(),
@@ -152,7 +191,7 @@ fn main() {
                 deliveries.push((delivered, post_started.elapsed()));
             }
             let get_auth = gw.auth.clone();
-            let get_run = load(gw.addr, gw.process.id(), connections, duration, move |n| {
+            let get_run = load(&gw.targets(), connections, duration, move |n| {
                 Req::get(
                     format!("/v1/orders/{}", ids[n % ids.len()]),
                     Some(get_auth.clone()),
@@ -263,78 +302,73 @@ fn main() {
     }
 }
 
-/// One gateway under test: its own process and data directory, killed when dropped.
+/// Where a gateway under test keeps its records.
+enum Store {
+    /// sled in its data directory.
+    Sled,
+    /// The PostgreSQL database at `url`, shared by `nodes` gateway processes.
+    Postgres { url: String, nodes: usize },
+}
+
+/// One gateway under test: its processes (one per node) and their data directories,
+/// killed when dropped.
 struct Gateway {
     label: &'static str,
-    process: std::process::Child,
-    addr: SocketAddr,
+    nodes: Vec<(std::process::Child, SocketAddr)>,
     auth: String,
     admin: String,
     /// Whether its reseller has a webhook endpoint.
     webhooks: bool,
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Gateway {
-    /// Start `bin` on a fresh data dir with the sandbox plugin (packed by `packer`).
-    /// With `hooks`, the demo reseller gets a webhook endpoint at that receiver.
+    /// Start `bin` on fresh data dirs with the sandbox plugin (packed by `packer`), one
+    /// node (or, on PostgreSQL, as many as `store` says: each with its own data dir and
+    /// the first node's key files). With `hooks`, the demo reseller gets a webhook
+    /// endpoint at that receiver.
     fn start(
         label: &'static str,
         bin: &str,
         packer: &str,
         sync_wait: Option<&str>,
         hooks: Option<SocketAddr>,
+        store: &Store,
     ) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        simgate_test_support::pack(
-            std::path::Path::new(packer),
-            "sandbox",
-            &dir.path().join("plugins"),
-        );
-        // The sandbox requests an outbound rule for its optional eKYC provider mode; builds
-        // before 034f112 link egress only when it is granted, so grant it to both builds
-        // alike (without `kyc_provider_url` the sandbox makes no request).
-        std::fs::write(
-            dir.path().join("grants.toml"),
-            "[plugins.sandbox]\noutbound = [\"http://127.0.0.1:*\"]\n",
-        )
-        .unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n{}",
-                sync_wait.map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default(),
-                if hooks.is_some() { "[webhooks]\nallow_private_addresses = true\n" } else { "" }
-            ),
-        )
-        .unwrap();
-        let mut process = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("SIMGATE_LOG", "error")
-            // The demo reseller places the orders (an environment variable, which builds
-            // before `--demo` ignore: they made it by default).
-            .env("SIMGATE_DEMO", "true")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let (addr, key, admin) = read_gateway(process.stdout.take().unwrap());
-        let gw = Gateway {
-            label,
-            process,
-            addr,
-            auth: format!("Bearer {key}"),
-            admin,
-            webhooks: hooks.is_some(),
-            _dir: dir,
+        let (url, count) = match store {
+            Store::Sled => (None, 1),
+            Store::Postgres { url, nodes } => (Some(url.as_str()), (*nodes).max(1)),
         };
+        let mut gw = Gateway {
+            label,
+            nodes: Vec::new(),
+            auth: String::new(),
+            admin: String::new(),
+            webhooks: hooks.is_some(),
+            _dirs: Vec::new(),
+        };
+        for n in 0..count {
+            let dir = tempfile::tempdir().unwrap();
+            if let Some(first) = gw._dirs.first() {
+                for key in ["pepper.key", "master.key", "audit.key"] {
+                    std::fs::copy(first.path().join(key), dir.path().join(key)).unwrap();
+                }
+            }
+            let (process, addr, keys) = start_node(bin, packer, sync_wait, hooks, url, dir.path());
+            if n == 0 {
+                let (key, admin) = keys.expect("the first node prints the demo keys");
+                gw.auth = format!("Bearer {key}");
+                gw.admin = admin;
+            }
+            gw.nodes.push((process, addr));
+            gw._dirs.push(dir);
+        }
         // The port answers before the gateway is ready (builds since the port is bound
         // first).
-        while gw.call("GET", "/readyz", "", String::new()).0 != 200 {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        for node in 0..gw.nodes.len() {
+            while gw.call_node(node, "GET", "/readyz", "", String::new()).0 != 200 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
         if let Some(hooks) = hooks {
             let body = format!(r#"{{"url":"http://{hooks}/hooks"}}"#);
@@ -344,14 +378,33 @@ impl Gateway {
         gw
     }
 
-    /// Send one request; returns its status and body.
+    /// Every node's address and process id: where the load goes and whose CPU counts.
+    fn targets(&self) -> Vec<(SocketAddr, u32)> {
+        self.nodes.iter().map(|(p, a)| (*a, p.id())).collect()
+    }
+
+    /// Send one request to the first node; returns its status and body.
     fn call(&self, method: &str, path: &str, auth: &str, body: String) -> (u16, String) {
+        self.call_node(0, method, path, auth, body)
+    }
+
+    /// Send one request to node `node`; returns its status and body.
+    fn call_node(
+        &self,
+        node: usize,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: String,
+    ) -> (u16, String) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+            let stream = tokio::net::TcpStream::connect(self.nodes[node].1)
+                .await
+                .unwrap();
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .unwrap();
@@ -371,19 +424,26 @@ impl Gateway {
         })
     }
 
-    /// Orders accepted and settled, and webhooks delivered, so far (from `/metrics`).
+    /// Orders accepted and settled, and webhooks delivered, so far (from every node's
+    /// `/metrics`, added up: each node counts what it did).
     fn metrics(&self) -> Counts {
-        let (_, text) = self.call(
-            "GET",
-            "/metrics",
-            &format!("Bearer {}", self.admin),
-            String::new(),
-        );
+        let texts: Vec<String> = (0..self.nodes.len())
+            .map(|node| {
+                let auth = format!("Bearer {}", self.admin);
+                self.call_node(node, "GET", "/metrics", &auth, String::new())
+                    .1
+            })
+            .collect();
         let value = |series: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(series))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+            texts
+                .iter()
+                .map(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(series))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
         };
         let orders = |status: &str| value(&format!("simgate_orders_total{{status=\"{status}\"}} "));
         Counts {
@@ -392,6 +452,60 @@ impl Gateway {
             delivered: value("simgate_webhook_attempts_total{outcome=\"delivered\"} "),
         }
     }
+}
+
+/// Start one node of `bin` on data dir `dir` with the sandbox plugin (packed by
+/// `packer`), on sled or on the PostgreSQL database at `url`; returns the process, its
+/// address and, when it printed them (a first start), the demo and admin keys.
+fn start_node(
+    bin: &str,
+    packer: &str,
+    sync_wait: Option<&str>,
+    hooks: Option<SocketAddr>,
+    url: Option<&str>,
+    dir: &std::path::Path,
+) -> (std::process::Child, SocketAddr, Option<(String, String)>) {
+    simgate_test_support::pack(
+        std::path::Path::new(packer),
+        "sandbox",
+        &dir.join("plugins"),
+    );
+    // The sandbox requests an outbound rule for its optional eKYC provider mode; builds
+    // before 034f112 link egress only when it is granted, so grant it to both builds
+    // alike (without `kyc_provider_url` the sandbox makes no request).
+    std::fs::write(
+        dir.join("grants.toml"),
+        "[plugins.sandbox]\noutbound = [\"http://127.0.0.1:*\"]\n",
+    )
+    .unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[orders]\ndemo_credit_minor = 1000000000000\n{}[http]\nrate_limit_per_second = 1000000.0\nrate_limit_burst = 1000000.0\n{}{}",
+            sync_wait.map(|ms| format!("sync_wait_ms = {ms}\n")).unwrap_or_default(),
+            if hooks.is_some() { "[webhooks]\nallow_private_addresses = true\n" } else { "" },
+            url.map(|u| format!("[store]\nbackend = \"postgres\"\nurl = \"{u}\"\n"))
+                .unwrap_or_default(),
+        ),
+    )
+    .unwrap();
+    // A node joining a database another node set up (given its key files) prints no keys.
+    let first = !dir.join("pepper.key").exists();
+    let mut process = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SIMGATE_LOG", "error")
+        // The demo reseller places the orders (an environment variable, which builds
+        // before `--demo` ignore: they made it by default).
+        .env("SIMGATE_DEMO", "true")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    let (addr, keys) = read_gateway(process.stdout.take().unwrap(), first);
+    (process, addr, keys)
 }
 
 /// Figures read from a gateway's `/metrics`.
@@ -403,8 +517,10 @@ struct Counts {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        for (process, _) in &mut self.nodes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
     }
 }
 
@@ -481,15 +597,20 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
-/// Drive `addr` (served by process `pid`) with `connections` keep-alive connections for
-/// `duration`.
+/// Drive `targets` (addresses, each served by its process) with `connections`
+/// keep-alive connections, spread over them in turn, for `duration`; the server CPU is
+/// every target process's, added up.
 fn load(
-    addr: SocketAddr,
-    pid: u32,
+    targets: &[(SocketAddr, u32)],
     connections: usize,
     duration: Duration,
     make: impl Fn(usize) -> Req + Send + Sync + 'static,
 ) -> Run {
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.0).collect();
+    let cpu = {
+        let pids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        move || -> Option<Duration> { pids.iter().map(|&pid| cpu_time(pid)).sum() }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -498,24 +619,24 @@ fn load(
     rt.block_on(async move {
         // Warm-up: a second of load, results discarded.
         let _ = drive(
-            addr,
+            &addrs,
             connections,
             Duration::from_secs(1),
             make.clone(),
             1_000_000_000,
         )
         .await;
-        let cpu_before = cpu_time(pid);
-        let mut run = drive(addr, connections, duration, make, 0).await;
+        let cpu_before = cpu();
+        let mut run = drive(&addrs, connections, duration, make, 0).await;
         run.server_cpu = cpu_before
-            .zip(cpu_time(pid))
+            .zip(cpu())
             .map(|(before, after)| after.saturating_sub(before));
         run
     })
 }
 
 async fn drive(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     connections: usize,
     duration: Duration,
     make: Arc<impl Fn(usize) -> Req + Send + Sync + 'static>,
@@ -526,7 +647,8 @@ async fn drive(
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(offset));
     let local = tokio::task::LocalSet::new();
     let mut handles = Vec::new();
-    for _ in 0..connections {
+    for connection in 0..connections {
+        let addr = addrs[connection % addrs.len()];
         let make = make.clone();
         let counter = counter.clone();
         handles.push(local.spawn_local(async move {
@@ -616,13 +738,16 @@ fn read_addr(stdout: std::process::ChildStdout, prefix: &str) -> SocketAddr {
     panic!("server did not print its address");
 }
 
-fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String, String) {
+fn read_gateway(
+    stdout: std::process::ChildStdout,
+    expect_keys: bool,
+) -> (SocketAddr, Option<(String, String)>) {
     let mut key = String::new();
     let mut admin = String::new();
     let mut addr = None;
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     // Builds before the admin key file print the keys before the address, later ones
-    // after it.
+    // after it; a node joining a database already set up prints none.
     for line in lines.by_ref() {
         if line.starts_with("demo reseller") {
             key = line.rsplit(' ').next().unwrap().to_string();
@@ -636,10 +761,11 @@ fn read_gateway(stdout: std::process::ChildStdout) -> (SocketAddr, String, Strin
         if let Some(rest) = line.strip_prefix("simgate listening on http://") {
             addr = Some(rest.trim().parse().unwrap());
         }
-        if let Some(addr) = addr.filter(|_| !key.is_empty() && !admin.is_empty()) {
+        let keys = !key.is_empty() && !admin.is_empty();
+        if let Some(addr) = addr.filter(|_| keys || !expect_keys) {
             // Keep draining stdout in the background.
             std::thread::spawn(move || for _ in lines {});
-            return (addr, key, admin);
+            return (addr, keys.then_some((key, admin)));
         }
     }
     panic!("simgate did not start");
