@@ -198,6 +198,11 @@ pub struct StoreTuning {
     /// `max_connections` of at least N × (`pool_size` + `lock_pool_size`): 80 for two
     /// nodes with the defaults.
     pub lock_pool_size: usize,
+    /// CA certificates (PEM) that sign the database server's certificate, for a `url`
+    /// with `sslmode=require` (a database on another host must have it): a private CA,
+    /// as managed databases use. Without it, Mozilla's roots. The certificate and the
+    /// host name are always verified.
+    pub ca_file: Option<std::path::PathBuf>,
     /// How long connecting to PostgreSQL may take before the call fails (503) instead of
     /// hanging: a local database answers in milliseconds.
     pub connect_timeout_ms: u64,
@@ -244,6 +249,7 @@ impl StoreTuning {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms.max(1)),
             pool_wait: Duration::from_millis(self.pool_wait_ms.max(1)),
             lock_connections: self.lock_pool_size.max(1),
+            ca_file: self.ca_file.clone(),
             schema: None,
         }
     }
@@ -288,6 +294,7 @@ impl Default for StoreTuning {
             url: None,
             pool_size: 16,
             lock_pool_size: 24,
+            ca_file: None,
             connect_timeout_ms: 5_000,
             pool_wait_ms: 10_000,
             cache_mib: 512,

@@ -6,10 +6,12 @@
 #
 # Then: SIMGATE_TEST_PG_URL="$(tests/pg/cluster.sh target/pg)" cargo test -p simgate --lib store::postgres
 #
-# The server listens on a unix socket in DIR only (no TCP port: nothing else on the machine
-# can reach it, and no port can clash), with fsync and synchronous commit on, as in
-# production: the tests check durability, so the cluster must not fake it. Connections
-# from this machine are trusted (a test cluster holds no secrets).
+# The server listens on a unix socket in DIR (the printed URL) and, for the TLS tests, on
+# a free loopback port with TLS, under a certificate for localhost / 127.0.0.1 signed by a
+# CA made here (DIR/tls/ca.crt; DIR/tls.url names that listener, sslmode=require). Fsync
+# and synchronous commit are on, as in production: the tests check durability, so the
+# cluster must not fake it. Connections from this machine are trusted (a test cluster
+# holds no secrets).
 #
 # PostgreSQL is installed with apt-get (Debian) if no `initdb` is found. initdb refuses to
 # run as root, so as root the cluster belongs to the `postgres` system user (made by the
@@ -31,8 +33,7 @@ mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
 data="$dir/data"
 socket="$dir/socket"
-# The socket's name carries the port; with no TCP listener it only needs to be stable.
-port="${SIMGATE_TEST_PG_PORT:-5432}"
+tls="$dir/tls"
 
 # The newest installed server's programs (Debian keeps them off PATH).
 find_bin() {
@@ -87,11 +88,30 @@ if [ ! -f "$data/PG_VERSION" ]; then
     as_owner "$bin/initdb" -D "$data" -U simgate --auth=trust --encoding=UTF8 --no-locale >&2
 fi
 
-if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 start -o \
-        "-c listen_addresses='' -k $socket -p $port -c fsync=on -c synchronous_commit=on -c max_connections=200" >&2 \
-        || { tail -n 20 "$dir/server.log" >&2; die "the server did not start (log: $dir/server.log)"; }
+if [ ! -f "$tls/server.key" ]; then
+    # A CA, and the server's certificate signed by it (a self-signed leaf is not a CA).
+    mkdir -p "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj "/CN=simgate test CA" -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=localhost" -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$tls/ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$tls/ext" -out "$tls/server.crt" 2>/dev/null
+    chown "$owner" "$tls" "$tls/server.key" "$tls/server.crt"
+    chmod 600 "$tls/server.key"
 fi
+
+if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    # A free loopback port for the TLS listener (the unix socket's name carries it too).
+    port="${SIMGATE_TEST_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 5432)}"
+    as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 start -o \
+        "-c listen_addresses=127.0.0.1 -k $socket -p $port -c fsync=on -c synchronous_commit=on -c max_connections=200 -c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key" >&2 \
+        || { tail -n 20 "$dir/server.log" >&2; die "the server did not start (log: $dir/server.log)"; }
+    echo "$port" >"$dir/port"
+fi
+port="$(cat "$dir/port" 2>/dev/null || echo 5432)"
+echo "postgresql://simgate@127.0.0.1:$port/simgate?sslmode=require" >"$dir/tls.url"
 
 psql_() { "$bin/psql" -X -q -h "$socket" -p "$port" -U simgate "$@"; }
 if [ "$(psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'simgate'")" != 1 ]; then

@@ -30,8 +30,9 @@
 //! disk: [`Store::durable`] has nothing left to wait for. Backups are PostgreSQL's own
 //! affair (`pg_dump`, base backups): [`Store::backup_to`] keeps the trait's `None`.
 //!
-//! There is no TLS yet: the store connects only over a unix socket or the loopback
-//! interface, and refuses a URL that names another host.
+//! A database on another host is reached over TLS only (`sslmode=require`; the server's
+//! certificate and name are always verified, see `tls`); a unix socket or the loopback
+//! interface may go without.
 
 mod audit;
 mod idempotency;
@@ -41,6 +42,7 @@ mod money;
 mod retention;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -87,6 +89,9 @@ pub struct PgOptions {
     /// Connections kept apart for order locks (`[store] lock_pool_size`): each holds one
     /// order's lock while a change to it runs, supplier call included.
     pub lock_connections: usize,
+    /// CA certificates (PEM) that sign the database server's certificate, for a URL with
+    /// `sslmode=require` (`[store] ca_file`); without, Mozilla's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// The schema the tables live in (created if missing), when not the user's default:
     /// lowercase letters, digits and `_`, at most 63 characters. Several gateways (or
     /// test runs) can then share a database.
@@ -128,15 +133,20 @@ impl PgStore {
     /// (for callers that cannot wait here). Fails only on a bad URL or options.
     pub fn lazy(url: &str, options: PgOptions) -> StoreResult<PgStore> {
         let schema = options.schema.map(valid_schema).transpose()?;
-        let config = connection_config(url, schema.as_deref(), options.connect_timeout)?;
+        let (config, tls) = connection_config(
+            url,
+            schema.as_deref(),
+            options.connect_timeout,
+            options.ca_file.as_deref(),
+        )?;
         let pool = |config: tokio_postgres::Config, size: usize| {
-            let manager = Manager::from_config(
-                config,
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let recycling = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(config, tls.clone(), recycling),
+                None => Manager::from_config(config, NoTls, recycling),
+            };
             Pool::builder(manager)
                 .max_size(size.max(1))
                 .runtime(Runtime::Tokio1)
@@ -216,13 +226,17 @@ impl Drop for OrderLock {
     }
 }
 
-/// `url` as a connection configuration, refused unless every host it names is local (no
-/// TLS yet), with the session settings the store relies on.
+/// `url` as a connection configuration with the session settings the store relies on,
+/// and the TLS it needs: a URL with `sslmode=require` is reached over TLS, verifying the
+/// server's certificate and name (against `ca_file`'s CAs, or Mozilla's roots); one
+/// naming another host without it is refused (no plain text, and no silent downgrade,
+/// leaves the machine). A unix socket or the loopback interface may go without.
 fn connection_config(
     url: &str,
     schema: Option<&str>,
     connect_timeout: Duration,
-) -> StoreResult<tokio_postgres::Config> {
+    ca_file: Option<&std::path::Path>,
+) -> StoreResult<(tokio_postgres::Config, Option<tls::Tls>)> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("the PostgreSQL URL is not valid: {e}")))?;
@@ -231,13 +245,20 @@ fn connection_config(
         #[cfg(unix)]
         Host::Unix(_) => false,
     }) || config.get_hostaddrs().iter().any(|a| !a.is_loopback());
-    if remote {
+    let tls_required = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if remote && !tls_required {
         return Err(StoreError::Backend(
-            "the PostgreSQL store connects without TLS, so only over a unix socket or the \
-             loopback interface; the URL names another host"
+            "the URL names another host: a database off this machine is reached over TLS \
+             only; add sslmode=require to the URL (the server's certificate and name are \
+             always verified; [store] ca_file names a private CA)"
                 .into(),
         ));
     }
+    let tls = if tls_required {
+        Some(tls::Tls::new(ca_file)?)
+    } else {
+        None
+    };
     // A returned write must be on disk (`durable` waits for nothing), whatever the server's
     // default; and the tables are found in the store's schema.
     let mut options = config.get_options().unwrap_or_default().to_string();
@@ -252,7 +273,7 @@ fn connection_config(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(connect_timeout);
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// Whether a TCP host name stays on this machine.
@@ -329,16 +350,31 @@ impl From<StoreError> for Fault {
 impl From<Fault> for StoreError {
     fn from(fault: Fault) -> StoreError {
         match fault {
-            // The error's own text names only its kind; the server's message is its source.
-            Fault::Db(e) => match std::error::Error::source(&e) {
-                Some(source) => StoreError::Backend(format!("PostgreSQL: {e}: {source}")),
-                None => StoreError::Backend(format!("PostgreSQL: {e}")),
-            },
+            // The error's own text names only its kind; the server's message (or the TLS
+            // handshake's reason) is among its sources.
+            Fault::Db(e) => StoreError::Backend(format!("PostgreSQL: {}", with_sources(&e))),
             Fault::Pool(PoolError::Closed) => StoreError::Backend("the store is closed".into()),
-            Fault::Pool(e) => StoreError::Backend(format!("PostgreSQL connection: {e}")),
+            Fault::Pool(e) => {
+                StoreError::Backend(format!("PostgreSQL connection: {}", with_sources(&e)))
+            }
             Fault::Store(e) => e,
         }
     }
+}
+
+/// `e` and every error under it that adds something, as one line.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(source) = next {
+        let said = source.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        next = source.source();
+    }
+    text
 }
 
 /// Parameters of a statement.

@@ -594,10 +594,29 @@ fn a_url_naming_another_host_is_refused_without_tls() {
         "postgresql://simgate@db.example.com/simgate",
         "host=10.0.0.5 user=simgate dbname=simgate",
         "postgresql://simgate@localhost/simgate?hostaddr=192.0.2.1",
+        "postgresql://simgate@db.example.com/simgate?sslmode=prefer",
+        "postgresql://simgate@db.example.com/simgate?sslmode=disable",
     ] {
         let err = open(remote).unwrap_err().to_string();
-        assert!(err.contains("without TLS"), "{remote}: {err}");
+        assert!(err.contains("sslmode=require"), "{remote}: {err}");
     }
+    for over_tls in [
+        "postgresql://simgate@db.example.com/simgate?sslmode=require",
+        "host=10.0.0.5 user=simgate dbname=simgate sslmode=require",
+    ] {
+        open(over_tls).unwrap_or_else(|e| panic!("{over_tls}: {e}"));
+    }
+    let missing = PgOptions {
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..PgOptions::default()
+    };
+    let err = PgStore::lazy(
+        "postgresql://db.example.com/simgate?sslmode=require",
+        missing,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(err.to_string().contains("ca_file"), "{err}");
     for local in [
         "postgresql://simgate@localhost:5432/simgate",
         "postgresql://simgate@127.0.0.1/simgate",
@@ -623,4 +642,58 @@ fn schema_names_are_plain_lowercase_words() {
     ] {
         assert!(valid_schema(bad.into()).is_err(), "{bad}");
     }
+}
+
+/// The TLS listener `tests/pg/cluster.sh` runs beside the test cluster's socket, and the
+/// CA that signed its certificate; `None` (saying so) without one.
+fn tls_listener() -> Option<(String, std::path::PathBuf)> {
+    let url = std::env::var(URL_VAR).ok()?;
+    let socket = url.split("host=").nth(1)?.split('&').next()?;
+    let dir = std::path::Path::new(socket).parent()?;
+    match std::fs::read_to_string(dir.join("tls.url")) {
+        Ok(tls_url) => Some((tls_url.trim().to_string(), dir.join("tls/ca.crt"))),
+        Err(_) => {
+            eprintln!("skipped: the test cluster has no TLS listener (tls.url)");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_database_over_tls_is_reached_only_with_a_certificate_its_ca_signed() {
+    let Some(db) = fresh() else { return };
+    let Some((tls_url, ca)) = tls_listener() else {
+        return;
+    };
+    let options = |ca_file: Option<std::path::PathBuf>| PgOptions {
+        max_connections: 2,
+        schema: Some(db.schema.clone()),
+        ca_file,
+        connect_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    // Trusting the cluster's CA: the store works, and its connection is encrypted.
+    for url in [tls_url.clone(), tls_url.replace("127.0.0.1", "localhost")] {
+        let store = PgStore::open(&url, options(Some(ca.clone())))
+            .await
+            .unwrap();
+        assert!(store.nodes().await.unwrap().is_empty());
+        let c = store.client().await.unwrap();
+        let encrypted: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(encrypted, "{url}: the connection is not encrypted");
+    }
+    // Without it (Mozilla's roots), the server's certificate is refused.
+    let refused = PgStore::open(&tls_url, options(None)).await.map(|_| ());
+    let err = refused.unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("issuer"),
+        "{err}"
+    );
 }
