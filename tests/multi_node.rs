@@ -313,3 +313,97 @@ fn a_node_with_other_key_files_is_refused() {
     let r = a.call("GET", "/v1/orders", Some(&a.demo_key), None);
     assert_eq!(r.status, 200);
 }
+
+/// `tests/pg/cluster.sh` with `args`; its last line of output.
+fn cluster(args: &[&std::ffi::OsStr]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/pg/cluster.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_database_crash_under_load_loses_no_acknowledged_order() {
+    // A server of its own, since this test crashes it.
+    if test_pg_url("a_database_crash_under_load_loses_no_acknowledged_order").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("pg");
+    let url = cluster(&[cluster_dir.as_os_str()]);
+    let gw = GatewayBuilder::new(BIN)
+        .config(CONFIG)
+        .postgres(&url)
+        .start();
+    let key = gw.demo_key.clone();
+    let acknowledged = Mutex::new(BTreeSet::new());
+    let stop = AtomicBool::new(false);
+    let products = ["sandbox:SBX-ASYNC-1GB-7D", "sandbox:SBX-US-5GB-30D"];
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (gw, key, acknowledged, stop) = (&gw, &key, &acknowledged, &stop);
+            s.spawn(move || {
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let body = json!({"product_id": products[i % products.len()]});
+                    let r = gw.try_raw(
+                        "POST",
+                        "/v1/orders",
+                        Some(key),
+                        &[("idempotency-key", &unique_key())],
+                        Some(body.to_string().into_bytes()),
+                        Some("application/json"),
+                    );
+                    match r {
+                        Ok(r) if r.status == 201 => {
+                            let id = r.json["id"].as_str().unwrap().to_string();
+                            acknowledged.lock().unwrap().insert(id);
+                        }
+                        // While the database is down: refused, never acknowledged.
+                        Ok(r) if r.status >= 500 => std::thread::sleep(Duration::from_millis(20)),
+                        Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
+                        Err(e) => panic!("the gateway died with its database: {e}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        // No checkpoint, and whatever WAL was not yet written is gone.
+        cluster(&["crash".as_ref(), cluster_dir.as_os_str()]);
+        std::thread::sleep(Duration::from_millis(500));
+        cluster(&[cluster_dir.as_os_str()]);
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(
+        acknowledged.len() >= 20,
+        "orders were in flight: {}",
+        acknowledged.len()
+    );
+    for id in &acknowledged {
+        let r = gw.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
+        assert_eq!(
+            r.status, 200,
+            "acknowledged order {id} was lost with the database"
+        );
+    }
+    let orders = settle_all(&gw, &key);
+    assert!(orders.len() >= acknowledged.len());
+    gw.assert_ledger_settles(&key, &orders);
+    drop(gw);
+    cluster(&["stop".as_ref(), cluster_dir.as_os_str()]);
+}

@@ -3,6 +3,7 @@
 #
 #   tests/pg/cluster.sh DIR        create the cluster in DIR (once), start it, print its URL
 #   tests/pg/cluster.sh stop DIR   stop it (DIR can then be deleted)
+#   tests/pg/cluster.sh crash DIR  stop it as a crash would (no checkpoint, WAL buffers lost)
 #
 # Then: SIMGATE_TEST_PG_URL="$(tests/pg/cluster.sh target/pg)" cargo test -p simgate --lib store::postgres
 #
@@ -25,6 +26,7 @@ usage() { die "usage: $0 DIR | $0 stop DIR"; }
 action=start
 case "${1:-}" in
     stop) action=stop; shift ;;
+    crash) action=crash; shift ;;
     start) shift ;;
     "" | -h | --help) usage ;;
 esac
@@ -73,9 +75,11 @@ else
     as_owner() { "$@"; }
 fi
 
-if [ "$action" = stop ]; then
+if [ "$action" = stop ] || [ "$action" = crash ]; then
+    mode=fast
+    [ "$action" = crash ] && mode=immediate
     if [ -f "$data/postmaster.pid" ]; then
-        as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >&2
+        as_owner "$bin/pg_ctl" -D "$data" -m "$mode" -w stop >&2
     fi
     exit 0
 fi
@@ -103,8 +107,9 @@ if [ ! -f "$tls/server.key" ]; then
 fi
 
 if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    # A free loopback port for the TLS listener (the unix socket's name carries it too).
-    port="${SIMGATE_TEST_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 5432)}"
+    # A free loopback port for the TLS listener (the unix socket's name carries it too),
+    # kept across restarts so that the URL stays the same.
+    port="${SIMGATE_TEST_PG_PORT:-$(cat "$dir/port" 2>/dev/null || python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 5432)}"
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 start -o \
         "-c listen_addresses=127.0.0.1 -k $socket -p $port -c fsync=on -c synchronous_commit=on -c max_connections=200 -c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key" >&2 \
         || { tail -n 20 "$dir/server.log" >&2; die "the server did not start (log: $dir/server.log)"; }

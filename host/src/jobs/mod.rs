@@ -78,6 +78,9 @@ pub struct Worker {
     rng: ring::rand::SystemRandom,
 }
 
+/// Tries to record a job's outcome before leaving it to its lease (about 30 s of waits).
+const RECORD_TRIES: u32 = 10;
+
 /// A job run that ended (or panicked: the job is claimed again when its lease runs out).
 type Ran = Result<(Job, Result<Outcome, String>), tokio::task::JoinError>;
 
@@ -166,9 +169,23 @@ impl Worker {
     async fn ended(&self, ran: Ran) {
         match ran {
             Ok((job, outcome)) => {
-                if let Err(e) = self.record(job, outcome).await {
-                    // The lease runs out and the job runs again.
-                    tracing::error!(error = %e, "recording a job's outcome failed");
+                // The job stays leased to this run until its outcome is recorded, and no
+                // other node takes it while this one lives: a store that failed for a
+                // moment (a database restarting) must not leave it so for the whole
+                // lease. Tried again for about half a minute, then left to the lease.
+                let mut wait = Duration::from_millis(100);
+                for attempt in 1..=RECORD_TRIES {
+                    match self.record(job.clone(), outcome.clone()).await {
+                        Ok(()) => return,
+                        Err(e) if attempt == RECORD_TRIES => {
+                            tracing::error!(job = %job.id, error = %e, "recording a job's outcome failed; it runs again when its lease ends");
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job.id, error = %e, "recording a job's outcome failed; trying again");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    }
                 }
             }
             Err(e) => {

@@ -25,10 +25,16 @@
 //! - Audit appends lock the one row of `audit_head`, so numbers have no gaps and every
 //!   entry links to the one before (`audit`).
 //!
-//! Every write is committed before its method returns, and each connection runs with
-//! `synchronous_commit = on` whatever the server's default, so a returned write is on
-//! disk: [`Store::durable`] has nothing left to wait for. Backups are PostgreSQL's own
-//! affair (`pg_dump`, base backups): [`Store::backup_to`] keeps the trait's `None`.
+//! Every write is committed (visible to every node) before its method returns, as the
+//! sled store's are, and made durable by [`Store::durable`], which the use cases call
+//! before they answer: writes commit with `synchronous_commit = off`, so a commit lets
+//! go of its row locks (a reseller's balance row, above all) without waiting for its
+//! WAL to reach the disk, and `durable` commits a transaction of its own with
+//! `synchronous_commit = on`, whose flush covers every commit before it (the WAL is one
+//! sequence). Concurrent callers of `durable` share one flush, as the sled store's
+//! group commit does; a crash of the server loses at most what no `durable` covered
+//! yet, and the database stays consistent. Backups are PostgreSQL's own affair
+//! (`pg_dump`, base backups): [`Store::backup_to`] keeps the trait's `None`.
 //!
 //! A database on another host is reached over TLS only (`sslmode=require`; the server's
 //! certificate and name are always verified, see `tls`); a unix socket or the loopback
@@ -259,10 +265,10 @@ fn connection_config(
     } else {
         None
     };
-    // A returned write must be on disk (`durable` waits for nothing), whatever the server's
-    // default; and the tables are found in the store's schema.
+    // Commits do not wait for the disk (`durable` does, for all at once), whatever the
+    // server's default; and the tables are found in the store's schema.
     let mut options = config.get_options().unwrap_or_default().to_string();
-    options.push_str(" -c synchronous_commit=on");
+    options.push_str(" -c synchronous_commit=off");
     if let Some(schema) = schema {
         options.push_str(&format!(" -c search_path={schema}"));
     }
@@ -1281,7 +1287,20 @@ impl Store for PgStore {
     }
 
     async fn durable(&self) -> StoreResult<()> {
-        // Every write was committed, with synchronous commit, before its call returned.
+        // A synchronous commit of a transaction that wrote something flushes the WAL up
+        // to its commit record: every commit made before this call is on disk once it
+        // returns. Each connection writes its own row (`flush_marks`), so callers never
+        // queue on a lock, and concurrent flushes are one write (PostgreSQL's own group
+        // commit).
+        let c = self.client().await?;
+        execute(
+            &c,
+            "WITH mark AS (SELECT set_config('synchronous_commit', 'on', true))
+             INSERT INTO flush_marks (pid, n) SELECT pg_backend_pid(), 1 FROM mark
+             ON CONFLICT (pid) DO UPDATE SET n = flush_marks.n + 1",
+            &[],
+        )
+        .await?;
         Ok(())
     }
 

@@ -31,6 +31,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "nodes",
         sql: include_str!("../../../migrations/0002_nodes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "flush_marks",
+        sql: include_str!("../../../migrations/0003_flush_marks.sql"),
+    },
 ];
 
 /// The advisory lock migrations take (the bytes of "simgate"): one database-wide number,

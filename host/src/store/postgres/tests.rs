@@ -697,3 +697,42 @@ async fn a_database_over_tls_is_reached_only_with_a_certificate_its_ca_signed() 
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_commit_does_not_wait_for_the_disk_and_durable_flushes_every_commit_before_it() {
+    let Some(db) = fresh() else { return };
+    let store = db.node();
+    store.put_meta("probe", b"1").await.unwrap();
+    let c = store.client().await.unwrap();
+    let lsn = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let row = c.query_one(sql, &[]).await.unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    // Where the WAL ends after the commit, as a number PostgreSQL compares.
+    let written = lsn("SELECT pg_current_wal_insert_lsn()::text").await;
+    store.durable().await.unwrap();
+    let flushed: bool = c
+        .query_one(
+            "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn",
+            &[&written],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        flushed,
+        "durable() returned before the WAL up to {written} was on disk"
+    );
+    let setting: String = c
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        setting, "off",
+        "commits hold their row locks only until they are written"
+    );
+}
