@@ -255,7 +255,7 @@ impl GatewayJobs {
     /// Make the housekeeping jobs due now, as every start should refresh catalogs and
     /// sweep keys at once. One that another node has in hand is left to it; one that a
     /// killed process had in hand is claimable anyway (its run is gone; on sled, opening
-    /// the store voided every lease).
+    /// the store voided every lease); one given up after its retries comes back.
     pub async fn schedule(store: &dyn Store, now_ms: u64) -> StoreResult<()> {
         let housekeeping = [
             ("refresh-catalogs", JobKind::RefreshCatalogs),
@@ -265,7 +265,12 @@ impl GatewayJobs {
             ("adopt-orders", JobKind::AdoptOrders),
         ];
         for (id, kind) in housekeeping {
-            store.hasten_job(&Job::new(id, kind, now_ms)).await?;
+            let due_now = Job::new(id, kind, now_ms);
+            match store.job(id).await? {
+                // Given up after its retries: a start brings it back.
+                Some(job) if job.dead => store.put_job(&due_now).await?,
+                _ => store.hasten_job(&due_now).await?,
+            }
         }
         Ok(())
     }
@@ -508,7 +513,8 @@ mod schedule_tests {
     use crate::store::MemoryStore;
 
     #[tokio::test]
-    async fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it() {
+    async fn a_start_makes_housekeeping_due_now_even_if_a_killed_process_leased_it_or_it_was_given_up()
+     {
         let store = MemoryStore::new();
         GatewayJobs::schedule(&store, 1_000).await.unwrap();
         // The previous process claimed them all (10-minute leases) and was killed.
@@ -527,6 +533,10 @@ mod schedule_tests {
                 .unwrap()
                 .is_empty()
         );
+        // One of them had been given up after its retries.
+        let mut dead = store.job("sweep-retention").await.unwrap().unwrap();
+        dead.dead = true;
+        store.put_job(&dead).await.unwrap();
         GatewayJobs::schedule(&store, 2_000).await.unwrap();
         let due: Vec<String> = store
             .claim_jobs("run-new", 2_000, 600_000, 10)
