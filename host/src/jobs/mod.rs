@@ -8,6 +8,7 @@
 //! fulfilment step, the catalog refresh and the idempotency sweep (singletons
 //! re-scheduling themselves).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ impl Default for WorkerTuning {
 /// The job worker.
 pub struct Worker {
     run: Run,
+    /// The jobs running, by their task: a task that panics still names its job.
+    in_hand: std::sync::Mutex<HashMap<tokio::task::Id, Job>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     handler: Arc<dyn JobHandler>,
@@ -81,8 +84,8 @@ pub struct Worker {
 /// Tries to record a job's outcome before leaving it to its lease (about 30 s of waits).
 const RECORD_TRIES: u32 = 10;
 
-/// A job run that ended (or panicked: the job is claimed again when its lease runs out).
-type Ran = Result<(Job, Result<Outcome, String>), tokio::task::JoinError>;
+/// A job run that ended, by its task (or panicked: the task's id names the job).
+type Ran = Result<(tokio::task::Id, (Job, Result<Outcome, String>)), tokio::task::JoinError>;
 
 impl Worker {
     /// A worker of node run `run` over the store's jobs; `alarm` wakes it for jobs due
@@ -97,6 +100,7 @@ impl Worker {
     ) -> Worker {
         Worker {
             run,
+            in_hand: Default::default(),
             store,
             clock,
             handler,
@@ -123,13 +127,13 @@ impl Worker {
             }
             let sleep = self.alarm.sleep_for(self.clock.now_ms(), self.tuning.poll);
             tokio::select! {
-                Some(ran) = running.join_next(), if !running.is_empty() => self.ended(ran).await,
+                Some(ran) = running.join_next_with_id(), if !running.is_empty() => self.ended(ran).await,
                 _ = self.alarm.rung() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => {}
             }
         }
-        while let Some(ran) = running.join_next().await {
+        while let Some(ran) = running.join_next_with_id().await {
             self.ended(ran).await;
         }
     }
@@ -142,7 +146,7 @@ impl Worker {
             self.start(&mut running, job);
         }
         let ran = running.len();
-        while let Some(ran) = running.join_next().await {
+        while let Some(ran) = running.join_next_with_id().await {
             self.ended(ran).await;
         }
         Ok(ran)
@@ -159,37 +163,61 @@ impl Worker {
     /// Run `job` as a task of its own.
     fn start(&self, running: &mut JoinSet<(Job, Result<Outcome, String>)>, job: Job) {
         let handler = self.handler.clone();
-        running.spawn(async move {
+        let kept = job.clone();
+        let task = running.spawn(async move {
             let outcome = handler.run(&job).await;
             (job, outcome)
         });
+        self.hand().insert(task.id(), kept);
+    }
+
+    fn hand(&self) -> std::sync::MutexGuard<'_, HashMap<tokio::task::Id, Job>> {
+        self.in_hand.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record how a run ended.
     async fn ended(&self, ran: Ran) {
-        match ran {
-            Ok((job, outcome)) => {
-                // The job stays leased to this run until its outcome is recorded, and no
-                // other node takes it while this one lives: a store that failed for a
-                // moment (a database restarting) must not leave it so for the whole
-                // lease. Tried again for about half a minute, then left to the lease.
-                let mut wait = Duration::from_millis(100);
-                for attempt in 1..=RECORD_TRIES {
-                    match self.record(job.clone(), outcome.clone()).await {
-                        Ok(()) => return,
-                        Err(e) if attempt == RECORD_TRIES => {
-                            tracing::error!(job = %job.id, error = %e, "recording a job's outcome failed; it runs again when its lease ends");
-                        }
-                        Err(e) => {
-                            tracing::warn!(job = %job.id, error = %e, "recording a job's outcome failed; trying again");
-                            tokio::time::sleep(wait).await;
-                            wait = (wait * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
+        let (job, outcome) = match ran {
+            Ok((task, ran)) => {
+                self.hand().remove(&task);
+                ran
             }
             Err(e) => {
-                tracing::error!(error = %e, "a job panicked; it runs again when its lease ends")
+                // A panic fails the run like an error: retried on the schedule, and given
+                // up after it, rather than left leased to this run until the lease ends.
+                let Some(job) = self.hand().remove(&e.id()) else {
+                    return;
+                };
+                let why = if e.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                };
+                tracing::error!(job = %job.id, "a job {why}; it is retried on its schedule");
+                (job, Err(format!("the job {why}")))
+            }
+        };
+        self.record_outcome(job, outcome).await
+    }
+
+    /// Record `outcome`, trying again while the store fails.
+    async fn record_outcome(&self, job: Job, outcome: Result<Outcome, String>) {
+        // The job stays leased to this run until its outcome is recorded, and no other
+        // node takes it while this one lives: a store that failed for a moment (a
+        // database restarting) must not leave it so for the whole lease. Tried again for
+        // about half a minute, then left to the lease.
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=RECORD_TRIES {
+            match self.record(job.clone(), outcome.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt == RECORD_TRIES => {
+                    tracing::error!(job = %job.id, error = %e, "recording a job's outcome failed; it runs again when its lease ends");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "recording a job's outcome failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
@@ -434,6 +462,39 @@ mod tests {
             Arc::default(),
         );
         (w, store, clock, handler)
+    }
+
+    /// Panics on every run.
+    struct Panics;
+
+    impl JobHandler for Panics {
+        fn run<'a>(&'a self, _job: &'a Job) -> BoxFuture<'a, Result<Outcome, String>> {
+            Box::pin(async { panic!("a bug in a handler") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_is_retried_on_its_schedule_not_left_leased() {
+        let (_, store, clock, _) = worker(0, Outcome::Done);
+        let w = Worker::new(
+            "run-1".into(),
+            store.clone(),
+            clock.clone(),
+            Arc::new(Panics),
+            WorkerTuning::default(),
+            Arc::default(),
+        );
+        store
+            .put_job(&Job::new("boom", JobKind::RefreshCatalogs, 0))
+            .await
+            .unwrap();
+        assert_eq!(w.round().await.unwrap(), 1);
+        let job = store.job("boom").await.unwrap().unwrap();
+        assert_eq!(job.lease_until_ms, 0, "not left leased to this run");
+        assert_eq!(job.attempts, 1);
+        assert!(job.last_error.unwrap().contains("panicked"));
+        assert!(job.due_ms > clock.now_ms(), "retried after a wait");
+        assert!(w.hand().is_empty());
     }
 
     #[tokio::test]
