@@ -289,13 +289,11 @@ async fn check_keys(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let ours = keyring.fingerprint().as_bytes();
-    match store.meta(KEYS_FINGERPRINT).await? {
-        None => {
-            store.put_meta(KEYS_FINGERPRINT, ours).await?;
-            Ok(())
-        }
-        Some(theirs) if theirs == ours => Ok(()),
-        Some(_) => anyhow::bail!(
+    // Two nodes starting at once on a new database with different keys: one wins, the
+    // other is refused.
+    match store.first_meta(KEYS_FINGERPRINT, ours).await? {
+        kept if kept == ours => Ok(()),
+        _ => anyhow::bail!(
             "the key files in {} are not those this store was first used with: every node \
              sharing a database needs the same pepper.key, master.key and audit.key (copy \
              them from a node already serving it)",

@@ -482,6 +482,9 @@ pub trait Store: Send + Sync {
     async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Set a gateway-level value.
     async fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
+    /// Keep `value` under `key` unless the key has a value already; returns the value
+    /// kept (of two callers racing on a new key, both get the first one's).
+    async fn first_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
     /// Resolves once every write made before the call is durable.
     async fn durable(&self) -> StoreResult<()>;
     /// Make everything durable and stop: commits fail afterwards. What an implementation

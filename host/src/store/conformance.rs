@@ -68,6 +68,7 @@ macro_rules! store_conformance {
             audit_pages_come_newest_first_with_cursor_and_filters,
             a_purged_audit_log_stays_verifiable_from_its_checkpoint,
             node_records_are_kept_by_id_and_a_job_names_the_run_that_claimed_it,
+            the_first_value_of_a_meta_key_is_kept,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -1913,5 +1914,41 @@ pub async fn node_records_are_kept_by_id_and_a_job_names_the_run_that_claimed_it
     drop(store);
     let store = backend.open();
     assert_eq!(store.nodes().await.unwrap(), vec![node("node_b", "run-b2")]);
+    store.close().await.unwrap();
+}
+
+/// `first_meta` keeps the first value of a key: later callers (racing or not) get it back,
+/// and it is there after reopening.
+pub async fn the_first_value_of_a_meta_key_is_kept(backend: &dyn Backend) {
+    let store = backend.open();
+    let racers: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.first_meta("keys/probe", &[i; 4]).await.unwrap() })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for racer in racers {
+        kept.push(racer.await.unwrap());
+    }
+    assert!(
+        kept.iter().all(|k| *k == kept[0]),
+        "one value for all: {kept:?}"
+    );
+    assert_eq!(
+        store.meta("keys/probe").await.unwrap(),
+        Some(kept[0].clone())
+    );
+    assert_eq!(
+        store.first_meta("keys/probe", b"later").await.unwrap(),
+        kept[0]
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = backend.open();
+    assert_eq!(
+        store.first_meta("keys/probe", b"again").await.unwrap(),
+        kept[0]
+    );
     store.close().await.unwrap();
 }

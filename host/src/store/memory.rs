@@ -792,6 +792,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn first_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let mut state = self.lock();
+        Ok(state
+            .meta
+            .entry(key.to_string())
+            .or_insert_with(|| value.to_vec())
+            .clone())
+    }
+
     async fn durable(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -1274,6 +1274,23 @@ impl Store for PgStore {
         Ok(row.map(|r| column(&r, "value")).transpose()?)
     }
 
+    async fn first_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let c = self.client().await?;
+        // The insert waits for a racing one to commit, then does nothing; the read sees
+        // whichever went first.
+        execute(
+            &c,
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &value],
+        )
+        .await?;
+        let row = query_opt(&c, "SELECT value FROM meta WHERE key = $1", &[&key]).await?;
+        Ok(row
+            .map(|r| column(&r, "value"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     async fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
         let c = self.client().await?;
         execute(

@@ -2315,6 +2315,17 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn first_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        match self
+            .meta
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))
+            .map_err(backend)?
+        {
+            Ok(()) => Ok(value.to_vec()),
+            Err(kept) => Ok(kept.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
+    }
+
     async fn durable(&self) -> StoreResult<()> {
         self.commit.wait().await.map_err(StoreError::Backend)
     }
