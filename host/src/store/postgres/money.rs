@@ -4,17 +4,25 @@
 //!
 //! Locks are taken in one order, so two commits wait for each other instead of
 //! deadlocking (a deadlock the database still detects is tried again by the caller):
-//! first the eSIMs the commit names, by ICCID, then the balance row of its entry, then
-//! the order. A refused commit (an ICCID another order owns, a balance that cannot cover
-//! its entry) rolls back: nothing is written.
+//! first the eSIMs the commit names, by ICCID, then the order, then the balance row of
+//! its entry. The balance row is what every commit of one reseller waits for, so it is
+//! locked last and held for as few round trips as can be: what does not depend on the
+//! balance is written before, and what does (the balance, the entry, the events with
+//! their outbox rows) is sent at once, pipelined on the connection, before the commit. A
+//! refused commit (an ICCID another order owns, a balance that cannot cover its entry)
+//! rolls back: nothing is written.
 
 use std::collections::HashMap;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use tokio_postgres::Row;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 
 use super::{Faulty, column, execute, put_order, query, query_opt, ulid_column, wire_name};
+use crate::domain::events::Event;
 use crate::domain::ids::OrderId;
 use crate::domain::ledger::{Balance, LedgerEntry, Refused};
 use crate::domain::orders::EsimRecord;
@@ -54,13 +62,7 @@ async fn apply(tx: &Transaction<'_>, commit: &Commit) -> Faulty<Result<Option<Ba
         Ok(stored) => stored,
         Err(taken) => return Ok(Err(taken.into())),
     };
-    let (balance, events) = match commit.entry() {
-        Some(entry) => match post(tx, entry).await? {
-            Ok((before, after)) => (Some(after), commit.events_posted(before, after)),
-            Err(refused) => return Ok(Err(refused.into())),
-        },
-        None => (None, commit.events().to_vec()),
-    };
+    // What does not depend on the balance, before its row is locked.
     if let Some(order) = commit.order() {
         put_order(tx, order).await?;
     }
@@ -75,25 +77,106 @@ async fn apply(tx: &Transaction<'_>, commit: &Commit) -> Faulty<Result<Option<Ba
     for endpoint in commit.endpoints() {
         put_endpoint(tx, endpoint).await?;
     }
-    for event in &events {
-        let (reseller, id) = (&event.reseller.to_bytes()[..], &event.id.to_bytes()[..]);
-        execute(
+    let (posted, events) = match commit.entry() {
+        Some(entry) => match lock_balance(tx, entry).await? {
+            Ok((before, after)) => (Some((entry, after)), commit.events_posted(before, after)),
+            Err(refused) => return Ok(Err(refused.into())),
+        },
+        None => (None, commit.events().to_vec()),
+    };
+    write_posted(tx, posted, &events).await?;
+    Ok(Ok(posted.map(|(_, after)| after)))
+}
+
+/// Write, in one round trip (the statements pipelined), the balance after `posted`'s
+/// entry, the entry itself, and `events` with their outbox rows.
+async fn write_posted(
+    tx: &Transaction<'_>,
+    posted: Option<(&LedgerEntry, Balance)>,
+    events: &[Event],
+) -> Faulty<()> {
+    type Param<'p> = &'p (dyn ToSql + Sync);
+    let entry_values = match posted {
+        Some((entry, after)) => Some((
+            entry.reseller.to_bytes().to_vec(),
+            entry.id.to_bytes().to_vec(),
+            wire_name(&entry.kind)?,
+            entry.order.map(|o| o.to_bytes().to_vec()),
+            Json(entry),
+            after,
+            entry,
+        )),
+        None => None,
+    };
+    let event_values: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let (reseller, id) = (e.reseller.to_bytes().to_vec(), e.id.to_bytes().to_vec());
+            (reseller, id, e.kind.name(), Json(e))
+        })
+        .collect();
+    let entry_params =
+        entry_values
+            .as_ref()
+            .map(|(reseller, id, kind, order, record, after, entry)| {
+                (
+                    [
+                        reseller as Param,
+                        &entry.currency,
+                        &after.available,
+                        &after.held,
+                    ],
+                    [
+                        reseller as Param,
+                        id,
+                        kind,
+                        &entry.amount,
+                        &entry.currency,
+                        order,
+                        record,
+                    ],
+                )
+            });
+    let event_params: Vec<([Param; 4], [Param; 2])> = event_values
+        .iter()
+        .map(|(reseller, id, kind, record)| {
+            (
+                [reseller as Param, id, kind, record],
+                [reseller as Param, id],
+            )
+        })
+        .collect();
+    let mut writes: Vec<Pin<Box<dyn Future<Output = Faulty<u64>> + Send + '_>>> = Vec::new();
+    if let Some((balance, ledger)) = &entry_params {
+        writes.push(Box::pin(execute(
+            tx,
+            "UPDATE balances SET available = $3, held = $4 WHERE reseller = $1 AND currency = $2",
+            balance,
+        )));
+        writes.push(Box::pin(execute(
+            tx,
+            "INSERT INTO ledger (reseller, id, kind, amount, currency, order_id, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            ledger,
+        )));
+    }
+    for (event, outbox) in &event_params {
+        writes.push(Box::pin(execute(
             tx,
             "INSERT INTO events (reseller, id, kind, record) VALUES ($1, $2, $3, $4)
              ON CONFLICT (reseller, id) DO UPDATE SET kind = excluded.kind,
                  record = excluded.record",
-            &[&reseller, &id, &event.kind.name(), &Json(event)],
-        )
-        .await?;
-        execute(
+            event,
+        )));
+        writes.push(Box::pin(execute(
             tx,
             "INSERT INTO outbox (event_id, reseller) VALUES ($2, $1)
              ON CONFLICT (event_id) DO NOTHING",
-            &[&reseller, &id],
-        )
-        .await?;
+            outbox,
+        )));
     }
-    Ok(Ok(balance))
+    futures_util::future::try_join_all(writes).await?;
+    Ok(())
 }
 
 /// Claim the ICCIDs of `commit`'s eSIMs for its order, locking each eSIM row: a new
@@ -180,10 +263,10 @@ fn taken(commit: &Commit, esim: &EsimRecord, owner: OrderId) -> Option<IccidTake
     })
 }
 
-/// Post `entry`: lock its balance row (creating it at zero), apply the entry with the
-/// ledger's checked arithmetic, and write both. Returns the balance before and after, or
-/// why the entry cannot apply (the caller rolls back).
-async fn post(
+/// Lock `entry`'s balance row (creating it at zero) and apply the entry to it with the
+/// ledger's checked arithmetic. Returns the balance before and after (for
+/// [`write_posted`] to write), or why the entry cannot apply (the caller rolls back).
+async fn lock_balance(
     tx: &Transaction<'_>,
     entry: &LedgerEntry,
 ) -> Faulty<Result<(Balance, Balance), Refused>> {
@@ -218,28 +301,6 @@ async fn post(
         // zero (the table's constraints would refuse it too).
         return Ok(Err(Refused::OutOfRange));
     }
-    execute(
-        tx,
-        "UPDATE balances SET available = $3, held = $4 WHERE reseller = $1 AND currency = $2",
-        &[&reseller, &entry.currency, &after.available, &after.held],
-    )
-    .await?;
-    let order = entry.order.map(|o| o.to_bytes().to_vec());
-    execute(
-        tx,
-        "INSERT INTO ledger (reseller, id, kind, amount, currency, order_id, record)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &reseller,
-            &&entry.id.to_bytes()[..],
-            &wire_name(&entry.kind)?,
-            &entry.amount,
-            &entry.currency,
-            &order,
-            &Json(entry),
-        ],
-    )
-    .await?;
     Ok(Ok((before, after)))
 }
 
