@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use simgate_test_support::{Gateway, GatewayBuilder, Value, json, unique_key};
+use simgate_test_support::{Gateway, GatewayBuilder, json, unique_key};
 
 /// Orders answer immediately (no waiting for fulfilment) and the async product polls
 /// slowly, so many orders are unfinished when the process dies.
@@ -83,17 +83,8 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
         .filter(|o| o["status"] == "submitted" || o["status"] == "accepted")
         .count();
     assert!(unfinished > 0, "the crash should leave orders unfinished");
-    // Every order that got a 2xx is there.
-    for id in &acknowledged {
-        let r = gw.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
-        assert_eq!(
-            r.status, 200,
-            "acknowledged order {id} is missing after the crash"
-        );
-    }
-    let orders = settle_all(&gw, &key);
-    assert!(orders.len() >= acknowledged.len());
-    gw.assert_ledger_settles(&key, &orders);
+    // Every order that got a 2xx is there; the unfinished ones complete or fail cleanly.
+    gw.assert_acknowledged_kept_and_settled(&key, &acknowledged, "the crash", SETTLE_WITHIN);
 }
 
 #[test]
@@ -122,36 +113,14 @@ fn a_graceful_restart_keeps_balances_and_resumes_unfinished_orders() {
         after["data"], before["data"],
         "balances survive the restart"
     );
-    let orders = settle_all(&gw, &key);
+    let orders = gw.settle_all(&key, SETTLE_WITHIN);
     assert_eq!(orders.len(), 6);
     assert!(orders.iter().all(|o| o["status"] == "fulfilled"));
     gw.assert_ledger_settles(&key, &orders);
 }
 
-/// Wait until every order is final (recovery settles the unfinished ones); returns them.
-fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
-    // Unfinished orders complete or fail cleanly.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let orders = gw.all_pages(key, "/v1/orders");
-        if orders
-            .iter()
-            .all(|o| o["status"] == "fulfilled" || o["status"] == "failed")
-        {
-            return orders;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orders still unfinished: {:?}",
-            orders
-                .iter()
-                .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
-                .map(|o| (&o["id"], &o["status"]))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long unfinished orders may take to settle after a restart.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 #[test]
 fn activation_data_is_not_readable_in_the_database_files() {

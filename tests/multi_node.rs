@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use simgate_test_support::{Gateway, GatewayBuilder, Value, json, test_pg_url, unique_key};
 
@@ -53,26 +53,9 @@ fn join(other: &Gateway, dir: Option<tempfile::TempDir>) -> Gateway {
     node.demo_key = other.demo_key.clone();
     node
 }
-/// Wait until every order is final; returns them.
-fn settle_all(gw: &Gateway, key: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let orders = gw.all_pages(key, "/v1/orders");
-        let open: Vec<_> = orders
-            .iter()
-            .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
-            .map(|o| (o["id"].clone(), o["status"].clone()))
-            .collect();
-        if open.is_empty() {
-            return orders;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orders still unfinished: {open:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+
+/// How long the orders of a test may take to settle.
+const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
 /// What a load thread accepts besides `201`.
 #[derive(Clone, Copy, PartialEq)]
@@ -163,7 +146,7 @@ fn one_idempotency_key_sent_to_both_nodes_at_once_makes_one_order() {
         let named: BTreeSet<_> = ids.into_iter().flatten().collect();
         assert_eq!(named.len(), 1, "both answers name one order: {named:?}");
     }
-    let orders = settle_all(&b, &b.demo_key);
+    let orders = b.settle_all(&b.demo_key, SETTLE_WITHIN);
     assert_eq!(orders.len(), rounds, "one order per key");
     a.assert_ledger_settles(&a.demo_key, &orders);
 }
@@ -179,7 +162,7 @@ fn each_job_runs_once_with_both_nodes_running_workers() {
     let placed: Vec<String> = (0..30)
         .map(|_| a.place_order_as(&a.demo_key, &body))
         .collect();
-    let orders = settle_all(&b, &b.demo_key);
+    let orders = b.settle_all(&b.demo_key, SETTLE_WITHIN);
     assert_eq!(orders.len(), placed.len());
     b.assert_ledger_settles(&b.demo_key, &orders);
 }
@@ -225,18 +208,15 @@ fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() 
         after_kill.load(Ordering::Relaxed) > 0,
         "the surviving node kept taking orders"
     );
-    for id in &acknowledged {
-        let r = b.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
-        assert_eq!(
-            r.status, 200,
-            "acknowledged order {id} is missing on the other node"
-        );
-    }
-    // The survivor alone finishes everything: the jobs the killed node had in hand (its
-    // heartbeats stopped) and the orders whose first step died with it (no job yet).
-    let orders = settle_all(&b, &key);
-    assert!(orders.len() >= acknowledged.len());
-    b.assert_ledger_settles(&key, &orders);
+    // Every acknowledged order is on the survivor, which alone finishes everything: the
+    // jobs the killed node had in hand (its heartbeats stopped) and the orders whose
+    // first step died with it (no job yet).
+    let orders = b.assert_acknowledged_kept_and_settled(
+        &key,
+        &acknowledged,
+        "a node was killed",
+        SETTLE_WITHIN,
+    );
     let status = b.call("GET", "/v1/admin/nodes", Some(&b.admin_key), None);
     let gone: Vec<_> = status.json["data"]
         .as_array()
@@ -247,7 +227,7 @@ fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() 
     assert_eq!(gone.len(), 1, "the killed node is gone: {:?}", status.json);
     // The killed node restarts on its data directory and finds nothing left to do.
     let a = join(&b, Some(a.kill()));
-    let again = settle_all(&a, &key);
+    let again = a.settle_all(&key, SETTLE_WITHIN);
     assert_eq!(again.len(), orders.len());
     a.assert_ledger_settles(&key, &again);
 }
@@ -402,16 +382,12 @@ fn a_database_crash_under_load_loses_no_acknowledged_order() {
         "orders were in flight: {}",
         acknowledged.len()
     );
-    for id in &acknowledged {
-        let r = gw.call("GET", &format!("/v1/orders/{id}"), Some(&key), None);
-        assert_eq!(
-            r.status, 200,
-            "acknowledged order {id} was lost with the database"
-        );
-    }
-    let orders = settle_all(&gw, &key);
-    assert!(orders.len() >= acknowledged.len());
-    gw.assert_ledger_settles(&key, &orders);
+    gw.assert_acknowledged_kept_and_settled(
+        &key,
+        &acknowledged,
+        "the database crashed",
+        SETTLE_WITHIN,
+    );
     drop(gw);
     cluster(&["stop".as_ref(), cluster_dir.as_os_str()]);
 }

@@ -800,6 +800,53 @@ impl Gateway {
         }
     }
 
+    /// Every order of `key`, once each is final (fulfilled or failed); panics, naming the
+    /// ones still open, if that takes longer than `within`.
+    pub fn settle_all(&self, key: &str, within: Duration) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let orders = self.all_pages(key, "/v1/orders");
+            let open: Vec<_> = orders
+                .iter()
+                .filter(|o| o["status"] != "fulfilled" && o["status"] != "failed")
+                .map(|o| (o["id"].clone(), o["status"].clone()))
+                .collect();
+            if open.is_empty() {
+                return orders;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "orders still unfinished: {open:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// After `what` (a crash, a node killed...): every order in `acknowledged` is there,
+    /// every order of `key` settles within `within`, and the ledger adds up
+    /// ([`Gateway::assert_ledger_settles`]). Returns the orders.
+    pub fn assert_acknowledged_kept_and_settled<'a>(
+        &self,
+        key: &str,
+        acknowledged: impl IntoIterator<Item = &'a String>,
+        what: &str,
+        within: Duration,
+    ) -> Vec<Value> {
+        let mut count = 0;
+        for id in acknowledged {
+            let r = self.call("GET", &format!("/v1/orders/{id}"), Some(key), None);
+            assert_eq!(
+                r.status, 200,
+                "acknowledged order {id} is missing after {what}"
+            );
+            count += 1;
+        }
+        let orders = self.settle_all(key, within);
+        assert!(orders.len() >= count);
+        self.assert_ledger_settles(key, &orders);
+        orders
+    }
+
     /// The ledger of `key`'s account after every one of `orders` is final: per order one
     /// hold and exactly one capture (fulfilled, with its eSIMs) or release (failed), no
     /// hold left open, and the balance equal to the sum of the entries.
