@@ -35,7 +35,7 @@ impl ThisNode {
     pub fn open(data_dir: &Path, address: String, started_ms: u64) -> anyhow::Result<ThisNode> {
         Ok(ThisNode {
             id: node_id(data_dir)?,
-            run: ulid::Ulid::new().to_string().into(),
+            run: ulid::Ulid::new().to_string().to_lowercase().into(),
             address,
             started_ms,
         })
@@ -135,7 +135,7 @@ fn node_id(data_dir: &Path) -> anyhow::Result<String> {
             Ok(id.to_string())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = format!("node_{}", ulid::Ulid::new());
+            let id = format!("node_{}", ulid::Ulid::new().to_string().to_lowercase());
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
