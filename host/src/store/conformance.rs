@@ -238,7 +238,20 @@ pub async fn records_round_trip(backend: &dyn Backend) {
         vec![refreshed]
     );
     assert_eq!(store.order(OrderId::new()).await.unwrap(), None);
+    assert_eq!(store.order_and_esims(OrderId::new()).await.unwrap(), None);
     assert_eq!(store.esim("8999000000000000029").await.unwrap(), None);
+    // Several eSIMs come back in the order's own order of ICCIDs.
+    let three = order_for(r.id, 100, 3);
+    accept(&*store, &three).await.unwrap();
+    let unsorted = [
+        "8999000000000000052",
+        "8999000000000000037",
+        "8999000000000000045",
+    ];
+    settle(&*store, &three, &unsorted).await.unwrap();
+    let (_, esims) = store.order_and_esims(three.id).await.unwrap().unwrap();
+    let read: Vec<&str> = esims.iter().map(|e| e.iccid.as_str()).collect();
+    assert_eq!(read, unsorted);
 
     let catalog = CachedCatalog {
         plugin: "p".into(),

@@ -629,16 +629,34 @@ impl Store for PgStore {
     }
 
     async fn order_and_esims(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<EsimRecord>)>> {
+        // One round trip (every read of an order, `GET /v1/orders/{id}` above all): the
+        // order on each row, beside one of the eSIMs it owns.
         let c = self.client().await?;
-        let row = query_opt(
+        let rows = query(
             &c,
-            "SELECT record FROM orders WHERE id = $1",
+            "SELECT o.record, e.iccid, e.record AS esim FROM orders o
+             LEFT JOIN esims e ON e.order_id = o.id WHERE o.id = $1",
             &[&&id.to_bytes()[..]],
         )
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let order: Order = record(&row, "record")?;
-        Ok(with_esims(&c, vec![order]).await?.pop())
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let order: Order = record(first, "record")?;
+        let mut owned: HashMap<String, EsimRecord> = HashMap::new();
+        for row in &rows {
+            let iccid: Option<String> = row.try_get("iccid").map_err(Fault::from)?;
+            if let Some(iccid) = iccid {
+                owned.insert(iccid, record(row, "esim")?);
+            }
+        }
+        // In the order's own order of ICCIDs, as `with_esims` gives them.
+        let mine = order
+            .iccids
+            .iter()
+            .filter_map(|iccid| owned.remove(iccid))
+            .collect();
+        Ok(Some((order, mine)))
     }
 
     async fn orders_page(
