@@ -72,15 +72,18 @@ impl ThisNode {
     }
 
     /// Write the record now, drop records of nodes not heard from for a week, then
-    /// renew the record every beat until `shutdown` (a beat that fails is logged; the
-    /// next one tries again).
+    /// renew the record every beat until `stop` turns true, between two beats (a beat
+    /// that fails is logged; the next one tries again). A stopping node beats on until
+    /// its worker has let go of every job, then stops the beat, waits for the task and
+    /// writes [`ThisNode::stopped`]: were it silent while draining, its peers could take
+    /// jobs it still runs; and no beat is in flight to overwrite the stop.
     pub async fn start_heartbeat(
         self: Arc<Self>,
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         beat: Heartbeat,
-        mut shutdown: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
     ) -> StoreResult<tokio::task::JoinHandle<()>> {
         let now = clock.now_ms();
         store.put_node(&self.record(&registry, beat, now)).await?;
@@ -94,7 +97,7 @@ impl ThisNode {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(beat.every) => {}
-                    _ = shutdown.changed() => return,
+                    _ = stop.wait_for(|stop| *stop) => return,
                 }
                 let record = self.record(&registry, beat, clock.now_ms());
                 if let Err(e) = store.put_node(&record).await {

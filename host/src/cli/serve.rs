@@ -133,6 +133,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state,
         store,
         worker,
+        heartbeat,
         _watcher,
     } = start(&config, address.to_string(), shutdown).await?;
     startup.ready(state.clone());
@@ -142,6 +143,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // The worker finishes the jobs in hand, then stops.
     let _ = worker.await;
     // Holding no job now: the other nodes may count this one gone at once.
+    let (stop_beating, beating) = heartbeat;
+    let _ = stop_beating.send(true);
+    let _ = beating.await;
     let stopped = state
         .node
         .stopped(store.as_ref(), &state.registry, SystemClock.now_ms())
@@ -164,6 +168,8 @@ struct Running {
     store: Arc<dyn Store>,
     /// The job worker, stopping when `shutdown` flips.
     worker: tokio::task::JoinHandle<()>,
+    /// This node's heartbeat, and what stops it: it beats until the worker has stopped.
+    heartbeat: (watch::Sender<bool>, tokio::task::JoinHandle<()>),
     /// Hot reload, for as long as the gateway runs (`None` when off or refused).
     _watcher: Option<PluginWatcher>,
 }
@@ -216,13 +222,15 @@ async fn start(
     // rescheduling itself.
     gateway.recover().await?;
     // Alive before the first claim: the jobs this run claims name it.
-    node.clone()
+    let (stop_beating, beats_stop) = watch::channel(false);
+    let heartbeat = node
+        .clone()
         .start_heartbeat(
             store.clone(),
             registry.clone(),
             clock.clone(),
             config.jobs.heartbeat(),
-            shutdown.clone(),
+            beats_stop,
         )
         .await
         .context("recording this node in the store")?;
@@ -272,6 +280,7 @@ async fn start(
         state,
         store,
         worker,
+        heartbeat: (stop_beating, heartbeat),
         _watcher: watcher,
     })
 }
