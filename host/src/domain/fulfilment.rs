@@ -401,7 +401,7 @@ impl Fulfilment {
         };
         let due = self.clock.now_ms().saturating_add(again.as_millis() as u64);
         if let Err(e) = self.schedule(id, due).await {
-            tracing::error!(order = %id, error = %e, "could not schedule the next fulfilment step; it runs after a restart");
+            tracing::error!(order = %id, error = %e, "could not schedule the next fulfilment step; the adopt-orders job (or a restart) takes the order up");
         }
         None
     }
