@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use simgate_test_support::{Gateway, GatewayBuilder, json, unique_key};
+use simgate_test_support::{Gateway, GatewayBuilder, Refusals, json, unique_key};
 
 /// Orders answer immediately (no waiting for fulfilment) and the async product polls
 /// slowly, so many orders are unfinished when the process dies.
@@ -38,28 +38,11 @@ fn acknowledged_orders_survive_kill_9_and_unfinished_ones_settle_after_restart()
         for t in 0..8 {
             let (gw, key, acknowledged, stop) = (&gw, &key, &acknowledged, &stop);
             s.spawn(move || {
-                let mut i = t;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = json!({"product_id": products[i % products.len()]});
-                    i += 1;
-                    match gw.try_raw(
-                        "POST",
-                        "/v1/orders",
-                        Some(key),
-                        &[("idempotency-key", &unique_key())],
-                        Some(body.to_string().into_bytes()),
-                        Some("application/json"),
-                    ) {
-                        Ok(r) if r.status == 201 => {
-                            acknowledged
-                                .lock()
-                                .unwrap()
-                                .insert(r.json["id"].as_str().unwrap().to_string());
-                        }
-                        Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
-                        Err(_) => break, // the server died under us
-                    }
-                }
+                let each = |id| {
+                    acknowledged.lock().unwrap().insert(id);
+                };
+                // Stops when the server dies under it.
+                gw.keep_ordering(key, &products, t, stop, Refusals::Never, each)
             });
         }
         std::thread::sleep(Duration::from_millis(1500));

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::Duration;
 
-use simgate_test_support::{Gateway, GatewayBuilder, Value, json, test_pg_url, unique_key};
+use simgate_test_support::{
+    Gateway, GatewayBuilder, Refusals, Value, json, test_pg_url, unique_key,
+};
 
 /// Orders answer at once (no waiting for fulfilment), pending orders are polled often (so
 /// both workers have jobs to race for), and nothing is rate limited. Nodes beat every
@@ -57,49 +59,8 @@ fn join(other: &Gateway, dir: Option<tempfile::TempDir>) -> Gateway {
 /// How long the orders of a test may take to settle.
 const SETTLE_WITHIN: Duration = Duration::from_secs(90);
 
-/// What a load thread accepts besides `201`.
-#[derive(Clone, Copy, PartialEq)]
-enum Refusals {
-    /// Nothing else.
-    Never,
-    /// `5xx` while the database is down (paced, and not counted).
-    WhileDown,
-}
-
-/// Place orders on `node` (products in turn from `first`, each under a new
-/// `Idempotency-Key`) until `stop`, handing each acknowledged order's id to
-/// `acknowledged`; returns whether the node stopped answering.
-fn keep_ordering(
-    node: &Gateway,
-    key: &str,
-    first: usize,
-    stop: &AtomicBool,
-    refusals: Refusals,
-    mut acknowledged: impl FnMut(String),
-) -> bool {
-    let products = ["sandbox:SBX-ASYNC-1GB-7D", "sandbox:SBX-US-5GB-30D"];
-    let mut i = first;
-    while !stop.load(Ordering::Relaxed) {
-        i += 1;
-        let body = json!({"product_id": products[i % products.len()]});
-        match node.try_raw(
-            "POST",
-            "/v1/orders",
-            Some(key),
-            &[("idempotency-key", &unique_key())],
-            Some(body.to_string().into_bytes()),
-            Some("application/json"),
-        ) {
-            Ok(r) if r.status == 201 => acknowledged(r.json["id"].as_str().unwrap().to_string()),
-            Ok(r) if r.status >= 500 && refusals == Refusals::WhileDown => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
-            Err(_) => return true,
-        }
-    }
-    false
-}
+/// The products the load threads order, in turn.
+const PRODUCTS: [&str; 2] = ["sandbox:SBX-ASYNC-1GB-7D", "sandbox:SBX-US-5GB-30D"];
 
 #[test]
 fn an_order_made_on_one_node_is_read_on_the_other() {
@@ -184,7 +145,7 @@ fn kill_9_of_one_node_loses_no_acknowledged_order_and_the_other_keeps_serving() 
             let (key, acknowledged, after_kill, killed, stop) =
                 (&key, &acknowledged, &after_kill, &killed, &stop);
             s.spawn(move || {
-                keep_ordering(node, key, t, stop, Refusals::Never, |id| {
+                node.keep_ordering(key, &PRODUCTS, t, stop, Refusals::Never, |id| {
                     acknowledged.lock().unwrap().insert(id);
                     if killed.load(Ordering::Relaxed) {
                         after_kill.fetch_add(1, Ordering::Relaxed);
@@ -362,7 +323,7 @@ fn a_database_crash_under_load_loses_no_acknowledged_order() {
             s.spawn(move || {
                 // While the database is down, orders are refused, never acknowledged; the
                 // gateway itself must not die.
-                let died = keep_ordering(gw, key, t, stop, Refusals::WhileDown, |id| {
+                let died = gw.keep_ordering(key, &PRODUCTS, t, stop, Refusals::WhileDown, |id| {
                     acknowledged.lock().unwrap().insert(id);
                 });
                 assert!(!died, "the gateway died with its database");

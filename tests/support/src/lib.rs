@@ -45,6 +45,15 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// What a load thread ([`Gateway::keep_ordering`]) accepts besides `201`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusals {
+    /// Nothing else.
+    Never,
+    /// `5xx` while the database is down (paced, and not counted).
+    WhileDown,
+}
+
 /// The name [`stored_under`] gives a PostgreSQL gateway's database, dumped.
 pub const PG_DUMP: &str = "postgresql-dump";
 
@@ -798,6 +807,43 @@ impl Gateway {
                 return out;
             }
         }
+    }
+
+    /// Place orders as `key` (`products` in turn from `first`, each under a new
+    /// `Idempotency-Key`) until `stop`, handing each acknowledged order's id to
+    /// `acknowledged`; returns whether the gateway stopped answering (killed under load).
+    pub fn keep_ordering(
+        &self,
+        key: &str,
+        products: &[&str],
+        first: usize,
+        stop: &std::sync::atomic::AtomicBool,
+        refusals: Refusals,
+        mut acknowledged: impl FnMut(String),
+    ) -> bool {
+        let mut i = first;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = json!({"product_id": products[i % products.len()]});
+            i += 1;
+            match self.try_raw(
+                "POST",
+                "/v1/orders",
+                Some(key),
+                &[("idempotency-key", &unique_key())],
+                Some(body.to_string().into_bytes()),
+                Some("application/json"),
+            ) {
+                Ok(r) if r.status == 201 => {
+                    acknowledged(r.json["id"].as_str().unwrap().to_string())
+                }
+                Ok(r) if r.status >= 500 && refusals == Refusals::WhileDown => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(r) => panic!("unexpected {} {:?}", r.status, r.json),
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// Every order of `key`, once each is final (fulfilled or failed); panics, naming the
