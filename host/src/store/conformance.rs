@@ -81,7 +81,7 @@ macro_rules! store_conformance {
     };
 }
 
-fn reseller() -> Reseller {
+pub(crate) fn reseller() -> Reseller {
     Reseller {
         id: ResellerId::new(),
         name: "Conformance Travel".into(),
@@ -93,7 +93,7 @@ fn reseller() -> Reseller {
     }
 }
 
-async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance {
+pub(crate) async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> Balance {
     let entry = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
     post(store, entry).await.unwrap()
 }
@@ -112,7 +112,7 @@ async fn post(store: &dyn Store, entry: LedgerEntry) -> Result<Balance, Rejected
     posted.map(|b| b.expect("a credit moves money"))
 }
 
-fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
+pub(crate) fn order_for(reseller: ResellerId, price: i64, quantity: u32) -> Order {
     let spec = OrderSpec {
         reseller,
         product_id: "p:SKU".into(),
@@ -136,7 +136,7 @@ async fn accept(store: &dyn Store, order: &Order) -> Result<Balance, Rejected> {
     accepted.map(|b| b.expect("a hold moves money"))
 }
 
-fn esim(order: &Order, iccid: &str) -> EsimRecord {
+pub(crate) fn esim(order: &Order, iccid: &str) -> EsimRecord {
     EsimRecord {
         iccid: iccid.into(),
         order: order.id,

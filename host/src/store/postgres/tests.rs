@@ -11,9 +11,7 @@ use super::*;
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::jobs::JobKind;
 use crate::domain::ledger::EntryKind;
-use crate::domain::orders::{OrderKind, OrderSpec};
-use crate::domain::supplier::{Money, PlanState, ProfileState};
-use crate::store::conformance::Backend;
+use crate::store::conformance::{Backend, credit, esim, order_for, reseller};
 
 /// Where the test database is named.
 const URL_VAR: &str = "SIMGATE_TEST_PG_URL";
@@ -119,61 +117,6 @@ crate::store_conformance!(match fresh() {
     None => return,
 });
 
-fn reseller() -> Reseller {
-    Reseller {
-        id: ResellerId::new(),
-        name: "Two Node Travel".into(),
-        markup_bps: 0,
-        created_at_ms: 1,
-        low_balance_alerts: Default::default(),
-        test_low_balance_alerts: Default::default(),
-        closed_at_ms: None,
-    }
-}
-
-async fn credit(store: &dyn Store, reseller: ResellerId, amount: i64) -> LedgerEntry {
-    let entry = LedgerEntry::new(reseller, EntryKind::Credit, amount, "USD", None, 1);
-    store
-        .commit(&Commit::credit(entry.clone()))
-        .await
-        .unwrap()
-        .unwrap();
-    entry
-}
-
-fn order_for(reseller: ResellerId, price: i64) -> Order {
-    let spec = OrderSpec {
-        reseller,
-        product_id: "p:SKU".into(),
-        plugin: "p".into(),
-        sku: "SKU".into(),
-        quantity: 1,
-        unit_price: Money {
-            minor: price,
-            currency: "USD".into(),
-        },
-        kind: OrderKind::Esim,
-    };
-    Order::accepted(spec, OrderId::new(), None, 10)
-}
-
-fn esim(order: &Order, iccid: &str) -> EsimRecord {
-    EsimRecord {
-        iccid: iccid.into(),
-        order: order.id,
-        reseller: order.reseller,
-        plugin: order.plugin.clone(),
-        sealed_activation: vec![7; 24],
-        confirmation_code_required: false,
-        luhn_valid: true,
-        profile: ProfileState::Released,
-        plan: PlanState::Ready,
-        raw_status: String::new(),
-        created_at_ms: 11,
-        usage_told_pct: 0,
-    }
-}
-
 /// The commit that fulfils `order` with one eSIM `iccid`.
 fn fulfilment(order: &Order, iccid: &str) -> Commit {
     let mut settled = order.clone();
@@ -191,7 +134,7 @@ async fn two_nodes_on_one_database_see_each_others_writes() {
     a.put_reseller(&r).await.unwrap();
     assert_eq!(b.reseller(r.id).await.unwrap(), Some(r.clone()));
     credit(&a, r.id, 1_000).await;
-    let order = order_for(r.id, 300);
+    let order = order_for(r.id, 300, 1);
     b.commit(&Commit::accept(order.clone()).unwrap())
         .await
         .unwrap()
@@ -459,7 +402,7 @@ async fn nodes_racing_for_the_last_money_or_one_iccid_never_overdraw_or_share() 
     let holds: Vec<_> = (0..10)
         .map(|i| {
             let node = nodes[i % 2].clone();
-            let commit = Commit::accept(order_for(r, 30)).unwrap();
+            let commit = Commit::accept(order_for(r, 30, 1)).unwrap();
             tokio::spawn(async move { node.commit(&commit).await.unwrap() })
         })
         .collect();
@@ -485,7 +428,7 @@ async fn nodes_racing_for_the_last_money_or_one_iccid_never_overdraw_or_share() 
     credit(&*nodes[0], rich, 1_000).await;
     for round in 0..10 {
         let iccid = format!("89990000000000{round:05}");
-        let orders = [order_for(rich, 10), order_for(rich, 10)];
+        let orders = [order_for(rich, 10, 1), order_for(rich, 10, 1)];
         for o in &orders {
             nodes[0]
                 .commit(&Commit::accept(o.clone()).unwrap())
@@ -570,7 +513,7 @@ async fn text_with_nul_characters_reads_back_exactly() {
         .unwrap()
         .unwrap();
     assert_eq!(store.ledger_entry(r, entry.id).await.unwrap(), Some(entry));
-    let order = order_for(r, 5);
+    let order = order_for(r, 5, 1);
     store
         .commit(&Commit::accept(order.clone()).unwrap())
         .await
